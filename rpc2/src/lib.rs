@@ -1,0 +1,1 @@
+//! The RPC2 + SFTP protocol. Not built yet: see `DESIGN.md` §5 and issue 3.

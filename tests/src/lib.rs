@@ -1,0 +1,1 @@
+//! End-to-end harness: real `codasrv` and `venus` processes. Not built yet: see `DESIGN.md` §6.
