@@ -1,0 +1,241 @@
+//! Transactions, durability and recovery over files and simulated disks.
+
+use rvm::heap::Heap;
+use rvm::{Durability, Error, MemStorage, Mode, Options, Rvm, SimDisk, Tail, View};
+
+fn opts() -> Options {
+    Options { log_area_bytes: 256 << 10, background_truncation: false, ..Options::default() }
+}
+
+fn mem_rvm(data_len: u64) -> (Rvm, MemStorage, MemStorage) {
+    let (seg, log) = (MemStorage::new(), MemStorage::new());
+    let rvm = Rvm::create(Box::new(seg.clone()), Box::new(log.clone()), data_len, opts()).unwrap();
+    (rvm, seg, log)
+}
+
+#[test]
+fn abort_restores_every_declared_byte_exactly() {
+    let (rvm, _, _) = mem_rvm(1 << 16);
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    tx.write(100, &[7u8; 300]).unwrap();
+    tx.commit(Durability::NoFlush).unwrap();
+    let before = rvm.read().unwrap().bytes(0, 1 << 16).unwrap().to_vec();
+
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    tx.write(50, &[1u8; 100]).unwrap();
+    // Overlapping declarations: the old value saved must be the first one.
+    tx.write(120, &[2u8; 400]).unwrap();
+    tx.write(60, &[3u8; 10]).unwrap();
+    tx.range_mut(9000, 64).unwrap().fill(9);
+    tx.abort().unwrap();
+    assert_eq!(rvm.read().unwrap().bytes(0, 1 << 16).unwrap(), &before[..]);
+}
+
+#[test]
+fn dropping_a_transaction_aborts_it() {
+    let (rvm, _, _) = mem_rvm(1 << 16);
+    {
+        let mut tx = rvm.begin(Mode::Restore).unwrap();
+        tx.write(0, &[5u8; 16]).unwrap();
+    }
+    assert_eq!(rvm.read().unwrap().bytes(0, 16).unwrap(), &[0u8; 16]);
+}
+
+#[test]
+fn aborting_a_no_restore_transaction_stops_the_rvm_until_reopened() {
+    let (rvm, seg, log) = mem_rvm(1 << 16);
+    let mut tx = rvm.begin(Mode::NoRestore).unwrap();
+    tx.write(0, &[1u8; 8]).unwrap();
+    tx.commit(Durability::Flush).unwrap();
+    let mut tx = rvm.begin(Mode::NoRestore).unwrap();
+    tx.write(0, &[2u8; 8]).unwrap();
+    assert!(matches!(tx.abort(), Err(Error::Poisoned)));
+    assert!(matches!(rvm.begin(Mode::Restore), Err(Error::Poisoned)));
+    drop(rvm);
+    let (rvm, _) = Rvm::open(Box::new(seg), Box::new(log), opts()).unwrap();
+    assert_eq!(rvm.read().unwrap().bytes(0, 8).unwrap(), &[1u8; 8]);
+}
+
+#[test]
+fn writes_outside_the_segment_are_refused() {
+    let (rvm, _, _) = mem_rvm(4096);
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    assert!(matches!(tx.write(4090, &[0u8; 8]), Err(Error::OutOfBounds { offset: 4090, len: 8, size: 4096 })));
+    assert!(matches!(tx.set_range(u64::MAX, 2), Err(Error::OutOfBounds { .. })));
+}
+
+#[test]
+fn a_transaction_larger_than_the_log_allows_is_refused_before_it_changes_anything() {
+    let (rvm, _, _) = mem_rvm(1 << 20);
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    let err = tx.set_range(0, 512 << 10).unwrap_err();
+    assert!(matches!(err, Error::LogFull { limit, .. } if limit == (256 << 10) / 4), "{err}");
+}
+
+#[test]
+fn flushed_commits_survive_a_power_cut_and_unflushed_ones_vanish_whole() {
+    let (seg, log) = (SimDisk::new(), SimDisk::new());
+    let rvm = Rvm::create(Box::new(seg.clone()), Box::new(log.clone()), 1 << 16, opts()).unwrap();
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    tx.write(0, b"durable!").unwrap();
+    tx.commit(Durability::Flush).unwrap();
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    tx.write(8, b"lazy....").unwrap();
+    tx.write(4000, b"lazy too").unwrap();
+    tx.commit(Durability::NoFlush).unwrap();
+    let (seg2, log2) = (seg.crash(1), log.crash(1));
+    drop(rvm);
+    let (rvm, report) = Rvm::open(Box::new(seg2), Box::new(log2), opts()).unwrap();
+    assert_eq!(report.tail, Tail::Clean);
+    let view = rvm.read().unwrap();
+    assert_eq!(view.bytes(0, 8).unwrap(), b"durable!");
+    assert_eq!(view.bytes(8, 8).unwrap(), &[0u8; 8]);
+    assert_eq!(view.bytes(4000, 8).unwrap(), &[0u8; 8]);
+}
+
+#[test]
+fn reopening_replays_the_log_and_truncation_empties_it() {
+    let (rvm, seg, log) = mem_rvm(1 << 16);
+    for i in 0..100u64 {
+        let mut tx = rvm.begin(Mode::NoRestore).unwrap();
+        tx.write_u64(i * 8, i + 1).unwrap();
+        tx.commit(if i % 10 == 0 { Durability::Flush } else { Durability::NoFlush }).unwrap();
+    }
+    rvm.flush().unwrap();
+    assert!(rvm.stats().log_used_bytes > 0);
+    std::mem::forget(rvm); // a crash: no drop, no truncation
+    let (rvm, report) = Rvm::open(Box::new(seg.clone()), Box::new(log.clone()), opts()).unwrap();
+    assert!(report.records_replayed > 0);
+    for i in 0..100u64 {
+        assert_eq!(rvm.read().unwrap().u64_at(i * 8).unwrap(), i + 1);
+    }
+    rvm.truncate().unwrap();
+    assert_eq!(rvm.stats().log_used_bytes, 0);
+    drop(rvm);
+    let (rvm, report) = Rvm::open(Box::new(seg), Box::new(log), opts()).unwrap();
+    assert_eq!(report.records_replayed, 0);
+    assert_eq!(rvm.read().unwrap().u64_at(99 * 8).unwrap(), 100);
+}
+
+#[test]
+fn the_log_wraps_many_times_without_losing_a_commit() {
+    let (rvm, seg, log) = mem_rvm(1 << 16);
+    for i in 0..20_000u64 {
+        let mut tx = rvm.begin(Mode::NoRestore).unwrap();
+        tx.write_u64((i % 512) * 8, i).unwrap();
+        tx.write(8192 + (i % 97) * 64, &[i as u8; 64]).unwrap();
+        tx.commit(if i % 7 == 0 { Durability::Flush } else { Durability::NoFlush }).unwrap();
+    }
+    rvm.flush().unwrap();
+    let stats = rvm.stats();
+    assert!(stats.truncations > 3, "{stats:?}");
+    let expect = rvm.read().unwrap().bytes(0, 1 << 16).unwrap().to_vec();
+    std::mem::forget(rvm);
+    let (rvm, _) = Rvm::open(Box::new(seg), Box::new(log), opts()).unwrap();
+    assert_eq!(rvm.read().unwrap().bytes(0, 1 << 16).unwrap(), &expect[..]);
+}
+
+#[test]
+fn files_are_created_once_and_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, log) = (dir.path().join("data.seg"), dir.path().join("data.log"));
+    let (rvm, _) = Rvm::open_files(&seg, &log, 1 << 20, opts()).unwrap();
+    let id = rvm.log_id();
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    tx.write(12345, b"hello").unwrap();
+    tx.commit(Durability::Flush).unwrap();
+    std::mem::forget(rvm);
+    let (rvm, report) = Rvm::open_files(&seg, &log, 1 << 20, opts()).unwrap();
+    assert_eq!(rvm.log_id(), id);
+    assert_eq!(report.records_replayed, 1);
+    assert_eq!(rvm.read().unwrap().bytes(12345, 5).unwrap(), b"hello");
+}
+
+#[test]
+fn a_log_from_another_segment_is_refused() {
+    let (_a, seg_a, _) = mem_rvm(1 << 16);
+    let (_b, _, log_b) = mem_rvm(1 << 16);
+    let err = Rvm::open(Box::new(seg_a), Box::new(log_b), opts()).err().unwrap();
+    assert!(matches!(err, Error::LogMismatch { .. }), "{err}");
+}
+
+#[test]
+fn a_newer_format_version_is_refused_with_the_version_found() {
+    let (rvm, seg, log) = mem_rvm(1 << 16);
+    drop(rvm);
+    let mut bytes = seg.to_bytes();
+    bytes[4] = 9;
+    let err = Rvm::open(Box::new(MemStorage::from_bytes(bytes)), Box::new(log), opts()).err().unwrap();
+    assert!(matches!(err, Error::VersionMismatch { found: 9, supported: 1, .. }), "{err}");
+}
+
+#[test]
+fn a_failed_log_sync_stops_every_later_call() {
+    let (seg, log) = (SimDisk::new(), SimDisk::new());
+    let rvm = Rvm::create(Box::new(seg), Box::new(log.clone()), 1 << 16, opts()).unwrap();
+    log.fail_after(0);
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    tx.write(0, b"x").unwrap();
+    assert!(tx.commit(Durability::Flush).is_err());
+    assert!(matches!(rvm.begin(Mode::Restore), Err(Error::PreviousIo(_))));
+    assert!(matches!(rvm.flush(), Err(Error::PreviousIo(_))));
+}
+
+#[test]
+fn concurrent_flush_commits_share_syncs() {
+    let (rvm, _, _) = mem_rvm(1 << 16);
+    let rvm = std::sync::Arc::new(rvm);
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let rvm = rvm.clone();
+            std::thread::spawn(move || {
+                for i in 0..500u64 {
+                    let mut tx = rvm.begin(Mode::NoRestore).unwrap();
+                    tx.write_u64(t * 8, i).unwrap();
+                    tx.commit(Durability::Flush).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = rvm.stats();
+    assert_eq!(stats.commits, 4000);
+    assert!(stats.flushes <= stats.commits);
+    for t in 0..8 {
+        assert_eq!(rvm.read().unwrap().u64_at(t * 8).unwrap(), 499);
+    }
+}
+
+#[test]
+fn heap_allocations_commit_and_abort_with_their_transaction() {
+    let (rvm, seg, log) = mem_rvm(1 << 20);
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    let heap = Heap::init(&mut tx, 0, 1 << 20).unwrap();
+    let a = heap.alloc(&mut tx, 100).unwrap();
+    tx.write(a, &[0xAA; 100]).unwrap();
+    heap.set_root(&mut tx, 0, a).unwrap();
+    tx.commit(Durability::Flush).unwrap();
+
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    let b = heap.alloc(&mut tx, 5000).unwrap();
+    heap.free(&mut tx, a).unwrap();
+    assert!(b != a);
+    tx.abort().unwrap();
+    let stats = heap.verify(&rvm.read().unwrap()).unwrap();
+    assert_eq!(stats.allocated_blocks, 1);
+
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    assert!(matches!(heap.free(&mut tx, a + 8), Err(Error::BadFree { .. })));
+    heap.free(&mut tx, a).unwrap();
+    assert!(matches!(heap.free(&mut tx, a), Err(Error::BadFree { .. })));
+    tx.commit(Durability::Flush).unwrap();
+    std::mem::forget(rvm);
+    let (rvm, _) = Rvm::open(Box::new(seg), Box::new(log), opts()).unwrap();
+    let view = rvm.read().unwrap();
+    let heap = Heap::open(&view, 0).unwrap();
+    assert_eq!(heap.root(&view, 0).unwrap(), a);
+    let stats = heap.verify(&view).unwrap();
+    assert_eq!((stats.allocated_blocks, stats.free_blocks), (0, 1));
+}
