@@ -438,7 +438,8 @@ impl Inner {
             log.pending.push_back(Group::default());
         }
         let group = log.pending.back_mut().expect("a group was just ensured");
-        let before = group.map.record_bytes();
+        // A new group's record header is part of what it adds to the buffer.
+        let before = if fits_last { group.map.record_bytes() } else { 0 };
         for (start, end) in declared.iter() {
             group.map.insert(start, seg.bytes(start, end - start)?);
         }
