@@ -20,16 +20,30 @@ pub enum Error {
     #[error("a no-restore transaction was aborted; reopen the RVM to recover")]
     Poisoned,
     #[error("{what} is not an RVM file: magic {found:#010x}, expected {expected:#010x}")]
-    BadMagic { what: &'static str, found: u32, expected: u32 },
+    BadMagic {
+        what: &'static str,
+        found: u32,
+        expected: u32,
+    },
     #[error("{what} has format version {found}, this build reads version {supported}")]
-    VersionMismatch { what: &'static str, found: u16, supported: u16 },
+    VersionMismatch {
+        what: &'static str,
+        found: u16,
+        supported: u16,
+    },
     #[error("corrupt {what} at offset {offset}: {reason}")]
-    Corrupt { what: &'static str, offset: u64, reason: String },
+    Corrupt {
+        what: &'static str,
+        offset: u64,
+        reason: String,
+    },
     #[error("segment too small: {requested} bytes requested, at least {minimum} needed")]
     SegmentTooSmall { requested: u64, minimum: u64 },
     #[error("log too small: {requested} bytes requested, at least {minimum} needed")]
     LogTooSmall { requested: u64, minimum: u64 },
-    #[error("log {log_id:#018x} does not belong to segment (segment expects log {expected:#018x})")]
+    #[error(
+        "log {log_id:#018x} does not belong to segment (segment expects log {expected:#018x})"
+    )]
     LogMismatch { log_id: u64, expected: u64 },
     #[error("range {offset}+{len} lies outside the segment's {size} bytes")]
     OutOfBounds { offset: u64, len: u64, size: u64 },
@@ -38,14 +52,20 @@ pub enum Error {
     /// The transaction would not fit in the log even when the log is empty.
     #[error("log full: the transaction needs {needed} log bytes, at most {limit} fit in one transaction")]
     LogFull { needed: u64, limit: u64 },
-    #[error("heap exhausted: {requested} bytes requested, largest free block is {largest_free} bytes")]
+    #[error(
+        "heap exhausted: {requested} bytes requested, largest free block is {largest_free} bytes"
+    )]
     HeapExhausted { requested: u64, largest_free: u64 },
     #[error("heap corrupt at offset {offset}: {reason}")]
     HeapCorrupt { offset: u64, reason: String },
     #[error("offset {offset} is not a live heap block: {reason}")]
     BadFree { offset: u64, reason: String },
     #[error("record at offset {offset} does not fit a {type_name} ({size} bytes)")]
-    BadRecord { offset: u64, size: u64, type_name: &'static str },
+    BadRecord {
+        offset: u64,
+        size: u64,
+        type_name: &'static str,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

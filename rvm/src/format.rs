@@ -48,11 +48,19 @@ pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
 fn check_magic_version(what: &'static str, b: &[u8], magic: u32) -> Result<()> {
     let found = u32_at(b, 0);
     if found != magic {
-        return Err(Error::BadMagic { what, found, expected: magic });
+        return Err(Error::BadMagic {
+            what,
+            found,
+            expected: magic,
+        });
     }
     let version = u16_at(b, 4);
     if version != FORMAT_VERSION {
-        return Err(Error::VersionMismatch { what, found: version, supported: FORMAT_VERSION });
+        return Err(Error::VersionMismatch {
+            what,
+            found: version,
+            supported: FORMAT_VERSION,
+        });
     }
     Ok(())
 }
@@ -81,7 +89,11 @@ impl SegmentHeader {
     pub fn decode(b: &[u8]) -> Result<SegmentHeader> {
         const WHAT: &str = "segment header";
         if b.len() < SEGMENT_HEADER_LEN {
-            return Err(Error::Corrupt { what: WHAT, offset: 0, reason: format!("only {} bytes", b.len()) });
+            return Err(Error::Corrupt {
+                what: WHAT,
+                offset: 0,
+                reason: format!("only {} bytes", b.len()),
+            });
         }
         check_magic_version(WHAT, b, SEGMENT_MAGIC)?;
         let crc = u32_at(b, 24);
@@ -93,7 +105,10 @@ impl SegmentHeader {
                 reason: format!("checksum {crc:#010x}, computed {actual:#010x}"),
             });
         }
-        Ok(SegmentHeader { data_len: u64_at(b, 8), log_id: u64_at(b, 16) })
+        Ok(SegmentHeader {
+            data_len: u64_at(b, 8),
+            log_id: u64_at(b, 16),
+        })
     }
 }
 
@@ -104,6 +119,18 @@ pub struct LogPos {
     pub offset: u64,
     pub seq: u64,
     pub chain: u32,
+}
+
+impl LogPos {
+    /// The position records really start at: a record never begins in the last
+    /// `RECORD_HEADER_BYTES - 1` bytes of the area, so there the log wraps to 0.
+    pub fn wrapped(self, area_len: u64) -> LogPos {
+        if area_len - self.offset < RECORD_HEADER_BYTES {
+            LogPos { offset: 0, ..self }
+        } else {
+            self
+        }
+    }
 }
 
 /// The log's status block: identity, geometry, and where unapplied records start.
@@ -142,7 +169,11 @@ impl LogStatus {
     pub fn decode(b: &[u8], slot_offset: u64) -> Result<LogStatus> {
         const WHAT: &str = "log status block";
         if b.len() < STATUS_LEN {
-            return Err(Error::Corrupt { what: WHAT, offset: slot_offset, reason: format!("only {} bytes", b.len()) });
+            return Err(Error::Corrupt {
+                what: WHAT,
+                offset: slot_offset,
+                reason: format!("only {} bytes", b.len()),
+            });
         }
         check_magic_version(WHAT, b, STATUS_MAGIC)?;
         let crc = u32_at(b, 52);
@@ -158,7 +189,11 @@ impl LogStatus {
             generation: u64_at(b, 8),
             log_id: u64_at(b, 16),
             area_len: u64_at(b, 24),
-            head: LogPos { offset: u64_at(b, 32), seq: u64_at(b, 40), chain: u32_at(b, 48) },
+            head: LogPos {
+                offset: u64_at(b, 32),
+                seq: u64_at(b, 40),
+                chain: u32_at(b, 48),
+            },
         };
         // Geometry is checked before any arithmetic trusts it.
         if status.area_len < RECORD_HEADER_BYTES || status.area_len % RECORD_ALIGN_BYTES != 0 {
@@ -172,7 +207,10 @@ impl LogStatus {
             return Err(Error::Corrupt {
                 what: WHAT,
                 offset: slot_offset + 32,
-                reason: format!("head {} outside the {}-byte record area", status.head.offset, status.area_len),
+                reason: format!(
+                    "head {} outside the {}-byte record area",
+                    status.head.offset, status.area_len
+                ),
             });
         }
         Ok(status)
@@ -212,7 +250,7 @@ pub enum RecordFault {
 }
 
 impl RecordHeader {
-    pub fn to_bytes(&self) -> [u8; RECORD_HEADER_BYTES as usize] {
+    pub fn encode(self) -> [u8; RECORD_HEADER_BYTES as usize] {
         let mut b = [0u8; RECORD_HEADER_BYTES as usize];
         b[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
         b[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -235,7 +273,11 @@ impl RecordHeader {
 
     /// Decodes the header expected at `expected` with `room` bytes left before the end
     /// of the record area.
-    pub fn decode(b: &[u8], expected: LogPos, room: u64) -> std::result::Result<RecordHeader, RecordFault> {
+    pub fn decode(
+        b: &[u8],
+        expected: LogPos,
+        room: u64,
+    ) -> std::result::Result<RecordHeader, RecordFault> {
         let b = &b[..RECORD_HEADER_BYTES as usize];
         let seq = u64_at(b, 16);
         let prev_chain = u32_at(b, 28);
@@ -273,12 +315,21 @@ impl RecordHeader {
         };
         let length = u64_at(b, 8);
         if length < RECORD_HEADER_BYTES || length % RECORD_ALIGN_BYTES != 0 || length > room {
-            return Err(RecordFault::Bad(format!("length {length} with {room} bytes of room")));
+            return Err(RecordFault::Bad(format!(
+                "length {length} with {room} bytes of room"
+            )));
         }
         if kind == RecordKind::Wrap && length != RECORD_HEADER_BYTES {
             return Err(RecordFault::Bad(format!("wrap record of length {length}")));
         }
-        Ok(RecordHeader { kind, length, seq, ranges: u32_at(b, 24), prev_chain, body_crc: u32_at(b, 32) })
+        Ok(RecordHeader {
+            kind,
+            length,
+            seq,
+            ranges: u32_at(b, 24),
+            prev_chain,
+            body_crc: u32_at(b, 32),
+        })
     }
 }
 
@@ -302,7 +353,9 @@ pub fn decode_ranges(
             return Err(format!("range {i} of {len} bytes does not fit the record"));
         }
         if offset.checked_add(len).is_none_or(|end| end > data_len) {
-            return Err(format!("range {i} at {offset}+{len} lies outside the {data_len}-byte segment"));
+            return Err(format!(
+                "range {i} at {offset}+{len} lies outside the {data_len}-byte segment"
+            ));
         }
         let start = RANGE_HEADER_BYTES as usize;
         each(offset, &rest[start..start + len as usize]);

@@ -73,9 +73,16 @@ impl Heap {
     pub fn init(tx: &mut Transaction<'_>, base: u64, len: u64) -> Result<Heap> {
         let blocks = len.saturating_sub(HEADER_BYTES + END_GUARD_BYTES) / CHUNK_BYTES * CHUNK_BYTES;
         if blocks < CHUNK_BYTES {
-            return Err(Error::SegmentTooSmall { requested: len, minimum: heap_bytes(CHUNK_BYTES) });
+            return Err(Error::SegmentTooSmall {
+                requested: len,
+                minimum: heap_bytes(CHUNK_BYTES),
+            });
         }
-        let heap = Heap { base, start: base + HEADER_BYTES, end: base + HEADER_BYTES + blocks };
+        let heap = Heap {
+            base,
+            start: base + HEADER_BYTES,
+            end: base + HEADER_BYTES + blocks,
+        };
         tx.range_mut(base, HEADER_BYTES)?.fill(0);
         tx.write_u32(base + H_MAGIC, MAGIC)?;
         tx.write_u32(base + H_VERSION, VERSION)?;
@@ -89,20 +96,34 @@ impl Heap {
 
     /// Finds the heap laid out at `base`, checking its header.
     pub fn open(view: &impl View, base: u64) -> Result<Heap> {
-        let corrupt = |reason: String| Error::HeapCorrupt { offset: base, reason };
+        let corrupt = |reason: String| Error::HeapCorrupt {
+            offset: base,
+            reason,
+        };
         let magic = view.u32_at(base + H_MAGIC)?;
         if magic != MAGIC {
-            return Err(corrupt(format!("magic {magic:#010x}, expected {MAGIC:#010x}")));
+            return Err(corrupt(format!(
+                "magic {magic:#010x}, expected {MAGIC:#010x}"
+            )));
         }
         let version = view.u32_at(base + H_VERSION)?;
         if version != VERSION {
-            return Err(corrupt(format!("version {version}, this build reads version {VERSION}")));
+            return Err(corrupt(format!(
+                "version {version}, this build reads version {VERSION}"
+            )));
         }
-        let heap = Heap { base, start: view.u64_at(base + H_START)?, end: view.u64_at(base + H_END)? };
+        let heap = Heap {
+            base,
+            start: view.u64_at(base + H_START)?,
+            end: view.u64_at(base + H_END)?,
+        };
         let geometry_ok = heap.start == base + HEADER_BYTES
             && heap.end > heap.start
             && (heap.end - heap.start) % CHUNK_BYTES == 0
-            && heap.end.checked_add(END_GUARD_BYTES).is_some_and(|e| e <= view.data_len());
+            && heap
+                .end
+                .checked_add(END_GUARD_BYTES)
+                .is_some_and(|e| e <= view.data_len());
         if !geometry_ok {
             return Err(corrupt(format!("blocks span {}..{}", heap.start, heap.end)));
         }
@@ -115,7 +136,10 @@ impl Heap {
         let need = len
             .checked_add(BLOCK_HEADER_BYTES)
             .map(|n| n.div_ceil(CHUNK_BYTES).max(1) * CHUNK_BYTES)
-            .ok_or(Error::HeapExhausted { requested: len, largest_free: 0 })?;
+            .ok_or(Error::HeapExhausted {
+                requested: len,
+                largest_free: 0,
+            })?;
         let mut found = None;
         for class in class_of(need.min(FREE_LISTS * CHUNK_BYTES))..FREE_LISTS {
             let mut b = tx.u64_at(self.list_head(class))?;
@@ -134,7 +158,10 @@ impl Heap {
         }
         let Some((b, size)) = found else {
             let largest_free = self.largest_free(tx)?;
-            return Err(Error::HeapExhausted { requested: len, largest_free });
+            return Err(Error::HeapExhausted {
+                requested: len,
+                largest_free,
+            });
         };
         self.unlink(tx, b, size)?;
         let taken = if size - need >= CHUNK_BYTES {
@@ -155,8 +182,13 @@ impl Heap {
 
     /// Frees what [`alloc`](Self::alloc) returned, merging with free neighbours.
     pub fn free(&self, tx: &mut Transaction<'_>, offset: u64) -> Result<()> {
-        let bad = |reason: &str| Error::BadFree { offset, reason: reason.into() };
-        let b = offset.checked_sub(BLOCK_HEADER_BYTES).ok_or_else(|| bad("before the heap"))?;
+        let bad = |reason: &str| Error::BadFree {
+            offset,
+            reason: reason.into(),
+        };
+        let b = offset
+            .checked_sub(BLOCK_HEADER_BYTES)
+            .ok_or_else(|| bad("before the heap"))?;
         if b < self.start || b >= self.end || (b - self.start) % CHUNK_BYTES != 0 {
             return Err(bad("not the start of a block"));
         }
@@ -175,10 +207,15 @@ impl Heap {
         }
         if tx.u32_at(b + 12)? & FLAG_PREV_FREE != 0 {
             let prev_size = tx.u64_at(b - 8)?;
-            let prev = b.checked_sub(prev_size).filter(|p| *p >= self.start).ok_or_else(|| Error::HeapCorrupt {
-                offset: b,
-                reason: format!("previous free block of {prev_size} bytes starts before the heap"),
-            })?;
+            let prev = b
+                .checked_sub(prev_size)
+                .filter(|p| *p >= self.start)
+                .ok_or_else(|| Error::HeapCorrupt {
+                    offset: b,
+                    reason: format!(
+                        "previous free block of {prev_size} bytes starts before the heap"
+                    ),
+                })?;
             self.check_block(tx, prev, GUARD_FREE)?;
             self.unlink(tx, prev, prev_size)?;
             start = prev;
@@ -219,7 +256,10 @@ impl Heap {
             let size = self.check_block(view, b, guard)?;
             let flagged = view.u32_at(b + 12)? & FLAG_PREV_FREE != 0;
             if flagged != prev_free {
-                return Err(corrupt(b, format!("previous-free flag {flagged}, neighbour free {prev_free}")));
+                return Err(corrupt(
+                    b,
+                    format!("previous-free flag {flagged}, neighbour free {prev_free}"),
+                ));
             }
             match guard {
                 GUARD_FREE => {
@@ -227,7 +267,10 @@ impl Heap {
                         return Err(corrupt(b, "two free blocks side by side".into()));
                     }
                     if view.u64_at(b + size - 8)? != size {
-                        return Err(corrupt(b, "free block footer does not match its size".into()));
+                        return Err(corrupt(
+                            b,
+                            "free block footer does not match its size".into(),
+                        ));
                     }
                     stats.free_blocks += 1;
                     stats.free_bytes += size;
@@ -245,7 +288,10 @@ impl Heap {
             return Err(corrupt(self.end, "end guard missing".into()));
         }
         if (view.u32_at(self.end + 12)? & FLAG_PREV_FREE != 0) != prev_free {
-            return Err(corrupt(self.end, "end guard's previous-free flag is wrong".into()));
+            return Err(corrupt(
+                self.end,
+                "end guard's previous-free flag is wrong".into(),
+            ));
         }
         let mut listed = 0;
         for class in 0..FREE_LISTS {
@@ -253,22 +299,37 @@ impl Heap {
             while b != 0 {
                 let size = self.check_block(view, b, GUARD_FREE)?;
                 if class_of(size) != class || view.u64_at(b + 24)? != prev {
-                    return Err(corrupt(b, format!("free list {class} links are inconsistent")));
+                    return Err(corrupt(
+                        b,
+                        format!("free list {class} links are inconsistent"),
+                    ));
                 }
                 listed += 1;
                 if listed > stats.free_blocks {
-                    return Err(corrupt(b, "free lists hold more blocks than the heap".into()));
+                    return Err(corrupt(
+                        b,
+                        "free lists hold more blocks than the heap".into(),
+                    ));
                 }
                 prev = b;
                 b = view.u64_at(b + 16)?;
             }
         }
         if listed != stats.free_blocks {
-            return Err(corrupt(self.base, format!("{listed} blocks listed, {} free", stats.free_blocks)));
+            return Err(corrupt(
+                self.base,
+                format!("{listed} blocks listed, {} free", stats.free_blocks),
+            ));
         }
-        let counted = (view.u64_at(self.base + H_ALLOCATED)?, view.u64_at(self.base + H_FREE)?);
+        let counted = (
+            view.u64_at(self.base + H_ALLOCATED)?,
+            view.u64_at(self.base + H_FREE)?,
+        );
         if counted != (stats.allocated_bytes, stats.free_bytes) {
-            return Err(corrupt(self.base, format!("counters {counted:?} disagree with the blocks")));
+            return Err(corrupt(
+                self.base,
+                format!("counters {counted:?} disagree with the blocks"),
+            ));
         }
         Ok(stats)
     }
@@ -281,17 +342,28 @@ impl Heap {
     fn check_block(&self, view: &impl View, b: u64, guard: u32) -> Result<u64> {
         let size = view.u64_at(b)?;
         let found = view.u32_at(b + 8)?;
-        let fits = size >= CHUNK_BYTES && size % CHUNK_BYTES == 0 && b.checked_add(size).is_some_and(|e| e <= self.end);
+        let fits = size >= CHUNK_BYTES
+            && size % CHUNK_BYTES == 0
+            && b.checked_add(size).is_some_and(|e| e <= self.end);
         if found != guard || !(guard == GUARD_FREE || guard == GUARD_ALLOC) || !fits {
             return Err(Error::HeapCorrupt {
                 offset: b,
-                reason: format!("block guard {found:#010x} size {size}, expected guard {guard:#010x}"),
+                reason: format!(
+                    "block guard {found:#010x} size {size}, expected guard {guard:#010x}"
+                ),
             });
         }
         Ok(size)
     }
 
-    fn write_block(&self, tx: &mut Transaction<'_>, b: u64, size: u64, guard: u32, flags: u32) -> Result<()> {
+    fn write_block(
+        &self,
+        tx: &mut Transaction<'_>,
+        b: u64,
+        size: u64,
+        guard: u32,
+        flags: u32,
+    ) -> Result<()> {
         let mut header = [0u8; BLOCK_HEADER_BYTES as usize];
         header[0..8].copy_from_slice(&size.to_le_bytes());
         header[8..12].copy_from_slice(&guard.to_le_bytes());

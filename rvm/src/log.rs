@@ -11,7 +11,8 @@ use std::io;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    decode_ranges, pad8, LogPos, RecordFault, RecordHeader, RecordKind, LOG_AREA_START, RECORD_HEADER_BYTES,
+    decode_ranges, pad8, LogPos, RecordFault, RecordHeader, RecordKind, LOG_AREA_START,
+    RECORD_HEADER_BYTES,
 };
 use crate::ranges::RangeMap;
 use crate::storage::Storage;
@@ -105,7 +106,16 @@ impl LogState {
         for group in &self.pending {
             let len = group.map.record_bytes();
             let room = area - pos.offset;
-            let consumed = if len <= room { len } else { room + len };
+            let start = if len <= room { pos.offset } else { 0 };
+            // The end of the area a record leaves too small for a header is skipped,
+            // and so counts as used: the tail must never reach the head.
+            let end = LogPos {
+                offset: start + len,
+                ..pos
+            };
+            let wraps_after = end.wrapped(area) != end;
+            let skipped_after = if wraps_after { area - end.offset } else { 0 };
+            let consumed = if len <= room { len } else { room + len } + skipped_after;
             if used + consumed >= area {
                 break;
             }
@@ -119,7 +129,7 @@ impl LogState {
                         prev_chain: pos.chain,
                         body_crc: crc32fast::hash(&[]),
                     }
-                    .to_bytes();
+                    .encode();
                     run.extend_from_slice(&wrap);
                     pos.seq += 1;
                     pos.chain = RecordHeader::chain_of(&wrap);
@@ -132,6 +142,11 @@ impl LogState {
                 run_start = 0;
             }
             pos = encode_transaction(&group.map, pos, &mut run);
+            if wraps_after {
+                writes.push((LOG_AREA_START + run_start, std::mem::take(&mut run)));
+                pos = pos.wrapped(area);
+                run_start = 0;
+            }
             used += consumed;
             taken += 1;
             records += 1;
@@ -147,17 +162,29 @@ impl LogState {
             let g = self.pending.pop_front().expect("taken groups are pending");
             self.pending_bytes -= g.map.record_bytes();
         }
-        Some(FlushBatch { writes, end: pos, last_commit, records })
+        Some(FlushBatch {
+            writes,
+            end: pos,
+            last_commit,
+            records,
+        })
     }
 
     /// Records that a batch from [`prepare_flush`](Self::prepare_flush) is durable.
     pub fn complete_flush(&mut self, batch: &FlushBatch) {
-        assert!(batch.last_commit >= self.durable_commit, "durability only moves forward");
+        assert!(
+            batch.last_commit >= self.durable_commit,
+            "durability only moves forward"
+        );
         self.tail = batch.end;
         self.durable_commit = batch.last_commit;
         self.stats.flushes += 1;
         self.stats.records_written += batch.records;
-        self.stats.bytes_written += batch.writes.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        self.stats.bytes_written += batch
+            .writes
+            .iter()
+            .map(|(_, b)| b.len() as u64)
+            .sum::<u64>();
     }
 }
 
@@ -191,9 +218,13 @@ fn encode_transaction(map: &RangeMap, pos: LogPos, out: &mut Vec<u8>) -> LogPos 
         prev_chain: pos.chain,
         body_crc,
     }
-    .to_bytes();
+    .encode();
     out[start..start + RECORD_HEADER_BYTES as usize].copy_from_slice(&header);
-    LogPos { offset: pos.offset + length, seq: pos.seq + 1, chain: RecordHeader::chain_of(&header) }
+    LogPos {
+        offset: pos.offset + length,
+        seq: pos.seq + 1,
+        chain: RecordHeader::chain_of(&header),
+    }
 }
 
 /// What the scanner found at its position.
@@ -221,7 +252,14 @@ pub(crate) struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     pub fn new(store: &'a dyn Storage, area_len: u64, data_len: u64, pos: LogPos) -> Scanner<'a> {
-        Scanner { store, area_len, data_len, pos, window: Vec::new(), window_start: 0 }
+        Scanner {
+            store,
+            area_len,
+            data_len,
+            pos,
+            window: Vec::new(),
+            window_start: 0,
+        }
     }
 
     /// The bytes at `[offset, offset + len)` of the record area (never past its end).
@@ -229,9 +267,12 @@ impl<'a> Scanner<'a> {
         let have = offset >= self.window_start
             && offset + len <= self.window_start + self.window.len() as u64;
         if !have {
-            let want = len.max(SCAN_WINDOW_BYTES as u64).min(self.area_len - offset);
+            let want = len
+                .max(SCAN_WINDOW_BYTES as u64)
+                .min(self.area_len - offset);
             self.window.resize(want as usize, 0);
-            self.store.read_at(LOG_AREA_START + offset, &mut self.window)?;
+            self.store
+                .read_at(LOG_AREA_START + offset, &mut self.window)?;
             self.window_start = offset;
         }
         let at = (offset - self.window_start) as usize;
@@ -241,16 +282,18 @@ impl<'a> Scanner<'a> {
     /// Checks the record at the current position and, when whole, passes each range
     /// to `apply` and moves past it.
     pub fn next(&mut self, mut apply: impl FnMut(u64, &[u8])) -> Result<Step> {
-        let mut room = self.area_len - self.pos.offset;
-        if room < RECORD_HEADER_BYTES {
-            self.pos.offset = 0;
-            room = self.area_len;
-        }
+        self.pos = self.pos.wrapped(self.area_len);
+        let room = self.area_len - self.pos.offset;
         let expected = self.pos;
         let data_len = self.data_len;
         let at = self.pos.offset;
-        let bad = |reason: String| Step::Bad { offset: LOG_AREA_START + at, reason };
-        let header_bytes = self.bytes(at, RECORD_HEADER_BYTES).map_err(Error::io("log"))?;
+        let bad = |reason: String| Step::Bad {
+            offset: LOG_AREA_START + at,
+            reason,
+        };
+        let header_bytes = self
+            .bytes(at, RECORD_HEADER_BYTES)
+            .map_err(Error::io("log"))?;
         let header = match RecordHeader::decode(header_bytes, expected, room) {
             Ok(h) => h,
             Err(RecordFault::End) => return Ok(Step::End),
@@ -261,11 +304,18 @@ impl<'a> Scanner<'a> {
         let body = &record[RECORD_HEADER_BYTES as usize..];
         let body_crc = crc32fast::hash(body);
         if body_crc != header.body_crc {
-            return Ok(bad(format!("body checksum {body_crc:#010x}, header says {:#010x}", header.body_crc)));
+            return Ok(bad(format!(
+                "body checksum {body_crc:#010x}, header says {:#010x}",
+                header.body_crc
+            )));
         }
         match header.kind {
             RecordKind::Wrap => {
-                self.pos = LogPos { offset: 0, seq: expected.seq + 1, chain };
+                self.pos = LogPos {
+                    offset: 0,
+                    seq: expected.seq + 1,
+                    chain,
+                };
             }
             RecordKind::Transaction => {
                 // Check every range before applying any: a record is applied whole or not at all.
@@ -273,10 +323,17 @@ impl<'a> Scanner<'a> {
                     return Ok(bad(reason));
                 }
                 decode_ranges(body, header.ranges, data_len, &mut apply).expect("checked above");
-                self.pos = LogPos { offset: at + header.length, seq: expected.seq + 1, chain };
+                self.pos = LogPos {
+                    offset: at + header.length,
+                    seq: expected.seq + 1,
+                    chain,
+                }
+                .wrapped(self.area_len);
             }
         }
-        Ok(Step::Record { bytes: header.length })
+        Ok(Step::Record {
+            bytes: header.length,
+        })
     }
 }
 
@@ -296,7 +353,12 @@ pub(crate) fn apply_to_segment(
     const APPLY_CHUNK_BYTES: u64 = 64 << 20;
     let mut scanner = Scanner::new(log, area_len, data_len, from);
     let mut chunk = RangeMap::default();
-    let mut applied = Applied { end: from, records: 0, bytes: 0, cut: None };
+    let mut applied = Applied {
+        end: from,
+        records: 0,
+        bytes: 0,
+        cut: None,
+    };
     loop {
         if until == Some(scanner.pos) {
             break;
@@ -331,7 +393,9 @@ pub(crate) fn apply_to_segment(
 
 fn write_chunk(segment: &dyn Storage, data_start: u64, chunk: &RangeMap) -> Result<()> {
     for (offset, data) in chunk.iter() {
-        segment.write_at(data_start + offset, data).map_err(Error::io("segment"))?;
+        segment
+            .write_at(data_start + offset, data)
+            .map_err(Error::io("segment"))?;
     }
     Ok(())
 }
@@ -343,4 +407,3 @@ pub(crate) struct Applied {
     pub bytes: u64,
     pub cut: Option<(u64, String)>,
 }
-

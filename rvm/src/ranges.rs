@@ -45,7 +45,11 @@ impl RangeSet {
             }
         }
         // Successors that overlap or touch merge in; the gaps before them are fresh.
-        while let Some((&s, &e)) = self.ranges.range((Excluded(new_start), Included(new_end))).next() {
+        while let Some((&s, &e)) = self
+            .ranges
+            .range((Excluded(new_start), Included(new_end)))
+            .next()
+        {
             if s > fresh_from {
                 fresh(fresh_from, s);
             }

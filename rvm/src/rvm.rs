@@ -63,9 +63,15 @@ pub(crate) struct Limits {
 impl Limits {
     fn new(area_len: u64, opts: &Options) -> Limits {
         let transaction_bytes_max = area_len / 4;
-        let pending_bytes_max = opts.flush_buffer_bytes.clamp(RECORD_HEADER_BYTES, transaction_bytes_max);
+        let pending_bytes_max = opts
+            .flush_buffer_bytes
+            .clamp(RECORD_HEADER_BYTES, transaction_bytes_max);
         let pct = u64::from(opts.truncate_threshold_percent.clamp(1, 90));
-        let limits = Limits { transaction_bytes_max, pending_bytes_max, truncate_at_bytes: area_len / 100 * pct };
+        let limits = Limits {
+            transaction_bytes_max,
+            pending_bytes_max,
+            truncate_at_bytes: area_len / 100 * pct,
+        };
         // Buffered commits (at most pending + one transaction) fit an empty log.
         assert!(limits.pending_bytes_max + 2 * limits.transaction_bytes_max < area_len);
         limits
@@ -85,7 +91,10 @@ pub struct RecoveryReport {
 pub enum Tail {
     Clean,
     /// A torn or corrupt record was cut off, never applied: where and why.
-    Cut { offset: u64, reason: String },
+    Cut {
+        offset: u64,
+        reason: String,
+    },
 }
 
 /// Counters, for tests and benchmarks.
@@ -106,6 +115,7 @@ pub(crate) struct Inner {
     seg_store: Box<dyn Storage>,
     log_store: Box<dyn Storage>,
     segment: RwLock<SegmentMem>,
+    data_len: u64,
     log_id: u64,
     pub(crate) limits: Limits,
     log: Mutex<LogState>,
@@ -149,7 +159,8 @@ fn initial_chain(log_id: u64) -> u32 {
 }
 
 fn write_status(log: &dyn Storage, status: &LogStatus) -> Result<()> {
-    log.write_at(status.slot_offset(), &status.encode()).map_err(Error::io("log status"))?;
+    log.write_at(status.slot_offset(), &status.encode())
+        .map_err(Error::io("log status"))?;
     log.sync().map_err(Error::io("log status"))
 }
 
@@ -171,7 +182,10 @@ fn read_status(log: &dyn Storage) -> Result<LogStatus> {
         }
     }
     // A torn status write spoils one slot; the other still names a consistent head.
-    slots.into_iter().max_by_key(|s| s.generation).ok_or_else(|| first_error.expect("both slots failed"))
+    slots
+        .into_iter()
+        .max_by_key(|s| s.generation)
+        .ok_or_else(|| first_error.expect("both slots failed"))
 }
 
 impl Rvm {
@@ -187,11 +201,17 @@ impl Rvm {
     }
 
     /// Opens a segment and its log, replaying committed records into the segment.
-    pub fn open(segment: Box<dyn Storage>, log: Box<dyn Storage>, opts: Options) -> Result<(Rvm, RecoveryReport)> {
+    pub fn open(
+        segment: Box<dyn Storage>,
+        log: Box<dyn Storage>,
+        opts: Options,
+    ) -> Result<(Rvm, RecoveryReport)> {
         let mut header = vec![0u8; 64];
-        segment.read_at(0, &mut header).map_err(Error::io("segment header"))?;
+        segment
+            .read_at(0, &mut header)
+            .map_err(Error::io("segment header"))?;
         let seg_header = SegmentHeader::decode(&header)?;
-        let seg_len = segment.len().map_err(Error::io("segment"))?;
+        let seg_len = segment.size().map_err(Error::io("segment"))?;
         let want = SEGMENT_HEADER_BYTES.saturating_add(seg_header.data_len);
         if seg_len < want {
             return Err(Error::Corrupt {
@@ -202,18 +222,27 @@ impl Rvm {
         }
         let status = read_status(log.as_ref())?;
         if status.log_id != seg_header.log_id {
-            return Err(Error::LogMismatch { log_id: status.log_id, expected: seg_header.log_id });
+            return Err(Error::LogMismatch {
+                log_id: status.log_id,
+                expected: seg_header.log_id,
+            });
         }
-        let log_len = log.len().map_err(Error::io("log"))?;
+        let log_len = log.size().map_err(Error::io("log"))?;
         if log_len < LOG_AREA_START + status.area_len {
             return Err(Error::Corrupt {
                 what: "log",
                 offset: log_len,
-                reason: format!("file has {log_len} bytes, status promises {}", LOG_AREA_START + status.area_len),
+                reason: format!(
+                    "file has {log_len} bytes, status promises {}",
+                    LOG_AREA_START + status.area_len
+                ),
             });
         }
         if status.area_len < LOG_AREA_BYTES_MIN {
-            return Err(Error::LogTooSmall { requested: status.area_len, minimum: LOG_AREA_BYTES_MIN });
+            return Err(Error::LogTooSmall {
+                requested: status.area_len,
+                minimum: LOG_AREA_BYTES_MIN,
+            });
         }
 
         let applied = apply_to_segment(
@@ -232,11 +261,19 @@ impl Rvm {
                 // Blank the bad header so the next open does not report it again.
                 let room = status.area_len - (offset - LOG_AREA_START);
                 if room >= RECORD_HEADER_BYTES {
-                    log.write_at(*offset, &[0u8; RECORD_HEADER_BYTES as usize]).map_err(Error::io("log"))?;
+                    log.write_at(*offset, &[0u8; RECORD_HEADER_BYTES as usize])
+                        .map_err(Error::io("log"))?;
                 }
             }
             generation += 1;
-            write_status(log.as_ref(), &LogStatus { generation, head: applied.end, ..status })?;
+            write_status(
+                log.as_ref(),
+                &LogStatus {
+                    generation,
+                    head: applied.end,
+                    ..status
+                },
+            )?;
         }
         let report = RecoveryReport {
             records_replayed: applied.records,
@@ -252,6 +289,7 @@ impl Rvm {
             seg_store: segment,
             log_store: log,
             segment: RwLock::new(mem),
+            data_len: seg_header.data_len,
             log_id: seg_header.log_id,
             limits: Limits::new(status.area_len, &opts),
             log: Mutex::new(LogState::new(status.area_len, applied.end, generation)),
@@ -279,7 +317,12 @@ impl Rvm {
 
     /// Opens the segment and log files at these paths, creating both (with a segment
     /// of `data_len` bytes) when the segment file does not exist.
-    pub fn open_files(segment: &Path, log: &Path, data_len: u64, opts: Options) -> Result<(Rvm, RecoveryReport)> {
+    pub fn open_files(
+        segment: &Path,
+        log: &Path,
+        data_len: u64,
+        opts: Options,
+    ) -> Result<(Rvm, RecoveryReport)> {
         if !segment.exists() {
             // Build the segment under a temporary name and rename it into place, so a
             // crash during creation never leaves a half-made segment behind.
@@ -289,7 +332,9 @@ impl Rvm {
             init_log_and_segment(&seg_store, &log_store, data_len, &opts)?;
             std::fs::rename(&tmp, segment).map_err(Error::io("segment"))?;
             if let Some(dir) = segment.parent() {
-                std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("segment directory"))?;
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(Error::io("segment directory"))?;
             }
         }
         let seg_store = FileStorage::open(segment, false).map_err(Error::io("segment"))?;
@@ -300,14 +345,26 @@ impl Rvm {
     /// Begins a transaction; it holds the segment until it commits or aborts.
     pub fn begin(&self, mode: Mode) -> Result<Transaction<'_>> {
         self.inner.check()?;
-        let seg = self.inner.segment.write().unwrap_or_else(|p| p.into_inner());
-        Ok(Transaction { inner: &self.inner, seg: Some(seg), mode, declared: RangeSet::default(), undo: Vec::new() })
+        let seg = self
+            .inner
+            .segment
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(Transaction {
+            inner: &self.inner,
+            seg: Some(seg),
+            mode,
+            declared: RangeSet::default(),
+            undo: Vec::new(),
+        })
     }
 
     /// Reads the committed state (and nothing a transaction is changing).
     pub fn read(&self) -> Result<ReadView<'_>> {
         self.inner.check()?;
-        Ok(ReadView { seg: self.inner.segment.read().unwrap_or_else(|p| p.into_inner()) })
+        Ok(ReadView {
+            seg: self.inner.segment.read().unwrap_or_else(|p| p.into_inner()),
+        })
     }
 
     /// Makes every commit so far durable (Coda's `rvm_flush`).
@@ -324,7 +381,7 @@ impl Rvm {
     }
 
     pub fn data_len(&self) -> u64 {
-        self.inner.segment.read().unwrap_or_else(|p| p.into_inner()).data_len()
+        self.inner.data_len
     }
 
     pub fn log_id(&self) -> u64 {
@@ -369,13 +426,24 @@ impl Drop for Rvm {
     }
 }
 
-fn init_log_and_segment(segment: &dyn Storage, log: &dyn Storage, data_len: u64, opts: &Options) -> Result<()> {
+fn init_log_and_segment(
+    segment: &dyn Storage,
+    log: &dyn Storage,
+    data_len: u64,
+    opts: &Options,
+) -> Result<()> {
     if data_len < SEGMENT_DATA_BYTES_MIN {
-        return Err(Error::SegmentTooSmall { requested: data_len, minimum: SEGMENT_DATA_BYTES_MIN });
+        return Err(Error::SegmentTooSmall {
+            requested: data_len,
+            minimum: SEGMENT_DATA_BYTES_MIN,
+        });
     }
     let area_len = opts.log_area_bytes / RECORD_ALIGN_BYTES * RECORD_ALIGN_BYTES;
     if area_len < LOG_AREA_BYTES_MIN {
-        return Err(Error::LogTooSmall { requested: opts.log_area_bytes, minimum: LOG_AREA_BYTES_MIN });
+        return Err(Error::LogTooSmall {
+            requested: opts.log_area_bytes,
+            minimum: LOG_AREA_BYTES_MIN,
+        });
     }
     let log_id = random_id();
     // Zero the whole log so later writes land on allocated blocks: a sync then has
@@ -386,14 +454,31 @@ fn init_log_and_segment(segment: &dyn Storage, log: &dyn Storage, data_len: u64,
     let mut at = 0;
     while at < total {
         let n = (total - at).min(zeros.len() as u64);
-        log.write_at(at, &zeros[..n as usize]).map_err(Error::io("log"))?;
+        log.write_at(at, &zeros[..n as usize])
+            .map_err(Error::io("log"))?;
         at += n;
     }
-    let head = LogPos { offset: 0, seq: 1, chain: initial_chain(log_id) };
-    write_status(log, &LogStatus { generation: 0, log_id, area_len, head })?;
+    let head = LogPos {
+        offset: 0,
+        seq: 1,
+        chain: initial_chain(log_id),
+    };
+    write_status(
+        log,
+        &LogStatus {
+            generation: 0,
+            log_id,
+            area_len,
+            head,
+        },
+    )?;
     segment.set_len(0).map_err(Error::io("segment"))?;
-    segment.set_len(SEGMENT_HEADER_BYTES + data_len).map_err(Error::io("segment"))?;
-    segment.write_at(0, &SegmentHeader { data_len, log_id }.encode()).map_err(Error::io("segment"))?;
+    segment
+        .set_len(SEGMENT_HEADER_BYTES + data_len)
+        .map_err(Error::io("segment"))?;
+    segment
+        .write_at(0, &SegmentHeader { data_len, log_id }.encode())
+        .map_err(Error::io("segment"))?;
     segment.sync().map_err(Error::io("segment"))
 }
 
@@ -412,7 +497,11 @@ impl Inner {
     /// Copies the declared ranges' new values into the commit buffer. Called with the
     /// segment held, so commit order is the order transactions changed memory.
     /// Returns the commit's id and whether the buffer is full enough to flush now.
-    pub(crate) fn log_commit(&self, seg: &SegmentMem, declared: &RangeSet) -> Result<(CommitId, bool)> {
+    pub(crate) fn log_commit(
+        &self,
+        seg: &SegmentMem,
+        declared: &RangeSet,
+    ) -> Result<(CommitId, bool)> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned);
         }
@@ -423,30 +512,46 @@ impl Inner {
         let id = log.last_commit;
         if declared.is_empty() {
             // Nothing to log: durable as soon as everything before it is.
-            if log.pending.is_empty() && !log.flushing {
-                log.durable_commit = id;
-            } else if let Some(g) = log.pending.back_mut() {
-                g.last_commit = id;
+            let flushing = log.flushing;
+            match log.pending.back_mut() {
+                Some(g) => g.last_commit = id,
+                None if !flushing => log.durable_commit = id,
+                // Behind a flush in flight: an empty record marks the point.
+                None => {
+                    let group = Group {
+                        last_commit: id,
+                        ..Group::default()
+                    };
+                    log.pending_bytes += group.map.record_bytes();
+                    log.pending.push_back(group);
+                }
             }
             return Ok((CommitId(id), false));
         }
-        let fits_last = log
-            .pending
-            .back()
-            .is_some_and(|g| g.map.record_bytes() + declared.record_bytes() <= self.limits.transaction_bytes_max);
+        let fits_last = log.pending.back().is_some_and(|g| {
+            g.map.record_bytes() + declared.record_bytes() <= self.limits.transaction_bytes_max
+        });
         if !fits_last {
             log.pending.push_back(Group::default());
         }
         let group = log.pending.back_mut().expect("a group was just ensured");
         // A new group's record header is part of what it adds to the buffer.
-        let before = if fits_last { group.map.record_bytes() } else { 0 };
+        let before = if fits_last {
+            group.map.record_bytes()
+        } else {
+            0
+        };
         for (start, end) in declared.iter() {
             group.map.insert(start, seg.bytes(start, end - start)?);
         }
         group.last_commit = id;
-        let grown = group.map.record_bytes() - before;
-        log.pending_bytes += grown;
-        Ok((CommitId(id), log.pending_bytes > self.limits.pending_bytes_max))
+        // Merging can shrink a record (joined ranges share one range header).
+        let after = group.map.record_bytes();
+        log.pending_bytes = log.pending_bytes + after - before;
+        Ok((
+            CommitId(id),
+            log.pending_bytes > self.limits.pending_bytes_max,
+        ))
     }
 
     /// Waits until commit `id` is durable, writing the log itself when no other thread
@@ -459,10 +564,16 @@ impl Inner {
             }
             log.check()?;
             if log.flushing {
-                log = self.log_changed.wait(log).unwrap_or_else(|p| p.into_inner());
+                log = self
+                    .log_changed
+                    .wait(log)
+                    .unwrap_or_else(|p| p.into_inner());
                 continue;
             }
-            assert!(!log.pending.is_empty(), "a commit that is not durable is buffered or being flushed");
+            assert!(
+                !log.pending.is_empty(),
+                "a commit that is not durable is buffered or being flushed"
+            );
             log.flushing = true;
             let batch = loop {
                 if let Some(batch) = log.prepare_flush() {
@@ -470,7 +581,10 @@ impl Inner {
                 }
                 if log.used() == 0 {
                     let needed = log.pending.front().map_or(0, |g| g.map.record_bytes());
-                    break Err(Error::LogFull { needed, limit: self.limits.transaction_bytes_max });
+                    break Err(Error::LogFull {
+                        needed,
+                        limit: self.limits.transaction_bytes_max,
+                    });
                 }
                 drop(log);
                 let truncated = self.truncate();
@@ -513,7 +627,9 @@ impl Inner {
 
     fn write_batch(&self, batch: &FlushBatch) -> Result<()> {
         for (offset, bytes) in &batch.writes {
-            self.log_store.write_at(*offset, bytes).map_err(Error::io("log"))?;
+            self.log_store
+                .write_at(*offset, bytes)
+                .map_err(Error::io("log"))?;
         }
         self.log_store.sync().map_err(Error::io("log"))
     }
@@ -530,7 +646,7 @@ impl Inner {
         if head == end {
             return Ok(());
         }
-        let data_len = self.segment.read().unwrap_or_else(|p| p.into_inner()).data_len();
+        let data_len = self.data_len;
         let result = (|| {
             apply_to_segment(
                 self.log_store.as_ref(),
@@ -542,7 +658,12 @@ impl Inner {
                 Some(end),
             )?;
             self.seg_store.sync().map_err(Error::io("segment"))?;
-            let status = LogStatus { generation: generation + 1, log_id: self.log_id, area_len, head: end };
+            let status = LogStatus {
+                generation: generation + 1,
+                log_id: self.log_id,
+                area_len,
+                head: end,
+            };
             write_status(self.log_store.as_ref(), &status)
         })();
         let mut log = lock(&self.log);
@@ -567,7 +688,11 @@ impl Inner {
             {
                 let mut sig = lock(&self.daemon);
                 if !sig.wake && !sig.shutdown {
-                    sig = self.daemon_wake.wait_timeout(sig, tick).unwrap_or_else(|p| p.into_inner()).0;
+                    sig = self
+                        .daemon_wake
+                        .wait_timeout(sig, tick)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                 }
                 if sig.shutdown {
                     return;

@@ -22,8 +22,10 @@ pub(crate) struct SegmentMem {
 impl SegmentMem {
     pub fn load(store: &dyn Storage, data_len: u64) -> Result<SegmentMem> {
         let total = SEGMENT_HEADER_BYTES + data_len;
-        let total_usize = usize::try_from(total)
-            .map_err(|_| Error::SegmentTooSmall { requested: total, minimum: 0 })?;
+        let total_usize = usize::try_from(total).map_err(|_| Error::SegmentTooSmall {
+            requested: total,
+            minimum: 0,
+        })?;
         let map = match store.file() {
             // SAFETY: the mapping is private, so no other mapping of the file can change
             // what this process sees in pages it wrote; RVM is the only writer of the
@@ -31,10 +33,13 @@ impl SegmentMem {
             Some(file) => unsafe { MmapOptions::new().len(total_usize).map_copy(file) }
                 .map_err(Error::io("segment mapping"))?,
             None => {
-                let mut map = MmapMut::map_anon(total_usize).map_err(Error::io("segment mapping"))?;
+                let mut map =
+                    MmapMut::map_anon(total_usize).map_err(Error::io("segment mapping"))?;
                 const CHUNK: usize = 8 << 20;
                 for (i, piece) in map.chunks_mut(CHUNK).enumerate() {
-                    store.read_at((i * CHUNK) as u64, piece).map_err(Error::io("segment"))?;
+                    store
+                        .read_at((i * CHUNK) as u64, piece)
+                        .map_err(Error::io("segment"))?;
                 }
                 map
             }
@@ -52,7 +57,11 @@ impl SegmentMem {
                 let start = (SEGMENT_HEADER_BYTES + offset) as usize;
                 Ok(start..start + len as usize)
             }
-            _ => Err(Error::OutOfBounds { offset, len, size: self.data_len }),
+            _ => Err(Error::OutOfBounds {
+                offset,
+                len,
+                size: self.data_len,
+            }),
         }
     }
 
@@ -81,7 +90,10 @@ pub struct Rec<T> {
 
 impl<T> Rec<T> {
     pub const fn at(offset: u64) -> Rec<T> {
-        Rec { offset, _type: PhantomData }
+        Rec {
+            offset,
+            _type: PhantomData,
+        }
     }
     pub const fn offset(self) -> u64 {
         self.offset
@@ -115,7 +127,11 @@ pub(crate) fn record_mut<T: Record>(bytes: &mut [u8], offset: u64) -> Result<&mu
 }
 
 fn bad_record<T>(offset: u64) -> Error {
-    Error::BadRecord { offset, size: size_of::<T>() as u64, type_name: std::any::type_name::<T>() }
+    Error::BadRecord {
+        offset,
+        size: size_of::<T>() as u64,
+        type_name: std::any::type_name::<T>(),
+    }
 }
 
 /// Reading the segment: what a [`ReadView`] and a [`crate::Transaction`] share.
@@ -126,11 +142,15 @@ pub trait View {
     fn data_len(&self) -> u64;
 
     fn u64_at(&self, offset: u64) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.bytes(offset, 8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.bytes(offset, 8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn u32_at(&self, offset: u64) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.bytes(offset, 4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.bytes(offset, 4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn get<T: Record>(&self, rec: Rec<T>) -> Result<&T> {

@@ -20,7 +20,7 @@ pub trait Storage: Send + Sync {
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Make every completed write durable (fdatasync).
     fn sync(&self) -> io::Result<()>;
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The file behind this storage, when there is one, so the segment can be mapped
     /// lazily instead of read into memory.
@@ -38,7 +38,11 @@ pub struct FileStorage {
 impl FileStorage {
     /// Opens `path`, creating it when `create` is set.
     pub fn open(path: &Path, create: bool) -> io::Result<FileStorage> {
-        let file = OpenOptions::new().read(true).write(true).create(create).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .open(path)?;
         Ok(FileStorage { file })
     }
 }
@@ -53,7 +57,7 @@ impl Storage for FileStorage {
     fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -97,7 +101,9 @@ impl MemStorage {
         MemStorage::default()
     }
     pub fn from_bytes(bytes: Vec<u8>) -> MemStorage {
-        MemStorage { data: Arc::new(Mutex::new(bytes)) }
+        MemStorage {
+            data: Arc::new(Mutex::new(bytes)),
+        }
     }
     pub fn to_bytes(&self) -> Vec<u8> {
         lock(&self.data).clone()
@@ -118,7 +124,7 @@ impl Storage for MemStorage {
     fn sync(&self) -> io::Result<()> {
         Ok(())
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(lock(&self.data).len() as u64)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -232,7 +238,7 @@ impl Storage for SimDisk {
         st.unsynced.clear();
         Ok(())
     }
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(lock(&self.state).live.len() as u64)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {

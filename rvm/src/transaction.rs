@@ -42,18 +42,28 @@ pub struct Transaction<'a> {
 
 impl<'a> Transaction<'a> {
     fn seg(&self) -> &SegmentMem {
-        self.seg.as_ref().expect("open transaction holds the segment")
+        self.seg
+            .as_ref()
+            .expect("open transaction holds the segment")
     }
 
     fn seg_mut(&mut self) -> &mut SegmentMem {
-        self.seg.as_mut().expect("open transaction holds the segment")
+        self.seg
+            .as_mut()
+            .expect("open transaction holds the segment")
     }
 
     /// Declares that `[offset, offset + len)` will change (Coda's `set_range`).
     pub fn set_range(&mut self, offset: u64, len: u64) -> Result<()> {
         let end = match offset.checked_add(len) {
             Some(end) if end <= self.seg().data_len() => end,
-            _ => return Err(Error::OutOfBounds { offset, len, size: self.seg().data_len() }),
+            _ => {
+                return Err(Error::OutOfBounds {
+                    offset,
+                    len,
+                    size: self.seg().data_len(),
+                })
+            }
         };
         if self.declared.covers(offset, end) {
             return Ok(());
@@ -62,7 +72,10 @@ impl<'a> Transaction<'a> {
         trial.insert(offset, end, |_, _| {});
         let limit = self.inner.limits.transaction_bytes_max;
         if trial.record_bytes() > limit {
-            return Err(Error::LogFull { needed: trial.record_bytes(), limit });
+            return Err(Error::LogFull {
+                needed: trial.record_bytes(),
+                limit,
+            });
         }
         let mut fresh = Vec::new();
         self.declared.insert(offset, end, |a, b| fresh.push((a, b)));
@@ -83,7 +96,8 @@ impl<'a> Transaction<'a> {
 
     /// Declares and overwrites (Coda's `modify_bytes`).
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.range_mut(offset, data.len() as u64)?.copy_from_slice(data);
+        self.range_mut(offset, data.len() as u64)?
+            .copy_from_slice(data);
         Ok(())
     }
 
@@ -120,7 +134,9 @@ impl<'a> Transaction<'a> {
     }
 
     fn undo_changes(&mut self) -> Result<()> {
-        let Some(mut seg) = self.seg.take() else { return Ok(()) };
+        let Some(mut seg) = self.seg.take() else {
+            return Ok(());
+        };
         if self.mode == Mode::NoRestore {
             if !self.declared.is_empty() {
                 self.inner.poison();
@@ -129,7 +145,8 @@ impl<'a> Transaction<'a> {
             return Ok(());
         }
         for (offset, old) in self.undo.drain(..) {
-            seg.bytes_mut(offset, old.len() as u64)?.copy_from_slice(&old);
+            seg.bytes_mut(offset, old.len() as u64)?
+                .copy_from_slice(&old);
         }
         Ok(())
     }

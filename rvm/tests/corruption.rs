@@ -7,14 +7,24 @@ use rvm::{Durability, MemStorage, Mode, Options, Rvm, Tail, View, LOG_AREA_START
 const DATA_BYTES: u64 = 16 << 10;
 
 fn opts() -> Options {
-    Options { log_area_bytes: 64 << 10, background_truncation: false, ..Options::default() }
+    Options {
+        log_area_bytes: 64 << 10,
+        background_truncation: false,
+        ..Options::default()
+    }
 }
 
 /// A log holding `commits` flush commits, never truncated; the states after each
 /// commit (the first is the empty segment); and the log bytes before the last commit.
 fn logged(commits: u64, seed: u64) -> (MemStorage, MemStorage, Vec<Vec<u8>>, Vec<u8>) {
     let (seg, log) = (MemStorage::new(), MemStorage::new());
-    let rvm = Rvm::create(Box::new(seg.clone()), Box::new(log.clone()), DATA_BYTES, opts()).unwrap();
+    let rvm = Rvm::create(
+        Box::new(seg.clone()),
+        Box::new(log.clone()),
+        DATA_BYTES,
+        opts(),
+    )
+    .unwrap();
     let mut states = vec![vec![0u8; DATA_BYTES as usize]];
     let mut before_last = Vec::new();
     for i in 0..commits {
@@ -34,7 +44,11 @@ fn logged(commits: u64, seed: u64) -> (MemStorage, MemStorage, Vec<Vec<u8>>, Vec
 }
 
 fn reopen(seg: &MemStorage, log: Vec<u8>) -> rvm::Result<(Rvm, rvm::RecoveryReport)> {
-    Rvm::open(Box::new(MemStorage::from_bytes(seg.to_bytes())), Box::new(MemStorage::from_bytes(log)), opts())
+    Rvm::open(
+        Box::new(MemStorage::from_bytes(seg.to_bytes())),
+        Box::new(MemStorage::from_bytes(log)),
+        opts(),
+    )
 }
 
 fn state(rvm: &Rvm) -> Vec<u8> {
@@ -44,7 +58,10 @@ fn state(rvm: &Rvm) -> Vec<u8> {
 /// The byte range the last commit's record occupies in the log file.
 fn last_record(before: &[u8], after: &[u8]) -> std::ops::Range<usize> {
     let first = (0..after.len()).find(|&i| before[i] != after[i]).unwrap();
-    let last = (0..after.len()).rev().find(|&i| before[i] != after[i]).unwrap();
+    let last = (0..after.len())
+        .rev()
+        .find(|&i| before[i] != after[i])
+        .unwrap();
     first..last + 1
 }
 
@@ -59,9 +76,15 @@ fn every_single_bit_flip_in_the_last_record_is_detected_and_cut() {
             let mut damaged = after.clone();
             damaged[byte] ^= 1 << bit;
             let (rvm, report) = reopen(&seg, damaged).unwrap();
-            assert_eq!(state(&rvm), states[4], "flip at byte {byte} bit {bit} was applied");
+            assert_eq!(
+                state(&rvm),
+                states[4],
+                "flip at byte {byte} bit {bit} was applied"
+            );
             match report.tail {
-                Tail::Cut { offset, .. } => assert_eq!(offset, record.start as u64 - (record.start as u64 % 8)),
+                Tail::Cut { offset, .. } => {
+                    assert_eq!(offset, record.start as u64 - (record.start as u64 % 8))
+                }
                 Tail::Clean => panic!("flip at byte {byte} bit {bit} went unreported"),
             }
         }
@@ -78,9 +101,16 @@ fn a_torn_last_record_is_never_applied_and_is_reported_once_its_header_landed() 
         let mut torn = before.clone();
         torn[record.start..cut].copy_from_slice(&after[record.start..cut]);
         let (rvm, report) = reopen(&seg, torn).unwrap();
-        assert_eq!(state(&rvm), states[4], "torn at {cut}: a partial record was applied");
+        assert_eq!(
+            state(&rvm),
+            states[4],
+            "torn at {cut}: a partial record was applied"
+        );
         if cut - record.start >= 40 {
-            assert!(matches!(report.tail, Tail::Cut { .. }), "torn at {cut}: not reported");
+            assert!(
+                matches!(report.tail, Tail::Cut { .. }),
+                "torn at {cut}: not reported"
+            );
         }
         // Recovery blanks what it cut: the next open finds a clean end.
         let log_after = rvm_log_after_recovery(&seg, &after, record.start, cut, &before);
@@ -89,7 +119,13 @@ fn a_torn_last_record_is_never_applied_and_is_reported_once_its_header_landed() 
     }
 }
 
-fn rvm_log_after_recovery(seg: &MemStorage, after: &[u8], start: usize, cut: usize, before: &[u8]) -> Vec<u8> {
+fn rvm_log_after_recovery(
+    seg: &MemStorage,
+    after: &[u8],
+    start: usize,
+    cut: usize,
+    before: &[u8],
+) -> Vec<u8> {
     let mut torn = before.to_vec();
     torn[start..cut].copy_from_slice(&after[start..cut]);
     let log = MemStorage::from_bytes(torn);

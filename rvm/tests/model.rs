@@ -18,13 +18,22 @@ enum Outcome {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Txn { writes: Vec<(u64, usize, u8)>, restore: bool, outcome: Outcome },
+    Txn {
+        writes: Vec<(u64, usize, u8)>,
+        restore: bool,
+        outcome: Outcome,
+    },
     Flush,
     Truncate,
     Reopen,
     /// A power cut in the middle of a flush (and, with `truncate`, of a truncation):
     /// the disks stop after `log_ops` and `seg_ops` more operations.
-    Crash { seed: u64, log_ops: u64, seg_ops: u64, truncate: bool },
+    Crash {
+        seed: u64,
+        log_ops: u64,
+        seg_ops: u64,
+        truncate: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -64,15 +73,31 @@ fn state(rvm: &Rvm) -> Vec<u8> {
 
 fn run(ops: Vec<Op>, background: bool) -> Result<(), TestCaseError> {
     let (mut seg, mut log) = (SimDisk::new(), SimDisk::new());
-    let mut rvm = Rvm::create(Box::new(seg.clone()), Box::new(log.clone()), DATA_BYTES, options(background)).unwrap();
+    let mut rvm = Rvm::create(
+        Box::new(seg.clone()),
+        Box::new(log.clone()),
+        DATA_BYTES,
+        options(background),
+    )
+    .unwrap();
     let mut durable = vec![0u8; DATA_BYTES as usize];
     // States after each commit that may not be durable yet, oldest first.
     let mut since: Vec<Vec<u8>> = Vec::new();
     for op in ops {
         let current = since.last().unwrap_or(&durable).clone();
         match op {
-            Op::Txn { writes, restore, outcome } => {
-                let mut tx = rvm.begin(if restore { Mode::Restore } else { Mode::NoRestore }).unwrap();
+            Op::Txn {
+                writes,
+                restore,
+                outcome,
+            } => {
+                let mut tx = rvm
+                    .begin(if restore {
+                        Mode::Restore
+                    } else {
+                        Mode::NoRestore
+                    })
+                    .unwrap();
                 let mut next = current.clone();
                 for (offset, len, byte) in writes {
                     tx.write(offset, &vec![byte; len]).unwrap();
@@ -99,12 +124,22 @@ fn run(ops: Vec<Op>, background: bool) -> Result<(), TestCaseError> {
             Op::Truncate => rvm.truncate().unwrap(),
             Op::Reopen => {
                 drop(rvm);
-                let (reopened, _) = Rvm::open(Box::new(seg.clone()), Box::new(log.clone()), options(background)).unwrap();
+                let (reopened, _) = Rvm::open(
+                    Box::new(seg.clone()),
+                    Box::new(log.clone()),
+                    options(background),
+                )
+                .unwrap();
                 rvm = reopened;
                 durable = current;
                 since.clear();
             }
-            Op::Crash { seed, log_ops, seg_ops, truncate } => {
+            Op::Crash {
+                seed,
+                log_ops,
+                seg_ops,
+                truncate,
+            } => {
                 log.fail_after(log_ops);
                 seg.fail_after(seg_ops);
                 let _ = rvm.flush();
@@ -115,12 +150,21 @@ fn run(ops: Vec<Op>, background: bool) -> Result<(), TestCaseError> {
                 let (seg2, log2) = (seg.crash(seed), log.crash(seed.rotate_left(17)));
                 drop(rvm);
                 (seg, log) = (seg2, log2);
-                let (reopened, report) =
-                    Rvm::open(Box::new(seg.clone()), Box::new(log.clone()), options(background)).unwrap();
+                let (reopened, report) = Rvm::open(
+                    Box::new(seg.clone()),
+                    Box::new(log.clone()),
+                    options(background),
+                )
+                .unwrap();
                 rvm = reopened;
                 let got = state(&rvm);
-                let matched = std::iter::once(&durable).chain(since.iter()).position(|s| *s == got);
-                prop_assert!(matched.is_some(), "after a power cut the segment is no prefix of the commits ({report:?})");
+                let matched = std::iter::once(&durable)
+                    .chain(since.iter())
+                    .position(|s| *s == got);
+                prop_assert!(
+                    matched.is_some(),
+                    "after a power cut the segment is no prefix of the commits ({report:?})"
+                );
                 durable = got;
                 since.clear();
                 if let Tail::Cut { offset, .. } = report.tail {
