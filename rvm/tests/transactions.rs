@@ -440,3 +440,56 @@ proptest::proptest! {
         proptest::prop_assert!(rvm.read().unwrap().bytes(0, 1 << 16).unwrap() == &expect[..]);
     }
 }
+
+#[test]
+fn overlapping_ranges_in_one_transaction_are_logged_once() {
+    let (rvm, _, _) = mem_rvm(1 << 16);
+    let before = rvm.stats().log_bytes_written;
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    tx.write(0, &[1; 100]).unwrap();
+    tx.write(50, &[2; 100]).unwrap();
+    tx.write(10, &[3; 20]).unwrap();
+    tx.commit(Durability::Flush).unwrap();
+    // One record: 40-byte header, one 16-byte range header, 150 bytes padded to 152.
+    assert_eq!(rvm.stats().log_bytes_written - before, 40 + 16 + 152);
+}
+
+#[test]
+fn consecutive_no_flush_transactions_coalesce_into_one_record() {
+    let (rvm, _, _) = mem_rvm(1 << 16);
+    let before = rvm.stats();
+    for i in 0..1000u64 {
+        let mut tx = rvm.begin(Mode::NoRestore).unwrap();
+        tx.write_u64(64, i).unwrap();
+        tx.write_u64(4096 + (i % 4) * 8, i).unwrap();
+        tx.commit(Durability::NoFlush).unwrap();
+    }
+    rvm.flush().unwrap();
+    let after = rvm.stats();
+    assert_eq!(after.records_written - before.records_written, 1);
+    // Two ranges survive: 8 bytes at 64 and 32 bytes at 4096.
+    assert_eq!(
+        after.log_bytes_written - before.log_bytes_written,
+        40 + 16 + 8 + 16 + 32
+    );
+}
+
+#[test]
+fn a_segment_of_many_gib_is_addressed_with_64_bit_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, log) = (dir.path().join("big.seg"), dir.path().join("big.log"));
+    let size = 6u64 << 30; // sparse on disk, mapped lazily
+    let (rvm, _) = Rvm::open_files(&seg, &log, size, opts()).unwrap();
+    let far = size - 4096 - 3;
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    tx.write(far, b"beyond four gigabytes").unwrap();
+    tx.write((4u64 << 30) + 1, b"just past 2^32").unwrap();
+    tx.commit(Durability::Flush).unwrap();
+    rvm.truncate().unwrap();
+    drop(rvm);
+    let (rvm, _) = Rvm::open_files(&seg, &log, size, opts()).unwrap();
+    let view = rvm.read().unwrap();
+    assert_eq!(view.bytes(far, 21).unwrap(), b"beyond four gigabytes");
+    assert_eq!(view.bytes((4u64 << 30) + 1, 14).unwrap(), b"just past 2^32");
+    assert_eq!(view.data_len(), size);
+}
