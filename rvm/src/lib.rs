@@ -23,6 +23,7 @@ mod error;
 mod format;
 pub mod heap;
 mod log;
+mod pages;
 mod ranges;
 mod rvm;
 mod segment;

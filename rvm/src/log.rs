@@ -14,6 +14,7 @@ use crate::format::{
     decode_ranges, pad8, LogPos, RecordFault, RecordHeader, RecordKind, LOG_AREA_START,
     RECORD_HEADER_BYTES,
 };
+use crate::pages::PageBuffer;
 use crate::ranges::RangeMap;
 use crate::storage::Storage;
 
@@ -339,8 +340,6 @@ impl<'a> Scanner<'a> {
 
 /// Applies log records from `from` to the segment, stopping at `until` (truncation:
 /// every record up to there must be whole) or at the end of the log (recovery).
-/// New values are gathered newest-wins and written in bounded chunks, so each segment
-/// byte is written once per chunk however often the log changed it.
 pub(crate) fn apply_to_segment(
     log: &dyn Storage,
     segment: &dyn Storage,
@@ -350,9 +349,9 @@ pub(crate) fn apply_to_segment(
     from: LogPos,
     until: Option<LogPos>,
 ) -> Result<Applied> {
-    const APPLY_CHUNK_BYTES: u64 = 64 << 20;
     let mut scanner = Scanner::new(log, area_len, data_len, from);
-    let mut chunk = RangeMap::default();
+    let mut pages = PageBuffer::new(segment, segment_data_start, data_len);
+    let mut failed = None;
     let mut applied = Applied {
         end: from,
         records: 0,
@@ -363,7 +362,15 @@ pub(crate) fn apply_to_segment(
         if until == Some(scanner.pos) {
             break;
         }
-        match scanner.next(|offset, data| chunk.insert(offset, data))? {
+        let step = scanner.next(|offset, data| {
+            if failed.is_none() {
+                failed = pages.apply(offset, data).err();
+            }
+        })?;
+        if let Some(e) = failed.take() {
+            return Err(e);
+        }
+        match step {
             Step::Record { bytes } => {
                 applied.records += 1;
                 applied.bytes += bytes;
@@ -381,23 +388,10 @@ pub(crate) fn apply_to_segment(
                 })
             }
         }
-        if chunk.data_bytes() >= APPLY_CHUNK_BYTES {
-            write_chunk(segment, segment_data_start, &chunk)?;
-            chunk = RangeMap::default();
-        }
     }
-    write_chunk(segment, segment_data_start, &chunk)?;
+    pages.write_out()?;
     applied.end = scanner.pos;
     Ok(applied)
-}
-
-fn write_chunk(segment: &dyn Storage, data_start: u64, chunk: &RangeMap) -> Result<()> {
-    for (offset, data) in chunk.iter() {
-        segment
-            .write_at(data_start + offset, data)
-            .map_err(Error::io("segment"))?;
-    }
-    Ok(())
 }
 
 #[derive(Debug)]
