@@ -26,6 +26,17 @@ pub(crate) struct Group {
     pub last_commit: u64,
 }
 
+/// What a flush driver does next (see [`crate::Rvm::begin_flush`]).
+#[derive(Debug)]
+pub enum FlushStep {
+    /// Nothing to write now: nothing is buffered, or another flush is in flight.
+    Idle,
+    /// Write these bytes, sync, then report with [`crate::Rvm::end_flush`].
+    Write(FlushBatch),
+    /// The log has no room for the next record: truncate first.
+    Truncate,
+}
+
 /// Bytes to write at positions of the record area, and where the log ends after them.
 #[derive(Debug)]
 pub struct FlushBatch {

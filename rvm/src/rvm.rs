@@ -12,7 +12,7 @@ use crate::format::{
     LogPos, LogStatus, SegmentHeader, LOG_AREA_START, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES,
     SEGMENT_HEADER_BYTES, STATUS_SLOT_BYTES,
 };
-use crate::log::{apply_to_segment, FlushBatch, Group, LogState};
+use crate::log::{apply_to_segment, FlushBatch, FlushStep, Group, LogState};
 use crate::ranges::RangeSet;
 use crate::segment::{ReadView, SegmentMem};
 use crate::storage::{FileStorage, Storage};
@@ -373,6 +373,29 @@ impl Rvm {
         self.inner.wait_durable(CommitId(last))
     }
 
+    /// For a driver that does the log's I/O itself (an io_uring executor) instead of
+    /// waiting in [`flush`](Self::flush): the next step towards durability. After
+    /// `Write`, write each of the batch's runs at its log offset, sync the log, and
+    /// report with [`end_flush`](Self::end_flush); no other flush starts meanwhile.
+    /// `Truncate`: call [`truncate`](Self::truncate) first. `Idle`: nothing buffered,
+    /// or a flush is in flight.
+    pub fn begin_flush(&self) -> Result<FlushStep> {
+        let mut log = lock(&self.inner.log);
+        log.check()?;
+        self.inner.claim_flush(&mut log)
+    }
+
+    /// Reports how the writes and sync of a batch from [`begin_flush`](Self::begin_flush)
+    /// went; its commits are durable once this returns `Ok`.
+    pub fn end_flush(&self, batch: FlushBatch, written: std::io::Result<()>) -> Result<()> {
+        self.inner.end_flush(&batch, written)
+    }
+
+    /// Whether commit `id` is durable.
+    pub fn is_durable(&self, id: CommitId) -> bool {
+        lock(&self.inner.log).durable_commit >= id.0
+    }
+
     /// Applies the durable log to the segment file and reclaims the log (Coda's
     /// `rvm_truncate`). Commits may go on meanwhile.
     pub fn truncate(&self) -> Result<()> {
@@ -563,75 +586,88 @@ impl Inner {
                 return Ok(());
             }
             log.check()?;
-            if log.flushing {
-                log = self
-                    .log_changed
-                    .wait(log)
-                    .unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            assert!(
-                !log.pending.is_empty(),
-                "a commit that is not durable is buffered or being flushed"
-            );
-            log.flushing = true;
-            let batch = loop {
-                if let Some(batch) = log.prepare_flush() {
-                    break Ok(batch);
+            match self.claim_flush(&mut log)? {
+                FlushStep::Idle => {
+                    assert!(
+                        log.flushing,
+                        "a commit that is not durable is buffered or being flushed"
+                    );
+                    log = self
+                        .log_changed
+                        .wait(log)
+                        .unwrap_or_else(|p| p.into_inner());
                 }
-                if log.used() == 0 {
-                    let needed = log.pending.front().map_or(0, |g| g.map.record_bytes());
-                    break Err(Error::LogFull {
-                        needed,
-                        limit: self.limits.transaction_bytes_max,
-                    });
-                }
-                drop(log);
-                let truncated = self.truncate();
-                log = lock(&self.log);
-                if let Err(e) = truncated {
-                    break Err(e);
-                }
-            };
-            let batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    log.flushing = false;
-                    self.log_changed.notify_all();
-                    return Err(e);
-                }
-            };
-            drop(log);
-            let written = self.write_batch(&batch);
-            log = lock(&self.log);
-            log.flushing = false;
-            match written {
-                Ok(()) => log.complete_flush(&batch),
-                Err(e) => {
-                    log.failed.get_or_insert_with(|| e.to_string());
-                }
-            }
-            self.log_changed.notify_all();
-            if log.used() >= self.limits.truncate_at_bytes {
-                if self.background_truncation {
-                    lock(&self.daemon).wake = true;
-                    self.daemon_wake.notify_all();
-                } else {
+                FlushStep::Truncate => {
                     drop(log);
                     self.truncate()?;
+                    log = lock(&self.log);
+                }
+                FlushStep::Write(batch) => {
+                    drop(log);
+                    let written = self.write_batch(&batch);
+                    self.end_flush(&batch, written)?;
                     log = lock(&self.log);
                 }
             }
         }
     }
 
-    fn write_batch(&self, batch: &FlushBatch) -> Result<()> {
-        for (offset, bytes) in &batch.writes {
-            self.log_store
-                .write_at(*offset, bytes)
-                .map_err(Error::io("log"))?;
+    /// The next step towards making buffered commits durable; `Write` claims the
+    /// flush until [`end_flush`](Self::end_flush).
+    fn claim_flush(&self, log: &mut LogState) -> Result<FlushStep> {
+        if log.flushing || log.pending.is_empty() {
+            return Ok(FlushStep::Idle);
         }
-        self.log_store.sync().map_err(Error::io("log"))
+        if let Some(batch) = log.prepare_flush() {
+            log.flushing = true;
+            return Ok(FlushStep::Write(batch));
+        }
+        if log.used() == 0 {
+            let needed = log.pending.front().map_or(0, |g| g.map.record_bytes());
+            return Err(Error::LogFull {
+                needed,
+                limit: self.limits.transaction_bytes_max,
+            });
+        }
+        Ok(FlushStep::Truncate)
+    }
+
+    fn end_flush(&self, batch: &FlushBatch, written: std::io::Result<()>) -> Result<()> {
+        let mut log = lock(&self.log);
+        assert!(log.flushing, "end_flush without a claimed flush");
+        log.flushing = false;
+        let result = match written {
+            Ok(()) => {
+                log.complete_flush(batch);
+                Ok(())
+            }
+            Err(source) => {
+                let e = Error::Io {
+                    what: "log",
+                    source,
+                };
+                log.failed.get_or_insert_with(|| e.to_string());
+                Err(e)
+            }
+        };
+        self.log_changed.notify_all();
+        if result.is_ok() && log.used() >= self.limits.truncate_at_bytes {
+            if self.background_truncation {
+                lock(&self.daemon).wake = true;
+                self.daemon_wake.notify_all();
+            } else {
+                drop(log);
+                self.truncate()?;
+            }
+        }
+        result
+    }
+
+    fn write_batch(&self, batch: &FlushBatch) -> std::io::Result<()> {
+        for (offset, bytes) in &batch.writes {
+            self.log_store.write_at(*offset, bytes)?;
+        }
+        self.log_store.sync()
     }
 
     /// Applies durable records to the segment file, syncs it, then moves the head.

@@ -493,3 +493,43 @@ fn a_segment_of_many_gib_is_addressed_with_64_bit_offsets() {
     assert_eq!(view.bytes((4u64 << 30) + 1, 14).unwrap(), b"just past 2^32");
     assert_eq!(view.data_len(), size);
 }
+
+#[test]
+fn a_driver_doing_its_own_log_io_makes_commits_durable() {
+    let (seg, log) = (SimDisk::new(), SimDisk::new());
+    let rvm = Rvm::create(
+        Box::new(seg.clone()),
+        Box::new(log.clone()),
+        1 << 16,
+        opts(),
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..50u64 {
+        let mut tx = rvm.begin(Mode::NoRestore).unwrap();
+        tx.write_u64(i * 8, i + 1).unwrap();
+        ids.push(tx.commit(Durability::NoFlush).unwrap());
+    }
+    assert!(!rvm.is_durable(*ids.last().unwrap()));
+    // The driver's own I/O, as an io_uring executor would do it.
+    match rvm.begin_flush().unwrap() {
+        rvm::FlushStep::Write(batch) => {
+            assert!(
+                matches!(rvm.begin_flush().unwrap(), rvm::FlushStep::Idle),
+                "one flush at a time"
+            );
+            let written = batch
+                .writes
+                .iter()
+                .try_for_each(|(at, bytes)| log.write_at(*at, bytes))
+                .and_then(|_| log.sync());
+            rvm.end_flush(batch, written).unwrap();
+        }
+        other => panic!("expected a batch, got {other:?}"),
+    }
+    assert!(ids.iter().all(|id| rvm.is_durable(*id)));
+    let (seg2, log2) = (seg.crash(9), log.crash(9));
+    drop(rvm);
+    let (rvm, _) = Rvm::open(Box::new(seg2), Box::new(log2), opts()).unwrap();
+    assert_eq!(rvm.read().unwrap().u64_at(49 * 8).unwrap(), 50);
+}
