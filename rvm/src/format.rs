@@ -45,7 +45,16 @@ pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-fn check_magic_version(what: &'static str, b: &[u8], magic: u32) -> Result<()> {
+/// Checks a fixed block that ends in a CRC-32 of everything before it: its length,
+/// magic, checksum and version.
+fn check_block(what: &'static str, b: &[u8], offset: u64, len: usize, magic: u32) -> Result<()> {
+    if b.len() < len {
+        return Err(Error::Corrupt {
+            what,
+            offset,
+            reason: format!("only {} bytes", b.len()),
+        });
+    }
     let found = u32_at(b, 0);
     if found != magic {
         return Err(Error::BadMagic {
@@ -54,7 +63,23 @@ fn check_magic_version(what: &'static str, b: &[u8], magic: u32) -> Result<()> {
             expected: magic,
         });
     }
+    // The checksum comes before the version, so that a damaged version field reads as
+    // damage; an intact block of another version is a program of another version.
     let version = u16_at(b, 4);
+    let crc = u32_at(b, len - 4);
+    let actual = crc32fast::hash(&b[..len - 4]);
+    if crc != actual {
+        let also = if version == FORMAT_VERSION {
+            String::new()
+        } else {
+            format!(" (and format version {version}; this build reads version {FORMAT_VERSION})")
+        };
+        return Err(Error::Corrupt {
+            what,
+            offset: offset + len as u64 - 4,
+            reason: format!("checksum {crc:#010x}, computed {actual:#010x}{also}"),
+        });
+    }
     if version != FORMAT_VERSION {
         return Err(Error::VersionMismatch {
             what,
@@ -87,24 +112,7 @@ impl SegmentHeader {
     }
 
     pub fn decode(b: &[u8]) -> Result<SegmentHeader> {
-        const WHAT: &str = "segment header";
-        if b.len() < SEGMENT_HEADER_LEN {
-            return Err(Error::Corrupt {
-                what: WHAT,
-                offset: 0,
-                reason: format!("only {} bytes", b.len()),
-            });
-        }
-        check_magic_version(WHAT, b, SEGMENT_MAGIC)?;
-        let crc = u32_at(b, 24);
-        let actual = crc32fast::hash(&b[..24]);
-        if crc != actual {
-            return Err(Error::Corrupt {
-                what: WHAT,
-                offset: 24,
-                reason: format!("checksum {crc:#010x}, computed {actual:#010x}"),
-            });
-        }
+        check_block("segment header", b, 0, SEGMENT_HEADER_LEN, SEGMENT_MAGIC)?;
         Ok(SegmentHeader {
             data_len: u64_at(b, 8),
             log_id: u64_at(b, 16),
@@ -168,23 +176,7 @@ impl LogStatus {
 
     pub fn decode(b: &[u8], slot_offset: u64) -> Result<LogStatus> {
         const WHAT: &str = "log status block";
-        if b.len() < STATUS_LEN {
-            return Err(Error::Corrupt {
-                what: WHAT,
-                offset: slot_offset,
-                reason: format!("only {} bytes", b.len()),
-            });
-        }
-        check_magic_version(WHAT, b, STATUS_MAGIC)?;
-        let crc = u32_at(b, 52);
-        let actual = crc32fast::hash(&b[..52]);
-        if crc != actual {
-            return Err(Error::Corrupt {
-                what: WHAT,
-                offset: slot_offset + 52,
-                reason: format!("checksum {crc:#010x}, computed {actual:#010x}"),
-            });
-        }
+        check_block(WHAT, b, slot_offset, STATUS_LEN, STATUS_MAGIC)?;
         let status = LogStatus {
             generation: u64_at(b, 8),
             log_id: u64_at(b, 16),

@@ -12,7 +12,7 @@ use crate::format::{
     LogPos, LogStatus, SegmentHeader, LOG_AREA_START, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES,
     SEGMENT_HEADER_BYTES, STATUS_SLOT_BYTES,
 };
-use crate::log::{apply_to_segment, FlushBatch, FlushStep, Group, LogState};
+use crate::log::{apply_to_segment, FlushBatch, FlushStep, Group, LogState, Scanner, Step};
 use crate::ranges::RangeSet;
 use crate::segment::{ReadView, SegmentMem};
 use crate::storage::{FileStorage, Storage};
@@ -149,7 +149,8 @@ pub struct Rvm {
 
 fn random_id() -> u64 {
     let mut h = std::hash::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    h.write_u128(now.map_or(0, |d| d.as_nanos()));
     h.write_u32(std::process::id());
     h.finish()
 }
@@ -176,6 +177,12 @@ fn read_status(log: &dyn Storage) -> Result<LogStatus> {
             .and_then(|_| LogStatus::decode(&b, offset));
         match decoded {
             Ok(s) => slots.push(s),
+            // A newer format in either slot means a newer program wrote this log.
+            Err(
+                e @ Error::VersionMismatch {
+                    found, supported, ..
+                },
+            ) if found > supported => return Err(e),
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -245,7 +252,11 @@ impl Rvm {
             });
         }
 
-        let applied = apply_to_segment(
+        // A process that died after writing records but before syncing them left them
+        // in the page cache only: make them durable before any reaches the segment, or
+        // a power cut could keep their effect in the segment and lose them from the log.
+        log.sync().map_err(Error::io("log"))?;
+        let mut applied = apply_to_segment(
             log.as_ref(),
             segment.as_ref(),
             SEGMENT_HEADER_BYTES,
@@ -257,15 +268,17 @@ impl Rvm {
         let mut generation = status.generation;
         if applied.records > 0 || applied.cut.is_some() {
             segment.sync().map_err(Error::io("segment"))?;
-            if let Some((offset, _)) = &applied.cut {
-                // Blank the bad header so the next open does not report it again.
-                let room = status.area_len - (offset - LOG_AREA_START);
-                if room >= RECORD_HEADER_BYTES {
-                    log.write_at(*offset, &[0u8; RECORD_HEADER_BYTES as usize])
-                        .map_err(Error::io("log"))?;
-                }
-            }
             generation += 1;
+            if let Some((offset, _)) = &applied.cut {
+                // Blank the bad header so the next open does not report it again, and
+                // start a fresh chain: a record after the cut one can then never
+                // follow a new record, even one written byte for byte the same.
+                log.write_at(*offset, &[0u8; RECORD_HEADER_BYTES as usize])
+                    .map_err(Error::io("log"))?;
+                let mut chain = crc32fast::Hasher::new_with_initial(applied.end.chain);
+                chain.update(&generation.to_le_bytes());
+                applied.end.chain = chain.finalize();
+            }
             write_status(
                 log.as_ref(),
                 &LogStatus {
@@ -324,6 +337,18 @@ impl Rvm {
         opts: Options,
     ) -> Result<(Rvm, RecoveryReport)> {
         if !segment.exists() {
+            if log_holds_state(log)? {
+                return Err(Error::Corrupt {
+                    what: "segment",
+                    offset: 0,
+                    reason: format!(
+                        "{} is missing but its log {} holds committed state; \
+                         restore the segment, or move the log away to start afresh",
+                        segment.display(),
+                        log.display()
+                    ),
+                });
+            }
             // Build the segment under a temporary name and rename it into place, so a
             // crash during creation never leaves a half-made segment behind.
             let log_store = FileStorage::open(log, true).map_err(Error::io("log"))?;
@@ -332,6 +357,11 @@ impl Rvm {
             init_log_and_segment(&seg_store, &log_store, data_len, &opts)?;
             std::fs::rename(&tmp, segment).map_err(Error::io("segment"))?;
             if let Some(dir) = segment.parent() {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
                 std::fs::File::open(dir)
                     .and_then(|d| d.sync_all())
                     .map_err(Error::io("segment directory"))?;
@@ -447,6 +477,23 @@ impl Drop for Rvm {
         // A normal exit keeps buffered commits; errors have nowhere to go here.
         let _ = self.flush();
     }
+}
+
+/// Whether the log at `path` is one RVM made and has used: truncated or recovered at
+/// least once, or holding a record. A log left by a creation that crashed has not.
+fn log_holds_state(path: &Path) -> Result<bool> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    let store = FileStorage::open(path, false).map_err(Error::io("log"))?;
+    let Ok(status) = read_status(&store) else {
+        return Ok(false);
+    };
+    if status.generation > 0 {
+        return Ok(true);
+    }
+    let mut scanner = Scanner::new(&store, status.area_len, u64::MAX, status.head);
+    Ok(matches!(scanner.next(|_, _| {}), Ok(Step::Record { .. })))
 }
 
 fn init_log_and_segment(

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Positioned reads and writes, a durability barrier, and a size.
 ///
-/// Calls may come from several threads at once; they never overlap in the bytes they
-/// touch (RVM appends to the log while truncation reads older parts of it).
+/// Calls may come from several threads at once: RVM appends to the log while
+/// truncation reads older parts of it. A read may span bytes a concurrent write is
+/// changing; RVM never uses the bytes of such a span.
 pub trait Storage: Send + Sync {
     /// Fill `buf` from `offset`; reading past the end is an `UnexpectedEof` error.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;

@@ -1,6 +1,8 @@
 //! Transactions, durability and recovery over files and simulated disks.
 
 use rvm::heap::Heap;
+use std::path::Path;
+
 use rvm::{Durability, Error, MemStorage, Mode, Options, Rvm, SimDisk, Storage, Tail, View};
 
 fn opts() -> Options {
@@ -13,6 +15,18 @@ fn opts() -> Options {
 
 fn mem_rvm(data_len: u64) -> (Rvm, MemStorage, MemStorage) {
     let (seg, log) = (MemStorage::new(), MemStorage::new());
+    let rvm = Rvm::create(
+        Box::new(seg.clone()),
+        Box::new(log.clone()),
+        data_len,
+        opts(),
+    )
+    .unwrap();
+    (rvm, seg, log)
+}
+
+fn sim_rvm(data_len: u64) -> (Rvm, SimDisk, SimDisk) {
+    let (seg, log) = (SimDisk::new(), SimDisk::new());
     let rvm = Rvm::create(
         Box::new(seg.clone()),
         Box::new(log.clone()),
@@ -97,14 +111,7 @@ fn a_transaction_larger_than_the_log_allows_is_refused_before_it_changes_anythin
 
 #[test]
 fn flushed_commits_survive_a_power_cut_and_unflushed_ones_vanish_whole() {
-    let (seg, log) = (SimDisk::new(), SimDisk::new());
-    let rvm = Rvm::create(
-        Box::new(seg.clone()),
-        Box::new(log.clone()),
-        1 << 16,
-        opts(),
-    )
-    .unwrap();
+    let (rvm, seg, log) = sim_rvm(1 << 16);
     let mut tx = rvm.begin(Mode::Restore).unwrap();
     tx.write(0, b"durable!").unwrap();
     tx.commit(Durability::Flush).unwrap();
@@ -205,7 +212,10 @@ fn a_newer_format_version_is_refused_with_the_version_found() {
     let (rvm, seg, log) = mem_rvm(1 << 16);
     drop(rvm);
     let mut bytes = seg.to_bytes();
+    // What a newer program writes: another version under a valid checksum.
     bytes[4] = 9;
+    let crc = crc32fast::hash(&bytes[..24]);
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
     let err = Rvm::open(
         Box::new(MemStorage::from_bytes(bytes)),
         Box::new(log),
@@ -228,8 +238,7 @@ fn a_newer_format_version_is_refused_with_the_version_found() {
 
 #[test]
 fn a_failed_log_sync_stops_every_later_call() {
-    let (seg, log) = (SimDisk::new(), SimDisk::new());
-    let rvm = Rvm::create(Box::new(seg), Box::new(log.clone()), 1 << 16, opts()).unwrap();
+    let (rvm, _, log) = sim_rvm(1 << 16);
     log.fail_after(0);
     let mut tx = rvm.begin(Mode::Restore).unwrap();
     tx.write(0, b"x").unwrap();
@@ -496,14 +505,7 @@ fn a_segment_of_many_gib_is_addressed_with_64_bit_offsets() {
 
 #[test]
 fn a_driver_doing_its_own_log_io_makes_commits_durable() {
-    let (seg, log) = (SimDisk::new(), SimDisk::new());
-    let rvm = Rvm::create(
-        Box::new(seg.clone()),
-        Box::new(log.clone()),
-        1 << 16,
-        opts(),
-    )
-    .unwrap();
+    let (rvm, seg, log) = sim_rvm(1 << 16);
     let mut ids = Vec::new();
     for i in 0..50u64 {
         let mut tx = rvm.begin(Mode::NoRestore).unwrap();
@@ -532,4 +534,166 @@ fn a_driver_doing_its_own_log_io_makes_commits_durable() {
     drop(rvm);
     let (rvm, _) = Rvm::open(Box::new(seg2), Box::new(log2), opts()).unwrap();
     assert_eq!(rvm.read().unwrap().u64_at(49 * 8).unwrap(), 50);
+}
+
+#[test]
+fn a_damaged_version_field_reads_as_damage_not_as_a_newer_format() {
+    let (rvm, seg, log) = mem_rvm(1 << 16);
+    drop(rvm);
+    let mut bytes = seg.to_bytes();
+    bytes[4] ^= 2;
+    let err = Rvm::open(
+        Box::new(MemStorage::from_bytes(bytes)),
+        Box::new(log),
+        opts(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::Corrupt {
+                what: "segment header",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_log_status_of_a_newer_format_is_refused_though_the_other_slot_is_older() {
+    let (rvm, seg, log) = mem_rvm(1 << 16);
+    drop(rvm);
+    let mut bytes = log.to_bytes();
+    // Slot 1 written by a newer program (its status block is 56 bytes, CRC last).
+    let slot: Vec<u8> = bytes[0..56].to_vec();
+    let mut newer = slot.clone();
+    newer[4] = 2;
+    newer[8] = 1; // generation 1
+    let crc = crc32fast::hash(&newer[..52]);
+    newer[52..56].copy_from_slice(&crc.to_le_bytes());
+    bytes[4096..4096 + 56].copy_from_slice(&newer);
+    let err = Rvm::open(
+        Box::new(seg),
+        Box::new(MemStorage::from_bytes(bytes)),
+        opts(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::VersionMismatch {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_cut_record_never_returns_after_the_same_record_is_written_again() {
+    let (rvm, seg, log) = mem_rvm(1 << 16);
+    let put = |rvm: &Rvm, at: u64, v: u8| {
+        let mut tx = rvm.begin(Mode::Restore).unwrap();
+        tx.write(at, &[v; 8]).unwrap();
+        tx.commit(Durability::Flush).unwrap();
+    };
+    put(&rvm, 0, 1); // a 64-byte record at the start of the area
+    put(&rvm, 100, 2); // the next one
+    drop(rvm);
+    let mut bytes = log.to_bytes();
+    bytes[8192 + 56] ^= 0xff; // damage the first record's data: both are cut
+    let log = MemStorage::from_bytes(bytes);
+    let (rvm, report) = Rvm::open(Box::new(seg.clone()), Box::new(log.clone()), opts()).unwrap();
+    assert!(matches!(report.tail, Tail::Cut { .. }));
+    put(&rvm, 0, 1); // the program writes the first record again, byte for byte
+    drop(rvm);
+    let (rvm, _) = Rvm::open(Box::new(seg), Box::new(log), opts()).unwrap();
+    assert_eq!(rvm.read().unwrap().bytes(0, 1).unwrap()[0], 1);
+    assert_eq!(
+        rvm.read().unwrap().bytes(100, 1).unwrap()[0],
+        0,
+        "the cut record came back"
+    );
+}
+
+#[test]
+fn files_named_without_a_directory_are_created_in_the_current_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every other test here names files by absolute path, so moving is safe.
+    std::env::set_current_dir(dir.path()).unwrap();
+    let (rvm, _) = Rvm::open_files(
+        Path::new("bare.seg"),
+        Path::new("bare.log"),
+        1 << 16,
+        opts(),
+    )
+    .unwrap();
+    drop(rvm);
+    assert!(dir.path().join("bare.seg").exists());
+}
+
+#[test]
+fn records_left_unsynced_by_a_dead_process_are_made_durable_before_replay() {
+    let put = |rvm: &Rvm, writes: &[(u64, u8)]| {
+        let mut tx = rvm.begin(Mode::NoRestore).unwrap();
+        for &(at, v) in writes {
+            tx.write(at, &[v; 512]).unwrap();
+        }
+        tx.commit(Durability::NoFlush).unwrap();
+    };
+    let state = |rvm: &Rvm| {
+        let view = rvm.read().unwrap();
+        (
+            view.bytes(0, 1).unwrap()[0],
+            view.bytes(4096, 1).unwrap()[0],
+        )
+    };
+    // Power fails at every point of the recovery, with every choice of lost sectors.
+    for fail_after in 0..24 {
+        for seed in 0..8 {
+            let (rvm, seg, log) = sim_rvm(1 << 16);
+            put(&rvm, &[(0, 1)]); // A: durable
+            rvm.flush().unwrap();
+            put(&rvm, &[(0, 2), (4096, 2)]); // B: written, never synced, then the process dies
+            let rvm::FlushStep::Write(batch) = rvm.begin_flush().unwrap() else {
+                panic!("no batch")
+            };
+            for (at, bytes) in &batch.writes {
+                log.write_at(*at, bytes).unwrap();
+            }
+            std::mem::forget(rvm);
+            log.fail_after(fail_after);
+            let _ = Rvm::open(Box::new(seg.clone()), Box::new(log.clone()), opts());
+            let (rvm, _) = Rvm::open(
+                Box::new(seg.crash(seed)),
+                Box::new(log.crash(seed + 1)),
+                opts(),
+            )
+            .unwrap();
+            let got = state(&rvm);
+            assert!(
+                got == (1, 0) || got == (2, 2),
+                "power cut {fail_after} ops into recovery, seed {seed}: {got:?} is no prefix of the commits"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_missing_segment_beside_a_used_log_is_refused_not_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, log) = (dir.path().join("d.seg"), dir.path().join("d.log"));
+    let (rvm, _) = Rvm::open_files(&seg, &log, 1 << 16, opts()).unwrap();
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    tx.write(0, b"precious").unwrap();
+    tx.commit(Durability::Flush).unwrap();
+    drop(rvm);
+    std::fs::remove_file(&seg).unwrap();
+    let err = Rvm::open_files(&seg, &log, 1 << 16, opts()).err().unwrap();
+    assert!(err.to_string().contains("holds committed state"), "{err}");
 }
