@@ -18,6 +18,22 @@
 //!
 //! All storage access goes through [`Storage`], so the same code runs over files,
 //! memory, and the power-cut simulating [`SimDisk`].
+//!
+//! ```
+//! use rvm::{Durability, Mode, Options, Rvm, View};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let (seg, log) = (dir.path().join("meta.seg"), dir.path().join("meta.log"));
+//! let opts = Options { log_area_bytes: 1 << 20, ..Options::default() };
+//! let (rvm, _report) = Rvm::open_files(&seg, &log, 1 << 20, opts.clone())?;
+//! let mut tx = rvm.begin(Mode::Restore)?; // restore: abort undoes
+//! tx.write(4096, b"hello")?; // declare the range and change it
+//! tx.commit(Durability::Flush)?; // durable on return
+//! drop(rvm);
+//! let (rvm, _report) = Rvm::open_files(&seg, &log, 1 << 20, opts)?;
+//! assert_eq!(rvm.read()?.bytes(4096, 5)?, b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod error;
 mod format;

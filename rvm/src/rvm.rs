@@ -342,7 +342,7 @@ impl Rvm {
                     what: "segment",
                     offset: 0,
                     reason: format!(
-                        "{} is missing but its log {} holds committed state; \
+                        "{} is missing but {} is not a new, unused log; \
                          restore the segment, or move the log away to start afresh",
                         segment.display(),
                         log.display()
@@ -479,15 +479,25 @@ impl Drop for Rvm {
     }
 }
 
-/// Whether the log at `path` is one RVM made and has used: truncated or recovered at
-/// least once, or holding a record. A log left by a creation that crashed has not.
+/// Whether the file at `path` must be kept rather than made into a new log: anything
+/// but a missing or empty file, a log whose status was never written (all zeros), or
+/// a log RVM created and never used (generation 0 and no record).
 fn log_holds_state(path: &Path) -> Result<bool> {
     if !path.exists() {
         return Ok(false);
     }
     let store = FileStorage::open(path, false).map_err(Error::io("log"))?;
-    let Ok(status) = read_status(&store) else {
+    if store.size().map_err(Error::io("log"))? == 0 {
         return Ok(false);
+    }
+    let status = match read_status(&store) {
+        Ok(status) => status,
+        Err(e @ Error::VersionMismatch { .. }) => return Err(e),
+        Err(_) => {
+            let mut slots = vec![0u8; LOG_AREA_START as usize];
+            let blank = store.read_at(0, &mut slots).is_ok() && slots.iter().all(|b| *b == 0);
+            return Ok(!blank);
+        }
     };
     if status.generation > 0 {
         return Ok(true);

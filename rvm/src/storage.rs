@@ -141,7 +141,7 @@ impl Storage for MemStorage {
 /// durable. [`SimDisk::crash`] returns the disk as a power cut leaves it: everything
 /// synced, plus an arbitrary subset of the 512-byte sectors written since the last
 /// sync (so unsynced writes may be lost, reordered or torn at sector boundaries).
-/// [`SimDisk::fail_after`] makes every operation after the next `n` fail with EIO.
+/// [`SimDisk::fail_after`] makes every operation after the next `n` fail.
 #[derive(Debug, Clone, Default)]
 pub struct SimDisk {
     state: Arc<Mutex<SimState>>,
@@ -164,7 +164,7 @@ impl SimDisk {
         SimDisk::default()
     }
 
-    /// Every operation after the next `ops` fails with an I/O error.
+    /// Every operation after the next `ops` fails with an I/O error (no errno).
     pub fn fail_after(&self, ops: u64) {
         lock(&self.state).ops_until_failure = Some(ops);
     }

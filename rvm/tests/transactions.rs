@@ -695,5 +695,14 @@ fn a_missing_segment_beside_a_used_log_is_refused_not_recreated() {
     drop(rvm);
     std::fs::remove_file(&seg).unwrap();
     let err = Rvm::open_files(&seg, &log, 1 << 16, opts()).err().unwrap();
-    assert!(err.to_string().contains("holds committed state"), "{err}");
+    assert!(err.to_string().contains("not a new, unused log"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_no_rvm_log_is_never_overwritten_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, log) = (dir.path().join("d.seg"), dir.path().join("notes.txt"));
+    std::fs::write(&log, b"someone's precious notes").unwrap();
+    assert!(Rvm::open_files(&seg, &log, 1 << 16, opts()).is_err());
+    assert_eq!(std::fs::read(&log).unwrap(), b"someone's precious notes");
 }
