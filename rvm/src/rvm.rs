@@ -487,16 +487,16 @@ fn log_holds_state(path: &Path) -> Result<bool> {
         return Ok(false);
     }
     let store = FileStorage::open(path, false).map_err(Error::io("log"))?;
-    if store.size().map_err(Error::io("log"))? == 0 {
-        return Ok(false);
-    }
     let status = match read_status(&store) {
         Ok(status) => status,
         Err(e @ Error::VersionMismatch { .. }) => return Err(e),
         Err(_) => {
-            let mut slots = vec![0u8; LOG_AREA_START as usize];
-            let blank = store.read_at(0, &mut slots).is_ok() && slots.iter().all(|b| *b == 0);
-            return Ok(!blank);
+            // Creation writes zeros first and the status last: a creation cut short
+            // leaves status slots that are zeros or not there yet.
+            let size = store.size().map_err(Error::io("log"))?.min(LOG_AREA_START);
+            let mut slots = vec![0u8; size as usize];
+            store.read_at(0, &mut slots).map_err(Error::io("log"))?;
+            return Ok(slots.iter().any(|b| *b != 0));
         }
     };
     if status.generation > 0 {

@@ -706,3 +706,14 @@ fn a_file_that_is_no_rvm_log_is_never_overwritten_as_one() {
     assert!(Rvm::open_files(&seg, &log, 1 << 16, opts()).is_err());
     assert_eq!(std::fs::read(&log).unwrap(), b"someone's precious notes");
 }
+
+#[test]
+fn a_creation_cut_short_is_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, log) = (dir.path().join("d.seg"), dir.path().join("d.log"));
+    std::fs::write(&log, vec![0u8; 3000]).unwrap(); // zeros cut short, no status yet
+    let (rvm, _) = Rvm::open_files(&seg, &log, 1 << 16, opts()).unwrap();
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    tx.write(0, b"fresh").unwrap();
+    tx.commit(Durability::Flush).unwrap();
+}
