@@ -39,6 +39,12 @@ pub enum Error {
     },
     #[error("segment too small: {requested} bytes requested, at least {minimum} needed")]
     SegmentTooSmall { requested: u64, minimum: u64 },
+    #[error("{what} too large: {requested} bytes requested, at most {maximum} supported")]
+    TooLarge {
+        what: &'static str,
+        requested: u64,
+        maximum: u64,
+    },
     #[error("log too small: {requested} bytes requested, at least {minimum} needed")]
     LogTooSmall { requested: u64, minimum: u64 },
     #[error(
@@ -58,6 +64,8 @@ pub enum Error {
     HeapExhausted { requested: u64, largest_free: u64 },
     #[error("heap corrupt at offset {offset}: {reason}")]
     HeapCorrupt { offset: u64, reason: String },
+    #[error("heap root slot {slot} does not exist: there are {slots}")]
+    NoSuchRoot { slot: u64, slots: u64 },
     #[error("offset {offset} is not a live heap block: {reason}")]
     BadFree { offset: u64, reason: String },
     #[error("record at offset {offset} does not fit a {type_name} ({size} bytes)")]

@@ -22,6 +22,12 @@ pub const RECORD_HEADER_BYTES: u64 = 40;
 /// Each range in a transaction record: offset, length, then the bytes padded to 8.
 pub const RANGE_HEADER_BYTES: u64 = 16;
 pub const RECORD_ALIGN_BYTES: u64 = 8;
+/// Largest log record area and segment data area: 256 TiB each, so that no sum of
+/// sizes and offsets read from disk can overflow.
+pub const AREA_BYTES_MAX: u64 = 1 << 48;
+/// Largest sequence number or status generation a log may carry: far beyond what any
+/// log writes, and far enough from `u64::MAX` that counting on from it cannot overflow.
+pub const COUNTER_MAX: u64 = 1 << 62;
 
 const SEGMENT_HEADER_LEN: usize = 28;
 const STATUS_LEN: usize = 56;
@@ -113,10 +119,21 @@ impl SegmentHeader {
 
     pub fn decode(b: &[u8]) -> Result<SegmentHeader> {
         check_block("segment header", b, 0, SEGMENT_HEADER_LEN, SEGMENT_MAGIC)?;
-        Ok(SegmentHeader {
+        let header = SegmentHeader {
             data_len: u64_at(b, 8),
             log_id: u64_at(b, 16),
-        })
+        };
+        if header.data_len > AREA_BYTES_MAX {
+            return Err(Error::Corrupt {
+                what: "segment header",
+                offset: 8,
+                reason: format!(
+                    "data area of {} bytes, beyond {AREA_BYTES_MAX}",
+                    header.data_len
+                ),
+            });
+        }
+        Ok(header)
     }
 }
 
@@ -187,8 +204,11 @@ impl LogStatus {
                 chain: u32_at(b, 48),
             },
         };
-        // Geometry is checked before any arithmetic trusts it.
-        if status.area_len < RECORD_HEADER_BYTES || status.area_len % RECORD_ALIGN_BYTES != 0 {
+        // Geometry and counters are checked before any arithmetic trusts them.
+        if status.area_len < RECORD_HEADER_BYTES
+            || status.area_len % RECORD_ALIGN_BYTES != 0
+            || status.area_len > AREA_BYTES_MAX
+        {
             return Err(Error::Corrupt {
                 what: WHAT,
                 offset: slot_offset + 24,
@@ -202,6 +222,16 @@ impl LogStatus {
                 reason: format!(
                     "head {} outside the {}-byte record area",
                     status.head.offset, status.area_len
+                ),
+            });
+        }
+        if status.generation > COUNTER_MAX || status.head.seq > COUNTER_MAX {
+            return Err(Error::Corrupt {
+                what: WHAT,
+                offset: slot_offset + 8,
+                reason: format!(
+                    "generation {} or sequence number {} beyond {COUNTER_MAX}",
+                    status.generation, status.head.seq
                 ),
             });
         }

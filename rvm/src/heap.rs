@@ -64,6 +64,12 @@ pub struct HeapStats {
     pub largest_free: u64,
 }
 
+/// Guards are stored XORed with their block's offset, so a header copied from
+/// elsewhere, or bytes inside a live block that look like one, are not a block.
+fn offset_fold(b: u64) -> u32 {
+    (b as u32) ^ ((b >> 32) as u32).rotate_left(16)
+}
+
 fn class_of(size: u64) -> u64 {
     (size / CHUNK_BYTES - 1).min(FREE_LISTS - 1)
 }
@@ -71,6 +77,16 @@ fn class_of(size: u64) -> u64 {
 impl Heap {
     /// Lays out a new, empty heap in `[base, base + len)` inside `tx`.
     pub fn init(tx: &mut Transaction<'_>, base: u64, len: u64) -> Result<Heap> {
+        match base.checked_add(len) {
+            Some(end) if end <= tx.data_len() => {}
+            _ => {
+                return Err(Error::OutOfBounds {
+                    offset: base,
+                    len,
+                    size: tx.data_len(),
+                })
+            }
+        }
         let blocks = len.saturating_sub(HEADER_BYTES + END_GUARD_BYTES) / CHUNK_BYTES * CHUNK_BYTES;
         if blocks < CHUNK_BYTES {
             return Err(Error::SegmentTooSmall {
@@ -142,16 +158,13 @@ impl Heap {
             })?;
         let mut found = None;
         for class in class_of(need.min(FREE_LISTS * CHUNK_BYTES))..FREE_LISTS {
-            let mut b = tx.u64_at(self.list_head(class))?;
             // Exact-size lists: any block fits. The last list: first fit.
-            while b != 0 {
-                let size = self.check_block(tx, b, GUARD_FREE)?;
+            self.walk_list(tx, class, |b, size, _| {
                 if size >= need {
                     found = Some((b, size));
-                    break;
                 }
-                b = tx.u64_at(b + 16)?;
-            }
+                Ok(found.is_none())
+            })?;
             if found.is_some() {
                 break;
             }
@@ -192,7 +205,7 @@ impl Heap {
         if b < self.start || b >= self.end || (b - self.start) % CHUNK_BYTES != 0 {
             return Err(bad("not the start of a block"));
         }
-        if tx.u32_at(b + 8)? != GUARD_ALLOC {
+        if self.guard_at(tx, b)? != GUARD_ALLOC {
             return Err(bad("not an allocated block (freed twice?)"));
         }
         let size = self.check_block(tx, b, GUARD_ALLOC)?;
@@ -200,7 +213,7 @@ impl Heap {
         self.add_counter(tx, H_FREE, size as i64)?;
         let (mut start, mut total) = (b, size);
         let next = b + size;
-        if next < self.end && tx.u32_at(next + 8)? == GUARD_FREE {
+        if next < self.end && self.guard_at(tx, next)? == GUARD_FREE {
             let next_size = self.check_block(tx, next, GUARD_FREE)?;
             self.unlink(tx, next, next_size)?;
             total += next_size;
@@ -235,13 +248,11 @@ impl Heap {
 
     /// Root slot `i`: where a program keeps the offsets it finds its data from.
     pub fn root(&self, view: &impl View, i: u64) -> Result<u64> {
-        assert!(i < ROOTS, "root slot {i} of {ROOTS}");
-        view.u64_at(self.base + H_ROOTS + 8 * i)
+        view.u64_at(self.root_offset(i)?)
     }
 
     pub fn set_root(&self, tx: &mut Transaction<'_>, i: u64, value: u64) -> Result<()> {
-        assert!(i < ROOTS, "root slot {i} of {ROOTS}");
-        tx.write_u64(self.base + H_ROOTS + 8 * i, value)
+        tx.write_u64(self.root_offset(i)?, value)
     }
 
     /// Walks every block and every free list, checking guards, sizes, links and
@@ -252,7 +263,7 @@ impl Heap {
         let mut b = self.start;
         let mut prev_free = false;
         while b < self.end {
-            let guard = view.u32_at(b + 8)?;
+            let guard = self.guard_at(view, b)?;
             let size = self.check_block(view, b, guard)?;
             let flagged = view.u32_at(b + 12)? & FLAG_PREV_FREE != 0;
             if flagged != prev_free {
@@ -284,7 +295,7 @@ impl Heap {
             prev_free = guard == GUARD_FREE;
             b += size;
         }
-        if b != self.end || view.u32_at(self.end + 8)? != GUARD_END {
+        if b != self.end || self.guard_at(view, self.end)? != GUARD_END {
             return Err(corrupt(self.end, "end guard missing".into()));
         }
         if (view.u32_at(self.end + 12)? & FLAG_PREV_FREE != 0) != prev_free {
@@ -295,9 +306,7 @@ impl Heap {
         }
         let mut listed = 0;
         for class in 0..FREE_LISTS {
-            let (mut b, mut prev) = (view.u64_at(self.list_head(class))?, 0);
-            while b != 0 {
-                let size = self.check_block(view, b, GUARD_FREE)?;
+            self.walk_list(view, class, |b, size, prev| {
                 if class_of(size) != class || view.u64_at(b + 24)? != prev {
                     return Err(corrupt(
                         b,
@@ -305,15 +314,8 @@ impl Heap {
                     ));
                 }
                 listed += 1;
-                if listed > stats.free_blocks {
-                    return Err(corrupt(
-                        b,
-                        "free lists hold more blocks than the heap".into(),
-                    ));
-                }
-                prev = b;
-                b = view.u64_at(b + 16)?;
-            }
+                Ok(true)
+            })?;
         }
         if listed != stats.free_blocks {
             return Err(corrupt(
@@ -334,6 +336,27 @@ impl Heap {
         Ok(stats)
     }
 
+    /// The block kind at `b`: its stored guard with the block's offset folded out.
+    fn guard_at(&self, view: &impl View, b: u64) -> Result<u32> {
+        Ok(view.u32_at(b + 8)? ^ offset_fold(b))
+    }
+
+    /// Free-list walks stop at this many steps: more blocks than the heap can hold
+    /// means a cycle, which only corruption makes.
+    fn blocks_max(&self) -> u64 {
+        (self.end - self.start) / CHUNK_BYTES
+    }
+
+    fn root_offset(&self, i: u64) -> Result<u64> {
+        if i >= ROOTS {
+            return Err(Error::NoSuchRoot {
+                slot: i,
+                slots: ROOTS,
+            });
+        }
+        Ok(self.base + H_ROOTS + 8 * i)
+    }
+
     fn list_head(&self, class: u64) -> u64 {
         self.base + H_LISTS + 8 * class
     }
@@ -341,7 +364,7 @@ impl Heap {
     /// Checks a block header has `guard` and a sane size; returns the size.
     fn check_block(&self, view: &impl View, b: u64, guard: u32) -> Result<u64> {
         let size = view.u64_at(b)?;
-        let found = view.u32_at(b + 8)?;
+        let found = self.guard_at(view, b)?;
         let fits = size >= CHUNK_BYTES
             && size % CHUNK_BYTES == 0
             && b.checked_add(size).is_some_and(|e| e <= self.end);
@@ -366,7 +389,7 @@ impl Heap {
     ) -> Result<()> {
         let mut header = [0u8; BLOCK_HEADER_BYTES as usize];
         header[0..8].copy_from_slice(&size.to_le_bytes());
-        header[8..12].copy_from_slice(&guard.to_le_bytes());
+        header[8..12].copy_from_slice(&(guard ^ offset_fold(b)).to_le_bytes());
         header[12..16].copy_from_slice(&flags.to_le_bytes());
         tx.write(b, &header)
     }
@@ -409,15 +432,42 @@ impl Heap {
     fn largest_free(&self, view: &impl View) -> Result<u64> {
         let mut largest = 0;
         for class in (0..FREE_LISTS).rev() {
-            let mut b = view.u64_at(self.list_head(class))?;
-            while b != 0 {
-                largest = largest.max(view.u64_at(b)?);
-                b = view.u64_at(b + 16)?;
-            }
+            self.walk_list(view, class, |_, size, _| {
+                largest = largest.max(size);
+                Ok(true)
+            })?;
             if largest > 0 {
                 break;
             }
         }
         Ok(largest.saturating_sub(BLOCK_HEADER_BYTES))
+    }
+
+    /// Calls `each(block, size, previous block)` along free list `class`, checking each
+    /// block, until it returns `false`. A list longer than the heap can hold is a cycle.
+    fn walk_list(
+        &self,
+        view: &impl View,
+        class: u64,
+        mut each: impl FnMut(u64, u64, u64) -> Result<bool>,
+    ) -> Result<()> {
+        let (mut b, mut prev) = (view.u64_at(self.list_head(class))?, 0);
+        let mut steps = 0;
+        while b != 0 {
+            steps += 1;
+            if steps > self.blocks_max() {
+                return Err(Error::HeapCorrupt {
+                    offset: b,
+                    reason: format!("free list {class} runs in a cycle"),
+                });
+            }
+            let size = self.check_block(view, b, GUARD_FREE)?;
+            if !each(b, size, prev)? {
+                return Ok(());
+            }
+            prev = b;
+            b = view.u64_at(b + 16)?;
+        }
+        Ok(())
     }
 }

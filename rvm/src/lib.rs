@@ -48,9 +48,9 @@ mod transaction;
 
 pub use crate::error::{Error, Result};
 pub use crate::format::{FORMAT_VERSION, LOG_AREA_START, SEGMENT_HEADER_BYTES};
-pub use crate::log::{FlushBatch, FlushStep};
 pub use crate::rvm::{
-    Options, RecoveryReport, Rvm, Stats, Tail, LOG_AREA_BYTES_MIN, SEGMENT_DATA_BYTES_MIN,
+    FlushJob, FlushStep, Options, RecoveryReport, Rvm, Stats, Tail, LOG_AREA_BYTES_MIN,
+    SEGMENT_DATA_BYTES_MIN,
 };
 pub use crate::segment::{ReadView, Rec, Record, View};
 pub use crate::storage::{FileStorage, MemStorage, SimDisk, Storage};

@@ -26,25 +26,16 @@ pub(crate) struct Group {
     pub last_commit: u64,
 }
 
-/// What a flush driver does next (see [`crate::Rvm::begin_flush`]).
+/// Bytes to write at positions of the record area, where the log ends after them, and
+/// the groups they hold (given back to the buffer if the flush is abandoned).
 #[derive(Debug)]
-pub enum FlushStep {
-    /// Nothing to write now: nothing is buffered, or another flush is in flight.
-    Idle,
-    /// Write these bytes, sync, then report with [`crate::Rvm::end_flush`].
-    Write(FlushBatch),
-    /// The log has no room for the next record: truncate first.
-    Truncate,
-}
-
-/// Bytes to write at positions of the record area, and where the log ends after them.
-#[derive(Debug)]
-pub struct FlushBatch {
+pub(crate) struct FlushBatch {
     /// Contiguous runs: (offset in the log file, bytes).
     pub writes: Vec<(u64, Vec<u8>)>,
     pub end: LogPos,
     pub last_commit: u64,
     pub records: u64,
+    groups: Vec<Group>,
 }
 
 #[derive(Debug)]
@@ -170,16 +161,23 @@ impl LogState {
         if !run.is_empty() {
             writes.push((LOG_AREA_START + run_start, run));
         }
-        for _ in 0..taken {
-            let g = self.pending.pop_front().expect("taken groups are pending");
-            self.pending_bytes -= g.map.record_bytes();
-        }
+        let groups: Vec<Group> = self.pending.drain(..taken).collect();
+        self.pending_bytes -= groups.iter().map(|g| g.map.record_bytes()).sum::<u64>();
         Some(FlushBatch {
             writes,
             end: pos,
             last_commit,
             records,
+            groups,
         })
+    }
+
+    /// Gives an unwritten batch's groups back to the front of the buffer, in order.
+    pub fn abandon_flush(&mut self, batch: FlushBatch) {
+        for group in batch.groups.into_iter().rev() {
+            self.pending_bytes += group.map.record_bytes();
+            self.pending.push_front(group);
+        }
     }
 
     /// Records that a batch from [`prepare_flush`](Self::prepare_flush) is durable.

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    LogPos, LogStatus, SegmentHeader, LOG_AREA_START, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES,
-    SEGMENT_HEADER_BYTES, STATUS_SLOT_BYTES,
+    LogPos, LogStatus, SegmentHeader, AREA_BYTES_MAX, LOG_AREA_START, RECORD_ALIGN_BYTES,
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, STATUS_SLOT_BYTES,
 };
-use crate::log::{apply_to_segment, FlushBatch, FlushStep, Group, LogState, Scanner, Step};
+use crate::log::{apply_to_segment, FlushBatch, Group, LogState, Scanner, Step};
 use crate::ranges::RangeSet;
 use crate::segment::{ReadView, SegmentMem};
 use crate::storage::{FileStorage, Storage};
@@ -109,6 +109,69 @@ pub struct Stats {
     pub log_used_bytes: u64,
     pub log_area_bytes: u64,
     pub pending_bytes: u64,
+}
+
+/// What a flush driver does next (see [`Rvm::begin_flush`]).
+#[derive(Debug)]
+pub enum FlushStep {
+    /// Nothing to write now: nothing is buffered, or another flush is in flight.
+    Idle,
+    /// Write the job's bytes, sync, then [`FlushJob::finish`].
+    Write(FlushJob),
+    /// The log has no room for the next record: truncate first.
+    Truncate,
+}
+
+/// A claimed flush: the log writes to make, and the commits they make durable.
+pub struct FlushJob {
+    inner: Arc<Inner>,
+    batch: Option<FlushBatch>,
+}
+
+impl FlushJob {
+    /// The runs to write: (offset in the log, bytes).
+    pub fn writes(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        let batch = self
+            .batch
+            .as_ref()
+            .expect("an unfinished job holds its batch");
+        batch
+            .writes
+            .iter()
+            .map(|(at, bytes)| (*at, bytes.as_slice()))
+    }
+
+    /// Reports how the writes and the sync went; the job's commits are durable once
+    /// this returns `Ok`. A failure stops the RVM until it is reopened.
+    pub fn finish(mut self, written: std::io::Result<()>) -> Result<()> {
+        let batch = self
+            .batch
+            .take()
+            .expect("an unfinished job holds its batch");
+        self.inner.end_flush(&batch, written)
+    }
+}
+
+impl Drop for FlushJob {
+    fn drop(&mut self) {
+        if let Some(batch) = self.batch.take() {
+            self.inner.abandon_flush(batch);
+        }
+    }
+}
+
+impl std::fmt::Debug for FlushJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes: usize = self.writes().map(|(_, b)| b.len()).sum();
+        write!(f, "FlushJob({bytes} bytes)")
+    }
+}
+
+/// The next step towards durability, as [`Inner::claim_flush`] sees it.
+enum Claim {
+    Idle,
+    Write(FlushBatch),
+    Truncate,
 }
 
 pub(crate) struct Inner {
@@ -405,20 +468,22 @@ impl Rvm {
 
     /// For a driver that does the log's I/O itself (an io_uring executor) instead of
     /// waiting in [`flush`](Self::flush): the next step towards durability. After
-    /// `Write`, write each of the batch's runs at its log offset, sync the log, and
-    /// report with [`end_flush`](Self::end_flush); no other flush starts meanwhile.
+    /// `Write`, write each of the job's runs at its log offset, sync the log, and
+    /// report with [`FlushJob::finish`]; no other flush starts meanwhile, and a job
+    /// dropped unfinished gives its commits back to be flushed again.
     /// `Truncate`: call [`truncate`](Self::truncate) first. `Idle`: nothing buffered,
     /// or a flush is in flight.
     pub fn begin_flush(&self) -> Result<FlushStep> {
         let mut log = lock(&self.inner.log);
         log.check()?;
-        self.inner.claim_flush(&mut log)
-    }
-
-    /// Reports how the writes and sync of a batch from [`begin_flush`](Self::begin_flush)
-    /// went; its commits are durable once this returns `Ok`.
-    pub fn end_flush(&self, batch: FlushBatch, written: std::io::Result<()>) -> Result<()> {
-        self.inner.end_flush(&batch, written)
+        Ok(match self.inner.claim_flush(&mut log)? {
+            Claim::Idle => FlushStep::Idle,
+            Claim::Truncate => FlushStep::Truncate,
+            Claim::Write(batch) => FlushStep::Write(FlushJob {
+                inner: Arc::clone(&self.inner),
+                batch: Some(batch),
+            }),
+        })
     }
 
     /// Whether commit `id` is durable.
@@ -516,6 +581,20 @@ fn init_log_and_segment(
         return Err(Error::SegmentTooSmall {
             requested: data_len,
             minimum: SEGMENT_DATA_BYTES_MIN,
+        });
+    }
+    if data_len > AREA_BYTES_MAX {
+        return Err(Error::TooLarge {
+            what: "segment",
+            requested: data_len,
+            maximum: AREA_BYTES_MAX,
+        });
+    }
+    if opts.log_area_bytes > AREA_BYTES_MAX {
+        return Err(Error::TooLarge {
+            what: "log",
+            requested: opts.log_area_bytes,
+            maximum: AREA_BYTES_MAX,
         });
     }
     let area_len = opts.log_area_bytes / RECORD_ALIGN_BYTES * RECORD_ALIGN_BYTES;
@@ -644,7 +723,7 @@ impl Inner {
             }
             log.check()?;
             match self.claim_flush(&mut log)? {
-                FlushStep::Idle => {
+                Claim::Idle => {
                     assert!(
                         log.flushing,
                         "a commit that is not durable is buffered or being flushed"
@@ -654,12 +733,12 @@ impl Inner {
                         .wait(log)
                         .unwrap_or_else(|p| p.into_inner());
                 }
-                FlushStep::Truncate => {
+                Claim::Truncate => {
                     drop(log);
                     self.truncate()?;
                     log = lock(&self.log);
                 }
-                FlushStep::Write(batch) => {
+                Claim::Write(batch) => {
                     drop(log);
                     let written = self.write_batch(&batch);
                     self.end_flush(&batch, written)?;
@@ -671,13 +750,13 @@ impl Inner {
 
     /// The next step towards making buffered commits durable; `Write` claims the
     /// flush until [`end_flush`](Self::end_flush).
-    fn claim_flush(&self, log: &mut LogState) -> Result<FlushStep> {
+    fn claim_flush(&self, log: &mut LogState) -> Result<Claim> {
         if log.flushing || log.pending.is_empty() {
-            return Ok(FlushStep::Idle);
+            return Ok(Claim::Idle);
         }
         if let Some(batch) = log.prepare_flush() {
             log.flushing = true;
-            return Ok(FlushStep::Write(batch));
+            return Ok(Claim::Write(batch));
         }
         if log.used() == 0 {
             let needed = log.pending.front().map_or(0, |g| g.map.record_bytes());
@@ -686,7 +765,15 @@ impl Inner {
                 limit: self.limits.transaction_bytes_max,
             });
         }
-        Ok(FlushStep::Truncate)
+        Ok(Claim::Truncate)
+    }
+
+    fn abandon_flush(&self, batch: FlushBatch) {
+        let mut log = lock(&self.log);
+        assert!(log.flushing, "only a claimed flush is abandoned");
+        log.flushing = false;
+        log.abandon_flush(batch);
+        self.log_changed.notify_all();
     }
 
     fn end_flush(&self, batch: &FlushBatch, written: std::io::Result<()>) -> Result<()> {

@@ -515,19 +515,18 @@ fn a_driver_doing_its_own_log_io_makes_commits_durable() {
     assert!(!rvm.is_durable(*ids.last().unwrap()));
     // The driver's own I/O, as an io_uring executor would do it.
     match rvm.begin_flush().unwrap() {
-        rvm::FlushStep::Write(batch) => {
+        rvm::FlushStep::Write(job) => {
             assert!(
                 matches!(rvm.begin_flush().unwrap(), rvm::FlushStep::Idle),
                 "one flush at a time"
             );
-            let written = batch
-                .writes
-                .iter()
-                .try_for_each(|(at, bytes)| log.write_at(*at, bytes))
+            let written = job
+                .writes()
+                .try_for_each(|(at, bytes)| log.write_at(at, bytes))
                 .and_then(|_| log.sync());
-            rvm.end_flush(batch, written).unwrap();
+            job.finish(written).unwrap();
         }
-        other => panic!("expected a batch, got {other:?}"),
+        other => panic!("expected a job, got {other:?}"),
     }
     assert!(ids.iter().all(|id| rvm.is_durable(*id)));
     let (seg2, log2) = (seg.crash(9), log.crash(9));
@@ -660,12 +659,13 @@ fn records_left_unsynced_by_a_dead_process_are_made_durable_before_replay() {
             put(&rvm, &[(0, 1)]); // A: durable
             rvm.flush().unwrap();
             put(&rvm, &[(0, 2), (4096, 2)]); // B: written, never synced, then the process dies
-            let rvm::FlushStep::Write(batch) = rvm.begin_flush().unwrap() else {
-                panic!("no batch")
+            let rvm::FlushStep::Write(job) = rvm.begin_flush().unwrap() else {
+                panic!("no job")
             };
-            for (at, bytes) in &batch.writes {
-                log.write_at(*at, bytes).unwrap();
+            for (at, bytes) in job.writes() {
+                log.write_at(at, bytes).unwrap();
             }
+            std::mem::forget(job); // the process dies with the flush in flight
             std::mem::forget(rvm);
             log.fail_after(fail_after);
             let _ = Rvm::open(Box::new(seg.clone()), Box::new(log.clone()), opts());
@@ -716,4 +716,23 @@ fn a_creation_cut_short_is_started_again() {
     let mut tx = rvm.begin(Mode::Restore).unwrap();
     tx.write(0, b"fresh").unwrap();
     tx.commit(Durability::Flush).unwrap();
+}
+
+#[test]
+fn a_flush_job_dropped_unfinished_gives_its_commits_back() {
+    let (rvm, seg, log) = sim_rvm(1 << 16);
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    tx.write(0, b"kept").unwrap();
+    let id = tx.commit(Durability::NoFlush).unwrap();
+    let rvm::FlushStep::Write(job) = rvm.begin_flush().unwrap() else {
+        panic!("no job")
+    };
+    drop(job); // the driver gave up (an error, a cancelled future)
+    assert!(!rvm.is_durable(id));
+    rvm.flush().unwrap(); // neither hangs nor loses the commit
+    assert!(rvm.is_durable(id));
+    let (seg2, log2) = (seg.crash(3), log.crash(3));
+    drop(rvm);
+    let (rvm, _) = Rvm::open(Box::new(seg2), Box::new(log2), opts()).unwrap();
+    assert_eq!(rvm.read().unwrap().bytes(0, 4).unwrap(), b"kept");
 }
