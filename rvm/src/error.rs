@@ -19,6 +19,8 @@ pub enum Error {
     /// A no-restore transaction was abandoned: memory holds changes that are not logged.
     #[error("a no-restore transaction was aborted; reopen the RVM to recover")]
     Poisoned,
+    #[error("{path} is in use by another RVM instance")]
+    InUse { path: String },
     #[error("{what} is not an RVM file: magic {found:#010x}, expected {expected:#010x}")]
     BadMagic {
         what: &'static str,

@@ -414,9 +414,9 @@ impl Rvm {
             }
             // Build the segment under a temporary name and rename it into place, so a
             // crash during creation never leaves a half-made segment behind.
-            let log_store = FileStorage::open(log, true).map_err(Error::io("log"))?;
+            let log_store = open_store(log, true, "log")?;
             let tmp = segment.with_extension("creating");
-            let seg_store = FileStorage::open(&tmp, true).map_err(Error::io("segment"))?;
+            let seg_store = open_store(&tmp, true, "segment")?;
             init_log_and_segment(&seg_store, &log_store, data_len, &opts)?;
             std::fs::rename(&tmp, segment).map_err(Error::io("segment"))?;
             if let Some(dir) = segment.parent() {
@@ -430,8 +430,8 @@ impl Rvm {
                     .map_err(Error::io("segment directory"))?;
             }
         }
-        let seg_store = FileStorage::open(segment, false).map_err(Error::io("segment"))?;
-        let log_store = FileStorage::open(log, false).map_err(Error::io("log"))?;
+        let seg_store = open_store(segment, false, "segment")?;
+        let log_store = open_store(log, false, "log")?;
         Rvm::open(Box::new(seg_store), Box::new(log_store), opts)
     }
 
@@ -544,6 +544,15 @@ impl Drop for Rvm {
     }
 }
 
+fn open_store(path: &Path, create: bool, what: &'static str) -> Result<FileStorage> {
+    FileStorage::open(path, create).map_err(|source| match source.kind() {
+        std::io::ErrorKind::WouldBlock => Error::InUse {
+            path: path.display().to_string(),
+        },
+        _ => Error::Io { what, source },
+    })
+}
+
 /// Whether the file at `path` must be kept rather than made into a new log: anything
 /// but a missing or empty file, a log whose status was never written (all zeros), or
 /// a log RVM created and never used (generation 0 and no record).
@@ -551,7 +560,7 @@ fn log_holds_state(path: &Path) -> Result<bool> {
     if !path.exists() {
         return Ok(false);
     }
-    let store = FileStorage::open(path, false).map_err(Error::io("log"))?;
+    let store = open_store(path, false, "log")?;
     let status = match read_status(&store) {
         Ok(status) => status,
         Err(e @ Error::VersionMismatch { .. }) => return Err(e),

@@ -6,6 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,13 +38,19 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
-    /// Opens `path`, creating it when `create` is set.
+    /// Opens `path`, creating it when `create` is set, and locks it for this handle
+    /// alone: a second opener, in this process or another, gets `WouldBlock`. Two
+    /// instances on one log would overwrite each other's records.
     pub fn open(path: &Path, create: bool) -> io::Result<FileStorage> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(create)
             .open(path)?;
+        // SAFETY: flock on a descriptor that `file` keeps open; the lock goes with it.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(FileStorage { file })
     }
 }

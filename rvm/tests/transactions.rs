@@ -190,7 +190,7 @@ fn files_are_created_once_and_reopened() {
     let mut tx = rvm.begin(Mode::Restore).unwrap();
     tx.write(12345, b"hello").unwrap();
     tx.commit(Durability::Flush).unwrap();
-    std::mem::forget(rvm);
+    drop(rvm); // closes without truncating: the record stays in the log
     let (rvm, report) = Rvm::open_files(&seg, &log, 1 << 20, opts()).unwrap();
     assert_eq!(rvm.log_id(), id);
     assert_eq!(report.records_replayed, 1);
@@ -735,4 +735,15 @@ fn a_flush_job_dropped_unfinished_gives_its_commits_back() {
     drop(rvm);
     let (rvm, _) = Rvm::open(Box::new(seg2), Box::new(log2), opts()).unwrap();
     assert_eq!(rvm.read().unwrap().bytes(0, 4).unwrap(), b"kept");
+}
+
+#[test]
+fn a_second_instance_on_the_same_files_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, log) = (dir.path().join("d.seg"), dir.path().join("d.log"));
+    let (first, _) = Rvm::open_files(&seg, &log, 1 << 16, opts()).unwrap();
+    let err = Rvm::open_files(&seg, &log, 1 << 16, opts()).err().unwrap();
+    assert!(matches!(err, Error::InUse { .. }), "{err}");
+    drop(first);
+    assert!(Rvm::open_files(&seg, &log, 1 << 16, opts()).is_ok());
 }
