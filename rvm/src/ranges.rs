@@ -6,7 +6,7 @@
 //! one log record and truncation writes each byte once.
 
 use std::collections::BTreeMap;
-use std::ops::Bound::{Excluded, Included};
+use std::ops::Bound::{Excluded, Included, Unbounded};
 
 use crate::format::{pad8, RANGE_HEADER_BYTES, RECORD_HEADER_BYTES};
 
@@ -63,6 +63,26 @@ impl RangeSet {
         self.add(new_start, new_end);
     }
 
+    /// What [`record_bytes`](Self::record_bytes) would be after inserting
+    /// `[start, end)`, computed without changing the set.
+    pub fn record_bytes_after(&self, start: u64, end: u64) -> u64 {
+        let (mut new_start, mut new_end, mut removed) = (start, end, 0);
+        if let Some((&s, &e)) = self.ranges.range(..=start).next_back() {
+            if e >= start {
+                (new_start, new_end) = (s, new_end.max(e));
+                removed += RANGE_HEADER_BYTES + pad8(e - s);
+            }
+        }
+        for (&s, &e) in self.ranges.range((Excluded(new_start), Unbounded)) {
+            if s > new_end {
+                break;
+            }
+            new_end = new_end.max(e);
+            removed += RANGE_HEADER_BYTES + pad8(e - s);
+        }
+        self.record_bytes() - removed + RANGE_HEADER_BYTES + pad8(new_end - new_start)
+    }
+
     /// True when `[start, end)` lies inside one declared range.
     pub fn covers(&self, start: u64, end: u64) -> bool {
         match self.ranges.range(..=start).next_back() {
@@ -86,7 +106,7 @@ impl RangeSet {
     }
 }
 
-/// New values keyed by offset: disjoint, non-touching ranges, newest bytes winning.
+/// New values keyed by offset: disjoint ranges (they may touch), newest bytes winning.
 #[derive(Debug, Default, Clone)]
 pub struct RangeMap {
     ranges: BTreeMap<u64, Vec<u8>>,
@@ -103,44 +123,57 @@ impl RangeMap {
         RECORD_HEADER_BYTES + self.encoded_bytes
     }
 
-    /// Writes `data` at `offset`, replacing older bytes and merging with neighbours.
+    /// Writes `data` at `offset`, newest bytes winning. Bytes land in place inside
+    /// existing ranges, extend the range that ends where they start, or open a new
+    /// range; a range is never moved or copied to merge with the one after it, so any
+    /// order of writes costs time in proportion to the bytes written.
     pub fn insert(&mut self, offset: u64, data: &[u8]) {
-        if data.is_empty() {
-            return;
-        }
         let end = offset + data.len() as u64;
-        let (start, mut buf) = match self.ranges.range(..=offset).next_back() {
-            Some((&s, v)) if s + v.len() as u64 >= offset => {
-                let v = self.take(s);
-                (s, v)
+        let mut at = offset;
+        while at < end {
+            let src = |from: u64, to: u64| &data[(from - offset) as usize..(to - offset) as usize];
+            let next_start = |map: &BTreeMap<u64, Vec<u8>>, after: u64| {
+                map.range((Excluded(after), Unbounded))
+                    .next()
+                    .map_or(u64::MAX, |(&s, _)| s)
+            };
+            let holder = self
+                .ranges
+                .range(..=at)
+                .next_back()
+                .filter(|(&s, v)| s + v.len() as u64 >= at)
+                .map(|(&s, v)| (s, s + v.len() as u64));
+            match holder {
+                // Inside a range: overwrite in place.
+                Some((s, v_end)) if at < v_end => {
+                    let upto = end.min(v_end);
+                    let v = self.ranges.get_mut(&s).expect("range present");
+                    v[(at - s) as usize..(upto - s) as usize].copy_from_slice(src(at, upto));
+                    at = upto;
+                }
+                // Right after a range: extend it, up to where the next one starts.
+                Some((s, v_end)) => {
+                    let upto = end.min(next_start(&self.ranges, s));
+                    // A range starting right here would have been the holder.
+                    debug_assert!(upto > at);
+                    let v = self.ranges.get_mut(&s).expect("range present");
+                    self.encoded_bytes -= RANGE_HEADER_BYTES + pad8(v.len() as u64);
+                    v.extend_from_slice(src(v_end, upto));
+                    self.encoded_bytes += RANGE_HEADER_BYTES + pad8(v.len() as u64);
+                    at = upto;
+                }
+                // In a gap: a new range, up to where the next one starts.
+                None => {
+                    let upto = end.min(next_start(&self.ranges, at));
+                    self.put(at, src(at, upto).to_vec());
+                    at = upto;
+                }
             }
-            _ => (offset, Vec::new()),
-        };
-        let rel = (offset - start) as usize;
-        if buf.len() < rel + data.len() {
-            buf.resize(rel + data.len(), 0);
         }
-        buf[rel..rel + data.len()].copy_from_slice(data);
-        // Successors starting inside or right at the end of the new bytes merge in;
-        // only their part beyond `end` survives.
-        while let Some((&s, _)) = self.ranges.range((Excluded(start), Included(end))).next() {
-            let v = self.take(s);
-            let v_end = s + v.len() as u64;
-            if v_end > end {
-                buf.extend_from_slice(&v[(end - s) as usize..]);
-            }
-        }
-        self.put(start, buf);
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
         self.ranges.iter().map(|(&s, v)| (s, v.as_slice()))
-    }
-
-    fn take(&mut self, s: u64) -> Vec<u8> {
-        let v = self.ranges.remove(&s).expect("range present");
-        self.encoded_bytes -= RANGE_HEADER_BYTES + pad8(v.len() as u64);
-        v
     }
 
     fn put(&mut self, s: u64, v: Vec<u8>) {
@@ -166,8 +199,8 @@ mod tests {
             let mut seen = vec![None::<u8>; 256];
             let mut prev_end = None;
             for (s, v) in map.iter() {
-                // Ranges are disjoint and never touch: merging is complete.
-                if let Some(pe) = prev_end { prop_assert!(s > pe); }
+                // Ranges are disjoint (they may touch).
+                if let Some(pe) = prev_end { prop_assert!(s >= pe); }
                 prev_end = Some(s + v.len() as u64);
                 for (i, b) in v.iter().enumerate() { seen[s as usize + i] = Some(*b); }
             }
@@ -182,6 +215,7 @@ mod tests {
             let mut covered = [false; 256];
             for (s, len) in inserts {
                 let mut fresh_now = [false; 256];
+                let predicted = set.record_bytes_after(s, s + len);
                 set.insert(s, s + len, |a, b| {
                     for i in a..b { assert!(!fresh_now[i as usize]); fresh_now[i as usize] = true; }
                 });
@@ -191,6 +225,7 @@ mod tests {
                 }
                 for i in s..s + len { covered[i as usize] = true; }
                 prop_assert!(set.covers(s, s + len));
+                prop_assert_eq!(set.record_bytes(), predicted);
             }
             let total: u64 = set.iter().map(|(s, e)| e - s).sum();
             prop_assert_eq!(total, covered.iter().filter(|c| **c).count() as u64);

@@ -68,14 +68,10 @@ impl<'a> Transaction<'a> {
         if self.declared.covers(offset, end) {
             return Ok(());
         }
-        let mut trial = self.declared.clone();
-        trial.insert(offset, end, |_, _| {});
+        let needed = self.declared.record_bytes_after(offset, end);
         let limit = self.inner.limits.transaction_bytes_max;
-        if trial.record_bytes() > limit {
-            return Err(Error::LogFull {
-                needed: trial.record_bytes(),
-                limit,
-            });
+        if needed > limit {
+            return Err(Error::LogFull { needed, limit });
         }
         let mut fresh = Vec::new();
         self.declared.insert(offset, end, |a, b| fresh.push((a, b)));
