@@ -168,6 +168,40 @@ proptest! {
         prop_assert!(states.contains(&got), "recovered state is no prefix of the commits");
     }
 
+    /// Status blocks that pass their checksum but carry hostile values (sizes, head,
+    /// sequence number, generation): an error or a prefix, never a panic, and a log
+    /// that opens keeps working.
+    #[test]
+    fn status_blocks_with_valid_checksums_and_hostile_values_never_panic(
+        seed in any::<u64>(),
+        generation in prop_oneof![Just(u64::MAX), Just(1u64 << 62), any::<u64>(), 0u64..4],
+        area_len in prop_oneof![Just(u64::MAX - 7), Just(1u64 << 48), Just(64u64 << 10), any::<u64>()],
+        head in prop_oneof![Just(0u64), any::<u64>(), Just((64u64 << 10) - 8)],
+        seq in prop_oneof![Just(u64::MAX), Just(1u64), any::<u64>()],
+        slot in 0usize..2,
+    ) {
+        let (seg, log, states, _) = logged(4, seed);
+        let mut bytes = log.to_bytes();
+        let at = slot * 4096;
+        let mut status = bytes[at..at + 56].to_vec();
+        if status[0..4] != *b"RVMT" {
+            status = bytes[(1 - slot) * 4096..(1 - slot) * 4096 + 56].to_vec();
+        }
+        status[8..16].copy_from_slice(&generation.to_le_bytes());
+        status[24..32].copy_from_slice(&area_len.to_le_bytes());
+        status[32..40].copy_from_slice(&head.to_le_bytes());
+        status[40..48].copy_from_slice(&seq.to_le_bytes());
+        let crc = crc32fast::hash(&status[..52]);
+        status[52..56].copy_from_slice(&crc.to_le_bytes());
+        bytes[at..at + 56].copy_from_slice(&status);
+        if let Ok((rvm, _)) = reopen(&seg, bytes) {
+            prop_assert!(states.contains(&state(&rvm)) || generation > 0);
+            let mut tx = rvm.begin(Mode::Restore).unwrap();
+            tx.write(0, b"still works").unwrap();
+            let _ = tx.commit(Durability::Flush);
+        }
+    }
+
     /// Arbitrary bytes anywhere in the log file: an error or a prefix, never a panic.
     #[test]
     fn arbitrary_log_bytes_never_panic(

@@ -159,3 +159,66 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn bytes_inside_a_live_block_that_look_like_a_header_are_not_a_block() {
+    let (seg, log) = (MemStorage::new(), MemStorage::new());
+    let rvm = Rvm::create(Box::new(seg), Box::new(log), DATA_BYTES, opts()).unwrap();
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    let heap = Heap::init(&mut tx, 0, DATA_BYTES).unwrap();
+    let a = heap.alloc(&mut tx, 1000).unwrap();
+    let b = heap.alloc(&mut tx, 100).unwrap();
+    // Copy b's real header into a's data, at a chunk boundary, then free "it".
+    let header = tx.bytes(b - 16, 16).unwrap().to_vec();
+    let inner = a - 16 + 128;
+    tx.write(inner, &header).unwrap();
+    assert!(matches!(
+        heap.free(&mut tx, inner + 16),
+        Err(Error::BadFree { .. })
+    ));
+    heap.verify(&tx).unwrap();
+}
+
+#[test]
+fn a_free_list_that_loops_is_reported_not_walked_forever() {
+    let (seg, log) = (MemStorage::new(), MemStorage::new());
+    let rvm = Rvm::create(Box::new(seg), Box::new(log), DATA_BYTES, opts()).unwrap();
+    let mut tx = rvm.begin(Mode::Restore).unwrap();
+    let heap = Heap::init(&mut tx, 0, DATA_BYTES).unwrap();
+    // Large enough for the last free list, the one a large request walks.
+    let a = heap.alloc(&mut tx, 4000).unwrap();
+    let _keep = heap.alloc(&mut tx, 40).unwrap();
+    heap.free(&mut tx, a).unwrap();
+    // A stray write points the freed block's `next` link at itself.
+    tx.write_u64(a - 16 + 16, a - 16).unwrap();
+    assert!(matches!(
+        heap.alloc(&mut tx, 1 << 20),
+        Err(Error::HeapCorrupt { .. })
+    ));
+    assert!(matches!(heap.verify(&tx), Err(Error::HeapCorrupt { .. })));
+}
+
+#[test]
+fn bad_heap_arguments_are_errors() {
+    let (seg, log) = (MemStorage::new(), MemStorage::new());
+    let rvm = Rvm::create(Box::new(seg), Box::new(log), DATA_BYTES, opts()).unwrap();
+    let mut tx = rvm.begin(Mode::NoRestore).unwrap();
+    assert!(matches!(
+        Heap::init(&mut tx, u64::MAX - 100, 4096),
+        Err(Error::OutOfBounds { .. })
+    ));
+    assert!(matches!(
+        Heap::init(&mut tx, 4096, DATA_BYTES),
+        Err(Error::OutOfBounds { .. })
+    ));
+    let heap = Heap::init(&mut tx, 0, DATA_BYTES).unwrap();
+    assert!(matches!(
+        heap.set_root(&mut tx, 16, 1),
+        Err(Error::NoSuchRoot {
+            slot: 16,
+            slots: 16
+        })
+    ));
+    assert!(matches!(heap.root(&tx, 99), Err(Error::NoSuchRoot { .. })));
+    tx.commit(Durability::Flush).unwrap(); // nothing above poisoned the instance
+}
