@@ -452,7 +452,9 @@ impl Rvm {
         })
     }
 
-    /// Reads the committed state (and nothing a transaction is changing).
+    /// Reads the committed state (and nothing a transaction is changing). It waits
+    /// while a transaction is open, so a thread holding one reads through the
+    /// transaction instead: calling this then would wait forever.
     pub fn read(&self) -> Result<ReadView<'_>> {
         self.inner.check()?;
         Ok(ReadView {
@@ -873,7 +875,10 @@ impl Inner {
     fn daemon_loop(&self) {
         let mut last_flush = Instant::now();
         loop {
-            let tick = self.flush_interval.unwrap_or(Duration::from_secs(1));
+            let tick = self
+                .flush_interval
+                .unwrap_or(Duration::from_secs(1))
+                .max(Duration::from_millis(1));
             {
                 let mut sig = lock(&self.daemon);
                 if !sig.wake && !sig.shutdown {

@@ -112,6 +112,10 @@ impl<'a> Transaction<'a> {
     }
 
     /// Ends the transaction. With [`Durability::Flush`] it is durable on return.
+    ///
+    /// An error from the log's I/O can come after the changes were buffered: the
+    /// commit may or may not survive, and the RVM stops until it is reopened, when
+    /// recovery shows which it was.
     pub fn commit(mut self, durability: Durability) -> Result<CommitId> {
         let seg = self.seg.take().expect("open transaction holds the segment");
         let (id, must_flush) = self.inner.log_commit(&seg, &self.declared)?;
