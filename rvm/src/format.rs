@@ -225,15 +225,17 @@ impl LogStatus {
                 ),
             });
         }
-        if status.generation > COUNTER_MAX || status.head.seq > COUNTER_MAX {
-            return Err(Error::Corrupt {
-                what: WHAT,
-                offset: slot_offset + 8,
-                reason: format!(
-                    "generation {} or sequence number {} beyond {COUNTER_MAX}",
-                    status.generation, status.head.seq
-                ),
-            });
+        for (value, field_offset, name) in [
+            (status.generation, 8, "generation"),
+            (status.head.seq, 40, "sequence number"),
+        ] {
+            if value > COUNTER_MAX {
+                return Err(Error::Corrupt {
+                    what: WHAT,
+                    offset: slot_offset + field_offset,
+                    reason: format!("{name} {value} beyond {COUNTER_MAX}"),
+                });
+            }
         }
         Ok(status)
     }

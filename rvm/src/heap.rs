@@ -9,7 +9,8 @@
 //! also holds `next, prev: u64` links after that and its size again in its last 8
 //! bytes, so a freed neighbour can find it and merge. Segregated free lists hold one
 //! size each (64, 128, ... bytes); the last holds everything larger. Guards are
-//! Coda's: FREE 0x345298af, ALLOC 0x783bd92c, END 0xfd10a32e.
+//! Coda's (FREE 0x345298af, ALLOC 0x783bd92c, END 0xfd10a32e), stored XORed with a
+//! fold of the block's offset.
 
 use crate::error::{Error, Result};
 use crate::segment::{Rec, Record, View};
@@ -229,7 +230,12 @@ impl Heap {
                         "previous free block of {prev_size} bytes starts before the heap"
                     ),
                 })?;
-            self.check_block(tx, prev, GUARD_FREE)?;
+            if self.check_block(tx, prev, GUARD_FREE)? != prev_size {
+                return Err(Error::HeapCorrupt {
+                    offset: prev,
+                    reason: format!("free block's size disagrees with its footer ({prev_size})"),
+                });
+            }
             self.unlink(tx, prev, prev_size)?;
             start = prev;
             total += prev_size;

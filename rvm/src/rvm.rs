@@ -123,6 +123,7 @@ pub enum FlushStep {
 }
 
 /// A claimed flush: the log writes to make, and the commits they make durable.
+/// Finish or drop it before dropping its [`Rvm`], which flushes and so waits for it.
 pub struct FlushJob {
     inner: Arc<Inner>,
     batch: Option<FlushBatch>,
@@ -399,8 +400,11 @@ impl Rvm {
         data_len: u64,
         opts: Options,
     ) -> Result<(Rvm, RecoveryReport)> {
+        // The log stays locked from here on, so two processes creating the same
+        // pair take turns, and nothing changes the pair between creation and open.
+        let log_store = open_store(log, !segment.exists(), "log")?;
         if !segment.exists() {
-            if log_holds_state(log)? {
+            if log_holds_state(&log_store)? {
                 return Err(Error::Corrupt {
                     what: "segment",
                     offset: 0,
@@ -414,7 +418,6 @@ impl Rvm {
             }
             // Build the segment under a temporary name and rename it into place, so a
             // crash during creation never leaves a half-made segment behind.
-            let log_store = open_store(log, true, "log")?;
             let tmp = segment.with_extension("creating");
             let seg_store = open_store(&tmp, true, "segment")?;
             init_log_and_segment(&seg_store, &log_store, data_len, &opts)?;
@@ -431,7 +434,6 @@ impl Rvm {
             }
         }
         let seg_store = open_store(segment, false, "segment")?;
-        let log_store = open_store(log, false, "log")?;
         Rvm::open(Box::new(seg_store), Box::new(log_store), opts)
     }
 
@@ -555,15 +557,11 @@ fn open_store(path: &Path, create: bool, what: &'static str) -> Result<FileStora
     })
 }
 
-/// Whether the file at `path` must be kept rather than made into a new log: anything
+/// Whether the log file must be kept rather than made into a new log: anything
 /// but a missing or empty file, a log whose status was never written (all zeros), or
 /// a log RVM created and never used (generation 0 and no record).
-fn log_holds_state(path: &Path) -> Result<bool> {
-    if !path.exists() {
-        return Ok(false);
-    }
-    let store = open_store(path, false, "log")?;
-    let status = match read_status(&store) {
+fn log_holds_state(store: &FileStorage) -> Result<bool> {
+    let status = match read_status(store) {
         Ok(status) => status,
         Err(e @ Error::VersionMismatch { .. }) => return Err(e),
         Err(_) => {
@@ -578,7 +576,7 @@ fn log_holds_state(path: &Path) -> Result<bool> {
     if status.generation > 0 {
         return Ok(true);
     }
-    let mut scanner = Scanner::new(&store, status.area_len, u64::MAX, status.head);
+    let mut scanner = Scanner::new(store, status.area_len, u64::MAX, status.head);
     Ok(matches!(scanner.next(|_, _| {}), Ok(Step::Record { .. })))
 }
 
@@ -715,7 +713,7 @@ impl Inner {
             group.map.insert(start, seg.bytes(start, end - start)?);
         }
         group.last_commit = id;
-        // Merging can shrink a record (joined ranges share one range header).
+        // Overwriting in place can leave a record as it was, or grow it.
         let after = group.map.record_bytes();
         log.pending_bytes = log.pending_bytes + after - before;
         Ok((
@@ -760,7 +758,7 @@ impl Inner {
     }
 
     /// The next step towards making buffered commits durable; `Write` claims the
-    /// flush until [`end_flush`](Self::end_flush).
+    /// flush until [`end_flush`](Self::end_flush) or [`abandon_flush`](Self::abandon_flush).
     fn claim_flush(&self, log: &mut LogState) -> Result<Claim> {
         if log.flushing || log.pending.is_empty() {
             return Ok(Claim::Idle);
