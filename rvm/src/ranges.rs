@@ -106,6 +106,9 @@ impl RangeSet {
     }
 }
 
+/// Largest range [`RangeMap::insert`] copies to merge it with the range before it.
+pub const ABSORB_BYTES_MAX: u64 = 4096;
+
 /// New values keyed by offset: disjoint ranges (they may touch), newest bytes winning.
 #[derive(Debug, Default, Clone)]
 pub struct RangeMap {
@@ -125,8 +128,9 @@ impl RangeMap {
 
     /// Writes `data` at `offset`, newest bytes winning. Bytes land in place inside
     /// existing ranges, extend the range that ends where they start, or open a new
-    /// range; a range is never moved or copied to merge with the one after it, so any
-    /// order of writes costs time in proportion to the bytes written.
+    /// range. A range absorbs the one right after it only when that one is small, so
+    /// records stay compact yet any order of writes copies at most
+    /// [`ABSORB_BYTES_MAX`] per insert beyond the bytes written.
     pub fn insert(&mut self, offset: u64, data: &[u8]) {
         let end = offset + data.len() as u64;
         let mut at = offset;
@@ -160,12 +164,14 @@ impl RangeMap {
                     self.encoded_bytes -= RANGE_HEADER_BYTES + pad8(v.len() as u64);
                     v.extend_from_slice(src(v_end, upto));
                     self.encoded_bytes += RANGE_HEADER_BYTES + pad8(v.len() as u64);
+                    self.absorb_small_next(s);
                     at = upto;
                 }
                 // In a gap: a new range, up to where the next one starts.
                 None => {
                     let upto = end.min(next_start(&self.ranges, at));
                     self.put(at, src(at, upto).to_vec());
+                    self.absorb_small_next(at);
                     at = upto;
                 }
             }
@@ -174,6 +180,27 @@ impl RangeMap {
 
     pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
         self.ranges.iter().map(|(&s, v)| (s, v.as_slice()))
+    }
+
+    /// Merges the range right after the one at `s` into it, when they touch and the
+    /// next one is small enough to copy.
+    fn absorb_small_next(&mut self, s: u64) {
+        let end = s + self.ranges[&s].len() as u64;
+        let next = self
+            .ranges
+            .range((Excluded(s), Unbounded))
+            .next()
+            .map(|(&n, v)| (n, v.len() as u64));
+        if let Some((n, len)) = next {
+            if n == end && len <= ABSORB_BYTES_MAX {
+                let tail = self.ranges.remove(&n).expect("range present");
+                self.encoded_bytes -= RANGE_HEADER_BYTES + pad8(len);
+                let v = self.ranges.get_mut(&s).expect("range present");
+                self.encoded_bytes -= RANGE_HEADER_BYTES + pad8(v.len() as u64);
+                v.extend_from_slice(&tail);
+                self.encoded_bytes += RANGE_HEADER_BYTES + pad8(v.len() as u64);
+            }
+        }
     }
 
     fn put(&mut self, s: u64, v: Vec<u8>) {
