@@ -1,6 +1,8 @@
 //! Torn and corrupt log tails are detected and cut, never applied; damaged logs of
 //! any kind recover to a prefix of the commits or fail with an error, never a panic.
 
+mod support;
+
 use proptest::prelude::*;
 use rvm::{Durability, MemStorage, Mode, Options, Rvm, Tail, View, LOG_AREA_START};
 
@@ -17,14 +19,7 @@ fn opts() -> Options {
 /// A log holding `commits` flush commits, never truncated; the states after each
 /// commit (the first is the empty segment); and the log bytes before the last commit.
 fn logged(commits: u64, seed: u64) -> (MemStorage, MemStorage, Vec<Vec<u8>>, Vec<u8>) {
-    let (seg, log) = (MemStorage::new(), MemStorage::new());
-    let rvm = Rvm::create(
-        Box::new(seg.clone()),
-        Box::new(log.clone()),
-        DATA_BYTES,
-        opts(),
-    )
-    .unwrap();
+    let (rvm, seg, log) = support::create::<MemStorage>(DATA_BYTES, opts());
     let mut states = vec![vec![0u8; DATA_BYTES as usize]];
     let mut before_last = Vec::new();
     for i in 0..commits {

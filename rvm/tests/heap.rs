@@ -1,6 +1,8 @@
 //! The recoverable heap against a model: allocations never overlap, keep their bytes,
 //! and the heap's own structure checks out after every transaction and reopening.
 
+mod support;
+
 use proptest::prelude::*;
 use rvm::heap::{Heap, CHUNK_BYTES};
 use rvm::{Durability, Error, MemStorage, Mode, Options, Rec, Rvm, View};
@@ -31,14 +33,7 @@ struct Vnode {
 
 #[test]
 fn typed_records_are_placed_read_and_changed_in_place() {
-    let (seg, log) = (MemStorage::new(), MemStorage::new());
-    let rvm = Rvm::create(
-        Box::new(seg.clone()),
-        Box::new(log.clone()),
-        DATA_BYTES,
-        opts(),
-    )
-    .unwrap();
+    let (rvm, seg, log) = support::create::<MemStorage>(DATA_BYTES, opts());
     let mut tx = rvm.begin(Mode::Restore).unwrap();
     let heap = Heap::init(&mut tx, 0, DATA_BYTES).unwrap();
     let rec: Rec<Vnode> = heap.alloc_rec(&mut tx).unwrap();
@@ -69,8 +64,7 @@ fn typed_records_are_placed_read_and_changed_in_place() {
 
 #[test]
 fn an_exhausted_heap_says_what_is_left() {
-    let (seg, log) = (MemStorage::new(), MemStorage::new());
-    let rvm = Rvm::create(Box::new(seg), Box::new(log), 8192, opts()).unwrap();
+    let (rvm, _, _) = support::create::<MemStorage>(8192, opts());
     let mut tx = rvm.begin(Mode::Restore).unwrap();
     let heap = Heap::init(&mut tx, 0, 8192).unwrap();
     let err = heap.alloc(&mut tx, 1 << 20).unwrap_err();
@@ -162,8 +156,7 @@ proptest! {
 
 #[test]
 fn bytes_inside_a_live_block_that_look_like_a_header_are_not_a_block() {
-    let (seg, log) = (MemStorage::new(), MemStorage::new());
-    let rvm = Rvm::create(Box::new(seg), Box::new(log), DATA_BYTES, opts()).unwrap();
+    let (rvm, _, _) = support::create::<MemStorage>(DATA_BYTES, opts());
     let mut tx = rvm.begin(Mode::Restore).unwrap();
     let heap = Heap::init(&mut tx, 0, DATA_BYTES).unwrap();
     let a = heap.alloc(&mut tx, 1000).unwrap();
@@ -181,8 +174,7 @@ fn bytes_inside_a_live_block_that_look_like_a_header_are_not_a_block() {
 
 #[test]
 fn a_free_list_that_loops_is_reported_not_walked_forever() {
-    let (seg, log) = (MemStorage::new(), MemStorage::new());
-    let rvm = Rvm::create(Box::new(seg), Box::new(log), DATA_BYTES, opts()).unwrap();
+    let (rvm, _, _) = support::create::<MemStorage>(DATA_BYTES, opts());
     let mut tx = rvm.begin(Mode::Restore).unwrap();
     let heap = Heap::init(&mut tx, 0, DATA_BYTES).unwrap();
     // Large enough for the last free list, the one a large request walks.
@@ -200,8 +192,7 @@ fn a_free_list_that_loops_is_reported_not_walked_forever() {
 
 #[test]
 fn bad_heap_arguments_are_errors() {
-    let (seg, log) = (MemStorage::new(), MemStorage::new());
-    let rvm = Rvm::create(Box::new(seg), Box::new(log), DATA_BYTES, opts()).unwrap();
+    let (rvm, _, _) = support::create::<MemStorage>(DATA_BYTES, opts());
     let mut tx = rvm.begin(Mode::NoRestore).unwrap();
     assert!(matches!(
         Heap::init(&mut tx, u64::MAX - 100, 4096),

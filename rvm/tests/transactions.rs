@@ -1,6 +1,8 @@
 //! Transactions, durability and recovery over files and simulated disks.
 
 use rvm::heap::Heap;
+mod support;
+
 use std::path::Path;
 
 use rvm::{Durability, Error, MemStorage, Mode, Options, Rvm, SimDisk, Storage, Tail, View};
@@ -14,27 +16,11 @@ fn opts() -> Options {
 }
 
 fn mem_rvm(data_len: u64) -> (Rvm, MemStorage, MemStorage) {
-    let (seg, log) = (MemStorage::new(), MemStorage::new());
-    let rvm = Rvm::create(
-        Box::new(seg.clone()),
-        Box::new(log.clone()),
-        data_len,
-        opts(),
-    )
-    .unwrap();
-    (rvm, seg, log)
+    support::create(data_len, opts())
 }
 
 fn sim_rvm(data_len: u64) -> (Rvm, SimDisk, SimDisk) {
-    let (seg, log) = (SimDisk::new(), SimDisk::new());
-    let rvm = Rvm::create(
-        Box::new(seg.clone()),
-        Box::new(log.clone()),
-        data_len,
-        opts(),
-    )
-    .unwrap();
-    (rvm, seg, log)
+    support::create(data_len, opts())
 }
 
 #[test]
