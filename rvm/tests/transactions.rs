@@ -19,6 +19,13 @@ fn mem_rvm(data_len: u64) -> (Rvm, MemStorage, MemStorage) {
     support::create(data_len, opts())
 }
 
+/// The error opening this segment and log gives; panics if they open.
+fn open_err(seg: MemStorage, log: MemStorage) -> Error {
+    Rvm::open(Box::new(seg), Box::new(log), opts())
+        .err()
+        .expect("opening should fail")
+}
+
 fn sim_rvm(data_len: u64) -> (Rvm, SimDisk, SimDisk) {
     support::create(data_len, opts())
 }
@@ -225,13 +232,7 @@ fn a_newer_format_version_is_refused_with_the_version_found() {
     bytes[4] = 9;
     let crc = crc32fast::hash(&bytes[..24]);
     bytes[24..28].copy_from_slice(&crc.to_le_bytes());
-    let err = Rvm::open(
-        Box::new(MemStorage::from_bytes(bytes)),
-        Box::new(log),
-        opts(),
-    )
-    .err()
-    .unwrap();
+    let err = open_err(MemStorage::from_bytes(bytes), log);
     assert!(
         matches!(
             err,
@@ -559,13 +560,7 @@ fn a_damaged_version_field_reads_as_damage_not_as_a_newer_format() {
     drop(rvm);
     let mut bytes = seg.to_bytes();
     bytes[4] ^= 2;
-    let err = Rvm::open(
-        Box::new(MemStorage::from_bytes(bytes)),
-        Box::new(log),
-        opts(),
-    )
-    .err()
-    .unwrap();
+    let err = open_err(MemStorage::from_bytes(bytes), log);
     assert!(
         matches!(
             err,
@@ -591,13 +586,7 @@ fn a_log_status_of_a_newer_format_is_refused_though_the_other_slot_is_older() {
     let crc = crc32fast::hash(&newer[..52]);
     newer[52..56].copy_from_slice(&crc.to_le_bytes());
     bytes[4096..4096 + 56].copy_from_slice(&newer);
-    let err = Rvm::open(
-        Box::new(seg),
-        Box::new(MemStorage::from_bytes(bytes)),
-        opts(),
-    )
-    .err()
-    .unwrap();
+    let err = open_err(seg, MemStorage::from_bytes(bytes));
     assert!(
         matches!(
             err,
