@@ -11,6 +11,7 @@ pub mod sftp;
 pub mod sim;
 pub mod stats;
 pub mod time;
+pub mod udp;
 
 pub use config::Config;
 pub use endpoint::{

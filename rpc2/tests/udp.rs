@@ -1,0 +1,210 @@
+//! Real sockets: a server process (rpc2-testd) and this test process on
+//! 127.0.0.1, over glommio and io_uring.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use coda_rpc2::endpoint::{Auth, SideEffect};
+use coda_rpc2::udp::ClientThread;
+use coda_rpc2::{CellKey, Config, Credentials, Sink, Source, Token};
+
+const NULL: u16 = 1;
+const ECHO: u16 = 2;
+const FETCH: u16 = 3;
+const STORE: u16 = 4;
+const CELL: [u8; 32] = [0x42; 32];
+
+/// The server process, killed however the test ends.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> Server {
+    let hex: String = CELL.iter().map(|b| format!("{b:02x}")).collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rpc2-testd"))
+        .args(["--listen", "127.0.0.1:0", "--cell-key", &hex])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start rpc2-testd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("rpc2-testd ready on ")
+        .expect("ready line")
+        .parse()
+        .unwrap();
+    Server { child, addr }
+}
+
+fn credentials(user_id: u32) -> Credentials {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = Token {
+        user_id,
+        session_key: [user_id as u8; 32],
+        issued_at: now,
+        expires_at: now + 3600,
+    };
+    Credentials {
+        sealed_token: token.seal(&CellKey::from_bytes(CELL), [9; 24]),
+        session_key: token.session_key,
+    }
+}
+
+fn client() -> ClientThread {
+    let config = Config {
+        peer_timeout: Duration::from_secs(10),
+        ..Config::default()
+    };
+    ClientThread::spawn("127.0.0.1:0".parse().unwrap(), config).unwrap()
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new_keyed(&key)
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+#[test]
+fn calls_from_many_connections_and_threads_each_get_their_own_reply() {
+    let server = start_server();
+    let client = Arc::new(client());
+    let mut threads = Vec::new();
+    for t in 0..8u32 {
+        let client = client.clone();
+        let addr = server.addr;
+        threads.push(std::thread::spawn(move || {
+            let auth = match t % 3 {
+                0 => Auth::Anonymous,
+                1 => Auth::Authenticated(credentials(t)),
+                _ => Auth::Encrypted(credentials(t)),
+            };
+            let conns: Vec<_> = (0..4)
+                .map(|_| client.connect_blocking(addr, auth.clone()).unwrap())
+                .collect();
+            for i in 0..200u32 {
+                let conn = conns[i as usize % conns.len()];
+                let body = Bytes::from(format!("thread {t} call {i}").repeat(1 + i as usize % 7));
+                let reply = client
+                    .call_blocking(conn, 7, ECHO, body.clone(), None)
+                    .unwrap();
+                assert_eq!(reply.body, body);
+                let null = client
+                    .call_blocking(conn, 7, NULL, Bytes::new(), None)
+                    .unwrap();
+                assert!(null.body.is_empty());
+            }
+        }));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = client.stats();
+    assert_eq!(stats.calls_sent, 8 * 200 * 2);
+    assert_eq!(stats.calls_failed, 0);
+    assert_eq!(stats.drops_total(), 0);
+}
+
+fn fetch_and_store_100_mib(auth: Auth) {
+    const LEN: usize = 100 << 20;
+    let server = start_server();
+    let client = client();
+    let conn = client.connect_blocking(server.addr, auth).unwrap();
+
+    let mut body = (LEN as u64).to_le_bytes().to_vec();
+    body.extend_from_slice(&77u64.to_le_bytes());
+    let sink = SideEffect::Receive(Sink::File(tempfile::tempfile().unwrap()));
+    let reply = client
+        .call_blocking(conn, 7, FETCH, Bytes::from(body), Some(sink))
+        .unwrap();
+    assert_eq!(reply.code, 0);
+    assert_eq!(reply.sftp_bytes, LEN as u64);
+    let Some(Sink::File(mut file)) = reply.sink else {
+        panic!("no sink back")
+    };
+    let mut fetched = Vec::new();
+    std::io::Seek::rewind(&mut file).unwrap();
+    file.read_to_end(&mut fetched).unwrap();
+    assert_eq!(fetched.len(), LEN);
+    assert!(
+        blake3::hash(&fetched) == blake3::hash(&pattern(77, LEN)),
+        "fetched data differs"
+    );
+
+    let data = pattern(78, LEN);
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, &data).unwrap();
+    let source = SideEffect::Send(Source::File {
+        file,
+        len: LEN as u64,
+    });
+    let reply = client
+        .call_blocking(conn, 7, STORE, Bytes::new(), Some(source))
+        .unwrap();
+    assert_eq!(reply.code, 0);
+    assert_eq!(
+        &reply.body[..],
+        blake3::hash(&data).as_bytes(),
+        "stored data differs"
+    );
+}
+
+#[test]
+fn fetch_and_store_of_100_mib_arrive_whole_in_the_clear() {
+    fetch_and_store_100_mib(Auth::Anonymous);
+}
+
+#[test]
+fn fetch_and_store_of_100_mib_arrive_whole_encrypted() {
+    fetch_and_store_100_mib(Auth::Encrypted(credentials(5)));
+}
+
+#[test]
+fn a_dead_server_fails_calls_with_a_timeout() {
+    let mut server = start_server();
+    let config = Config {
+        peer_timeout: Duration::from_secs(1),
+        keepalive: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let client = ClientThread::spawn("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let conn = client
+        .connect_blocking(server.addr, Auth::Anonymous)
+        .unwrap();
+    client
+        .call_blocking(conn, 7, NULL, Bytes::new(), None)
+        .unwrap();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let started = std::time::Instant::now();
+    let err = client
+        .call_blocking(conn, 7, NULL, Bytes::new(), None)
+        .unwrap_err();
+    assert_eq!(err, coda_rpc2::Error::Timeout);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
