@@ -339,6 +339,11 @@ impl Sim {
 
     /// Advances to the next thing that happens; false when nothing is left.
     pub fn step(&mut self) -> bool {
+        self.step_within(None)
+    }
+
+    /// As `step`, but never past `horizon` (moving there if nothing is left).
+    fn step_within(&mut self, horizon: Option<Time>) -> bool {
         for node in 0..self.nodes.len() {
             self.dispatch_events(node);
         }
@@ -352,7 +357,12 @@ impl Sim {
                 next = Some(next.map_or(t, |x| x.min(t)));
             }
         }
-        let Some(next) = next else { return false };
+        let next = match (next, horizon) {
+            (Some(n), Some(h)) => n.min(h),
+            (Some(n), None) => n,
+            (None, Some(h)) if h > self.now => h,
+            (None, _) => return false,
+        };
         if next <= self.now {
             self.same_time_steps += 1;
             assert!(
@@ -368,8 +378,9 @@ impl Sim {
         let now = self.now;
         while self.flights.peek().is_some_and(|f| f.0.at <= now) {
             let Reverse(mut f) = self.flights.pop().unwrap();
-            let from = self.node_of(f.from).unwrap();
-            if self.is_cut(from, f.to) {
+            // An injected datagram may come from an address no node has.
+            let from = self.node_of(f.from);
+            if from.is_some_and(|from| self.is_cut(from, f.to)) {
                 self.stats.partitioned += 1;
                 continue;
             }
@@ -391,15 +402,15 @@ impl Sim {
         true
     }
 
-    /// Steps until `done` holds or virtual time passes `limit` from now;
-    /// true if `done` held.
+    /// Steps until `done` holds or `limit` of virtual time has passed (time
+    /// stops exactly there); true if `done` held.
     pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Sim) -> bool) -> bool {
         let end = self.now + limit;
         loop {
             if done(self) {
                 return true;
             }
-            if self.now > end || !self.step() {
+            if self.now >= end || !self.step_within(Some(end)) {
                 return done(self);
             }
         }

@@ -272,8 +272,14 @@ impl UdpEndpoint {
         self.pump().await;
     }
 
-    /// Sends what the core has queued and hands out its events.
+    /// Sends what the core has queued, hands out its events, and wakes the
+    /// timer loop since the next deadline may have moved earlier.
     async fn pump(&self) {
+        self.flush().await;
+        let _ = self.kick.try_send(());
+    }
+
+    async fn flush(&self) {
         let mut buf = Vec::with_capacity(DATAGRAM_BYTES_MAX + 64);
         loop {
             let dest = {
@@ -289,8 +295,6 @@ impl UdpEndpoint {
             // A failed send is a lost datagram: retransmission covers it.
             let _ = self.socket.send_to(&buf, dest).await;
         }
-        // The next deadline may have moved earlier.
-        let _ = self.kick.try_send(());
     }
 
     async fn receive_loop(self) {
@@ -335,25 +339,8 @@ impl UdpEndpoint {
                 let now = s.clock.now();
                 s.endpoint.handle_timeout(now);
             }
-            self.pump_without_kick().await;
-        }
-    }
-
-    /// As `pump`, for the timer loop itself (which re-reads the deadline).
-    async fn pump_without_kick(&self) {
-        let mut buf = Vec::with_capacity(DATAGRAM_BYTES_MAX + 64);
-        loop {
-            let dest = {
-                let mut s = self.shared.borrow_mut();
-                let now = s.clock.now();
-                let dest = s.endpoint.poll_transmit(now, &mut buf);
-                if dest.is_none() {
-                    dispatch(&mut s);
-                }
-                dest
-            };
-            let Some(dest) = dest else { break };
-            let _ = self.socket.send_to(&buf, dest).await;
+            // This loop re-reads the deadline itself: no kick needed.
+            self.flush().await;
         }
     }
 }

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use coda_rpc2::endpoint::{Auth, CallId, ConnId, Event};
+use coda_rpc2::endpoint::{Auth, CallId, ConnId, Event, Identity, IncomingId};
 use coda_rpc2::sim::{NetConfig, NodeId, Sim};
 use coda_rpc2::{CellKey, Config, Credentials, Error, Reply, Token};
 
@@ -123,4 +123,47 @@ pub fn lossy() -> NetConfig {
         reorder: 0.2,
         ..NetConfig::default()
     }
+}
+
+/// What a logging echo server saw: the binds it accepted and every request
+/// delivered to it, with the connection and identity it arrived on.
+#[derive(Debug, Default)]
+pub struct ServerLog {
+    pub accepted: Vec<(ConnId, Identity)>,
+    pub requests: Vec<(IncomingId, Identity, Bytes)>,
+}
+
+/// An echo server (every opcode answered at once) that logs accepted binds
+/// and delivered requests.
+pub fn serve_echo_logged(sim: &mut Sim, server: NodeId) -> Rc<RefCell<ServerLog>> {
+    let log: Rc<RefCell<ServerLog>> = Default::default();
+    let seen = log.clone();
+    sim.set_handler(server, move |ctx, event| match event {
+        Event::Request {
+            id, identity, body, ..
+        } => {
+            seen.borrow_mut()
+                .requests
+                .push((id, identity, body.clone()));
+            ctx.endpoint.reply(ctx.now, id, 0, body).unwrap();
+            None
+        }
+        Event::Accepted { conn, identity, .. } => {
+            seen.borrow_mut().accepted.push((conn, identity));
+            None
+        }
+        other => Some(other),
+    });
+    log
+}
+
+/// Advances virtual time by exactly `span`, running everything due in it.
+/// `Sim::run_for` may not: it jumps to the next event even past its span
+/// (say a server's idle timeout an hour away), and stands still when
+/// nothing is pending.
+pub fn advance(sim: &mut Sim, span: Duration) {
+    let end = sim.now + span;
+    sim.at(end, 0, |_, _| {});
+    assert!(sim.run_until(span + Duration::from_secs(1), |s| s.now >= end));
+    assert_eq!(sim.now, end, "advance overshot");
 }
