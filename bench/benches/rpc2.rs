@@ -22,7 +22,6 @@ const NULL: u16 = 1;
 const FETCH: u16 = 3;
 const CELL: [u8; 32] = [0x42; 32];
 const SFTP_BYTES: u64 = 256 << 20;
-const SPIN_US: u64 = 100;
 
 /// A server process, killed when dropped.
 struct Server {
@@ -89,32 +88,54 @@ fn null_datagram_bytes(encrypted: bool) -> usize {
     HEADER_BYTES + if encrypted { TAG_BYTES } else { CRC_BYTES }
 }
 
-fn rpc2_null_calls(addr: SocketAddr, encrypted: bool, outstanding: u64, iters: u64) -> Duration {
-    let ex = glommio::LocalExecutorBuilder::default()
-        .spin_before_park(Duration::from_micros(SPIN_US))
-        .make()
-        .unwrap();
-    ex.run(async move {
-        let ep = UdpEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default()).unwrap();
-        let conn = ep.connect(addr, auth(encrypted)).await.unwrap();
-        ep.call(conn, 7, NULL, Bytes::new(), None).await.unwrap();
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..outstanding)
-            .map(|t| {
-                let ep = ep.clone();
-                let n = iters / outstanding + u64::from(t < iters % outstanding);
-                glommio::spawn_local(async move {
-                    for _ in 0..n {
-                        ep.call(conn, 7, NULL, Bytes::new(), None).await.unwrap();
+/// A glommio executor thread with one connection per level to the server;
+/// it runs batches of null calls and reports how long each took.
+struct NullCaller {
+    jobs: async_channel::Sender<(bool, u64, u64, std::sync::mpsc::Sender<Duration>)>,
+}
+
+impl NullCaller {
+    fn start(addr: SocketAddr) -> NullCaller {
+        let (jobs, rx) =
+            async_channel::unbounded::<(bool, u64, u64, std::sync::mpsc::Sender<Duration>)>();
+        std::thread::spawn(move || {
+            let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+            ex.run(async move {
+                let ep =
+                    UdpEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default()).unwrap();
+                let clear = ep.connect(addr, auth(false)).await.unwrap();
+                let encrypted = ep.connect(addr, auth(true)).await.unwrap();
+                while let Ok((enc, outstanding, iters, done)) = rx.recv().await {
+                    let conn = if enc { encrypted } else { clear };
+                    let start = Instant::now();
+                    let tasks: Vec<_> = (0..outstanding)
+                        .map(|t| {
+                            let ep = ep.clone();
+                            let n = iters / outstanding + u64::from(t < iters % outstanding);
+                            glommio::spawn_local(async move {
+                                for _ in 0..n {
+                                    ep.call(conn, 7, NULL, Bytes::new(), None).await.unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await;
                     }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await;
-        }
-        start.elapsed()
-    })
+                    let _ = done.send(start.elapsed());
+                }
+            });
+        });
+        NullCaller { jobs }
+    }
+
+    fn run(&self, encrypted: bool, outstanding: u64, iters: u64) -> Duration {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.jobs
+            .send_blocking((encrypted, outstanding, iters, tx))
+            .unwrap();
+        rx.recv().unwrap()
+    }
 }
 
 fn udp_echo(addr: SocketAddr, size: usize, outstanding: u64, iters: u64) -> Duration {
@@ -171,6 +192,7 @@ fn tcp_echo(addr: SocketAddr, size: usize, outstanding: u64, iters: u64) -> Dura
 
 fn null_calls(c: &mut Criterion) {
     let rpc2 = rpc2_server();
+    let caller = NullCaller::start(rpc2.addr);
     let udp = start("bench-echo", &["udp"]);
     for encrypted in [false, true] {
         let size = null_datagram_bytes(encrypted);
@@ -182,7 +204,7 @@ fn null_calls(c: &mut Criterion) {
         g.measurement_time(Duration::from_secs(3));
         for outstanding in [1u64, 64] {
             g.bench_function(BenchmarkId::new("rpc2", outstanding), |b| {
-                b.iter_custom(|iters| rpc2_null_calls(rpc2.addr, encrypted, outstanding, iters))
+                b.iter_custom(|iters| caller.run(encrypted, outstanding, iters))
             });
             g.bench_function(
                 BenchmarkId::new(format!("udp_echo_{size}B"), outstanding),
