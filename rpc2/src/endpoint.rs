@@ -380,7 +380,11 @@ pub struct Endpoint {
     config: Config,
     rng: ChaCha20Rng,
     conns: HashMap<u32, Conn>,
+    /// Server-side connections by their client's address and id, to answer
+    /// a repeated bind the same way.
     half_open: HashMap<(SocketAddr, u32), u32>,
+    /// How many of those are still in the challenge step (the bounded ones).
+    challenged: usize,
     queue: VecDeque<(SocketAddr, Vec<u8>)>,
     spare: Vec<Vec<u8>>,
     events: VecDeque<Event>,
@@ -398,6 +402,7 @@ impl Endpoint {
             config,
             conns: HashMap::new(),
             half_open: HashMap::new(),
+            challenged: 0,
             queue: VecDeque::new(),
             spare: Vec::new(),
             events: VecDeque::new(),
@@ -632,9 +637,7 @@ impl Endpoint {
             }
             self.fail_calls(&mut c, Error::Closed);
             self.stats.absorb(&c.stats);
-            if let Some(k) = c.half_open_key {
-                self.half_open.remove(&k);
-            }
+            self.unindex(&c);
         }
     }
 
@@ -864,13 +867,21 @@ impl Endpoint {
         }
     }
 
+    /// Drops a removed connection from the bind index and the challenge count.
+    fn unindex(&mut self, c: &Conn) {
+        if let Some(k) = c.half_open_key {
+            self.half_open.remove(&k);
+        }
+        if matches!(c.bind, Bind::Challenged { .. }) {
+            self.challenged -= 1;
+        }
+    }
+
     fn remove_conn(&mut self, id: u32, error: Error, report: bool) {
         if let Some(mut c) = self.conns.remove(&id) {
             self.fail_calls(&mut c, error.clone());
             self.stats.absorb(&c.stats);
-            if let Some(k) = c.half_open_key {
-                self.half_open.remove(&k);
-            }
+            self.unindex(&c);
             if report {
                 self.events.push_back(Event::Lost {
                     conn: ConnId(id),
@@ -970,7 +981,7 @@ impl Endpoint {
             Some((Drop::Refused, Reject::NotAccepting))
         } else if level < self.config.level_min {
             Some((Drop::Refused, Reject::LevelRefused))
-        } else if self.half_open.len() >= HALF_OPEN_MAX {
+        } else if self.challenged >= HALF_OPEN_MAX {
             Some((Drop::Overload, Reject::Overload))
         } else {
             None
@@ -1043,6 +1054,7 @@ impl Endpoint {
                 };
                 self.conns.insert(id, c);
                 self.half_open.insert((from, init.client_conn), id);
+                self.challenged += 1;
                 self.resend_bind_answer(now, id);
             }
         }
@@ -1154,6 +1166,7 @@ impl Endpoint {
         c.stats.packets_received += 1;
         c.client_proof = Some(proof);
         c.bind = Bind::Bound;
+        self.challenged -= 1;
         c.last_heard = now;
         let event = Event::Accepted {
             conn: ConnId(c.id),
