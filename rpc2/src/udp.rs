@@ -148,8 +148,7 @@ impl UdpEndpoint {
             let conn = s.endpoint.connect(now, peer, auth);
             s.connects.insert(conn, tx);
         }
-        self.pump().await;
-        rx.recv().await.unwrap_or(Err(Error::Closed))
+        self.settle(rx).await
     }
 
     /// Makes a call and waits for its reply.
@@ -170,8 +169,7 @@ impl UdpEndpoint {
                 .call(now, conn, subsystem, opcode, body, side_effect)?;
             s.calls.insert(call, tx);
         }
-        self.pump().await;
-        rx.recv().await.unwrap_or(Err(Error::Closed))
+        self.settle(rx).await
     }
 
     /// MultiRPC: the same call to every connection at once; results in order.
@@ -234,8 +232,7 @@ impl UdpEndpoint {
         offset: u64,
     ) -> Result<SftpOutcome, Error> {
         let rx = self.start_transfer(id, |ep, now| ep.sftp_send(now, id, source, offset))?;
-        self.pump().await;
-        rx.recv().await.unwrap_or(Err(Error::Closed))
+        self.settle(rx).await
     }
 
     /// Pulls the caller's data into `sink` (a store) and waits until all arrived.
@@ -246,8 +243,7 @@ impl UdpEndpoint {
         offset: u64,
     ) -> Result<SftpOutcome, Error> {
         let rx = self.start_transfer(id, |ep, now| ep.sftp_receive(now, id, sink, offset))?;
-        self.pump().await;
-        rx.recv().await.unwrap_or(Err(Error::Closed))
+        self.settle(rx).await
     }
 
     fn start_transfer(
@@ -270,6 +266,12 @@ impl UdpEndpoint {
             s.endpoint.close(now, conn);
         }
         self.pump().await;
+    }
+
+    /// Sends what a command queued, then waits for its outcome.
+    async fn settle<T>(&self, rx: Receiver<Result<T, Error>>) -> Result<T, Error> {
+        self.pump().await;
+        rx.recv().await.unwrap_or(Err(Error::Closed))
     }
 
     /// Sends what the core has queued, hands out its events, and wakes the
