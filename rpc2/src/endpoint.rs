@@ -299,6 +299,8 @@ struct Conn {
     reply_bytes: usize,
     stats: Stats,
     timer: Option<Time>,
+    /// Listed in `Endpoint::dirty`.
+    dirty: bool,
 }
 
 impl Conn {
@@ -389,6 +391,10 @@ pub struct Endpoint {
     spare: Vec<Vec<u8>>,
     events: VecDeque<Event>,
     timers: BinaryHeap<Reverse<(Time, u32)>>,
+    /// Connections whose deadline may have moved. Recomputing a deadline
+    /// scans the connection's calls, so it is done once per batch of
+    /// datagrams, when the driver next asks for the deadline.
+    dirty: Vec<u32>,
     senders: VecDeque<TransferKey>,
     /// Counters for packets that belong to no connection.
     stats: Stats,
@@ -407,6 +413,7 @@ impl Endpoint {
             spare: Vec::new(),
             events: VecDeque::new(),
             timers: BinaryHeap::new(),
+            dirty: Vec::new(),
             senders: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -696,6 +703,7 @@ impl Endpoint {
 
     /// Runs every timer due at `now`. An early call does nothing.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.settle_timers();
         while let Some(&Reverse((at, id))) = self.timers.peek() {
             if at > now {
                 break;
@@ -709,6 +717,7 @@ impl Endpoint {
             self.conn_timeout(now, id);
             self.rearm(id);
         }
+        self.settle_timers();
     }
 
     // ---- outputs ----
@@ -737,6 +746,7 @@ impl Endpoint {
 
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&mut self) -> Option<Time> {
+        self.settle_timers();
         while let Some(&Reverse((at, id))) = self.timers.peek() {
             match self.conns.get(&id) {
                 Some(c) if c.timer == Some(at) => return Some(at),
@@ -800,6 +810,7 @@ impl Endpoint {
             reply_bytes: 0,
             stats: Stats::default(),
             timer: None,
+            dirty: false,
         }
     }
 
@@ -826,15 +837,27 @@ impl Endpoint {
 
     /// Re-registers a connection's next deadline after anything changed it.
     fn rearm(&mut self, id: u32) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    fn settle_timers(&mut self) {
         let cfg = &self.config;
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let next = conn_deadline(c, cfg);
-        if next != c.timer {
-            c.timer = next;
-            if let Some(at) = next {
-                self.timers.push(Reverse((at, id)));
+        for id in self.dirty.drain(..) {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            c.dirty = false;
+            let next = conn_deadline(c, cfg);
+            if next != c.timer {
+                c.timer = next;
+                if let Some(at) = next {
+                    self.timers.push(Reverse((at, id)));
+                }
             }
         }
     }

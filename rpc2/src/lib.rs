@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod config;
 pub mod endpoint;
+pub mod mmsg;
 pub mod packet;
 pub mod rtt;
 pub mod secure;

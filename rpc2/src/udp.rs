@@ -18,7 +18,7 @@ use glommio::net::UdpSocket;
 
 use crate::endpoint::{Auth, CallId, ConnId, Endpoint, Error, Event, Identity, IncomingId, Reply};
 use crate::endpoint::{SftpOutcome, SideEffect};
-use crate::packet::DATAGRAM_BYTES_MAX;
+use crate::mmsg::{enable_offload, Inbox, Offload, Outbox};
 use crate::sftp::{Sink, Source};
 use crate::stats::Stats;
 use crate::time::Time;
@@ -86,6 +86,7 @@ struct Shared {
     connects: HashMap<ConnId, Sender<Result<ConnId, Error>>>,
     transfers: HashMap<IncomingId, Sender<Result<SftpOutcome, Error>>>,
     incoming: Sender<Incoming>,
+    outbox: Outbox,
 }
 
 /// An endpoint on a glommio executor. Cheap to clone; all clones share it.
@@ -103,9 +104,9 @@ impl UdpEndpoint {
         if config.rng_seed == 0 {
             config.rng_seed = os_random_u64()?;
         }
-        let mut socket = UdpSocket::bind(addr)?;
-        socket.set_buffer_size(DATAGRAM_BYTES_MAX);
+        let socket = UdpSocket::bind(addr)?;
         set_socket_buffers(&socket);
+        let offload = enable_offload(socket.as_raw_fd());
         let (incoming_tx, incoming) = async_channel::unbounded();
         let (kick, kicked) = async_channel::bounded(1);
         let shared = Rc::new(RefCell::new(Shared {
@@ -115,6 +116,7 @@ impl UdpEndpoint {
             connects: HashMap::new(),
             transfers: HashMap::new(),
             incoming: incoming_tx,
+            outbox: Outbox::new(offload),
         }));
         let ep = UdpEndpoint {
             shared,
@@ -133,6 +135,11 @@ impl UdpEndpoint {
 
     pub fn stats(&self) -> Stats {
         self.shared.borrow().endpoint.stats()
+    }
+
+    /// How batching and UDP GSO/GRO are doing.
+    pub fn offload(&self) -> Offload {
+        self.shared.borrow().outbox.offload
     }
 
     pub fn conn_stats(&self, conn: ConnId) -> Option<Stats> {
@@ -281,40 +288,70 @@ impl UdpEndpoint {
         let _ = self.kick.try_send(());
     }
 
+    /// Moves what the core has queued to the socket in batches. When the
+    /// socket buffer is full, one run waits on io_uring for room.
     async fn flush(&self) {
-        let mut buf = Vec::with_capacity(DATAGRAM_BYTES_MAX + 64);
+        let fd = self.socket.as_raw_fd();
         loop {
-            let dest = {
-                let mut s = self.shared.borrow_mut();
+            let stuck = {
+                let mut guard = self.shared.borrow_mut();
+                let s = &mut *guard;
                 let now = s.clock.now();
-                let dest = s.endpoint.poll_transmit(now, &mut buf);
-                if dest.is_none() {
-                    dispatch(&mut s);
+                loop {
+                    while !s.outbox.is_full() {
+                        let mut buf = s.outbox.buffer();
+                        match s.endpoint.poll_transmit(now, &mut buf) {
+                            Some(dest) => s.outbox.push(dest, buf),
+                            None => {
+                                s.outbox.recycle(buf);
+                                break;
+                            }
+                        }
+                    }
+                    if s.outbox.is_empty() {
+                        dispatch(s);
+                        return;
+                    }
+                    if s.outbox.send(fd).is_err() {
+                        break s.outbox.pop_front().expect("a run is waiting");
+                    }
                 }
-                dest
             };
-            let Some(dest) = dest else { break };
-            // A failed send is a lost datagram: retransmission covers it.
-            let _ = self.socket.send_to(&buf, dest).await;
+            for d in stuck.datagrams() {
+                // A failed send is a lost datagram: retransmission covers it.
+                let _ = self.socket.send_to(d, stuck.dest).await;
+            }
+            let mut s = self.shared.borrow_mut();
+            s.outbox.count_sent(&stuck);
+            s.outbox.recycle(stuck.data);
         }
     }
 
     async fn receive_loop(self) {
-        let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
+        let fd = self.socket.as_raw_fd();
+        let mut inbox = Inbox::default();
+        let mut probe = [0u8; 1];
         loop {
-            match self.socket.recv_from(&mut buf).await {
-                Ok((len, from)) => {
-                    let mut s = self.shared.borrow_mut();
-                    let now = s.clock.now();
-                    s.endpoint.handle(now, from, &mut buf[..len]);
+            let received = {
+                let mut guard = self.shared.borrow_mut();
+                let s = &mut *guard;
+                let now = s.clock.now();
+                let endpoint = &mut s.endpoint;
+                inbox.receive(fd, &mut s.outbox.offload, |from, datagram| {
+                    endpoint.handle(now, from, datagram)
+                })
+            };
+            match received {
+                Ok(()) => self.pump().await,
+                // Nothing waits: io_uring tells when something does.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = self.socket.peek_from(&mut probe).await;
                 }
-                Err(_) => {
-                    // ICMP errors surface here on Linux; the peer's silence is
-                    // what the core acts on.
-                    continue;
-                }
+                // ICMP errors surface here; the peer's silence is what the
+                // core acts on.
+                Err(_) => {}
             }
-            self.pump().await;
+            glommio::yield_if_needed().await;
         }
     }
 
@@ -485,6 +522,9 @@ enum Command {
     Stats {
         done: Sender<Stats>,
     },
+    Offload {
+        done: Sender<Offload>,
+    },
 }
 
 /// An endpoint on its own I/O thread; any thread may submit calls, blocking
@@ -628,6 +668,12 @@ impl ClientThread {
             .recv_blocking()
             .unwrap_or_default()
     }
+
+    pub fn offload(&self) -> Offload {
+        self.submit(|done| Command::Offload { done })
+            .recv_blocking()
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for ClientThread {
@@ -672,6 +718,9 @@ async fn run_command(ep: &UdpEndpoint, cmd: Command) {
         }
         Command::Stats { done } => {
             let _ = done.send(ep.stats()).await;
+        }
+        Command::Offload { done } => {
+            let _ = done.send(ep.offload()).await;
         }
     }
 }

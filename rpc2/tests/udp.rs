@@ -32,9 +32,14 @@ impl Drop for Server {
 }
 
 fn start_server() -> Server {
+    start_server_with(&[])
+}
+
+fn start_server_with(extra: &[&str]) -> Server {
     let hex: String = CELL.iter().map(|b| format!("{b:02x}")).collect();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rpc2-testd"))
         .args(["--listen", "127.0.0.1:0", "--cell-key", &hex])
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start rpc2-testd");
@@ -69,9 +74,13 @@ fn credentials(user_id: u32) -> Credentials {
 }
 
 fn client() -> ClientThread {
+    client_with(Config::default())
+}
+
+fn client_with(config: Config) -> ClientThread {
     let config = Config {
         peer_timeout: Duration::from_secs(10),
-        ..Config::default()
+        ..config
     };
     ClientThread::spawn("127.0.0.1:0".parse().unwrap(), config).unwrap()
 }
@@ -127,37 +136,39 @@ fn calls_from_many_connections_and_threads_each_get_their_own_reply() {
 }
 
 fn fetch_and_store_100_mib(auth: Auth) {
-    const LEN: usize = 100 << 20;
     let server = start_server();
-    let client = client();
+    fetch_and_store(&server, &client(), auth, 100 << 20);
+}
+
+fn fetch_and_store(server: &Server, client: &ClientThread, auth: Auth, len: usize) {
     let conn = client.connect_blocking(server.addr, auth).unwrap();
 
-    let mut body = (LEN as u64).to_le_bytes().to_vec();
+    let mut body = (len as u64).to_le_bytes().to_vec();
     body.extend_from_slice(&77u64.to_le_bytes());
     let sink = SideEffect::Receive(Sink::File(tempfile::tempfile().unwrap()));
     let reply = client
         .call_blocking(conn, 7, FETCH, Bytes::from(body), Some(sink))
         .unwrap();
     assert_eq!(reply.code, 0);
-    assert_eq!(reply.sftp_bytes, LEN as u64);
+    assert_eq!(reply.sftp_bytes, len as u64);
     let Some(Sink::File(mut file)) = reply.sink else {
         panic!("no sink back")
     };
     let mut fetched = Vec::new();
     std::io::Seek::rewind(&mut file).unwrap();
     file.read_to_end(&mut fetched).unwrap();
-    assert_eq!(fetched.len(), LEN);
+    assert_eq!(fetched.len(), len);
     assert!(
-        blake3::hash(&fetched) == blake3::hash(&pattern(77, LEN)),
+        blake3::hash(&fetched) == blake3::hash(&pattern(77, len)),
         "fetched data differs"
     );
 
-    let data = pattern(78, LEN);
+    let data = pattern(78, len);
     let mut file = tempfile::tempfile().unwrap();
     std::io::Write::write_all(&mut file, &data).unwrap();
     let source = SideEffect::Send(Source::File {
         file,
-        len: LEN as u64,
+        len: len as u64,
     });
     let reply = client
         .call_blocking(conn, 7, STORE, Bytes::new(), Some(source))
@@ -178,6 +189,33 @@ fn fetch_and_store_of_100_mib_arrive_whole_in_the_clear() {
 #[test]
 fn fetch_and_store_of_100_mib_arrive_whole_encrypted() {
     fetch_and_store_100_mib(Auth::Encrypted(credentials(5)));
+}
+
+#[test]
+fn ethernet_sized_datagrams_travel_by_udp_gso_and_gro() {
+    const DATAGRAM: usize = 1472;
+    let server = start_server_with(&["--datagram-bytes", &DATAGRAM.to_string()]);
+    let client = client_with(Config {
+        loopback_datagram_bytes: DATAGRAM,
+        ..Config::default()
+    });
+    for auth in [Auth::Anonymous, Auth::Encrypted(credentials(6))] {
+        fetch_and_store(&server, &client, auth, 16 << 20);
+    }
+    let offload = client.offload();
+    assert!(offload.gso && offload.gro, "{offload:?}");
+    // Stores leave in GSO runs; fetches arrive coalesced by GRO, which
+    // loopback does only for what the server sent as GSO runs.
+    assert!(offload.gso_sends > 0, "{offload:?}");
+    assert!(offload.gro_receives > 0, "{offload:?}");
+    // Each way, two transfers of 16 MiB in datagrams of 1472 bytes at most.
+    let least = (32 << 20) / DATAGRAM as u64;
+    assert!(offload.datagrams_sent >= least, "{offload:?}");
+    assert!(offload.datagrams_received >= least, "{offload:?}");
+    assert!(
+        offload.send_calls < offload.datagrams_sent / 4,
+        "{offload:?}"
+    );
 }
 
 #[test]

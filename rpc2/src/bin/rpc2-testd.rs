@@ -3,7 +3,9 @@
 //! seeded pattern by SFTP) and STORE (pulls the caller's data into a scratch
 //! file and replies with its BLAKE3 hash), on one glommio core.
 //!
-//! usage: rpc2-testd [--listen ADDR] [--cell-key HEX64]
+//! usage: rpc2-testd [--listen ADDR] [--cell-key HEX64] [--datagram-bytes N]
+//! (`--datagram-bytes` sets the size towards loopback peers, to exercise
+//! Ethernet-sized datagrams and UDP GSO on 127.0.0.1.)
 //! Prints `rpc2-testd ready on ADDR` once serving.
 
 use std::cell::RefCell;
@@ -23,6 +25,7 @@ pub const STORE: u16 = 4;
 fn main() {
     let mut listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut cell_key = None;
+    let mut config = Config::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -33,13 +36,19 @@ fn main() {
                     .unwrap_or_else(|| usage())
             }
             "--cell-key" => cell_key = Some(parse_key(&args.next().unwrap_or_else(|| usage()))),
+            "--datagram-bytes" => {
+                config.loopback_datagram_bytes = args
+                    .next()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
             _ => usage(),
         }
     }
     let config = Config {
         accept_binds: true,
         cell_key: cell_key.map(CellKey::from_bytes),
-        ..Config::default()
+        ..config
     };
     let ex = glommio::LocalExecutorBuilder::default()
         .make()
