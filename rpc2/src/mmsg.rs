@@ -311,12 +311,13 @@ impl Default for Inbox {
 impl Inbox {
     /// Receives what waits without blocking and hands each datagram to
     /// `each`, cutting coalesced runs apart; `WouldBlock` when nothing waits.
+    /// Fewer than [`BATCH`] receives mean the socket was found empty.
     pub fn receive(
         &mut self,
         fd: RawFd,
         offload: &mut Offload,
         mut each: impl FnMut(SocketAddr, &mut [u8]),
-    ) -> io::Result<()> {
+    ) -> io::Result<usize> {
         self.iovs.clear();
         self.hdrs.clear();
         for buf in &mut self.bufs {
@@ -351,7 +352,8 @@ impl Inbox {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        for i in 0..rc as usize {
+        let received = rc as usize;
+        for i in 0..received {
             let hdr = &self.hdrs[i];
             let len = hdr.msg_len as usize;
             if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
@@ -369,7 +371,7 @@ impl Inbox {
                 each(from, d);
             }
         }
-        Ok(())
+        Ok(received)
     }
 }
 

@@ -18,7 +18,7 @@ use glommio::net::UdpSocket;
 
 use crate::endpoint::{Auth, CallId, ConnId, Endpoint, Error, Event, Identity, IncomingId, Reply};
 use crate::endpoint::{SftpOutcome, SideEffect};
-use crate::mmsg::{enable_offload, Inbox, Offload, Outbox};
+use crate::mmsg::{enable_offload, Inbox, Offload, Outbox, BATCH};
 use crate::sftp::{Sink, Source};
 use crate::stats::Stats;
 use crate::time::Time;
@@ -341,15 +341,18 @@ impl UdpEndpoint {
                     endpoint.handle(now, from, datagram)
                 })
             };
-            match received {
-                Ok(()) => self.pump().await,
-                // Nothing waits: io_uring tells when something does.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let _ = self.socket.peek_from(&mut probe).await;
+            let drained = match received {
+                Ok(n) => {
+                    self.pump().await;
+                    n < BATCH
                 }
-                // ICMP errors surface here; the peer's silence is what the
-                // core acts on.
-                Err(_) => {}
+                Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+                // Other errors are ICMP reports; the peer's silence is what
+                // the core acts on.
+            };
+            if drained {
+                // io_uring tells when the next datagram arrives.
+                let _ = self.socket.peek_from(&mut probe).await;
             }
             glommio::yield_if_needed().await;
         }
