@@ -1,0 +1,257 @@
+//! The file server's calls (subsystem [`SUBSYSTEM`]): opcodes, and the
+//! request and reply body of each. A reply's code is an [`crate::Errno`];
+//! its body is the reply type only when the code is zero.
+//!
+//! Direct mutations (`CREATE` … `SET_ACL`) carry one [`CmlRecord`] whose op
+//! matches the opcode and answer [`MutateReply`]; `REINTEGRATE` carries many.
+
+use coda_rpc2::codec_struct;
+
+use crate::cml::CmlRecord;
+use crate::fid::{Fid, StoreId, VolumeId};
+use crate::status::{Status, Timestamp};
+
+pub const SUBSYSTEM: u16 = 1001;
+
+/// Opcodes.
+pub mod op {
+    pub const NEW_CONNECT: u16 = 1;
+    pub const GET_ROOT_VOLUME: u16 = 2;
+    pub const GET_VOLUME_INFO: u16 = 3;
+    pub const GET_ATTR: u16 = 4;
+    pub const VALIDATE_ATTRS: u16 = 5;
+    pub const FETCH: u16 = 6;
+    pub const READ_LINK: u16 = 7;
+    pub const GET_ACL: u16 = 8;
+    pub const ALLOC_FIDS: u16 = 9;
+    pub const STAGE: u16 = 10;
+    pub const STORE: u16 = 11;
+    pub const SET_ATTR: u16 = 12;
+    pub const CREATE: u16 = 13;
+    pub const REMOVE: u16 = 14;
+    pub const LINK: u16 = 15;
+    pub const RENAME: u16 = 16;
+    pub const MAKE_DIR: u16 = 17;
+    pub const REMOVE_DIR: u16 = 18;
+    pub const SYMLINK: u16 = 19;
+    pub const SET_ACL: u16 = 20;
+    pub const REINTEGRATE: u16 = 21;
+    pub const GET_STATISTICS: u16 = 22;
+}
+
+/// Longest name in a directory, in bytes.
+pub const NAME_BYTES_MAX: usize = 255;
+
+codec_struct! {
+    /// A client introduces itself; the server will break callbacks by
+    /// calling back on this connection.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct NewConnect {
+        /// Stable across the client's restarts: its store ids' host part.
+        pub host: u64,
+        pub name: String,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct NewConnectReply {
+        pub server_time: Timestamp,
+    }
+}
+
+codec_tags! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum VolumeKind {
+        ReadWrite = 0,
+        ReadOnly = 1,
+        Backup = 2,
+        Replicated = 3,
+    }
+}
+
+codec_union! {
+    /// A volume by name or by id.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum VolumeRef {
+        Name(String) = 1,
+        Id(VolumeId) = 2,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct VolumeInfo {
+        pub id: VolumeId,
+        pub name: String,
+        pub kind: VolumeKind,
+        /// `ADDR:PORT` of each server (shard) that serves it.
+        pub servers: Vec<String>,
+        pub root: Fid,
+        /// Bumped by every change in the volume: a client whose stamp still
+        /// matches knows its whole cached volume is current.
+        pub stamp: u64,
+        pub locked: bool,
+        pub files: u64,
+        pub bytes: u64,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct GetAttr {
+        pub fid: Fid,
+    }
+}
+
+codec_struct! {
+    /// Many objects and volumes checked in one call.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ValidateAttrs {
+        pub volumes: Vec<(VolumeId, u64)>,
+        pub fids: Vec<(Fid, StoreId)>,
+    }
+}
+
+codec_struct! {
+    /// One flag per volume and per fid asked about: still current. A current
+    /// answer comes with a fresh callback promise.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ValidateAttrsReply {
+        pub volumes: Vec<bool>,
+        pub fids: Vec<bool>,
+    }
+}
+
+codec_struct! {
+    /// The object's data, by SFTP from `offset` on: a file's contents, a
+    /// symlink's target, or a directory's entries (a `Vec<DirEntry>` body).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Fetch {
+        pub fid: Fid,
+        pub offset: u64,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct DirEntry {
+        pub name: String,
+        pub fid: Fid,
+    }
+}
+
+codec_struct! {
+    /// Sends file data ahead of the record that uses it, by SFTP from
+    /// `offset` on: an interrupted upload resumes where it stopped.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Stage {
+        pub store_id: StoreId,
+        pub length: u64,
+        pub offset: u64,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct StageReply {
+        /// Bytes held so far.
+        pub received: u64,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct AllocFids {
+        pub volume: VolumeId,
+        pub count: u64,
+    }
+}
+
+codec_struct! {
+    /// Fids `(volume, vnode + i, unique + i)` for `i` below `count`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct FidRange {
+        pub volume: VolumeId,
+        pub vnode: u64,
+        pub unique: u64,
+        pub count: u64,
+    }
+}
+
+impl FidRange {
+    pub fn fid(&self, i: u64) -> Option<Fid> {
+        (i < self.count).then(|| Fid::new(self.volume, self.vnode + i, self.unique + i))
+    }
+}
+
+codec_struct! {
+    /// The status after the change of every object the record touched.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct MutateReply {
+        pub statuses: Vec<Status>,
+    }
+}
+
+codec_struct! {
+    /// A batch of records for one volume, applied all or none.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Reintegrate {
+        pub volume: VolumeId,
+        /// Names the batch: one sent again is recognised and not reapplied.
+        pub batch: StoreId,
+        pub records: Vec<CmlRecord>,
+    }
+}
+
+codec_struct! {
+    /// A locally created object and the fid the server gave it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct FidRemap {
+        pub local: Fid,
+        pub fid: Fid,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Applied {
+        pub remaps: Vec<FidRemap>,
+        pub stamp: u64,
+    }
+}
+
+codec_struct! {
+    /// The first record that could not be applied; none was.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Conflict {
+        pub index: u32,
+        pub code: u16,
+        pub fid: Fid,
+    }
+}
+
+codec_union! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum ReintegrateReply {
+        Applied(Applied) = 1,
+        Conflict(Conflict) = 2,
+    }
+}
+
+codec_struct! {
+    /// For `cmon`.
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct Statistics {
+        pub uptime_secs: u64,
+        pub calls_by_opcode: Vec<(u16, u64)>,
+        pub bytes_received: u64,
+        pub bytes_sent: u64,
+        pub clients: u64,
+        pub callbacks: u64,
+        pub volumes: u64,
+        pub rvm_log_used: u64,
+        pub rvm_log_bytes: u64,
+        pub shards: u32,
+    }
+}
