@@ -648,6 +648,14 @@ impl Endpoint {
         }
     }
 
+    /// Closes every connection, as an endpoint going away does.
+    pub fn close_all(&mut self, now: Time) {
+        let ids: Vec<u32> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close(now, ConnId(id));
+        }
+    }
+
     // ---- inputs ----
 
     /// Takes one datagram from `from`. The buffer is decrypted in place.

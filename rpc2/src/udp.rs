@@ -96,6 +96,7 @@ pub struct UdpEndpoint {
     socket: Rc<UdpSocket>,
     kick: Sender<()>,
     incoming: Receiver<Incoming>,
+    drivers: Rc<RefCell<Vec<glommio::Task<()>>>>,
 }
 
 impl UdpEndpoint {
@@ -123,10 +124,35 @@ impl UdpEndpoint {
             socket: Rc::new(socket),
             kick,
             incoming,
+            drivers: Default::default(),
         };
-        glommio::spawn_local(ep.clone().receive_loop()).detach();
-        glommio::spawn_local(ep.clone().timer_loop(kicked)).detach();
+        let drivers = vec![
+            glommio::spawn_local(ep.clone().receive_loop()),
+            glommio::spawn_local(ep.clone().timer_loop(kicked)),
+        ];
+        *ep.drivers.borrow_mut() = drivers;
         Ok(ep)
+    }
+
+    /// Closes every connection (telling bound peers), then stops the driver
+    /// tasks so the socket closes once the last clone goes: a socket left
+    /// open would keep its port, and glommio binds with SO_REUSEPORT, so a
+    /// later endpoint could share the port and lose datagrams to it.
+    pub async fn shutdown(&self) {
+        {
+            let mut s = self.shared.borrow_mut();
+            let now = s.clock.now();
+            s.endpoint.close_all(now);
+        }
+        self.flush().await;
+        let drivers = std::mem::take(&mut *self.drivers.borrow_mut());
+        for t in drivers {
+            t.cancel().await;
+        }
+        let mut s = self.shared.borrow_mut();
+        s.calls.clear();
+        s.connects.clear();
+        s.transfers.clear();
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -560,7 +586,7 @@ impl ClientThread {
                     };
                     let _ = ready_tx.send(ep.local_addr());
                     let forward = ep.clone();
-                    glommio::spawn_local(async move {
+                    let forward = glommio::spawn_local(async move {
                         loop {
                             if let Incoming::Request(r) = forward.next_incoming().await {
                                 if requests_tx.send(r).await.is_err() {
@@ -568,12 +594,13 @@ impl ClientThread {
                                 }
                             }
                         }
-                    })
-                    .detach();
+                    });
                     while let Ok(cmd) = command_rx.recv().await {
                         let ep = ep.clone();
                         glommio::spawn_local(async move { run_command(&ep, cmd).await }).detach();
                     }
+                    forward.cancel().await;
+                    ep.shutdown().await;
                 });
             })?;
         let local_addr = ready_rx

@@ -1,11 +1,12 @@
 //! Real sockets: a server process (rpc2-testd) and this test process on
 //! 127.0.0.1, over glommio and io_uring.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use coda_rpc2::endpoint::{Auth, SideEffect};
@@ -245,4 +246,121 @@ fn a_dead_server_fails_calls_with_a_timeout() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// How many IPv4 UDP sockets on this machine are bound to `port`
+/// (/proc/net/udp), for failure messages.
+fn udp_sockets_bound_to(port: u16) -> usize {
+    let suffix = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| a.ends_with(&suffix))
+        })
+        .count()
+}
+
+/// Hundreds of client endpoints, one after another, each binding (mostly
+/// encrypted) to the same server, making one call and going away without
+/// unbinding, so the server still holds every earlier connection. Some
+/// take the port of a client gone before them, as the OS does when it
+/// hands a port out again: the server then meets a new connection from an
+/// address it already knows.
+#[test]
+fn hundreds_of_short_lived_client_endpoints_each_bind_and_call() {
+    const CLIENTS: u32 = 300;
+    let server = start_server();
+    let started = Instant::now();
+    // Local port -> the clients that had it.
+    let mut ports: HashMap<u16, Vec<u32>> = HashMap::new();
+    let mut local_ports = Vec::new();
+    for i in 0..CLIENTS {
+        let (name, auth) = match i % 5 {
+            3 => ("authenticated", Auth::Authenticated(credentials(i))),
+            4 => ("anonymous", Auth::Anonymous),
+            _ => ("encrypted", Auth::Encrypted(credentials(i))),
+        };
+        // Every seventh takes the port of the client three before it, so
+        // binds of every level meet a reused port.
+        let port = if i % 7 == 6 {
+            local_ports[i as usize - 3]
+        } else {
+            0
+        };
+        let client = ClientThread::spawn(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Config {
+                peer_timeout: Duration::from_secs(10),
+                ..Config::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("client {i} on port {port}: {e}"));
+        let local = client.local_addr();
+        local_ports.push(local.port());
+        let earlier = ports.entry(local.port()).or_default();
+        earlier.push(i);
+        let earlier = earlier[..earlier.len() - 1].to_vec();
+        let t0 = Instant::now();
+        let context = |what: &str, e: coda_rpc2::Error| {
+            format!(
+                "client {i} ({name}, {local}, port earlier used by clients {earlier:?}, \
+                 {} sockets now bound to it): {what} failed after {:?} ({:?} into the \
+                 test): {e}; client stats {:?}",
+                udp_sockets_bound_to(local.port()),
+                t0.elapsed(),
+                started.elapsed(),
+                client.stats()
+            )
+        };
+        let conn = client
+            .connect_blocking(server.addr, auth)
+            .unwrap_or_else(|e| panic!("{}", context("bind", e)));
+        let body = Bytes::from(format!("client {i} from {local}"));
+        let reply = client
+            .call_blocking(conn, 7, ECHO, body.clone(), None)
+            .unwrap_or_else(|e| panic!("{}", context("call", e)));
+        assert_eq!(reply.body, body, "client {i}");
+        let stats = client.stats();
+        assert_eq!(stats.calls_failed, 0, "client {i}: {stats:?}");
+        assert_eq!(stats.drops_total(), 0, "client {i}: {stats:?}");
+    }
+    let reused = ports.values().filter(|c| c.len() > 1).count();
+    eprintln!(
+        "{CLIENTS} client endpoints in {:?}; {reused} local ports served more than one",
+        started.elapsed()
+    );
+}
+
+/// A client endpoint that goes away closes its socket: its port is free
+/// again. A socket left open keeps the port, and since glommio binds with
+/// SO_REUSEPORT the OS may give that port to a later endpoint, which then
+/// shares it with the dead socket and loses the datagrams steered there.
+#[test]
+fn a_dropped_client_endpoint_closes_its_socket() {
+    let server = start_server();
+    for auth in [Auth::Anonymous, Auth::Encrypted(credentials(8))] {
+        let client = client();
+        let port = client.local_addr().port();
+        let conn = client.connect_blocking(server.addr, auth).unwrap();
+        client
+            .call_blocking(conn, 7, ECHO, Bytes::from_static(b"bye"), None)
+            .unwrap();
+        drop(client);
+        let since = Instant::now();
+        // A plain bind (no SO_REUSEPORT) succeeds only on a free port.
+        while std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            assert!(
+                since.elapsed() < Duration::from_secs(2),
+                "port {port} still bound {:?} after its client endpoint was dropped \
+                 ({} sockets bound to it)",
+                since.elapsed(),
+                udp_sockets_bound_to(port)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
