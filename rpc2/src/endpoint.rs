@@ -254,19 +254,38 @@ enum InCall {
     Forgotten,
 }
 
+/// A client's bind step in flight: when it was last sent, how often it was
+/// retried, and when the bind began (the peer timeout runs from there).
+#[derive(Clone, Copy)]
+struct Attempt {
+    sent_at: Time,
+    retries: u32,
+    started: Time,
+}
+
+impl Attempt {
+    fn new(now: Time, started: Time) -> Attempt {
+        Attempt {
+            sent_at: now,
+            retries: 0,
+            started,
+        }
+    }
+
+    fn resend_at(&self, rtt: &RttEstimator) -> Time {
+        self.sent_at + rtt.backoff(self.retries)
+    }
+}
+
 enum Bind {
     Initiating {
         nonce: [u8; 32],
         creds: Option<Credentials>,
-        sent_at: Time,
-        retries: u32,
-        started: Time,
+        attempt: Attempt,
     },
     Proving {
         proof: [u8; 32],
-        sent_at: Time,
-        retries: u32,
-        started: Time,
+        attempt: Attempt,
     },
     Challenged {
         expected: [u8; 32],
@@ -480,9 +499,7 @@ impl Endpoint {
         conn.bind = Bind::Initiating {
             nonce,
             creds,
-            sent_at: now,
-            retries: 0,
-            started: now,
+            attempt: Attempt::new(now, now),
         };
         self.conns.insert(id, conn);
         self.send_bind_init(now, id);
@@ -1129,8 +1146,7 @@ impl Endpoint {
         let Bind::Initiating {
             nonce,
             creds: Some(creds),
-            started,
-            ..
+            attempt,
         } = &c.bind
         else {
             return self.drop_packet(Some(h.conn), Drop::Unexpected, len);
@@ -1147,16 +1163,14 @@ impl Endpoint {
         }
         let (c2s, s2c) = t.keys(&creds.session_key);
         let proof = t.client_proof(&creds.session_key);
-        let started = *started;
+        let started = attempt.started;
         c.keys = Some(Keys::new(&c2s, &s2c));
         c.peer_conn = ch.server_conn;
         c.last_heard = now;
         c.stats.packets_received += 1;
         c.bind = Bind::Proving {
             proof,
-            sent_at: now,
-            retries: 0,
-            started,
+            attempt: Attempt::new(now, started),
         };
         let id = c.id;
         self.send_bind_proof(now, id);
@@ -1751,19 +1765,8 @@ impl Endpoint {
         let c = self.conns.get_mut(&id).unwrap();
         let silent = now.since(c.last_heard);
         match &mut c.bind {
-            Bind::Initiating {
-                sent_at,
-                retries,
-                started,
-                ..
-            }
-            | Bind::Proving {
-                sent_at,
-                retries,
-                started,
-                ..
-            } => {
-                if now.since(*started) >= cfg.peer_timeout {
+            Bind::Initiating { attempt, .. } | Bind::Proving { attempt, .. } => {
+                if now.since(attempt.started) >= cfg.peer_timeout {
                     self.remove_conn(id, Error::Timeout, false);
                     let event = Event::ConnectFailed {
                         conn: ConnId(id),
@@ -1772,9 +1775,9 @@ impl Endpoint {
                     self.events.push_back(event);
                     return;
                 }
-                if *sent_at + c.rtt.backoff(*retries) <= now {
-                    *retries += 1;
-                    *sent_at = now;
+                if attempt.resend_at(&c.rtt) <= now {
+                    attempt.retries += 1;
+                    attempt.sent_at = now;
                     c.stats.retransmissions += 1;
                     match c.bind {
                         Bind::Initiating { .. } => self.send_bind_init(now, id),
@@ -1971,20 +1974,9 @@ fn conn_deadline(c: &Conn, cfg: &Config) -> Option<Time> {
     let mut next: Option<Time> = None;
     let mut at = |t: Time| next = Some(next.map_or(t, |n| n.min(t)));
     match &c.bind {
-        Bind::Initiating {
-            sent_at,
-            retries,
-            started,
-            ..
-        }
-        | Bind::Proving {
-            sent_at,
-            retries,
-            started,
-            ..
-        } => {
-            at(*sent_at + c.rtt.backoff(*retries));
-            at(*started + cfg.peer_timeout);
+        Bind::Initiating { attempt, .. } | Bind::Proving { attempt, .. } => {
+            at(attempt.resend_at(&c.rtt));
+            at(attempt.started + cfg.peer_timeout);
             return next;
         }
         Bind::Challenged { created, .. } => {

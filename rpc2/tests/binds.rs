@@ -12,23 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coda_rpc2::config::HALF_OPEN_MAX;
-use coda_rpc2::endpoint::{Auth, CallId, ConnId, Event};
+use coda_rpc2::endpoint::{CallId, ConnId, Event};
 use coda_rpc2::packet::Kind;
 use coda_rpc2::sim::{NetConfig, NodeId, Sim};
 use coda_rpc2::{Drop, Error, Level, Reject};
 use support::*;
-
-fn auth(level: Level, user: u32) -> Auth {
-    match level {
-        Level::Clear => Auth::Anonymous,
-        Level::Authenticated => Auth::Authenticated(credentials(user, 3600, CELL)),
-        Level::Encrypted => Auth::Encrypted(credentials(user, 3600, CELL)),
-    }
-}
-
-fn kind_of(datagram: &[u8]) -> Option<Kind> {
-    datagram.get(1).copied().and_then(Kind::from_u8)
-}
 
 /// Moves the bind failures `node` reported into `outcomes`.
 fn take_outcomes(sim: &mut Sim, node: NodeId, outcomes: &mut HashMap<ConnId, Error>) {

@@ -22,18 +22,6 @@ const USER: u32 = 7;
 const LEVELS: [Level; 3] = [Level::Clear, Level::Authenticated, Level::Encrypted];
 const SEALED: [Level; 2] = [Level::Authenticated, Level::Encrypted];
 
-fn auth(level: Level, user: u32) -> Auth {
-    match level {
-        Level::Clear => Auth::Anonymous,
-        Level::Authenticated => Auth::Authenticated(credentials(user, 3600, CELL)),
-        Level::Encrypted => Auth::Encrypted(credentials(user, 3600, CELL)),
-    }
-}
-
-fn kind_of(datagram: &[u8]) -> Option<Kind> {
-    datagram.get(1).copied().and_then(Kind::from_u8)
-}
-
 /// The receiver's connection id a datagram carries (bytes 4..8).
 fn conn_field(datagram: &[u8]) -> u32 {
     u32::from_le_bytes(datagram[4..8].try_into().unwrap())

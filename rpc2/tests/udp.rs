@@ -8,10 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../src/bin/testd/pattern.rs"]
+mod pattern;
+
 use bytes::Bytes;
 use coda_rpc2::endpoint::{Auth, SideEffect};
 use coda_rpc2::udp::ClientThread;
 use coda_rpc2::{CellKey, Config, Credentials, Sink, Source, Token};
+use pattern::pattern;
 
 const NULL: u16 = 1;
 const ECHO: u16 = 2;
@@ -84,16 +88,6 @@ fn client_with(config: Config) -> ClientThread {
         ..config
     };
     ClientThread::spawn("127.0.0.1:0".parse().unwrap(), config).unwrap()
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&seed.to_le_bytes());
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new_keyed(&key)
-        .finalize_xof()
-        .fill(&mut out);
-    out
 }
 
 #[test]

@@ -13,9 +13,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+#[path = "testd/pattern.rs"]
+mod pattern;
+
 use bytes::Bytes;
 use coda_rpc2::udp::{Incoming, UdpEndpoint};
 use coda_rpc2::{CellKey, Config, Sink, Source};
+use pattern::pattern;
 
 pub const NULL: u16 = 1;
 pub const ECHO: u16 = 2;
@@ -100,17 +104,6 @@ fn main() {
             .detach();
         }
     });
-}
-
-/// `len` bytes of BLAKE3 output keyed by `seed`: cheap, and any offset checks.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&seed.to_le_bytes());
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new_keyed(&key)
-        .finalize_xof()
-        .fill(&mut out);
-    out
 }
 
 fn hash_file(file: &std::fs::File) -> blake3::Hash {

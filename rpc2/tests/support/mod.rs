@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coda_rpc2::endpoint::{Auth, CallId, ConnId, Event, Identity, IncomingId};
+use coda_rpc2::packet::Kind;
 use coda_rpc2::sim::{NetConfig, NodeId, Sim};
-use coda_rpc2::{CellKey, Config, Credentials, Error, Reply, Token};
+use coda_rpc2::{CellKey, Config, Credentials, Error, Level, Reply, Token};
 
 pub const CELL: [u8; 32] = [0x5a; 32];
 pub const ECHO: u16 = 1;
@@ -166,4 +167,18 @@ pub fn advance(sim: &mut Sim, span: Duration) {
     sim.at(end, 0, |_, _| {});
     assert!(sim.run_until(span + Duration::from_secs(1), |s| s.now >= end));
     assert_eq!(sim.now, end, "advance overshot");
+}
+
+/// Credentials (or none) for a bind at `level`.
+pub fn auth(level: Level, user: u32) -> Auth {
+    match level {
+        Level::Clear => Auth::Anonymous,
+        Level::Authenticated => Auth::Authenticated(credentials(user, 3600, CELL)),
+        Level::Encrypted => Auth::Encrypted(credentials(user, 3600, CELL)),
+    }
+}
+
+/// The packet kind of a datagram on the wire, if it has one.
+pub fn kind_of(datagram: &[u8]) -> Option<Kind> {
+    datagram.get(1).copied().and_then(Kind::from_u8)
 }
