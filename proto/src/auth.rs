@@ -70,3 +70,104 @@ codec_struct! {
         pub expires_at: u64,
     }
 }
+
+/// Why a token reply could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error("the token reply does not open with this password")]
+    WrongKey,
+}
+
+/// The key a password stands for: argon2id over the password with the
+/// user's salt and cost. Servers keep only this, never the password.
+pub fn password_key(password: &str, salt: &Salt) -> Result<[u8; 32], AuthError> {
+    let params = argon2::Params::new(salt.memory_kib, salt.iterations, 1, Some(32))
+        .map_err(|e| AuthError::Hash(e.to_string()))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut key = [0u8; 32];
+    argon
+        .hash_password_into(password.as_bytes(), &salt.salt, &mut key)
+        .map_err(|e| AuthError::Hash(e.to_string()))?;
+    Ok(key)
+}
+
+/// What a client sends to show it holds `key` for `user` at `time`.
+pub fn proof(key: &[u8; 32], user: &str, time: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(b"coda auth proof v1\0");
+    h.update(user.as_bytes());
+    h.update(b"\0");
+    h.update(&time.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+const REPLY_AAD: &[u8] = b"coda token reply v1";
+
+/// Seals a clear token under the user's key (server side).
+pub fn seal_reply(key: &[u8; 32], nonce: [u8; 24], token: &ClearToken) -> TokenReply {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    let cipher = chacha20poly1305::XChaCha20Poly1305::new(key.into());
+    let msg = coda_rpc2::codec::to_bytes(token);
+    let sealed = cipher
+        .encrypt(
+            (&nonce).into(),
+            Payload {
+                msg: &msg,
+                aad: REPLY_AAD,
+            },
+        )
+        .expect("a token is far below the AEAD length limit");
+    TokenReply {
+        nonce,
+        sealed: Bytes::from(sealed),
+    }
+}
+
+/// Opens a token reply with the key the password gave (client side).
+pub fn open_reply(key: &[u8; 32], reply: &TokenReply) -> Result<ClearToken, AuthError> {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    let cipher = chacha20poly1305::XChaCha20Poly1305::new(key.into());
+    let msg = cipher
+        .decrypt(
+            (&reply.nonce).into(),
+            Payload {
+                msg: &reply.sealed,
+                aad: REPLY_AAD,
+            },
+        )
+        .map_err(|_| AuthError::WrongKey)?;
+    coda_rpc2::codec::from_bytes(&msg).map_err(|_| AuthError::WrongKey)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap_salt() -> Salt {
+        Salt {
+            salt: [7; 16],
+            memory_kib: 64,
+            iterations: 1,
+        }
+    }
+
+    #[test]
+    fn a_reply_opens_only_with_the_key_it_was_sealed_under() {
+        let key = password_key("secret", &cheap_salt()).unwrap();
+        let other = password_key("Secret", &cheap_salt()).unwrap();
+        assert_ne!(key, other);
+        let token = ClearToken {
+            user_id: 1000,
+            session_key: [3; 32],
+            sealed_token: Bytes::from_static(b"sealed"),
+            expires_at: 99,
+        };
+        let reply = seal_reply(&key, [1; 24], &token);
+        assert_eq!(open_reply(&key, &reply).unwrap(), token);
+        assert_eq!(open_reply(&other, &reply), Err(AuthError::WrongKey));
+        assert_ne!(proof(&key, "bob", 5), proof(&key, "bob", 6));
+        assert_ne!(proof(&key, "bob", 5), proof(&other, "bob", 5));
+    }
+}

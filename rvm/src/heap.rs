@@ -261,6 +261,26 @@ impl Heap {
         tx.write_u64(self.root_offset(i)?, value)
     }
 
+    /// Calls `each(offset, capacity)` for every allocated block in address order,
+    /// with the offset [`alloc`](Self::alloc) returned and the bytes usable there:
+    /// how a program finds its records again after a restart.
+    pub fn for_each_allocated(
+        &self,
+        view: &impl View,
+        mut each: impl FnMut(u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        let mut b = self.start;
+        while b < self.end {
+            let guard = self.guard_at(view, b)?;
+            let size = self.check_block(view, b, guard)?;
+            if guard == GUARD_ALLOC {
+                each(b + BLOCK_HEADER_BYTES, size - BLOCK_HEADER_BYTES)?;
+            }
+            b += size;
+        }
+        Ok(())
+    }
+
     /// Walks every block and every free list, checking guards, sizes, links and
     /// counters.
     pub fn verify(&self, view: &impl View) -> Result<HeapStats> {

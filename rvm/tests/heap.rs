@@ -144,6 +144,15 @@ proptest! {
                 }
                 let stats = heap.verify(&tx).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(stats.allocated_blocks, live.len() as u64);
+                let mut found = Vec::new();
+                heap.for_each_allocated(&tx, |at, cap| { found.push((at, cap)); Ok(()) }).unwrap();
+                let mut want: Vec<u64> = live.iter().map(|&(at, _, _)| at).collect();
+                want.sort_unstable();
+                prop_assert_eq!(found.iter().map(|&(at, _)| at).collect::<Vec<_>>(), want);
+                for &(at, len, _) in &live {
+                    let cap = found.iter().find(|&&(o, _)| o == at).unwrap().1;
+                    prop_assert!(cap >= len && (cap + 16) % CHUNK_BYTES == 0);
+                }
                 for &(at, len, f) in &live {
                     prop_assert!(tx.bytes(at, len).unwrap().iter().all(|b| *b == f), "allocation lost its bytes");
                 }

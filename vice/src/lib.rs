@@ -1,1 +1,34 @@
-//! Vice, the file server. Not built yet: see `DESIGN.md` §3 and issue 4.
+//! Vice, Coda's file server: volumes of vnodes and directories in RVM,
+//! file data in container files, served over RPC2 one shard per core.
+//!
+//! - [`record`], [`vnode`], [`volume`], [`shard`]: what is kept and how.
+//! - [`container`]: file data.
+//! - [`fileops`]: the semantics of every update, rights and conflicts.
+//! - [`callback`]: promises to clients and breaking them.
+//! - [`pdb`], [`cell`]: users and groups; what shards share.
+//! - [`service`]: the RPC service, sans I/O.
+
+pub mod callback;
+pub mod cell;
+pub mod container;
+pub mod fileops;
+pub mod pdb;
+pub mod record;
+pub mod service;
+pub mod shard;
+pub mod vnode;
+pub mod volume;
+
+/// Volume names: letters, digits and `._-`, up to 64 bytes.
+pub fn volume_name_ok(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("bad volume name {name:?}: letters, digits and ._- only"))
+    }
+}

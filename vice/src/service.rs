@@ -1,0 +1,1199 @@
+//! One shard's RPC service, sans I/O: requests in, [`Action`]s out. The
+//! glommio server and the simulated-network tests drive the same code.
+//!
+//! Subsystems: Vice (file service), auth (tokens for passwords) and
+//! volutil (administration; encrypted administrator connections only).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use coda_proto::acl::{Acl, PrincipalId, Rights};
+use coda_proto::auth::{self, ClearToken, GetSalt, GetToken};
+use coda_proto::callback::{self, Break};
+use coda_proto::cml::{CmlRecord, Op};
+use coda_proto::fid::{Fid, StoreId, VolumeId, ROOT_VNODE};
+use coda_proto::status::{Timestamp, VnodeKind};
+use coda_proto::vice::{
+    self, op, AllocFids, Applied, Conflict, DirEntry, Fetch, FidRange, GetAttr, MutateReply,
+    NewConnect, NewConnectReply, Reintegrate, ReintegrateReply, Stage, StageReply, Statistics,
+    ValidateAttrs, ValidateAttrsReply, VolumeInfo, VolumeKind, VolumeRef,
+};
+use coda_proto::volutil::{self, CreateVolume, Group, GroupAdd, GroupAddMember, NameVolume, User, UserAdd};
+use coda_proto::vv::VersionVector;
+use coda_proto::Errno;
+use coda_rpc2::codec::{self, Decode, Encode};
+use coda_rpc2::{ConnId, Identity, IncomingId, Level, Sink, Source, Token};
+use rvm::{CommitId, Durability};
+
+use crate::callback::Callbacks;
+use crate::cell::{Cell, Location, ROOT_VOLUME_NAME};
+use crate::fileops::{self, Apply, Caller, NewData};
+use crate::shard::Shard;
+use crate::vnode::{AppliedRecord, VolumeHeader, Vnode, EMPTY_HASH, NO_CONTAINER};
+
+/// Most fids one AllocFids call hands out.
+pub const ALLOC_FIDS_MAX: u64 = 1 << 20;
+
+/// What the driver must do for the service.
+#[derive(Debug)]
+pub enum Action {
+    /// Answer a call, once commit `after` (if any) is durable.
+    Reply {
+        id: IncomingId,
+        code: u16,
+        body: Bytes,
+        after: Option<CommitId>,
+    },
+    /// Send a fetch's data; then call [`Service::sftp_done`].
+    Push { id: IncomingId, source: Source, offset: u64 },
+    /// Pull a store's data; then call [`Service::sftp_done`].
+    Pull { id: IncomingId, sink: Sink, offset: u64 },
+    /// Call the client on `conn` with a callback break; if it fails, call
+    /// [`Service::client_lost`].
+    Break { conn: ConnId, body: Bytes },
+    /// Run `job` on shard `shard` ([`Service::run_job`]) and answer `id`
+    /// with its result.
+    Delegate { id: IncomingId, shard: u32, job: Job },
+}
+
+/// Administration that must run on the shard owning a volume.
+#[derive(Debug, Clone)]
+pub enum Job {
+    CreateVolume { id: VolumeId, name: String, owner: PrincipalId },
+    Info(VolumeId),
+    SetLocked(VolumeId, bool),
+    RemoveVolume(VolumeId),
+}
+
+struct Client {
+    caller: Caller,
+    generation: u64,
+    identity: Identity,
+}
+
+/// A transfer under way.
+enum Transfer {
+    /// A fetch: the reply to send once the data went.
+    Fetch(Bytes),
+    Store {
+        record: CmlRecord,
+        container: u64,
+        file: std::fs::File,
+    },
+    Stage {
+        store_id: StoreId,
+        offset: u64,
+    },
+}
+
+/// File data received ahead of the Reintegrate that uses it.
+struct Staged {
+    container: u64,
+    length: u64,
+    received: u64,
+    hash: Option<[u8; 32]>,
+}
+
+#[derive(Default)]
+struct Counters {
+    calls: BTreeMap<u16, u64>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+pub struct Service {
+    pub cell: Arc<Cell>,
+    pub shard: Shard,
+    pub callbacks: Callbacks,
+    clients: HashMap<ConnId, Client>,
+    transfers: HashMap<IncomingId, Transfer>,
+    staged: HashMap<StoreId, Staged>,
+    counters: Counters,
+}
+
+type Answer = Result<Bytes, Errno>;
+
+fn decode<T: Decode>(body: &[u8]) -> Result<T, Errno> {
+    codec::from_bytes(body).map_err(|_| Errno::BAD_REQUEST)
+}
+
+fn ok<T: Encode>(value: &T) -> Answer {
+    Ok(codec::to_bytes(value))
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        Errno::ENOSPC
+    } else {
+        tracing::error!("container I/O: {e}");
+        Errno::EIO
+    }
+}
+
+fn rvm_errno(e: rvm::Error) -> Errno {
+    tracing::error!("RVM: {e}");
+    Errno::EIO
+}
+
+impl Service {
+    pub fn new(cell: Arc<Cell>, shard: Shard) -> Service {
+        for v in shard.meta.volumes.values() {
+            cell.register(
+                v.id(),
+                Location {
+                    name: v.header.name.clone(),
+                    shard: shard.index,
+                    kind: v.header.kind,
+                },
+            );
+        }
+        Service {
+            cell,
+            shard,
+            callbacks: Callbacks::default(),
+            clients: HashMap::new(),
+            transfers: HashMap::new(),
+            staged: HashMap::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn accepted(&mut self, conn: ConnId, identity: Identity) {
+        let client = self.client_for(identity);
+        self.clients.insert(conn, client);
+    }
+
+    fn client_for(&self, identity: Identity) -> Client {
+        let pdb = self.cell.pdb();
+        let caller = match identity.user_id {
+            Some(u) => {
+                let user = u as PrincipalId;
+                Caller {
+                    user,
+                    cps: pdb.cps(user),
+                    admin: pdb.is_admin(user),
+                }
+            }
+            None => Caller::anonymous(),
+        };
+        Client {
+            caller,
+            generation: pdb.generation,
+            identity,
+        }
+    }
+
+    /// The connection is gone: its promises go with it.
+    pub fn client_lost(&mut self, conn: ConnId) {
+        self.callbacks.drop_client(conn);
+        self.clients.remove(&conn);
+    }
+
+    fn caller(&mut self, conn: ConnId, identity: Identity) -> Caller {
+        let generation = self.cell.pdb().generation;
+        let fresh = self
+            .clients
+            .get(&conn)
+            .is_some_and(|c| c.generation == generation && c.identity == identity);
+        if !fresh {
+            let c = self.client_for(identity);
+            self.clients.insert(conn, c);
+        }
+        self.clients[&conn].caller.clone()
+    }
+
+    /// Handles one call.
+    pub fn request(
+        &mut self,
+        id: IncomingId,
+        identity: Identity,
+        subsystem: u16,
+        opcode: u16,
+        body: Bytes,
+        out: &mut Vec<Action>,
+    ) {
+        *self.counters.calls.entry(opcode + subsystem * 100).or_default() += 1;
+        self.counters.bytes_in += body.len() as u64;
+        let caller = self.caller(id.conn, identity);
+        let answer = match subsystem {
+            vice::SUBSYSTEM => self.vice(id, &caller, opcode, &body, out),
+            auth::SUBSYSTEM => self.auth(opcode, &body),
+            volutil::SUBSYSTEM => self.volutil(id, identity, &caller, opcode, &body, out),
+            _ => Err(Errno::UNKNOWN_CALL),
+        };
+        match answer {
+            Ok(Some((body, after))) => self.reply(id, Ok(body), after, out),
+            Ok(None) => {}
+            Err(e) => self.reply(id, Err(e), None, out),
+        }
+    }
+
+    fn reply(&mut self, id: IncomingId, answer: Answer, after: Option<CommitId>, out: &mut Vec<Action>) {
+        let (code, body) = match answer {
+            Ok(b) => (0, b),
+            Err(e) => (e.0, Bytes::new()),
+        };
+        self.counters.bytes_out += body.len() as u64;
+        out.push(Action::Reply {
+            id,
+            code,
+            body,
+            after,
+        });
+    }
+
+    /// A call's answer now, later (None: a transfer or delegation is under way).
+    fn vice(
+        &mut self,
+        id: IncomingId,
+        caller: &Caller,
+        opcode: u16,
+        body: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Result<Option<(Bytes, Option<CommitId>)>, Errno> {
+        let now = |a: Answer| a.map(|b| Some((b, None)));
+        match opcode {
+            op::NEW_CONNECT => {
+                let _: NewConnect = decode(body)?;
+                now(ok(&NewConnectReply {
+                    server_time: Timestamp::now(),
+                }))
+            }
+            op::GET_ROOT_VOLUME => {
+                let root = self.cell.vldb().by_name(ROOT_VOLUME_NAME).ok_or(Errno::NO_SUCH_VOLUME)?;
+                self.volume_info(id, root, out)
+            }
+            op::GET_VOLUME_INFO => {
+                let r: VolumeRef = decode(body)?;
+                let vol = self.resolve(&r)?;
+                self.volume_info(id, vol, out)
+            }
+            op::GET_ATTR => {
+                let r: GetAttr = decode(body)?;
+                now(self.get_attr(id.conn, caller, r.fid))
+            }
+            op::VALIDATE_ATTRS => {
+                let r: ValidateAttrs = decode(body)?;
+                now(ok(&self.validate(id.conn, caller, &r)))
+            }
+            op::FETCH => {
+                let r: Fetch = decode(body)?;
+                let (source, status) = self.fetch(id.conn, caller, r.fid)?;
+                if r.offset > source.len() {
+                    return Err(Errno::EINVAL);
+                }
+                self.transfers.insert(id, Transfer::Fetch(status));
+                out.push(Action::Push {
+                    id,
+                    source,
+                    offset: r.offset,
+                });
+                Ok(None)
+            }
+            op::READ_LINK => {
+                let r: GetAttr = decode(body)?;
+                let (vol, v) = self.object(r.fid)?;
+                if v.kind != VnodeKind::Symlink {
+                    return Err(Errno::EINVAL);
+                }
+                fileops::may_read(vol, v, caller)?;
+                now(ok(&v.target))
+            }
+            op::GET_ACL => {
+                let r: GetAttr = decode(body)?;
+                let (_, v) = self.object(r.fid)?;
+                if !v.is_dir() {
+                    return Err(Errno::ENOTDIR);
+                }
+                if !fileops::dir_rights(v, caller).contains(Rights::LOOKUP) {
+                    return Err(Errno::EACCES);
+                }
+                now(ok(v.acl.as_ref().unwrap_or(&Acl::default())))
+            }
+            op::ALLOC_FIDS => {
+                let r: AllocFids = decode(body)?;
+                self.alloc_fids(caller, &r).map(|(b, c)| Some((b, Some(c))))
+            }
+            op::STAGE => {
+                let r: Stage = decode(body)?;
+                self.stage(id, &r, out)?;
+                Ok(None)
+            }
+            op::STORE => {
+                let record: CmlRecord = decode(body)?;
+                let Op::Store(s) = &record.op else {
+                    return Err(Errno::BAD_REQUEST);
+                };
+                self.local_volume(s.fid.volume)?;
+                let (container, file) = self.shard.containers.create().map_err(io_errno)?;
+                let sink = Sink::File(file.try_clone().map_err(io_errno)?);
+                self.transfers.insert(
+                    id,
+                    Transfer::Store {
+                        record,
+                        container,
+                        file,
+                    },
+                );
+                out.push(Action::Pull { id, sink, offset: 0 });
+                Ok(None)
+            }
+            op::SET_ATTR..=op::SET_ACL => {
+                let record: CmlRecord = decode(body)?;
+                if !matches_opcode(&record.op, opcode) {
+                    return Err(Errno::BAD_REQUEST);
+                }
+                let vol = record_volume(&record.op);
+                let (reply, commit, changed) = self
+                    .mutate(id.conn, caller, vol, &[record], &mut |_| None)
+                    .map_err(|c| Errno(c.code))?;
+                self.breaks(id.conn, vol, &changed, out);
+                Ok(Some((reply, Some(commit))))
+            }
+            op::REINTEGRATE => {
+                let r: Reintegrate = decode(body)?;
+                let (reply, commit) = self.reintegrate(id.conn, caller, &r, out)?;
+                Ok(Some((reply, commit)))
+            }
+            op::GET_STATISTICS => now(ok(&self.statistics())),
+            _ => Err(Errno::UNKNOWN_CALL),
+        }
+    }
+
+    fn resolve(&self, r: &VolumeRef) -> Result<VolumeId, Errno> {
+        match r {
+            VolumeRef::Id(id) => self
+                .cell
+                .vldb()
+                .get(*id)
+                .map(|_| *id)
+                .ok_or(Errno::NO_SUCH_VOLUME),
+            VolumeRef::Name(n) => {
+                let vldb = self.cell.vldb();
+                vldb.by_name(n)
+                    .or_else(|| n.parse::<VolumeId>().ok().filter(|id| vldb.get(*id).is_some()))
+                    .or_else(|| {
+                        u64::from_str_radix(n.trim_start_matches("0x"), 16)
+                            .ok()
+                            .filter(|id| vldb.get(*id).is_some())
+                    })
+                    .ok_or(Errno::NO_SUCH_VOLUME)
+            }
+        }
+    }
+
+    fn volume_info(
+        &mut self,
+        id: IncomingId,
+        vol: VolumeId,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<(Bytes, Option<CommitId>)>, Errno> {
+        let shard = self.cell.vldb().get(vol).ok_or(Errno::NO_SUCH_VOLUME)?.shard;
+        if shard == self.shard.index {
+            let (code, body) = self.run_job(Job::Info(vol));
+            return if code == 0 { Ok(Some((body, None))) } else { Err(Errno(code)) };
+        }
+        out.push(Action::Delegate {
+            id,
+            shard,
+            job: Job::Info(vol),
+        });
+        Ok(None)
+    }
+
+    fn local_volume(&self, vol: VolumeId) -> Result<&crate::volume::Volume, Errno> {
+        match self.shard.meta.volume(vol) {
+            Some(v) => Ok(v),
+            None if self.cell.vldb().get(vol).is_some() => Err(Errno::WRONG_SHARD),
+            None => Err(Errno::NO_SUCH_VOLUME),
+        }
+    }
+
+    fn object(&self, fid: Fid) -> Result<(&crate::volume::Volume, &Vnode), Errno> {
+        let vol = self.local_volume(fid.volume)?;
+        let v = vol.vnode(fid).ok_or(Errno::ENOENT)?;
+        Ok((vol, v))
+    }
+
+    fn get_attr(&mut self, conn: ConnId, caller: &Caller, fid: Fid) -> Answer {
+        let (vol, v) = self.object(fid)?;
+        fileops::may_stat(vol, v, caller)?;
+        let status = fileops::status(vol, v, caller, true);
+        self.callbacks.promise(conn, fid);
+        ok(&status)
+    }
+
+    fn validate(&mut self, conn: ConnId, caller: &Caller, r: &ValidateAttrs) -> ValidateAttrsReply {
+        let mut reply = ValidateAttrsReply {
+            volumes: Vec::with_capacity(r.volumes.len()),
+            fids: Vec::with_capacity(r.fids.len()),
+        };
+        for &(vol, stamp) in &r.volumes {
+            let valid = self
+                .shard
+                .meta
+                .volume(vol)
+                .is_some_and(|v| v.header.stamp == stamp);
+            if valid {
+                self.callbacks.promise_volume(conn, vol);
+            }
+            reply.volumes.push(valid);
+        }
+        for &(fid, seen) in &r.fids {
+            let valid = self.object(fid).is_ok_and(|(vol, v)| {
+                v.vv.store_id == seen && fileops::may_stat(vol, v, caller).is_ok()
+            });
+            if valid {
+                self.callbacks.promise(conn, fid);
+            }
+            reply.fids.push(valid);
+        }
+        reply
+    }
+
+    fn fetch(&mut self, conn: ConnId, caller: &Caller, fid: Fid) -> Result<(Source, Bytes), Errno> {
+        let (vol, v) = self.object(fid)?;
+        fileops::may_read(vol, v, caller)?;
+        let source = match v.kind {
+            VnodeKind::File if v.container == NO_CONTAINER => Source::Memory(Bytes::new()),
+            VnodeKind::File => Source::File {
+                file: self.shard.containers.open_read(v.container).map_err(io_errno)?,
+                len: v.length,
+            },
+            VnodeKind::Symlink => Source::Memory(Bytes::from(v.target.clone().into_bytes())),
+            VnodeKind::Directory => {
+                let entries: Vec<DirEntry> = vol
+                    .entries(fid)
+                    .map(|e| {
+                        e.iter()
+                            .map(|(name, (_, f))| DirEntry {
+                                name: name.clone(),
+                                fid: *f,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Source::Memory(codec::to_bytes(&entries))
+            }
+        };
+        let status = codec::to_bytes(&fileops::status(vol, v, caller, true));
+        self.callbacks.promise(conn, fid);
+        Ok((source, status))
+    }
+
+    fn alloc_fids(&mut self, caller: &Caller, r: &AllocFids) -> Result<(Bytes, CommitId), Errno> {
+        if r.count == 0 || r.count > ALLOC_FIDS_MAX {
+            return Err(Errno::EINVAL);
+        }
+        let vol = self.local_volume(r.volume)?;
+        let root = vol.vnode(vol.root()).ok_or(Errno::ENOENT)?;
+        if !fileops::dir_rights(root, caller).contains(Rights::LOOKUP) && caller.user == 0 {
+            return Err(Errno::EACCES);
+        }
+        let mut h = vol.header.clone();
+        let range = FidRange {
+            volume: r.volume,
+            vnode: h.next_vnode,
+            unique: h.next_unique,
+            count: r.count,
+        };
+        h.next_vnode += r.count;
+        h.next_unique += r.count;
+        let mut txn = self.shard.begin().map_err(rvm_errno)?;
+        txn.put_header(h).map_err(rvm_errno)?;
+        let commit = txn.commit(Durability::NoFlush).map_err(rvm_errno)?;
+        Ok((codec::to_bytes(&range), commit))
+    }
+
+    fn stage(&mut self, id: IncomingId, r: &Stage, out: &mut Vec<Action>) -> Result<(), Errno> {
+        let resume = self
+            .staged
+            .get(&r.store_id)
+            .is_some_and(|s| s.length == r.length && r.offset <= s.received);
+        if !resume {
+            if r.offset != 0 {
+                return Err(Errno::EINVAL);
+            }
+            if let Some(old) = self.staged.remove(&r.store_id) {
+                self.shard.containers.remove(old.container);
+            }
+            let (container, _) = self.shard.containers.create().map_err(io_errno)?;
+            self.staged.insert(
+                r.store_id,
+                Staged {
+                    container,
+                    length: r.length,
+                    received: 0,
+                    hash: None,
+                },
+            );
+        }
+        let s = &self.staged[&r.store_id];
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.shard.containers.path(s.container))
+            .map_err(io_errno)?;
+        self.transfers.insert(
+            id,
+            Transfer::Stage {
+                store_id: r.store_id,
+                offset: r.offset,
+            },
+        );
+        out.push(Action::Pull {
+            id,
+            sink: Sink::File(file),
+            offset: r.offset,
+        });
+        Ok(())
+    }
+
+    /// A transfer ended.
+    pub fn sftp_done(
+        &mut self,
+        id: IncomingId,
+        identity: Identity,
+        result: Result<u64, coda_rpc2::Error>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(t) = self.transfers.remove(&id) else {
+            return;
+        };
+        match t {
+            Transfer::Fetch(status) => {
+                let answer = result.map(|_| status).map_err(|_| Errno::EIO);
+                self.reply(id, answer, None, out);
+            }
+            Transfer::Store {
+                record,
+                container,
+                file,
+            } => {
+                let caller = self.caller(id.conn, identity);
+                let done = self.finish_store(id.conn, &caller, &record, container, &file, result);
+                match done {
+                    Ok((body, commit, changed)) => {
+                        self.reply(id, Ok(body), Some(commit), out);
+                        self.breaks(id.conn, record_volume(&record.op), &changed, out);
+                    }
+                    Err(e) => {
+                        self.shard.containers.remove(container);
+                        self.reply(id, Err(e), None, out);
+                    }
+                }
+            }
+            Transfer::Stage { store_id, offset } => {
+                let answer = self.finish_stage(store_id, offset, result);
+                self.reply(id, answer, None, out);
+            }
+        }
+    }
+
+    fn finish_store(
+        &mut self,
+        conn: ConnId,
+        caller: &Caller,
+        record: &CmlRecord,
+        container: u64,
+        file: &std::fs::File,
+        result: Result<u64, coda_rpc2::Error>,
+    ) -> Result<(Bytes, CommitId, Vec<Fid>), Errno> {
+        let Op::Store(s) = &record.op else {
+            unreachable!("only stores pull")
+        };
+        let got = result.map_err(|_| Errno::EIO)?;
+        if got != s.length || file.metadata().map_err(io_errno)?.len() != s.length {
+            return Err(Errno::EINVAL);
+        }
+        let hash = fileops::hash_file(file).map_err(io_errno)?;
+        self.shard.containers.sync(container, file).map_err(io_errno)?;
+        let data = NewData {
+            container: if s.length == 0 { NO_CONTAINER } else { container },
+            length: s.length,
+            hash,
+        };
+        if s.length == 0 {
+            self.shard.containers.remove(container);
+        }
+        self.mutate(conn, caller, s.fid.volume, std::slice::from_ref(record), &mut |_| Some(data))
+            .map_err(|c| Errno(c.code))
+    }
+
+    fn finish_stage(
+        &mut self,
+        store_id: StoreId,
+        offset: u64,
+        result: Result<u64, coda_rpc2::Error>,
+    ) -> Answer {
+        let got = result.map_err(|_| Errno::EIO)?;
+        let s = self.staged.get_mut(&store_id).ok_or(Errno::EIO)?;
+        s.received = s.received.max(offset + got);
+        if s.received > s.length {
+            return Err(Errno::EINVAL);
+        }
+        if s.received == s.length && s.hash.is_none() {
+            let file = self.shard.containers.open_read(s.container).map_err(io_errno)?;
+            s.hash = Some(fileops::hash_file(&file).map_err(io_errno)?);
+            self.shard.containers.sync(s.container, &file).map_err(io_errno)?;
+        }
+        ok(&StageReply {
+            received: s.received,
+        })
+    }
+
+    /// Applies `records` to `vol` in one transaction; on the first failure
+    /// nothing is applied and the failure says which record and why.
+    fn mutate(
+        &mut self,
+        conn: ConnId,
+        caller: &Caller,
+        vol: VolumeId,
+        records: &[CmlRecord],
+        data: &mut dyn FnMut(StoreId) -> Option<NewData>,
+    ) -> Result<(Bytes, CommitId, Vec<Fid>), Conflict> {
+        let (statuses, _, changed, commit) = self.apply(conn, caller, vol, records, data, None)?;
+        let reply = MutateReply { statuses };
+        Ok((codec::to_bytes(&reply), commit, changed))
+    }
+
+    /// The one path every update takes.
+    #[allow(clippy::type_complexity)]
+    fn apply(
+        &mut self,
+        conn: ConnId,
+        caller: &Caller,
+        vol: VolumeId,
+        records: &[CmlRecord],
+        data: &mut dyn FnMut(StoreId) -> Option<NewData>,
+        batch: Option<(u64, StoreId)>,
+    ) -> Result<(Vec<coda_proto::Status>, Applied, Vec<Fid>, CommitId), Conflict> {
+        let conflict = |index: usize, code: Errno, fid: Fid| Conflict {
+            index: index as u32,
+            code: code.0,
+            fid,
+        };
+        self.local_volume(vol)
+            .map_err(|e| conflict(0, e, Fid::root(vol)))?;
+        let cell = Arc::clone(&self.cell);
+        let exists = move |v: VolumeId| cell.vldb().get(v).is_some();
+        let (containers, txn) = self.shard.split();
+        let mut txn = txn.map_err(|e| conflict(0, rvm_errno(e), Fid::root(vol)))?;
+        let result = (|| {
+            let mut apply = Apply::new(&mut txn, containers, caller, vol, &exists)
+                .map_err(|e| (0, e, Fid::root(vol), Vec::new()))?;
+            let mut wanted = Vec::new();
+            for (i, rec) in records.iter().enumerate() {
+                match apply.op(rec, data) {
+                    Ok(fids) => {
+                        if i == 0 {
+                            wanted = fids;
+                        }
+                    }
+                    Err(e) => {
+                        let fid = rec.op.fids().first().copied().unwrap_or(Fid::root(vol));
+                        return Err((i, e, fid, std::mem::take(&mut apply.made)));
+                    }
+                }
+            }
+            let made = apply.made.clone();
+            let wanted: Vec<Fid> = wanted.into_iter().map(|f| apply.real(f)).collect();
+            let (remaps, changed, stamp) =
+                apply.finish().map_err(|e| (0, e, Fid::root(vol), made))?;
+            Ok((wanted, Applied { remaps, stamp }, changed))
+        })();
+        match result {
+            Ok((wanted, applied, changed)) => {
+                if let Some((host, batch)) = batch {
+                    let rec = AppliedRecord {
+                        volume: vol,
+                        host,
+                        batch,
+                        reply: applied.clone(),
+                    };
+                    if let Err(e) = txn.put_applied(rec) {
+                        let _ = txn.abort();
+                        return Err(conflict(0, rvm_errno(e), Fid::root(vol)));
+                    }
+                }
+                let statuses = {
+                    let v = txn.volume(vol).expect("checked");
+                    wanted
+                        .iter()
+                        .filter_map(|f| v.vnode(*f).map(|vn| fileops::status(v, vn, caller, true)))
+                        .collect()
+                };
+                let commit = txn
+                    .commit(Durability::NoFlush)
+                    .map_err(|e| conflict(0, rvm_errno(e), Fid::root(vol)))?;
+                for f in &wanted {
+                    self.callbacks.promise(conn, *f);
+                }
+                Ok((statuses, applied, changed, commit))
+            }
+            Err((i, e, fid, made)) => {
+                if let Err(err) = txn.abort() {
+                    tracing::error!("abort failed: {err}");
+                }
+                for c in made {
+                    self.shard.containers.remove(c);
+                }
+                Err(conflict(i, e, fid))
+            }
+        }
+    }
+}
+
+impl Service {
+    fn reintegrate(
+        &mut self,
+        conn: ConnId,
+        caller: &Caller,
+        r: &Reintegrate,
+        out: &mut Vec<Action>,
+    ) -> Result<(Bytes, Option<CommitId>), Errno> {
+        let host = r.batch.host;
+        let vol = self.local_volume(r.volume)?;
+        if let Some(prev) = vol.applied(host) {
+            if prev.batch == r.batch {
+                // Sent again (its answer was lost): answer again, apply nothing.
+                return Ok((codec::to_bytes(&ReintegrateReply::Applied(prev.reply.clone())), None));
+            }
+            if r.batch.unique < prev.batch.unique {
+                return Err(Errno::EALREADY);
+            }
+        }
+        for rec in &r.records {
+            if rec.store_id.host != host {
+                return Err(Errno::BAD_REQUEST);
+            }
+        }
+        let staged = &self.staged;
+        let mut used = Vec::new();
+        let mut data = |sid: StoreId| {
+            let s = staged.get(&sid)?;
+            used.push(sid);
+            Some(NewData {
+                container: s.container,
+                length: s.length,
+                hash: s.hash?,
+            })
+        };
+        // Borrow dance: the resolver reads `staged` while `apply` changes the shard.
+        let staged_view: HashMap<StoreId, NewData> = r
+            .records
+            .iter()
+            .filter_map(|rec| data(rec.store_id).map(|d| (rec.store_id, d)))
+            .collect();
+        let result = self.apply(
+            conn,
+            caller,
+            r.volume,
+            &r.records,
+            &mut |sid| staged_view.get(&sid).copied(),
+            Some((host, r.batch)),
+        );
+        match result {
+            Ok((_, applied, changed, commit)) => {
+                for sid in staged_view.keys() {
+                    self.staged.remove(sid);
+                }
+                self.breaks(conn, r.volume, &changed, out);
+                Ok((codec::to_bytes(&ReintegrateReply::Applied(applied)), Some(commit)))
+            }
+            Err(c) => Ok((codec::to_bytes(&ReintegrateReply::Conflict(c)), None)),
+        }
+    }
+
+    /// Breaks other clients' promises on what changed.
+    fn breaks(&mut self, conn: ConnId, vol: VolumeId, changed: &[Fid], out: &mut Vec<Action>) {
+        for (holder, b) in self.callbacks.break_for(Some(conn), vol, changed) {
+            out.push(Action::Break {
+                conn: holder,
+                body: codec::to_bytes(&b),
+            });
+        }
+    }
+
+    fn auth(&mut self, opcode: u16, body: &[u8]) -> Result<Option<(Bytes, Option<CommitId>)>, Errno> {
+        let answer = match opcode {
+            auth::op::GET_SALT => {
+                let r: GetSalt = decode(body)?;
+                ok(&self.cell.pdb().salt_of(&r.user, &self.cell.salt_secret))
+            }
+            auth::op::GET_TOKEN => {
+                let r: GetToken = decode(body)?;
+                let now = unix_now();
+                if r.time.abs_diff(now) > auth::CLOCK_SKEW_SECS {
+                    return Err(Errno::AUTH_FAILED);
+                }
+                let (user_id, key) = self.cell.pdb().key_of(&r.user).ok_or(Errno::AUTH_FAILED)?;
+                let expected = auth::proof(&key, &r.user, r.time);
+                if !coda_rpc2::secure::proofs_equal(&expected, &r.proof) {
+                    return Err(Errno::AUTH_FAILED);
+                }
+                let mut session_key = [0u8; 32];
+                let mut nonces = [0u8; 48];
+                coda_rpc2::udp::getrandom_fill(&mut session_key).map_err(io_errno)?;
+                coda_rpc2::udp::getrandom_fill(&mut nonces).map_err(io_errno)?;
+                let token = Token {
+                    user_id: user_id as u32,
+                    session_key,
+                    issued_at: now,
+                    expires_at: now + auth::TOKEN_LIFETIME_SECS,
+                };
+                let sealed = token.seal(&self.cell.key, nonces[..24].try_into().unwrap());
+                let clear = ClearToken {
+                    user_id,
+                    session_key,
+                    sealed_token: Bytes::from(sealed),
+                    expires_at: token.expires_at,
+                };
+                ok(&auth::seal_reply(&key, nonces[24..].try_into().unwrap(), &clear))
+            }
+            _ => Err(Errno::UNKNOWN_CALL),
+        };
+        answer.map(|b| Some((b, None)))
+    }
+
+    fn volutil(
+        &mut self,
+        id: IncomingId,
+        identity: Identity,
+        caller: &Caller,
+        opcode: u16,
+        body: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Result<Option<(Bytes, Option<CommitId>)>, Errno> {
+        let listing = matches!(opcode, volutil::op::LIST | volutil::op::INFO);
+        if !listing && (!caller.admin || identity.level != Level::Encrypted) {
+            return Err(Errno::NOT_ADMIN);
+        }
+        let pdb_err = |e: crate::pdb::PdbError| match e {
+            crate::pdb::PdbError::Exists(_) => Errno::EEXIST,
+            crate::pdb::PdbError::NoSuch(_) => Errno::ENOENT,
+            crate::pdb::PdbError::Invalid(_) => Errno::EINVAL,
+            e => {
+                tracing::error!("pdb: {e}");
+                Errno::EIO
+            }
+        };
+        let delegate = |this: &mut Service, out: &mut Vec<Action>, vol: VolumeId, job: Job| {
+            let shard = this.cell.vldb().get(vol).ok_or(Errno::NO_SUCH_VOLUME)?.shard;
+            if shard == this.shard.index {
+                let (code, body) = this.run_job(job);
+                return if code == 0 { Ok(Some((body, None))) } else { Err(Errno(code)) };
+            }
+            out.push(Action::Delegate { id, shard, job });
+            Ok(None)
+        };
+        match opcode {
+            volutil::op::CREATE => {
+                let r: CreateVolume = decode(body)?;
+                crate::volume_name_ok(&r.name).map_err(|_| Errno::EINVAL)?;
+                let (vol, shard) = {
+                    let mut vldb = self.cell.vldb_mut();
+                    if vldb.by_name(&r.name).is_some() {
+                        return Err(Errno::EEXIST);
+                    }
+                    let vol = self.cell.new_volume_id();
+                    let shard = vldb.emptiest_shard(self.cell.shards);
+                    // Reserved now so a second create of the name fails at once.
+                    vldb.insert(
+                        vol,
+                        Location {
+                            name: r.name.clone(),
+                            shard,
+                            kind: VolumeKind::ReadWrite,
+                        },
+                    );
+                    (vol, shard)
+                };
+                let job = Job::CreateVolume {
+                    id: vol,
+                    name: r.name,
+                    owner: caller.user,
+                };
+                let _ = shard;
+                delegate(self, out, vol, job)
+            }
+            volutil::op::LIST => {
+                let mut all: Vec<(VolumeId, Location)> =
+                    self.cell.vldb().iter().map(|(i, l)| (i, l.clone())).collect();
+                all.sort_by_key(|(i, _)| *i);
+                let infos: Vec<VolumeInfo> = all
+                    .into_iter()
+                    .map(|(i, l)| VolumeInfo {
+                        id: i,
+                        name: l.name,
+                        kind: l.kind,
+                        servers: vec![self.cell.addr(l.shard)],
+                        root: Fid::root(i),
+                        stamp: 0,
+                        locked: false,
+                        files: 0,
+                        bytes: 0,
+                    })
+                    .collect();
+                ok(&infos).map(|b| Some((b, None)))
+            }
+            volutil::op::INFO | volutil::op::LOCK | volutil::op::UNLOCK | volutil::op::REMOVE => {
+                let r: NameVolume = decode(body)?;
+                let vol = self.resolve(&r.volume)?;
+                let job = match opcode {
+                    volutil::op::INFO => Job::Info(vol),
+                    volutil::op::LOCK => Job::SetLocked(vol, true),
+                    volutil::op::UNLOCK => Job::SetLocked(vol, false),
+                    _ => Job::RemoveVolume(vol),
+                };
+                delegate(self, out, vol, job)
+            }
+            volutil::op::USER_ADD => {
+                let r: UserAdd = decode(body)?;
+                let mut salt = [0u8; 16];
+                coda_rpc2::udp::getrandom_fill(&mut salt).map_err(io_errno)?;
+                let id = self
+                    .cell
+                    .pdb_mut()
+                    .add_user(&r.name, &r.password, None, salt)
+                    .map_err(pdb_err)?;
+                ok(&User { name: r.name, id }).map(|b| Some((b, None)))
+            }
+            volutil::op::USER_LIST => {
+                let pdb = self.cell.pdb();
+                let users: Vec<User> = pdb
+                    .users()
+                    .map(|u| User {
+                        name: u.name.clone(),
+                        id: u.id,
+                    })
+                    .collect();
+                ok(&users).map(|b| Some((b, None)))
+            }
+            volutil::op::GROUP_ADD => {
+                let r: GroupAdd = decode(body)?;
+                let id = self.cell.pdb_mut().add_group(&r.name, &r.owner).map_err(pdb_err)?;
+                ok(&User { name: r.name, id }).map(|b| Some((b, None)))
+            }
+            volutil::op::GROUP_ADD_MEMBER => {
+                let r: GroupAddMember = decode(body)?;
+                self.cell
+                    .pdb_mut()
+                    .add_member(&r.group, &r.member)
+                    .map_err(pdb_err)?;
+                Ok(Some((Bytes::new(), None)))
+            }
+            volutil::op::GROUP_LIST => {
+                let pdb = self.cell.pdb();
+                let name = |id: PrincipalId| pdb.name_of(id).unwrap_or("?").to_string();
+                let groups: Vec<Group> = pdb
+                    .groups()
+                    .map(|g| Group {
+                        name: g.name.clone(),
+                        id: g.id,
+                        owner: name(g.owner),
+                        members: g.members.iter().map(|m| name(*m)).collect(),
+                    })
+                    .collect();
+                ok(&groups).map(|b| Some((b, None)))
+            }
+            _ => Err(Errno::UNKNOWN_CALL),
+        }
+    }
+
+    /// Runs administration on this shard; the answer's code and body.
+    pub fn run_job(&mut self, job: Job) -> (u16, Bytes) {
+        let result: Answer = (|| match job {
+            Job::CreateVolume { id, name, owner } => {
+                let acl = if name == ROOT_VOLUME_NAME {
+                    fileops::root_acl()
+                } else {
+                    let mut acl = fileops::root_acl();
+                    if owner > 0 {
+                        acl.set(owner, Rights::ALL, false);
+                    }
+                    acl
+                };
+                let made = self.create_volume(id, &name, owner, acl);
+                if made.is_err() {
+                    self.cell.vldb_mut().remove(id);
+                }
+                let commit = made?;
+                // Volume creation is rare: make it durable before answering.
+                let _ = commit;
+                self.shard.flush().map_err(rvm_errno)?;
+                self.cell.register(
+                    id,
+                    Location {
+                        name,
+                        shard: self.shard.index,
+                        kind: VolumeKind::ReadWrite,
+                    },
+                );
+                ok(&self.info(id)?)
+            }
+            Job::Info(id) => ok(&self.info(id)?),
+            Job::SetLocked(id, locked) => {
+                let mut h = self.local_volume(id)?.header.clone();
+                h.locked = locked;
+                let mut txn = self.shard.begin().map_err(rvm_errno)?;
+                txn.put_header(h).map_err(rvm_errno)?;
+                txn.commit(Durability::Flush).map_err(rvm_errno)?;
+                ok(&self.info(id)?)
+            }
+            Job::RemoveVolume(id) => {
+                self.local_volume(id)?;
+                let mut txn = self.shard.begin().map_err(rvm_errno)?;
+                txn.remove_volume(id).map_err(rvm_errno)?;
+                txn.commit(Durability::Flush).map_err(rvm_errno)?;
+                self.shard.reap();
+                self.cell.vldb_mut().remove(id);
+                Ok(Bytes::new())
+            }
+        })();
+        match result {
+            Ok(b) => (0, b),
+            Err(e) => (e.0, Bytes::new()),
+        }
+    }
+
+    fn info(&self, id: VolumeId) -> Result<VolumeInfo, Errno> {
+        let v = self.local_volume(id)?;
+        Ok(VolumeInfo {
+            id,
+            name: v.header.name.clone(),
+            kind: v.header.kind,
+            servers: vec![self.cell.addr(self.shard.index)],
+            root: v.root(),
+            stamp: v.header.stamp,
+            locked: v.header.locked,
+            files: v.files(),
+            bytes: v.bytes,
+        })
+    }
+
+    /// A new volume: its header and its root directory, in one transaction.
+    pub fn create_volume(
+        &mut self,
+        id: VolumeId,
+        name: &str,
+        owner: PrincipalId,
+        acl: Acl,
+    ) -> Result<CommitId, Errno> {
+        let now = Timestamp::now();
+        let root = Fid::root(id);
+        let store_id = StoreId {
+            host: 0,
+            unique: id,
+        };
+        let mut vv = VersionVector::new(1);
+        vv.bump(0, store_id);
+        let mut txn = self.shard.begin().map_err(rvm_errno)?;
+        let made = (|| -> Result<(), rvm::Error> {
+            txn.create_volume(VolumeHeader {
+                id,
+                name: name.to_string(),
+                kind: VolumeKind::ReadWrite,
+                locked: false,
+                replicas: vec![self.cell.name.clone()],
+                next_vnode: ROOT_VNODE + 1,
+                next_unique: ROOT_VNODE + 1,
+                stamp: 1,
+                created: now,
+            })?;
+            txn.put_vnode(Vnode {
+                fid: root,
+                kind: VnodeKind::Directory,
+                mode: 0o755,
+                owner: owner.max(0) as u32,
+                author: owner.max(0) as u32,
+                link_count: 2,
+                length: 0,
+                mtime: now,
+                ctime: now,
+                data_version: 1,
+                vv,
+                content_hash: EMPTY_HASH,
+                container: NO_CONTAINER,
+                parent: root,
+                acl: Some(acl),
+                target: String::new(),
+            })
+        })();
+        match made {
+            Ok(()) => txn.commit(Durability::NoFlush).map_err(rvm_errno),
+            Err(e) => {
+                let _ = txn.abort();
+                Err(rvm_errno(e))
+            }
+        }
+    }
+
+    pub fn statistics(&self) -> Statistics {
+        let stats = self.shard.rvm().stats();
+        Statistics {
+            uptime_secs: self.cell.started.elapsed().as_secs(),
+            calls_by_opcode: self.counters.calls.iter().map(|(k, v)| (*k, *v)).collect(),
+            bytes_received: self.counters.bytes_in,
+            bytes_sent: self.counters.bytes_out,
+            clients: self.clients.len() as u64,
+            callbacks: self.callbacks.count(),
+            volumes: self.shard.meta.volumes.len() as u64,
+            rvm_log_used: stats.log_used_bytes,
+            rvm_log_bytes: stats.log_area_bytes,
+            shards: self.cell.shards,
+        }
+    }
+
+    /// Called by the driver when a callback break failed: the client is
+    /// unreachable and loses every promise, so no one waits for it.
+    pub fn break_failed(&mut self, conn: ConnId) {
+        self.callbacks.drop_client(conn);
+    }
+}
+
+/// Whether a direct mutation's record is the one its opcode names.
+fn matches_opcode(op: &Op, opcode: u16) -> bool {
+    matches!(
+        (op, opcode),
+        (Op::SetAttr(_), op::SET_ATTR)
+            | (Op::Create(_), op::CREATE)
+            | (Op::Remove(_), op::REMOVE)
+            | (Op::Link(_), op::LINK)
+            | (Op::Rename(_), op::RENAME)
+            | (Op::MakeDir(_), op::MAKE_DIR)
+            | (Op::RemoveDir(_), op::REMOVE_DIR)
+            | (Op::SymLink(_), op::SYMLINK)
+            | (Op::SetAcl(_), op::SET_ACL)
+    )
+}
+
+/// The volume a record changes (a rename's source directory's).
+pub fn record_volume(op: &Op) -> VolumeId {
+    match op {
+        Op::Store(r) => r.fid.volume,
+        Op::SetAttr(r) => r.fid.volume,
+        Op::Create(r) => r.dir.volume,
+        Op::Remove(r) => r.dir.volume,
+        Op::Link(r) => r.dir.volume,
+        Op::Rename(r) => r.from_dir.volume,
+        Op::MakeDir(r) => r.dir.volume,
+        Op::RemoveDir(r) => r.dir.volume,
+        Op::SymLink(r) => r.dir.volume,
+        Op::SetAcl(r) => r.dir.volume,
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The callback subsystem's break call, for drivers.
+pub const BREAK_CALL: (u16, u16) = (callback::SUBSYSTEM, callback::op::BREAK);
+
+#[allow(dead_code)]
+fn _break_is_codec(b: &Break) -> Bytes {
+    codec::to_bytes(b)
+}

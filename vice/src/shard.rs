@@ -1,0 +1,495 @@
+//! A shard: the volumes one core serves, their metadata in one RVM
+//! instance and their data in one container directory. Every change goes
+//! through a [`Txn`], which keeps RVM and the in-memory indexes in step:
+//! both change together, and an abort undoes both.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use coda_proto::fid::{Fid, VolumeId};
+use coda_proto::status::Timestamp;
+use rvm::heap::Heap;
+use rvm::{CommitId, Durability, Mode, Options, Rvm, Transaction, View};
+
+use crate::container::Containers;
+use crate::record::{self, Kind, RecordError, Slot};
+use crate::vnode::{AppliedRecord, EntryRecord, ShardHeader, VolumeHeader, Vnode, NO_CONTAINER};
+use crate::volume::Volume;
+
+#[derive(Debug, Clone)]
+pub struct ShardOptions {
+    /// Size of the recoverable segment (a sparse file; pages cost only when used).
+    pub segment_bytes: u64,
+    pub log_bytes: u64,
+}
+
+impl Default for ShardOptions {
+    fn default() -> Self {
+        ShardOptions {
+            segment_bytes: 4 << 30,
+            log_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("RVM: {0}")]
+    Rvm(#[from] rvm::Error),
+    #[error("metadata: {0}")]
+    Record(#[from] RecordError),
+    #[error("containers: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// The volumes of a shard, as the in-memory indexes hold them.
+#[derive(Default)]
+pub struct Meta {
+    pub volumes: HashMap<VolumeId, Volume>,
+}
+
+impl Meta {
+    pub fn volume(&self, id: VolumeId) -> Option<&Volume> {
+        self.volumes.get(&id)
+    }
+
+    pub fn vnode(&self, fid: Fid) -> Option<&Vnode> {
+        self.volumes.get(&fid.volume)?.vnode(fid)
+    }
+}
+
+pub struct Shard {
+    pub index: u32,
+    pub header: ShardHeader,
+    rvm: Rvm,
+    heap: Heap,
+    pub meta: Meta,
+    pub containers: Containers,
+    /// Containers to unlink once the commit that dropped them is durable.
+    doomed: Vec<(CommitId, u64)>,
+}
+
+/// What [`Shard::open`] found.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    pub created: bool,
+    pub volumes: usize,
+    pub vnodes: usize,
+    pub swept_containers: usize,
+    pub log_tail: String,
+}
+
+impl Shard {
+    /// Opens (or creates) the shard in `dir`: recovers RVM, rebuilds the
+    /// indexes and removes containers nothing references.
+    pub fn open(
+        dir: &Path,
+        index: u32,
+        cell: [u8; 16],
+        opts: &ShardOptions,
+    ) -> Result<(Shard, OpenReport), ShardError> {
+        std::fs::create_dir_all(dir)?;
+        let rvm_opts = Options {
+            log_area_bytes: opts.log_bytes,
+            ..Options::default()
+        };
+        let (rvm, recovery) = Rvm::open_files(
+            &dir.join("meta.seg"),
+            &dir.join("meta.log"),
+            opts.segment_bytes,
+            rvm_opts,
+        )?;
+        let mut report = OpenReport {
+            log_tail: format!("{:?}", recovery.tail),
+            ..OpenReport::default()
+        };
+        let heap = match Heap::open(&rvm.read()?, 0) {
+            Ok(heap) => heap,
+            Err(rvm::Error::HeapCorrupt { .. }) if rvm.read()?.u64_at(0)? == 0 => {
+                // A fresh segment: lay out the heap and the shard header.
+                let mut tx = rvm.begin(Mode::NoRestore)?;
+                let heap = Heap::init(&mut tx, 0, rvm.data_len())?;
+                let header = ShardHeader {
+                    shard: index,
+                    cell,
+                    created: Timestamp::now(),
+                };
+                let slot = record::insert(&heap, &mut tx, Kind::Shard, &header)?;
+                heap.set_root(&mut tx, 0, slot.at)?;
+                tx.commit(Durability::Flush)?;
+                report.created = true;
+                heap
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut shard = Shard {
+            index,
+            header: ShardHeader {
+                shard: index,
+                cell,
+                created: Timestamp::default(),
+            },
+            rvm,
+            heap,
+            meta: Meta::default(),
+            containers: Containers::open(&dir.join("containers"))?,
+            doomed: Vec::new(),
+        };
+        shard.rebuild()?;
+        if shard.header.shard != index || shard.header.cell != cell {
+            return Err(ShardError::Inconsistent(format!(
+                "{} holds shard {} of another cell or position (expected shard {index})",
+                dir.display(),
+                shard.header.shard
+            )));
+        }
+        let mut live = HashSet::new();
+        for v in shard.meta.volumes.values() {
+            for vn in v.vnodes() {
+                if vn.container != NO_CONTAINER {
+                    live.insert(vn.container);
+                    shard.containers.reserve_above(vn.container);
+                }
+            }
+        }
+        report.swept_containers = shard.containers.sweep(&live)?;
+        report.volumes = shard.meta.volumes.len();
+        report.vnodes = shard.meta.volumes.values().map(|v| v.vnodes.len()).sum();
+        Ok((shard, report))
+    }
+
+    fn rebuild(&mut self) -> Result<(), ShardError> {
+        let view = self.rvm.read()?;
+        let root = self.heap.root(&view, 0)?;
+        let mut vnodes = Vec::new();
+        let mut entries = Vec::new();
+        let mut applied = Vec::new();
+        let mut header = None;
+        let volumes = &mut self.meta.volumes;
+        record::scan(&self.heap, &view, |found| {
+            match found.kind {
+                Kind::Shard if found.slot.at == root => header = Some(found.decode()?),
+                Kind::Shard => {
+                    return Err(RecordError::Corrupt {
+                        at: found.slot.at,
+                        reason: "a second shard header".into(),
+                    })
+                }
+                Kind::Volume => {
+                    let h: VolumeHeader = found.decode()?;
+                    volumes.insert(h.id, Volume::new(h, found.slot));
+                }
+                Kind::Vnode => vnodes.push((found.slot, found.decode::<Vnode>()?)),
+                Kind::Entry => entries.push((found.slot, found.decode::<EntryRecord>()?)),
+                Kind::Applied => applied.push((found.slot, found.decode::<AppliedRecord>()?)),
+            }
+            Ok(())
+        })?;
+        self.header = header
+            .ok_or_else(|| ShardError::Inconsistent("the shard header is missing".into()))?;
+        let orphan = |what: &str, at: u64, vol: VolumeId| {
+            ShardError::Inconsistent(format!("{what} at {at} belongs to missing volume {vol:x}"))
+        };
+        for (slot, v) in vnodes {
+            let vol = volumes
+                .get_mut(&v.fid.volume)
+                .ok_or_else(|| orphan("vnode", slot.at, v.fid.volume))?;
+            vol.account(None, Some(&v));
+            if v.is_dir() {
+                vol.dirs.entry(v.fid.vnode).or_default();
+            }
+            vol.vnodes.insert(v.fid.vnode, (slot, v));
+        }
+        for (slot, e) in entries {
+            let vol = volumes
+                .get_mut(&e.dir.volume)
+                .ok_or_else(|| orphan("entry", slot.at, e.dir.volume))?;
+            vol.dirs
+                .entry(e.dir.vnode)
+                .or_default()
+                .insert(e.name, (slot, e.fid));
+        }
+        for (slot, a) in applied {
+            let vol = volumes
+                .get_mut(&a.volume)
+                .ok_or_else(|| orphan("batch record", slot.at, a.volume))?;
+            vol.applied.insert(a.host, (slot, a));
+        }
+        Ok(())
+    }
+
+    pub fn begin(&mut self) -> Result<Txn<'_>, rvm::Error> {
+        self.split().1
+    }
+
+    /// A transaction, and the containers beside it.
+    pub fn split(&mut self) -> (&mut Containers, Result<Txn<'_>, rvm::Error>) {
+        let txn = self.rvm.begin(Mode::Restore).map(|tx| Txn {
+            tx,
+            heap: self.heap,
+            meta: &mut self.meta,
+            doomed: &mut self.doomed,
+            dropped: Vec::new(),
+            undo: Vec::new(),
+        });
+        (&mut self.containers, txn)
+    }
+
+    pub fn rvm(&self) -> &Rvm {
+        &self.rvm
+    }
+
+    /// Makes every commit durable and unlinks the containers that waited on it.
+    pub fn flush(&mut self) -> Result<(), rvm::Error> {
+        self.rvm.flush()?;
+        self.reap();
+        Ok(())
+    }
+
+    /// Unlinks containers whose dropping commit is durable.
+    pub fn reap(&mut self) {
+        let rvm = &self.rvm;
+        let containers = &self.containers;
+        self.doomed.retain(|&(commit, id)| {
+            let durable = rvm.is_durable(commit);
+            if durable {
+                containers.remove(id);
+            }
+            !durable
+        });
+    }
+
+    /// Checks the heap's own structure (the consistency checker's first step).
+    pub fn verify_heap(&self) -> Result<rvm::heap::HeapStats, rvm::Error> {
+        self.heap.verify(&self.rvm.read()?)
+    }
+}
+
+enum Undo {
+    Vnode(VolumeId, u64, Option<(Slot, Vnode)>),
+    Entry(Fid, String, Option<(Slot, Fid)>),
+    Header(VolumeId, Slot, VolumeHeader),
+    Applied(VolumeId, u64, Option<(Slot, AppliedRecord)>),
+    VolumeCreated(VolumeId),
+    VolumeRemoved(Box<Volume>),
+}
+
+/// One RVM transaction over a shard's metadata, applied to the in-memory
+/// indexes as it goes and undone from both on abort.
+pub struct Txn<'a> {
+    tx: Transaction<'a>,
+    heap: Heap,
+    pub meta: &'a mut Meta,
+    doomed: &'a mut Vec<(CommitId, u64)>,
+    /// Containers no longer referenced once this commits.
+    dropped: Vec<u64>,
+    undo: Vec<Undo>,
+}
+
+type TxResult<T> = Result<T, rvm::Error>;
+
+impl Txn<'_> {
+    pub fn volume(&self, id: VolumeId) -> Option<&Volume> {
+        self.meta.volumes.get(&id)
+    }
+
+    fn volume_mut(&mut self, id: VolumeId) -> &mut Volume {
+        self.meta
+            .volumes
+            .get_mut(&id)
+            .expect("callers check that the volume exists")
+    }
+
+    /// Writes `v` (new or changed). A container it no longer uses is
+    /// unlinked once the commit is durable.
+    pub fn put_vnode(&mut self, v: Vnode) -> TxResult<()> {
+        let (id, vnode) = (v.fid.volume, v.fid.vnode);
+        let old = self.volume_mut(id).vnodes.get(&vnode).cloned();
+        let slot = match &old {
+            Some((slot, _)) => record::update(&self.heap, &mut self.tx, *slot, Kind::Vnode, &v)?,
+            None => record::insert(&self.heap, &mut self.tx, Kind::Vnode, &v)?,
+        };
+        if let Some((_, o)) = &old {
+            if o.container != NO_CONTAINER && o.container != v.container {
+                self.dropped.push(o.container);
+            }
+        }
+        let vol = self.volume_mut(id);
+        vol.account(old.as_ref().map(|(_, o)| o), Some(&v));
+        if v.is_dir() {
+            vol.dirs.entry(v.fid.vnode).or_default();
+        }
+        vol.vnodes.insert(v.fid.vnode, (slot, v));
+        self.undo.push(Undo::Vnode(id, vnode, old));
+        Ok(())
+    }
+
+    pub fn remove_vnode(&mut self, fid: Fid) -> TxResult<()> {
+        let vol = self.volume_mut(fid.volume);
+        let Some((slot, v)) = vol.vnodes.remove(&fid.vnode) else {
+            return Ok(());
+        };
+        vol.account(Some(&v), None);
+        if v.is_dir() {
+            vol.dirs.remove(&fid.vnode);
+        }
+        record::remove(&self.heap, &mut self.tx, slot)?;
+        if v.container != NO_CONTAINER {
+            self.dropped.push(v.container);
+        }
+        self.undo.push(Undo::Vnode(fid.volume, fid.vnode, Some((slot, v))));
+        Ok(())
+    }
+
+    pub fn put_entry(&mut self, dir: Fid, name: &str, fid: Fid) -> TxResult<()> {
+        let rec = EntryRecord {
+            dir,
+            name: name.to_string(),
+            fid,
+        };
+        let old = self.volume_mut(dir.volume).dirs.get(&dir.vnode).and_then(|d| d.get(name)).copied();
+        let slot = match old {
+            Some((slot, _)) => record::update(&self.heap, &mut self.tx, slot, Kind::Entry, &rec)?,
+            None => record::insert(&self.heap, &mut self.tx, Kind::Entry, &rec)?,
+        };
+        self.volume_mut(dir.volume)
+            .dirs
+            .entry(dir.vnode)
+            .or_default()
+            .insert(rec.name.clone(), (slot, fid));
+        self.undo.push(Undo::Entry(dir, rec.name, old));
+        Ok(())
+    }
+
+    pub fn remove_entry(&mut self, dir: Fid, name: &str) -> TxResult<()> {
+        let old = self
+            .volume_mut(dir.volume)
+            .dirs
+            .get_mut(&dir.vnode)
+            .and_then(|d| d.remove(name));
+        if let Some((slot, _)) = old {
+            record::remove(&self.heap, &mut self.tx, slot)?;
+            self.undo.push(Undo::Entry(dir, name.to_string(), old));
+        }
+        Ok(())
+    }
+
+    pub fn put_header(&mut self, h: VolumeHeader) -> TxResult<()> {
+        let vol = self.volume_mut(h.id);
+        let (slot, old) = (vol.slot, vol.header.clone());
+        let new_slot = record::update(&self.heap, &mut self.tx, slot, Kind::Volume, &h)?;
+        let vol = self.volume_mut(h.id);
+        vol.slot = new_slot;
+        vol.header = h;
+        self.undo.push(Undo::Header(old.id, slot, old));
+        Ok(())
+    }
+
+    pub fn create_volume(&mut self, h: VolumeHeader) -> TxResult<()> {
+        let slot = record::insert(&self.heap, &mut self.tx, Kind::Volume, &h)?;
+        let id = h.id;
+        self.meta.volumes.insert(id, Volume::new(h, slot));
+        self.undo.push(Undo::VolumeCreated(id));
+        Ok(())
+    }
+
+    /// Removes a volume and everything in it.
+    pub fn remove_volume(&mut self, id: VolumeId) -> TxResult<()> {
+        let Some(vol) = self.meta.volumes.remove(&id) else {
+            return Ok(());
+        };
+        let heap = self.heap;
+        let slots = std::iter::once(vol.slot)
+            .chain(vol.vnodes.values().map(|(s, _)| *s))
+            .chain(vol.dirs.values().flat_map(|d| d.values().map(|(s, _)| *s)))
+            .chain(vol.applied.values().map(|(s, _)| *s));
+        for slot in slots {
+            record::remove(&heap, &mut self.tx, slot)?;
+        }
+        self.dropped.extend(
+            vol.vnodes
+                .values()
+                .map(|(_, v)| v.container)
+                .filter(|&c| c != NO_CONTAINER),
+        );
+        self.undo.push(Undo::VolumeRemoved(Box::new(vol)));
+        Ok(())
+    }
+
+    pub fn put_applied(&mut self, a: AppliedRecord) -> TxResult<()> {
+        let (vol_id, host) = (a.volume, a.host);
+        let old = self.volume_mut(vol_id).applied.get(&host).cloned();
+        let slot = match &old {
+            Some((slot, _)) => record::update(&self.heap, &mut self.tx, *slot, Kind::Applied, &a)?,
+            None => record::insert(&self.heap, &mut self.tx, Kind::Applied, &a)?,
+        };
+        self.volume_mut(vol_id).applied.insert(host, (slot, a));
+        self.undo.push(Undo::Applied(vol_id, host, old));
+        Ok(())
+    }
+
+    /// Commits; the containers this dropped are unlinked once it is durable.
+    pub fn commit(self, durability: Durability) -> TxResult<CommitId> {
+        let id = self.tx.commit(durability)?;
+        self.doomed.extend(self.dropped.into_iter().map(|c| (id, c)));
+        Ok(id)
+    }
+
+    /// Undoes everything, in RVM and in memory.
+    pub fn abort(self) -> TxResult<()> {
+        let meta = self.meta;
+        for u in self.undo.into_iter().rev() {
+            match u {
+                Undo::Vnode(vol, vnode, old) => {
+                    let v = meta.volumes.get_mut(&vol).expect("undo follows do");
+                    let now = v.vnodes.remove(&vnode);
+                    v.account(now.as_ref().map(|(_, n)| n), old.as_ref().map(|(_, o)| o));
+                    match old {
+                        Some((slot, o)) => {
+                            if o.is_dir() {
+                                v.dirs.entry(vnode).or_default();
+                            }
+                            v.vnodes.insert(vnode, (slot, o));
+                        }
+                        None => {
+                            v.dirs.remove(&vnode);
+                        }
+                    }
+                }
+                Undo::Entry(dir, name, old) => {
+                    let v = meta.volumes.get_mut(&dir.volume).expect("undo follows do");
+                    let d = v.dirs.entry(dir.vnode).or_default();
+                    match old {
+                        Some(e) => {
+                            d.insert(name, e);
+                        }
+                        None => {
+                            d.remove(&name);
+                        }
+                    }
+                }
+                Undo::Header(vol, slot, old) => {
+                    let v = meta.volumes.get_mut(&vol).expect("undo follows do");
+                    v.slot = slot;
+                    v.header = old;
+                }
+                Undo::Applied(vol, host, old) => {
+                    let v = meta.volumes.get_mut(&vol).expect("undo follows do");
+                    match old {
+                        Some(a) => v.applied.insert(host, a),
+                        None => v.applied.remove(&host),
+                    };
+                }
+                Undo::VolumeCreated(id) => {
+                    meta.volumes.remove(&id);
+                }
+                Undo::VolumeRemoved(vol) => {
+                    meta.volumes.insert(vol.id(), *vol);
+                }
+            }
+        }
+        self.tx.abort()
+    }
+}

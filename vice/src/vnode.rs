@@ -1,0 +1,135 @@
+//! What a shard keeps in RVM, record by record: its header, volume headers,
+//! vnodes, directory entries and the last batch each client reintegrated.
+//! Each is one heap record (see [`crate::record`]), encoded with the wire
+//! codec, so a format change is a codec change in one place.
+
+use coda_proto::acl::{Acl, Rights};
+use coda_proto::fid::{Fid, StoreId, VolumeId};
+use coda_proto::status::{Status, Timestamp, VnodeKind, CALLBACK_PROMISED};
+use coda_proto::vice::{Applied, VolumeKind};
+use coda_proto::vv::VersionVector;
+use coda_rpc2::codec_struct;
+
+/// The blake3 hash of no bytes: the content of every empty file.
+pub const EMPTY_HASH: [u8; 32] = [
+    0xaf, 0x13, 0x49, 0xb9, 0xf5, 0xf9, 0xa1, 0xa6, 0xa0, 0x40, 0x4d, 0xea, 0x36, 0xdc, 0xc9, 0x49,
+    0x9b, 0xcb, 0x25, 0xc9, 0xad, 0xc1, 0x12, 0xb7, 0xcc, 0x9a, 0x93, 0xca, 0xe4, 0x1f, 0x32, 0x62,
+];
+
+/// Container number of an empty file: no container at all.
+pub const NO_CONTAINER: u64 = 0;
+
+codec_struct! {
+    /// Root slot 0 of a shard's heap points here.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ShardHeader {
+        pub shard: u32,
+        pub cell: [u8; 16],
+        pub created: Timestamp,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct VolumeHeader {
+        pub id: VolumeId,
+        pub name: String,
+        pub kind: VolumeKind,
+        pub locked: bool,
+        /// Replica names, in version-vector slot order; this server is slot 0.
+        pub replicas: Vec<String>,
+        /// Vnode numbers are never reused, so a fid names one object forever.
+        pub next_vnode: u64,
+        pub next_unique: u64,
+        /// Bumped by every update in the volume: a client whose stamp still
+        /// matches may keep everything it cached from the volume.
+        pub stamp: u64,
+        pub created: Timestamp,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Vnode {
+        pub fid: Fid,
+        pub kind: VnodeKind,
+        pub mode: u32,
+        pub owner: u32,
+        pub author: u32,
+        pub link_count: u32,
+        pub length: u64,
+        pub mtime: Timestamp,
+        pub ctime: Timestamp,
+        pub data_version: u64,
+        pub vv: VersionVector,
+        pub content_hash: [u8; 32],
+        /// Container file number; [`NO_CONTAINER`] for empty files and
+        /// for directories and symlinks, whose content is in RVM.
+        pub container: u64,
+        pub parent: Fid,
+        /// Directories only.
+        pub acl: Option<Acl>,
+        /// Symlinks only.
+        pub target: String,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct EntryRecord {
+        pub dir: Fid,
+        pub name: String,
+        /// A fid in another volume makes this entry a mount point.
+        pub fid: Fid,
+    }
+}
+
+codec_struct! {
+    /// The last batch a client reintegrated into a volume, with its answer,
+    /// so a batch sent again is answered again instead of applied twice.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct AppliedRecord {
+        pub volume: VolumeId,
+        pub host: u64,
+        pub batch: StoreId,
+        pub reply: Applied,
+    }
+}
+
+impl Vnode {
+    pub fn is_dir(&self) -> bool {
+        self.kind == VnodeKind::Directory
+    }
+
+    /// The status block as `my_rights`/`any_rights` holders see it.
+    pub fn status(&self, my_rights: Rights, any_rights: Rights, promised: bool) -> Status {
+        Status {
+            fid: self.fid,
+            kind: self.kind,
+            mode: self.mode,
+            owner: self.owner,
+            author: self.author,
+            link_count: self.link_count,
+            length: self.length,
+            mtime: self.mtime,
+            ctime: self.ctime,
+            data_version: self.data_version,
+            vv: self.vv.clone(),
+            content_hash: self.content_hash,
+            parent: self.parent,
+            my_rights,
+            any_rights,
+            callback: if promised { CALLBACK_PROMISED } else { 0 },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_empty_hash_is_blake3_of_nothing() {
+        assert_eq!(*blake3::hash(b"").as_bytes(), EMPTY_HASH);
+    }
+}

@@ -1,0 +1,86 @@
+//! A volume in memory: its header and indexes over its vnodes and
+//! directory entries, rebuilt from RVM at start and kept in step with it by
+//! [`crate::shard::Txn`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use coda_proto::fid::{Fid, VolumeId, ROOT_VNODE};
+
+use crate::record::Slot;
+use crate::vnode::{AppliedRecord, VolumeHeader, Vnode};
+
+/// A directory's entries by name.
+pub type Entries = BTreeMap<String, (Slot, Fid)>;
+
+#[derive(Debug)]
+pub struct Volume {
+    pub header: VolumeHeader,
+    pub slot: Slot,
+    pub(crate) vnodes: HashMap<u64, (Slot, Vnode)>,
+    pub(crate) dirs: HashMap<u64, Entries>,
+    pub(crate) applied: HashMap<u64, (Slot, AppliedRecord)>,
+    /// Sum of file lengths.
+    pub bytes: u64,
+}
+
+impl Volume {
+    pub fn new(header: VolumeHeader, slot: Slot) -> Volume {
+        Volume {
+            header,
+            slot,
+            vnodes: HashMap::new(),
+            dirs: HashMap::new(),
+            applied: HashMap::new(),
+            bytes: 0,
+        }
+    }
+
+    pub fn id(&self) -> VolumeId {
+        self.header.id
+    }
+
+    pub fn root(&self) -> Fid {
+        self.vnodes
+            .get(&ROOT_VNODE)
+            .map(|(_, v)| v.fid)
+            .unwrap_or(Fid::root(self.header.id))
+    }
+
+    /// The vnode `fid` names, if it is in this volume and still the same
+    /// object (its uniquifier matches).
+    pub fn vnode(&self, fid: Fid) -> Option<&Vnode> {
+        if fid.volume != self.header.id {
+            return None;
+        }
+        self.vnodes
+            .get(&fid.vnode)
+            .map(|(_, v)| v)
+            .filter(|v| v.fid.unique == fid.unique)
+    }
+
+    pub fn entries(&self, dir: Fid) -> Option<&Entries> {
+        self.vnode(dir)?;
+        self.dirs.get(&dir.vnode)
+    }
+
+    pub fn lookup(&self, dir: Fid, name: &str) -> Option<Fid> {
+        self.entries(dir)?.get(name).map(|(_, f)| *f)
+    }
+
+    pub fn vnodes(&self) -> impl Iterator<Item = &Vnode> {
+        self.vnodes.values().map(|(_, v)| v)
+    }
+
+    pub fn files(&self) -> u64 {
+        self.vnodes.len() as u64
+    }
+
+    pub fn applied(&self, host: u64) -> Option<&AppliedRecord> {
+        self.applied.get(&host).map(|(_, a)| a)
+    }
+
+    pub(crate) fn account(&mut self, old: Option<&Vnode>, new: Option<&Vnode>) {
+        let len = |v: Option<&Vnode>| v.filter(|v| !v.is_dir()).map_or(0, |v| v.length);
+        self.bytes = self.bytes - len(old) + len(new);
+    }
+}
