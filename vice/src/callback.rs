@@ -32,7 +32,9 @@ impl Callbacks {
     }
 
     pub fn holds_volume(&self, conn: ConnId, volume: VolumeId) -> bool {
-        self.by_volume.get(&volume).is_some_and(|s| s.contains(&conn))
+        self.by_volume
+            .get(&volume)
+            .is_some_and(|s| s.contains(&conn))
     }
 
     /// Takes back the promises on `fids` and on `volume` from everyone but

@@ -21,7 +21,7 @@ use coda_proto::Errno;
 
 use crate::container::Containers;
 use crate::shard::Txn;
-use crate::vnode::{VolumeHeader, Vnode, EMPTY_HASH, NO_CONTAINER};
+use crate::vnode::{Vnode, VolumeHeader, EMPTY_HASH, NO_CONTAINER};
 use crate::volume::Volume;
 
 /// Longest symlink target.
@@ -118,8 +118,7 @@ pub fn check_name(name: &str) -> Result<(), Errno> {
     if name.len() > NAME_BYTES_MAX {
         return Err(Errno::ENAMETOOLONG);
     }
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0')
-    {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(Errno::EINVAL);
     }
     Ok(())
@@ -376,9 +375,16 @@ impl<'t, 'a> Apply<'t, 'a> {
                 Ok(vec![fid])
             }
             Op::Create(r) => self.make(sid, t, r.dir, &r.name, r.fid, VnodeKind::File, r.mode, ""),
-            Op::MakeDir(r) => {
-                self.make(sid, t, r.dir, &r.name, r.fid, VnodeKind::Directory, r.mode, "")
-            }
+            Op::MakeDir(r) => self.make(
+                sid,
+                t,
+                r.dir,
+                &r.name,
+                r.fid,
+                VnodeKind::Directory,
+                r.mode,
+                "",
+            ),
             Op::SymLink(r) => {
                 if r.target.len() > TARGET_BYTES_MAX {
                     return Err(Errno::ENAMETOOLONG);
@@ -386,7 +392,16 @@ impl<'t, 'a> Apply<'t, 'a> {
                 if r.target.is_empty() {
                     return Err(Errno::ENOENT);
                 }
-                self.make(sid, t, r.dir, &r.name, r.fid, VnodeKind::Symlink, 0o777, &r.target)
+                self.make(
+                    sid,
+                    t,
+                    r.dir,
+                    &r.name,
+                    r.fid,
+                    VnodeKind::Symlink,
+                    0o777,
+                    &r.target,
+                )
             }
             Op::Link(r) => {
                 let mut d = self.dir(r.dir)?;
@@ -399,7 +414,9 @@ impl<'t, 'a> Apply<'t, 'a> {
                     if target.vnode != ROOT_VNODE || !(self.volume_exists)(target.volume) {
                         return Err(Errno::NO_SUCH_VOLUME);
                     }
-                    self.txn.put_entry(d.fid, &r.name, target).map_err(storage)?;
+                    self.txn
+                        .put_entry(d.fid, &r.name, target)
+                        .map_err(storage)?;
                     self.touch(&mut d, sid, t);
                     let dfid = d.fid;
                     self.put(d)?;
@@ -626,8 +643,12 @@ impl<'t, 'a> Apply<'t, 'a> {
             }
             ids.push(old);
         }
-        self.txn.remove_entry(from.fid, &r.from_name).map_err(storage)?;
-        self.txn.put_entry(to.fid, &r.to_name, fid).map_err(storage)?;
+        self.txn
+            .remove_entry(from.fid, &r.from_name)
+            .map_err(storage)?;
+        self.txn
+            .put_entry(to.fid, &r.to_name, fid)
+            .map_err(storage)?;
         if let Some(mut v) = moving {
             if from.fid != to.fid {
                 v.parent = to.fid;
@@ -671,11 +692,8 @@ impl<'t, 'a> Apply<'t, 'a> {
         self.made.push(id);
         if v.container != NO_CONTAINER {
             let old = self.containers.open_read(v.container).map_err(io_error)?;
-            std::io::copy(
-                &mut std::io::Read::take(&old, len.min(v.length)),
-                &mut file,
-            )
-            .map_err(io_error)?;
+            std::io::copy(&mut std::io::Read::take(&old, len.min(v.length)), &mut file)
+                .map_err(io_error)?;
         }
         file.set_len(len).map_err(io_error)?;
         self.containers.sync(id, &file).map_err(io_error)?;

@@ -12,10 +12,12 @@ pub mod callback;
 pub mod cell;
 pub mod container;
 pub mod fileops;
+pub mod fsck;
 pub mod pdb;
 pub mod record;
 pub mod service;
 pub mod shard;
+pub mod sim;
 pub mod vnode;
 pub mod volume;
 
@@ -29,6 +31,8 @@ pub fn volume_name_ok(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("bad volume name {name:?}: letters, digits and ._- only"))
+        Err(format!(
+            "bad volume name {name:?}: letters, digits and ._- only"
+        ))
     }
 }

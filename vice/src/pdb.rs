@@ -114,7 +114,10 @@ impl Pdb {
             groups: file.groups.into_iter().map(|g| (g.id, g)).collect(),
             generation: 0,
         };
-        for (id, name) in [(ANY_USER, ANY_USER_NAME), (ADMINISTRATORS, ADMINISTRATORS_NAME)] {
+        for (id, name) in [
+            (ANY_USER, ANY_USER_NAME),
+            (ADMINISTRATORS, ADMINISTRATORS_NAME),
+        ] {
             pdb.groups.entry(id).or_insert_with(|| Group {
                 name: name.into(),
                 id,
@@ -252,9 +255,13 @@ impl Pdb {
             .ok_or_else(|| PdbError::NoSuch(group.into()))?
             .id;
         if gid == ANY_USER {
-            return Err(PdbError::Invalid(format!("{ANY_USER_NAME} holds everyone already")));
+            return Err(PdbError::Invalid(format!(
+                "{ANY_USER_NAME} holds everyone already"
+            )));
         }
-        let mid = self.id_of(member).ok_or_else(|| PdbError::NoSuch(member.into()))?;
+        let mid = self
+            .id_of(member)
+            .ok_or_else(|| PdbError::NoSuch(member.into()))?;
         if mid == gid || self.cps(gid).contains(&mid) {
             return Err(PdbError::Invalid(format!(
                 "{member} contains {group}: membership would loop"
@@ -289,7 +296,10 @@ impl Pdb {
     /// a salt made from `secret`, the same each time, so the answer does
     /// not tell who exists.
     pub fn salt_of(&self, name: &str, secret: &[u8; 32]) -> Salt {
-        match self.user(name).and_then(|u| Some((unhex::<16>(&u.salt)?, u))) {
+        match self
+            .user(name)
+            .and_then(|u| Some((unhex::<16>(&u.salt)?, u)))
+        {
             Some((salt, u)) => Salt {
                 salt,
                 memory_kib: u.memory_kib,
@@ -378,7 +388,10 @@ mod tests {
         });
         assert!(!pdb.cps(alice).contains(&inner));
         assert!(pdb.add_member("alice:inner", "alice:outer").is_err());
-        assert!(matches!(pdb.add_user("bob", "x", None, [3; 16]), Err(PdbError::Exists(_))));
+        assert!(matches!(
+            pdb.add_user("bob", "x", None, [3; 16]),
+            Err(PdbError::Exists(_))
+        ));
         // It all survives a reload.
         let again = Pdb::open(&path).unwrap();
         assert_eq!(again.cps(bob), pdb.cps(bob));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use coda_proto::acl::{Acl, PrincipalId, Rights};
 use coda_proto::auth::{self, ClearToken, GetSalt, GetToken};
-use coda_proto::callback::{self, Break};
+use coda_proto::callback;
 use coda_proto::cml::{CmlRecord, Op};
 use coda_proto::fid::{Fid, StoreId, VolumeId, ROOT_VNODE};
 use coda_proto::status::{Timestamp, VnodeKind};
@@ -19,7 +19,9 @@ use coda_proto::vice::{
     NewConnect, NewConnectReply, Reintegrate, ReintegrateReply, Stage, StageReply, Statistics,
     ValidateAttrs, ValidateAttrsReply, VolumeInfo, VolumeKind, VolumeRef,
 };
-use coda_proto::volutil::{self, CreateVolume, Group, GroupAdd, GroupAddMember, NameVolume, User, UserAdd};
+use coda_proto::volutil::{
+    self, CreateVolume, Group, GroupAdd, GroupAddMember, NameVolume, User, UserAdd,
+};
 use coda_proto::vv::VersionVector;
 use coda_proto::Errno;
 use coda_rpc2::codec::{self, Decode, Encode};
@@ -30,7 +32,7 @@ use crate::callback::Callbacks;
 use crate::cell::{Cell, Location, ROOT_VOLUME_NAME};
 use crate::fileops::{self, Apply, Caller, NewData};
 use crate::shard::Shard;
-use crate::vnode::{AppliedRecord, VolumeHeader, Vnode, EMPTY_HASH, NO_CONTAINER};
+use crate::vnode::{AppliedRecord, Vnode, VolumeHeader, EMPTY_HASH, NO_CONTAINER};
 
 /// Most fids one AllocFids call hands out.
 pub const ALLOC_FIDS_MAX: u64 = 1 << 20;
@@ -46,21 +48,37 @@ pub enum Action {
         after: Option<CommitId>,
     },
     /// Send a fetch's data; then call [`Service::sftp_done`].
-    Push { id: IncomingId, source: Source, offset: u64 },
+    Push {
+        id: IncomingId,
+        source: Source,
+        offset: u64,
+    },
     /// Pull a store's data; then call [`Service::sftp_done`].
-    Pull { id: IncomingId, sink: Sink, offset: u64 },
+    Pull {
+        id: IncomingId,
+        sink: Sink,
+        offset: u64,
+    },
     /// Call the client on `conn` with a callback break; if it fails, call
     /// [`Service::client_lost`].
     Break { conn: ConnId, body: Bytes },
     /// Run `job` on shard `shard` ([`Service::run_job`]) and answer `id`
     /// with its result.
-    Delegate { id: IncomingId, shard: u32, job: Job },
+    Delegate {
+        id: IncomingId,
+        shard: u32,
+        job: Job,
+    },
 }
 
 /// Administration that must run on the shard owning a volume.
 #[derive(Debug, Clone)]
 pub enum Job {
-    CreateVolume { id: VolumeId, name: String, owner: PrincipalId },
+    CreateVolume {
+        id: VolumeId,
+        name: String,
+        owner: PrincipalId,
+    },
     Info(VolumeId),
     SetLocked(VolumeId, bool),
     RemoveVolume(VolumeId),
@@ -213,7 +231,12 @@ impl Service {
         body: Bytes,
         out: &mut Vec<Action>,
     ) {
-        *self.counters.calls.entry(opcode + subsystem * 100).or_default() += 1;
+        // Vice opcodes as they are; auth's from 200, volutil's from 300.
+        let key = match subsystem {
+            vice::SUBSYSTEM..=volutil::SUBSYSTEM => (subsystem - vice::SUBSYSTEM) * 100 + opcode,
+            _ => u16::MAX,
+        };
+        *self.counters.calls.entry(key).or_default() += 1;
         self.counters.bytes_in += body.len() as u64;
         let caller = self.caller(id.conn, identity);
         let answer = match subsystem {
@@ -229,7 +252,13 @@ impl Service {
         }
     }
 
-    fn reply(&mut self, id: IncomingId, answer: Answer, after: Option<CommitId>, out: &mut Vec<Action>) {
+    fn reply(
+        &mut self,
+        id: IncomingId,
+        answer: Answer,
+        after: Option<CommitId>,
+        out: &mut Vec<Action>,
+    ) {
         let (code, body) = match answer {
             Ok(b) => (0, b),
             Err(e) => (e.0, Bytes::new()),
@@ -261,7 +290,11 @@ impl Service {
                 }))
             }
             op::GET_ROOT_VOLUME => {
-                let root = self.cell.vldb().by_name(ROOT_VOLUME_NAME).ok_or(Errno::NO_SUCH_VOLUME)?;
+                let root = self
+                    .cell
+                    .vldb()
+                    .by_name(ROOT_VOLUME_NAME)
+                    .ok_or(Errno::NO_SUCH_VOLUME)?;
                 self.volume_info(id, root, out)
             }
             op::GET_VOLUME_INFO => {
@@ -336,7 +369,11 @@ impl Service {
                         file,
                     },
                 );
-                out.push(Action::Pull { id, sink, offset: 0 });
+                out.push(Action::Pull {
+                    id,
+                    sink,
+                    offset: 0,
+                });
                 Ok(None)
             }
             op::SET_ATTR..=op::SET_ACL => {
@@ -372,7 +409,11 @@ impl Service {
             VolumeRef::Name(n) => {
                 let vldb = self.cell.vldb();
                 vldb.by_name(n)
-                    .or_else(|| n.parse::<VolumeId>().ok().filter(|id| vldb.get(*id).is_some()))
+                    .or_else(|| {
+                        n.parse::<VolumeId>()
+                            .ok()
+                            .filter(|id| vldb.get(*id).is_some())
+                    })
                     .or_else(|| {
                         u64::from_str_radix(n.trim_start_matches("0x"), 16)
                             .ok()
@@ -389,10 +430,19 @@ impl Service {
         vol: VolumeId,
         out: &mut Vec<Action>,
     ) -> Result<Option<(Bytes, Option<CommitId>)>, Errno> {
-        let shard = self.cell.vldb().get(vol).ok_or(Errno::NO_SUCH_VOLUME)?.shard;
+        let shard = self
+            .cell
+            .vldb()
+            .get(vol)
+            .ok_or(Errno::NO_SUCH_VOLUME)?
+            .shard;
         if shard == self.shard.index {
             let (code, body) = self.run_job(Job::Info(vol));
-            return if code == 0 { Ok(Some((body, None))) } else { Err(Errno(code)) };
+            return if code == 0 {
+                Ok(Some((body, None)))
+            } else {
+                Err(Errno(code))
+            };
         }
         out.push(Action::Delegate {
             id,
@@ -458,7 +508,11 @@ impl Service {
         let source = match v.kind {
             VnodeKind::File if v.container == NO_CONTAINER => Source::Memory(Bytes::new()),
             VnodeKind::File => Source::File {
-                file: self.shard.containers.open_read(v.container).map_err(io_errno)?,
+                file: self
+                    .shard
+                    .containers
+                    .open_read(v.container)
+                    .map_err(io_errno)?,
                 len: v.length,
             },
             VnodeKind::Symlink => Source::Memory(Bytes::from(v.target.clone().into_bytes())),
@@ -607,17 +661,30 @@ impl Service {
             return Err(Errno::EINVAL);
         }
         let hash = fileops::hash_file(file).map_err(io_errno)?;
-        self.shard.containers.sync(container, file).map_err(io_errno)?;
+        self.shard
+            .containers
+            .sync(container, file)
+            .map_err(io_errno)?;
         let data = NewData {
-            container: if s.length == 0 { NO_CONTAINER } else { container },
+            container: if s.length == 0 {
+                NO_CONTAINER
+            } else {
+                container
+            },
             length: s.length,
             hash,
         };
         if s.length == 0 {
             self.shard.containers.remove(container);
         }
-        self.mutate(conn, caller, s.fid.volume, std::slice::from_ref(record), &mut |_| Some(data))
-            .map_err(|c| Errno(c.code))
+        self.mutate(
+            conn,
+            caller,
+            s.fid.volume,
+            std::slice::from_ref(record),
+            &mut |_| Some(data),
+        )
+        .map_err(|c| Errno(c.code))
     }
 
     fn finish_stage(
@@ -633,9 +700,16 @@ impl Service {
             return Err(Errno::EINVAL);
         }
         if s.received == s.length && s.hash.is_none() {
-            let file = self.shard.containers.open_read(s.container).map_err(io_errno)?;
+            let file = self
+                .shard
+                .containers
+                .open_read(s.container)
+                .map_err(io_errno)?;
             s.hash = Some(fileops::hash_file(&file).map_err(io_errno)?);
-            self.shard.containers.sync(s.container, &file).map_err(io_errno)?;
+            self.shard
+                .containers
+                .sync(s.container, &file)
+                .map_err(io_errno)?;
         }
         ok(&StageReply {
             received: s.received,
@@ -757,7 +831,10 @@ impl Service {
         if let Some(prev) = vol.applied(host) {
             if prev.batch == r.batch {
                 // Sent again (its answer was lost): answer again, apply nothing.
-                return Ok((codec::to_bytes(&ReintegrateReply::Applied(prev.reply.clone())), None));
+                return Ok((
+                    codec::to_bytes(&ReintegrateReply::Applied(prev.reply.clone())),
+                    None,
+                ));
             }
             if r.batch.unique < prev.batch.unique {
                 return Err(Errno::EALREADY);
@@ -799,7 +876,10 @@ impl Service {
                     self.staged.remove(sid);
                 }
                 self.breaks(conn, r.volume, &changed, out);
-                Ok((codec::to_bytes(&ReintegrateReply::Applied(applied)), Some(commit)))
+                Ok((
+                    codec::to_bytes(&ReintegrateReply::Applied(applied)),
+                    Some(commit),
+                ))
             }
             Err(c) => Ok((codec::to_bytes(&ReintegrateReply::Conflict(c)), None)),
         }
@@ -815,7 +895,11 @@ impl Service {
         }
     }
 
-    fn auth(&mut self, opcode: u16, body: &[u8]) -> Result<Option<(Bytes, Option<CommitId>)>, Errno> {
+    fn auth(
+        &mut self,
+        opcode: u16,
+        body: &[u8],
+    ) -> Result<Option<(Bytes, Option<CommitId>)>, Errno> {
         let answer = match opcode {
             auth::op::GET_SALT => {
                 let r: GetSalt = decode(body)?;
@@ -849,7 +933,11 @@ impl Service {
                     sealed_token: Bytes::from(sealed),
                     expires_at: token.expires_at,
                 };
-                ok(&auth::seal_reply(&key, nonces[24..].try_into().unwrap(), &clear))
+                ok(&auth::seal_reply(
+                    &key,
+                    nonces[24..].try_into().unwrap(),
+                    &clear,
+                ))
             }
             _ => Err(Errno::UNKNOWN_CALL),
         };
@@ -879,10 +967,19 @@ impl Service {
             }
         };
         let delegate = |this: &mut Service, out: &mut Vec<Action>, vol: VolumeId, job: Job| {
-            let shard = this.cell.vldb().get(vol).ok_or(Errno::NO_SUCH_VOLUME)?.shard;
+            let shard = this
+                .cell
+                .vldb()
+                .get(vol)
+                .ok_or(Errno::NO_SUCH_VOLUME)?
+                .shard;
             if shard == this.shard.index {
                 let (code, body) = this.run_job(job);
-                return if code == 0 { Ok(Some((body, None))) } else { Err(Errno(code)) };
+                return if code == 0 {
+                    Ok(Some((body, None)))
+                } else {
+                    Err(Errno(code))
+                };
             }
             out.push(Action::Delegate { id, shard, job });
             Ok(None)
@@ -914,12 +1011,24 @@ impl Service {
                     name: r.name,
                     owner: caller.user,
                 };
-                let _ = shard;
-                delegate(self, out, vol, job)
+                if shard == self.shard.index {
+                    let (code, body) = self.run_job(job);
+                    return if code == 0 {
+                        Ok(Some((body, None)))
+                    } else {
+                        Err(Errno(code))
+                    };
+                }
+                out.push(Action::Delegate { id, shard, job });
+                Ok(None)
             }
             volutil::op::LIST => {
-                let mut all: Vec<(VolumeId, Location)> =
-                    self.cell.vldb().iter().map(|(i, l)| (i, l.clone())).collect();
+                let mut all: Vec<(VolumeId, Location)> = self
+                    .cell
+                    .vldb()
+                    .iter()
+                    .map(|(i, l)| (i, l.clone()))
+                    .collect();
                 all.sort_by_key(|(i, _)| *i);
                 let infos: Vec<VolumeInfo> = all
                     .into_iter()
@@ -972,7 +1081,11 @@ impl Service {
             }
             volutil::op::GROUP_ADD => {
                 let r: GroupAdd = decode(body)?;
-                let id = self.cell.pdb_mut().add_group(&r.name, &r.owner).map_err(pdb_err)?;
+                let id = self
+                    .cell
+                    .pdb_mut()
+                    .add_group(&r.name, &r.owner)
+                    .map_err(pdb_err)?;
                 ok(&User { name: r.name, id }).map(|b| Some((b, None)))
             }
             volutil::op::GROUP_ADD_MEMBER => {
@@ -1014,13 +1127,11 @@ impl Service {
                     }
                     acl
                 };
-                let made = self.create_volume(id, &name, owner, acl);
-                if made.is_err() {
+                if let Err(e) = self.create_volume(id, &name, owner, acl) {
                     self.cell.vldb_mut().remove(id);
+                    return Err(e);
                 }
-                let commit = made?;
                 // Volume creation is rare: make it durable before answering.
-                let _ = commit;
                 self.shard.flush().map_err(rvm_errno)?;
                 self.cell.register(
                     id,
@@ -1192,8 +1303,3 @@ pub fn unix_now() -> u64 {
 
 /// The callback subsystem's break call, for drivers.
 pub const BREAK_CALL: (u16, u16) = (callback::SUBSYSTEM, callback::op::BREAK);
-
-#[allow(dead_code)]
-fn _break_is_codec(b: &Break) -> Bytes {
-    codec::to_bytes(b)
-}

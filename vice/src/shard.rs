@@ -13,7 +13,7 @@ use rvm::{CommitId, Durability, Mode, Options, Rvm, Transaction, View};
 
 use crate::container::Containers;
 use crate::record::{self, Kind, RecordError, Slot};
-use crate::vnode::{AppliedRecord, EntryRecord, ShardHeader, VolumeHeader, Vnode, NO_CONTAINER};
+use crate::vnode::{AppliedRecord, EntryRecord, ShardHeader, Vnode, VolumeHeader, NO_CONTAINER};
 use crate::volume::Volume;
 
 #[derive(Debug, Clone)]
@@ -105,9 +105,13 @@ impl Shard {
             log_tail: format!("{:?}", recovery.tail),
             ..OpenReport::default()
         };
-        let heap = match Heap::open(&rvm.read()?, 0) {
+        let (found, fresh) = {
+            let view = rvm.read()?;
+            (Heap::open(&view, 0), view.u64_at(0)? == 0)
+        };
+        let heap = match found {
             Ok(heap) => heap,
-            Err(rvm::Error::HeapCorrupt { .. }) if rvm.read()?.u64_at(0)? == 0 => {
+            Err(rvm::Error::HeapCorrupt { .. }) if fresh => {
                 // A fresh segment: lay out the heap and the shard header.
                 let mut tx = rvm.begin(Mode::NoRestore)?;
                 let heap = Heap::init(&mut tx, 0, rvm.data_len())?;
@@ -187,8 +191,8 @@ impl Shard {
             }
             Ok(())
         })?;
-        self.header = header
-            .ok_or_else(|| ShardError::Inconsistent("the shard header is missing".into()))?;
+        self.header =
+            header.ok_or_else(|| ShardError::Inconsistent("the shard header is missing".into()))?;
         let orphan = |what: &str, at: u64, vol: VolumeId| {
             ShardError::Inconsistent(format!("{what} at {at} belongs to missing volume {vol:x}"))
         };
@@ -339,7 +343,8 @@ impl Txn<'_> {
         if v.container != NO_CONTAINER {
             self.dropped.push(v.container);
         }
-        self.undo.push(Undo::Vnode(fid.volume, fid.vnode, Some((slot, v))));
+        self.undo
+            .push(Undo::Vnode(fid.volume, fid.vnode, Some((slot, v))));
         Ok(())
     }
 
@@ -349,7 +354,12 @@ impl Txn<'_> {
             name: name.to_string(),
             fid,
         };
-        let old = self.volume_mut(dir.volume).dirs.get(&dir.vnode).and_then(|d| d.get(name)).copied();
+        let old = self
+            .volume_mut(dir.volume)
+            .dirs
+            .get(&dir.vnode)
+            .and_then(|d| d.get(name))
+            .copied();
         let slot = match old {
             Some((slot, _)) => record::update(&self.heap, &mut self.tx, slot, Kind::Entry, &rec)?,
             None => record::insert(&self.heap, &mut self.tx, Kind::Entry, &rec)?,
@@ -433,7 +443,8 @@ impl Txn<'_> {
     /// Commits; the containers this dropped are unlinked once it is durable.
     pub fn commit(self, durability: Durability) -> TxResult<CommitId> {
         let id = self.tx.commit(durability)?;
-        self.doomed.extend(self.dropped.into_iter().map(|c| (id, c)));
+        self.doomed
+            .extend(self.dropped.into_iter().map(|c| (id, c)));
         Ok(id)
     }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use coda_proto::fid::{Fid, VolumeId, ROOT_VNODE};
 
 use crate::record::Slot;
-use crate::vnode::{AppliedRecord, VolumeHeader, Vnode};
+use crate::vnode::{AppliedRecord, Vnode, VolumeHeader};
 
 /// A directory's entries by name.
 pub type Entries = BTreeMap<String, (Slot, Fid)>;

@@ -1,0 +1,128 @@
+//! The consistency checker: walks every volume of a shard and reports what
+//! breaks an invariant (heap structure, parent pointers, link counts,
+//! directory entries, containers referenced exactly once and holding the
+//! bytes their vnode's hash names).
+
+use std::collections::HashMap;
+
+use coda_proto::fid::ROOT_VNODE;
+use coda_proto::status::VnodeKind;
+
+use crate::fileops::hash_file;
+use crate::shard::Shard;
+use crate::vnode::NO_CONTAINER;
+
+/// Every problem found; empty when the shard is consistent.
+pub fn check_shard(shard: &Shard) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = shard.verify_heap() {
+        problems.push(format!("heap: {e}"));
+    }
+    let mut containers: HashMap<u64, String> = HashMap::new();
+    for vol in shard.meta.volumes.values() {
+        let name = &vol.header.name;
+        let mut p = |s: String| problems.push(format!("volume {name}: {s}"));
+        match vol.vnodes.get(&ROOT_VNODE) {
+            Some((_, r)) if r.is_dir() => {}
+            _ => p("no root directory".into()),
+        }
+        // Names pointing at each vnode, and subdirectories of each directory.
+        let mut names: HashMap<u64, Vec<u64>> = HashMap::new();
+        for (dir, entries) in &vol.dirs {
+            if !vol.vnodes.get(dir).is_some_and(|(_, d)| d.is_dir()) {
+                p(format!("entries under {dir:x}, which is not a directory"));
+            }
+            for (n, (_, fid)) in entries {
+                if fid.volume != vol.id() {
+                    continue; // a mount point
+                }
+                match vol.vnode(*fid) {
+                    Some(_) => names.entry(fid.vnode).or_default().push(*dir),
+                    None => p(format!("entry {n:?} in {dir:x} names missing {fid}")),
+                }
+            }
+        }
+        let mut bytes = 0;
+        for (vnode, (_, v)) in &vol.vnodes {
+            if v.fid.vnode != *vnode || v.fid.volume != vol.id() {
+                p(format!("vnode {vnode:x} says it is {}", v.fid));
+            }
+            if *vnode >= vol.header.next_vnode {
+                p(format!("vnode {vnode:x} at or past next_vnode"));
+            }
+            let parents = names.get(vnode).cloned().unwrap_or_default();
+            if *vnode == ROOT_VNODE {
+                if !parents.is_empty() {
+                    p("the root has names".into());
+                }
+            } else if parents.is_empty() {
+                p(format!("{} has no name", v.fid));
+            } else if parents.iter().any(|d| *d != v.parent.vnode) {
+                p(format!(
+                    "{} has names outside its parent {}",
+                    v.fid, v.parent
+                ));
+            }
+            match v.kind {
+                VnodeKind::Directory => {
+                    let subdirs = vol.dirs.get(vnode).map_or(0, |e| {
+                        e.values()
+                            .filter(|(_, f)| vol.vnode(*f).is_some_and(|c| c.is_dir()))
+                            .count()
+                    });
+                    if v.link_count as usize != 2 + subdirs {
+                        p(format!(
+                            "{} has link count {}, {} subdirectories",
+                            v.fid, v.link_count, subdirs
+                        ));
+                    }
+                    if v.acl.is_none() {
+                        p(format!("directory {} has no ACL", v.fid));
+                    }
+                }
+                _ => {
+                    bytes += v.length;
+                    if v.link_count as usize != parents.len() {
+                        p(format!(
+                            "{} has link count {}, {} names",
+                            v.fid,
+                            v.link_count,
+                            parents.len()
+                        ));
+                    }
+                }
+            }
+            if v.container != NO_CONTAINER {
+                if let Some(other) = containers.insert(v.container, v.fid.to_string()) {
+                    p(format!(
+                        "container {:x} used by {} and {other}",
+                        v.container, v.fid
+                    ));
+                }
+                match shard.containers.open_read(v.container) {
+                    Err(e) => p(format!("{}: container {:x}: {e}", v.fid, v.container)),
+                    Ok(f) => {
+                        let len = f.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+                        if len != v.length {
+                            p(format!(
+                                "{}: container holds {len} bytes, vnode says {}",
+                                v.fid, v.length
+                            ));
+                        } else if hash_file(&f).ok() != Some(v.content_hash) {
+                            p(format!(
+                                "{}: container bytes do not match the content hash",
+                                v.fid
+                            ));
+                        }
+                    }
+                }
+            } else if v.kind == VnodeKind::File && v.length != 0 {
+                p(format!("{} has {} bytes but no container", v.fid, v.length));
+            }
+        }
+        if bytes != vol.bytes {
+            p(format!("byte count {} but files hold {bytes}", vol.bytes));
+        }
+    }
+    problems
+}

@@ -1,0 +1,106 @@
+//! The service on a node of the simulated network: in-process tests of
+//! the server (and later of Venus against it) run over it, reproducibly
+//! from a seed. Commits are flushed before their replies go, as the real
+//! server's flush driver does.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use coda_rpc2::endpoint::{CallId, Endpoint, Event};
+use coda_rpc2::sim::{NodeId, Sim};
+use coda_rpc2::{IncomingId, Time};
+
+use crate::service::{Action, Service, BREAK_CALL};
+
+/// Serves `service` on `node`; events it does not take stay in the node's queue.
+pub fn serve(sim: &mut Sim, node: NodeId, service: Rc<RefCell<Service>>) {
+    let breaks: Rc<RefCell<HashMap<CallId, coda_rpc2::ConnId>>> = Default::default();
+    sim.set_handler(node, move |ctx, event| {
+        let mut svc = service.borrow_mut();
+        let mut out = Vec::new();
+        match event {
+            Event::Accepted { conn, identity, .. } => svc.accepted(conn, identity),
+            Event::Request {
+                id,
+                identity,
+                subsystem,
+                opcode,
+                body,
+            } => svc.request(id, identity, subsystem, opcode, body, &mut out),
+            Event::SftpDone { id, result } => {
+                let identity = ctx.endpoint.identity(id.conn);
+                if let Some(identity) = identity {
+                    svc.sftp_done(id, identity, result.map(|o| o.bytes), &mut out);
+                }
+            }
+            Event::Lost { conn, .. } => svc.client_lost(conn),
+            Event::Reply { call, result } => match breaks.borrow_mut().remove(&call) {
+                Some(conn) => {
+                    if result.is_err() {
+                        svc.break_failed(conn);
+                    }
+                }
+                None => return Some(Event::Reply { call, result }),
+            },
+            other => return Some(other),
+        }
+        run(
+            &mut svc,
+            ctx.endpoint,
+            ctx.now,
+            out,
+            &mut breaks.borrow_mut(),
+        );
+        None
+    });
+}
+
+fn run(
+    svc: &mut Service,
+    ep: &mut Endpoint,
+    now: Time,
+    actions: Vec<Action>,
+    breaks: &mut HashMap<CallId, coda_rpc2::ConnId>,
+) {
+    for a in actions {
+        match a {
+            Action::Reply {
+                id,
+                code,
+                body,
+                after,
+            } => {
+                if after.is_some() {
+                    svc.shard.flush().expect("flush");
+                }
+                reply(ep, now, id, code, body);
+            }
+            Action::Push { id, source, offset } => {
+                let _ = ep.sftp_send(now, id, source, offset);
+            }
+            Action::Pull { id, sink, offset } => {
+                let _ = ep.sftp_receive(now, id, sink, offset);
+            }
+            Action::Break { conn, body } => {
+                match ep.call(now, conn, BREAK_CALL.0, BREAK_CALL.1, body, None) {
+                    Ok(call) => {
+                        breaks.insert(call, conn);
+                    }
+                    Err(_) => svc.break_failed(conn),
+                }
+            }
+            Action::Delegate { id, job, .. } => {
+                // One shard per simulated server.
+                let (code, body) = svc.run_job(job);
+                reply(ep, now, id, code, body);
+            }
+        }
+    }
+}
+
+fn reply(ep: &mut Endpoint, now: Time, id: IncomingId, code: u16, body: bytes::Bytes) {
+    if let Err(e) = ep.reply(now, id, code, body) {
+        tracing::debug!("reply to {id:?} not sent: {e}");
+    }
+}

@@ -1,0 +1,213 @@
+//! Every Vice operation and its errors, over the simulated network.
+
+mod support;
+
+use coda_proto::cml::{self, Op};
+use coda_proto::fid::Fid;
+use coda_proto::status::VnodeKind;
+use coda_proto::vice::op;
+use coda_proto::Errno;
+use support::*;
+
+#[test]
+fn files_are_created_stored_fetched_and_removed() {
+    let mut w = World::new(1);
+    let mut a = w.client(Some(coda_vice::pdb::ADMIN_ID));
+    let root = w.root_fid();
+    assert_eq!(w.root_info(&a).name, "coda.root");
+    let f = w.create(&mut a, root, "hello.txt").unwrap();
+    assert_eq!(f.kind, VnodeKind::File);
+    assert!(!f.fid.is_local());
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+    let st = w.store(&mut a, f.fid, &data).unwrap();
+    assert_eq!(st.length, data.len() as u64);
+    assert_eq!(st.content_hash, *blake3::hash(&data).as_bytes());
+    let (st2, got) = w.fetch(&a, f.fid).unwrap();
+    assert_eq!(got, data);
+    assert_eq!(st2.vv, st.vv);
+    assert_eq!(entries_of(&w.list(&a, root).unwrap())["hello.txt"], f.fid);
+    assert_eq!(w.create(&mut a, root, "hello.txt"), Err(Errno::EEXIST));
+    w.remove(&mut a, root, "hello.txt", f.fid).unwrap();
+    assert_eq!(w.get_attr(&a, f.fid), Err(Errno::ENOENT));
+    assert_eq!(
+        w.remove(&mut a, root, "hello.txt", f.fid),
+        Err(Errno::ENOENT)
+    );
+    w.check();
+    w.restart();
+    w.check();
+}
+
+#[test]
+fn operations_fail_with_the_posix_error_a_program_expects() {
+    let mut w = World::new(2);
+    let mut a = w.client(Some(coda_vice::pdb::ADMIN_ID));
+    let root = w.root_fid();
+    let d = w.mkdir(&mut a, root, "d").unwrap().fid;
+    let f = w.create(&mut a, d, "f").unwrap().fid;
+    // ENOTDIR: a file used as a directory.
+    assert_eq!(w.create(&mut a, f, "x").err(), Some(Errno::ENOTDIR));
+    // ENOTEMPTY.
+    assert_eq!(
+        w.mutate(
+            &mut a,
+            Op::RemoveDir(cml::RemoveDir {
+                dir: root,
+                name: "d".into(),
+                fid: d
+            })
+        ),
+        Err(Errno::ENOTEMPTY)
+    );
+    // EISDIR: Remove of a directory; ENOTDIR: RemoveDir of a file.
+    assert_eq!(w.remove(&mut a, root, "d", d).err(), Some(Errno::EISDIR));
+    assert_eq!(
+        w.mutate(
+            &mut a,
+            Op::RemoveDir(cml::RemoveDir {
+                dir: d,
+                name: "f".into(),
+                fid: f
+            })
+        ),
+        Err(Errno::ENOTDIR)
+    );
+    // ENAMETOOLONG at 256 bytes; 255 is fine.
+    assert_eq!(
+        w.create(&mut a, root, &"n".repeat(256)).err(),
+        Some(Errno::ENAMETOOLONG)
+    );
+    w.create(&mut a, root, &"n".repeat(255)).unwrap();
+    // ENOENT.
+    assert_eq!(
+        w.get_attr(&a, Fid::new(w.root, 999, 999)),
+        Err(Errno::ENOENT)
+    );
+    // EXDEV: rename into another volume.
+    let other = {
+        let mut svc = w.svc();
+        let id = svc.cell.new_volume_id();
+        svc.create_volume(id, "other", 500, coda_vice::fileops::root_acl())
+            .unwrap();
+        svc.cell.register(
+            id,
+            coda_vice::cell::Location {
+                name: "other".into(),
+                shard: 0,
+                kind: coda_proto::vice::VolumeKind::ReadWrite,
+            },
+        );
+        id
+    };
+    let rename = Op::Rename(cml::Rename {
+        from_dir: d,
+        from_name: "f".into(),
+        to_dir: Fid::root(other),
+        to_name: "f".into(),
+        fid: f,
+        replaced: None,
+    });
+    assert_eq!(w.mutate(&mut a, rename), Err(Errno::EXDEV));
+    // EACCES: anonymous may not create in the root.
+    let mut anon = w.client(None);
+    assert_eq!(w.create(&mut anon, root, "x").err(), Some(Errno::EACCES));
+    // EINVAL: a directory moved under itself.
+    let sub = w.mkdir(&mut a, d, "sub").unwrap().fid;
+    let into_self = Op::Rename(cml::Rename {
+        from_dir: root,
+        from_name: "d".into(),
+        to_dir: sub,
+        to_name: "d".into(),
+        fid: d,
+        replaced: None,
+    });
+    assert_eq!(w.mutate(&mut a, into_self), Err(Errno::EINVAL));
+    w.check();
+}
+
+#[test]
+fn symlinks_links_renames_and_attributes() {
+    let mut w = World::new(3);
+    let mut a = w.client(Some(coda_vice::pdb::ADMIN_ID));
+    let root = w.root_fid();
+    let fid = a.local_fid(w.root);
+    let st = w
+        .mutate(
+            &mut a,
+            Op::SymLink(cml::SymLink {
+                dir: root,
+                name: "l".into(),
+                fid,
+                target: "/etc/passwd".into(),
+                mode: 0o777,
+            }),
+        )
+        .unwrap();
+    let link = st[0].fid;
+    let target: String = w
+        .vice(&a, op::READ_LINK, &coda_proto::vice::GetAttr { fid: link })
+        .unwrap();
+    assert_eq!(target, "/etc/passwd");
+    let f = w.create(&mut a, root, "f").unwrap().fid;
+    w.store(&mut a, f, b"0123456789").unwrap();
+    w.mutate(
+        &mut a,
+        Op::Link(cml::Link {
+            dir: root,
+            name: "g".into(),
+            fid: f,
+        }),
+    )
+    .unwrap();
+    assert_eq!(w.get_attr(&a, f).unwrap().link_count, 2);
+    // Rename over the other name of the same file: nothing happens.
+    let d = w.mkdir(&mut a, root, "d").unwrap().fid;
+    let seen = w.get_attr(&a, f).unwrap().vv.store_id;
+    let trunc = Op::SetAttr(cml::SetAttr {
+        fid: f,
+        seen,
+        mode: Some(0o600),
+        owner: None,
+        mtime: None,
+        length: Some(4),
+    });
+    let st = w.mutate(&mut a, trunc).unwrap();
+    assert_eq!((st[0].length, st[0].mode), (4, 0o600));
+    assert_eq!(w.fetch(&a, f).unwrap().1, b"0123");
+    let mv = Op::Rename(cml::Rename {
+        from_dir: root,
+        from_name: "l".into(),
+        to_dir: d,
+        to_name: "m".into(),
+        fid: link,
+        replaced: None,
+    });
+    w.mutate(&mut a, mv).unwrap();
+    assert_eq!(w.get_attr(&a, link).unwrap().parent, d);
+    // A directory replaces an empty directory; a file may not replace one.
+    let e = w.mkdir(&mut a, root, "e").unwrap().fid;
+    let over = Op::Rename(cml::Rename {
+        from_dir: root,
+        from_name: "f".into(),
+        to_dir: root,
+        to_name: "e".into(),
+        fid: f,
+        replaced: Some(e),
+    });
+    assert_eq!(w.mutate(&mut a, over), Err(Errno::EISDIR));
+    let over = Op::Rename(cml::Rename {
+        from_dir: root,
+        from_name: "d".into(),
+        to_dir: root,
+        to_name: "e".into(),
+        fid: d,
+        replaced: Some(e),
+    });
+    w.mutate(&mut a, over).unwrap();
+    assert_eq!(w.get_attr(&a, e), Err(Errno::ENOENT));
+    assert_eq!(w.get_attr(&a, root).unwrap().link_count, 3);
+    w.check();
+    w.restart();
+    w.check();
+    assert_eq!(w.fetch(&a, f).unwrap().1, b"0123");
+}
