@@ -15,6 +15,7 @@ pub mod fileops;
 pub mod fsck;
 pub mod pdb;
 pub mod record;
+pub mod server;
 pub mod service;
 pub mod shard;
 pub mod sim;

@@ -466,6 +466,53 @@ impl World {
         codec::from_bytes(&r.body).unwrap()
     }
 
+    /// The server's id for `c`'s connection (the one the service's
+    /// callback bookkeeping keys promises by): read off the header of a
+    /// harmless request `c` sends.
+    pub fn server_conn(&mut self, c: &Client) -> ConnId {
+        use coda_rpc2::packet::{Header, Kind};
+        let seen: Rc<RefCell<Option<u32>>> = Default::default();
+        let found = seen.clone();
+        let (client, server) = (c.node, self.server);
+        self.sim.set_filter(move |from, to, data| {
+            if (from, to) == (client, server) {
+                if let Ok((Kind::Request, conn)) = Header::peek(data) {
+                    *found.borrow_mut() = Some(conn);
+                }
+            }
+            true
+        });
+        let r = self.call_raw(c, vice::SUBSYSTEM, op::GET_STATISTICS, Bytes::new(), None);
+        assert_eq!(r.code, 0);
+        self.sim.set_filter(|_, _, _| true);
+        let conn = ConnId(seen.borrow().expect("saw the request"));
+        assert_eq!(
+            self.sim.endpoint(self.server).peer(conn),
+            Some(self.sim.addr(c.node)),
+            "the server knows the connection by that id"
+        );
+        conn
+    }
+
+    /// The current store id of `fid` on the server (what a client that
+    /// just fetched it would hold).
+    pub fn seen(&self, fid: Fid) -> StoreId {
+        self.svc()
+            .shard
+            .meta
+            .vnode(fid)
+            .map(|v| v.vv.store_id)
+            .unwrap_or_default()
+    }
+
+    /// The volume's current stamp, as GetVolumeInfo answers it.
+    pub fn stamp(&mut self, c: &Client, volume: VolumeId) -> u64 {
+        let info: VolumeInfo = self
+            .vice(c, op::GET_VOLUME_INFO, &vice::VolumeRef::Id(volume))
+            .unwrap();
+        info.stamp
+    }
+
     /// Runs the consistency checker over the server's shard.
     pub fn check(&self) {
         let svc = self.svc();

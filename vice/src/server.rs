@@ -1,0 +1,495 @@
+//! The running server: one pinned glommio executor per shard, each with
+//! its own UDP endpoint, RVM instance and container directory, driving
+//! that shard's [`Service`]. Shards talk only to run administration on the
+//! shard owning a volume.
+//!
+//! Group commit: updates commit without flushing; their replies wait in a
+//! queue, and one flush (one log sync) releases every reply queued before
+//! it, after the executor has run whatever else was ready.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use async_channel::{Receiver, Sender};
+use bytes::Bytes;
+use coda_proto::acl::ADMINISTRATORS;
+use coda_rpc2::udp::{Incoming, UdpEndpoint};
+use coda_rpc2::{CellKey, Config, IncomingId};
+use futures_lite::future;
+use serde::{Deserialize, Serialize};
+
+use crate::cell::{Cell, Location, ROOT_VOLUME_NAME};
+use crate::pdb::{write_atomically, Pdb, ADMINISTRATORS_NAME, ADMIN_ID};
+use crate::service::{Action, Job, Service, BREAK_CALL};
+use crate::shard::{Shard, ShardOptions};
+
+/// `codasrv.toml` in the server root.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellConfig {
+    /// Hex, 16 bytes.
+    pub cell_id: String,
+    pub name: String,
+    /// Fixed when the cell is made: each shard's volumes live in its own RVM.
+    pub shards: u32,
+    pub segment_bytes: u64,
+    pub log_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub root: PathBuf,
+    pub listen: SocketAddr,
+    pub cores: Option<u32>,
+    pub name: Option<String>,
+    pub shard: ShardOptions,
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str, out: &mut [u8]) -> Result<(), Error> {
+    if s.len() != out.len() * 2 {
+        return Err(format!("expected {} hex digits", out.len() * 2).into());
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(())
+}
+
+fn random<const N: usize>() -> Result<[u8; N], Error> {
+    let mut b = [0u8; N];
+    coda_rpc2::udp::getrandom_fill(&mut b)?;
+    Ok(b)
+}
+
+/// A cell on disk: made on first start, loaded after.
+pub struct Loaded {
+    pub config: CellConfig,
+    pub key: CellKey,
+    pub id: [u8; 16],
+    pub pdb: Pdb,
+    pub new: bool,
+}
+
+/// Loads the cell in `root`, or makes a new one if `root` is missing or empty.
+pub fn load_or_init(opts: &ServerOptions) -> Result<Loaded, Error> {
+    let root = &opts.root;
+    let config_path = root.join("codasrv.toml");
+    if config_path.exists() {
+        let config: CellConfig = toml::from_str(&std::fs::read_to_string(&config_path)?)
+            .map_err(|e| format!("{}: {e}", config_path.display()))?;
+        let mut id = [0u8; 16];
+        unhex(&config.cell_id, &mut id)?;
+        let mut key = [0u8; 32];
+        unhex(
+            std::fs::read_to_string(root.join("cell.key"))?.trim(),
+            &mut key,
+        )
+        .map_err(|e| format!("{}: {e}", root.join("cell.key").display()))?;
+        let pdb = Pdb::open(&root.join("pdb.toml"))?;
+        if let Some(cores) = opts.cores.filter(|&c| c != config.shards) {
+            tracing::warn!(
+                "--cores {cores} ignored: this cell was made with {} shards",
+                config.shards
+            );
+        }
+        return Ok(Loaded {
+            config,
+            key: CellKey::from_bytes(key),
+            id,
+            pdb,
+            new: false,
+        });
+    }
+    if root.exists() && std::fs::read_dir(root)?.next().is_some() {
+        return Err(format!(
+            "{} is neither empty nor a cell (no codasrv.toml)",
+            root.display()
+        )
+        .into());
+    }
+    std::fs::create_dir_all(root)?;
+    let shards = opts
+        .cores
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let id: [u8; 16] = random()?;
+    let key: [u8; 32] = random()?;
+    write_atomically(&root.join("cell.key"), hex(&key).as_bytes(), 0o600)?;
+    let mut pdb = Pdb::open(&root.join("pdb.toml"))?;
+    let password = match std::env::var("CODA_ADMIN_PASSWORD") {
+        Ok(p) if !p.is_empty() => p,
+        _ => {
+            let p = hex(&random::<12>()?);
+            write_atomically(
+                &root.join("admin.password"),
+                format!("{p}\n").as_bytes(),
+                0o600,
+            )?;
+            p
+        }
+    };
+    pdb.add_user("admin", &password, Some(ADMIN_ID), random()?)?;
+    pdb.add_member(ADMINISTRATORS_NAME, "admin")?;
+    debug_assert!(pdb.cps(ADMIN_ID).contains(&ADMINISTRATORS));
+    let config = CellConfig {
+        cell_id: hex(&id),
+        name: opts.name.clone().unwrap_or_else(|| "codasrv".into()),
+        shards: shards.max(1),
+        segment_bytes: opts.shard.segment_bytes,
+        log_bytes: opts.shard.log_bytes,
+    };
+    // Written last: a cell is complete once its configuration exists.
+    write_atomically(
+        &root.join("codasrv.toml"),
+        toml::to_string(&config)?.as_bytes(),
+        0o644,
+    )?;
+    Ok(Loaded {
+        config,
+        key: CellKey::from_bytes(key),
+        id,
+        pdb,
+        new: true,
+    })
+}
+
+enum ShardMsg {
+    Job(Job, Sender<(u16, Bytes)>),
+    Stop,
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub cell: Arc<Cell>,
+    stops: Vec<Sender<ShardMsg>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens every shard, binds, and returns once all serve.
+    pub fn start(opts: ServerOptions) -> Result<Server, Error> {
+        let loaded = load_or_init(&opts)?;
+        let shards = loaded.config.shards;
+        let shard_opts = ShardOptions {
+            segment_bytes: loaded.config.segment_bytes,
+            log_bytes: loaded.config.log_bytes,
+        };
+        let cell = Arc::new(Cell::new(
+            loaded.key.clone(),
+            loaded.id,
+            shards,
+            loaded.config.name.clone(),
+            loaded.pdb,
+        ));
+        let channels: Vec<(Sender<ShardMsg>, Receiver<ShardMsg>)> =
+            (0..shards).map(|_| async_channel::unbounded()).collect();
+        let peers: Arc<Vec<Sender<ShardMsg>>> =
+            Arc::new(channels.iter().map(|(s, _)| s.clone()).collect());
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+        let mut threads = Vec::new();
+        for (i, (_, inbox)) in channels.into_iter().enumerate() {
+            let i = i as u32;
+            let dir = opts.root.join(format!("shard{i}"));
+            let listen = if i == 0 {
+                opts.listen
+            } else {
+                SocketAddr::new(opts.listen.ip(), 0)
+            };
+            let (cell, peers, ready, shard_opts) = (
+                cell.clone(),
+                peers.clone(),
+                ready_tx.clone(),
+                shard_opts.clone(),
+            );
+            let make_root = loaded.new && i == 0;
+            let builder =
+                glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(i as usize % cpus))
+                    .name(&format!("shard{i}"));
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("shard{i}"))
+                    .spawn(move || {
+                        let ex = match builder.make() {
+                            Ok(ex) => ex,
+                            Err(e) => {
+                                let _ = ready.send(Err(format!("shard {i}: executor: {e}")));
+                                return;
+                            }
+                        };
+                        ex.run(run_shard(ShardStart {
+                            index: i,
+                            dir,
+                            listen,
+                            cell,
+                            peers,
+                            inbox,
+                            ready,
+                            shard_opts,
+                            make_root,
+                        }));
+                    })?,
+            );
+        }
+        drop(ready_tx);
+        let mut addr = None;
+        for _ in 0..shards {
+            let a = ready_rx
+                .recv()
+                .map_err(|_| "a shard died while starting")??;
+            if addr.is_none() || a.port() == opts.listen.port() {
+                addr = Some(a);
+            }
+        }
+        let addr = cell.addr(0).parse().unwrap_or(addr.expect("shards > 0"));
+        Ok(Server {
+            addr,
+            cell,
+            stops: peers.iter().cloned().collect(),
+            threads,
+        })
+    }
+
+    /// Stops every shard cleanly (flushed, closed) and waits for them.
+    pub fn stop(self) {
+        for s in &self.stops {
+            let _ = s.send_blocking(ShardMsg::Stop);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+struct ShardStart {
+    index: u32,
+    dir: PathBuf,
+    listen: SocketAddr,
+    cell: Arc<Cell>,
+    peers: Arc<Vec<Sender<ShardMsg>>>,
+    inbox: Receiver<ShardMsg>,
+    ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+    shard_opts: ShardOptions,
+    make_root: bool,
+}
+
+/// What a shard's tasks share.
+struct Ctx {
+    service: RefCell<Service>,
+    ep: UdpEndpoint,
+    peers: Arc<Vec<Sender<ShardMsg>>>,
+    /// Replies waiting for their commit to be durable.
+    durable: RefCell<Vec<(IncomingId, u16, Bytes)>>,
+    kick: Sender<()>,
+}
+
+fn open_shard(s: &ShardStart) -> Result<(Service, UdpEndpoint), String> {
+    let (shard, report) = Shard::open(&s.dir, s.index, s.cell.id, &s.shard_opts)
+        .map_err(|e| format!("shard {}: {e}", s.index))?;
+    tracing::info!(
+        "shard {}: {} volumes, {} vnodes, {} stray containers removed, log tail {}",
+        s.index,
+        report.volumes,
+        report.vnodes,
+        report.swept_containers,
+        report.log_tail
+    );
+    let mut service = Service::new(s.cell.clone(), shard);
+    if s.make_root {
+        let id = s.cell.new_volume_id();
+        service
+            .create_volume(id, ROOT_VOLUME_NAME, ADMIN_ID, crate::fileops::root_acl())
+            .map_err(|e| format!("making {ROOT_VOLUME_NAME}: {e}"))?;
+        service.shard.flush().map_err(|e| e.to_string())?;
+        s.cell.register(
+            id,
+            Location {
+                name: ROOT_VOLUME_NAME.into(),
+                shard: s.index,
+                kind: coda_proto::vice::VolumeKind::ReadWrite,
+            },
+        );
+    }
+    let config = Config {
+        accept_binds: true,
+        cell_key: Some(s.cell.key.clone()),
+        ..Config::default()
+    };
+    let ep =
+        UdpEndpoint::bind(s.listen, config).map_err(|e| format!("binding {}: {e}", s.listen))?;
+    let addr = ep.local_addr().map_err(|e| e.to_string())?;
+    s.cell.set_addr(s.index, addr.to_string());
+    Ok((service, ep))
+}
+
+async fn run_shard(s: ShardStart) {
+    let (service, ep) = match open_shard(&s) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = s.ready.send(Err(e));
+            return;
+        }
+    };
+    let (kick, kicked) = async_channel::bounded(1);
+    let ctx = Rc::new(Ctx {
+        service: RefCell::new(service),
+        ep: ep.clone(),
+        peers: s.peers.clone(),
+        durable: RefCell::new(Vec::new()),
+        kick,
+    });
+    let flusher = glommio::spawn_local(flush_loop(ctx.clone(), kicked));
+    let _ = s.ready.send(Ok(ep.local_addr().expect("bound")));
+    enum Ev {
+        Net(Incoming),
+        Msg(Option<ShardMsg>),
+    }
+    loop {
+        let ev = future::or(async { Ev::Net(ep.next_incoming().await) }, async {
+            Ev::Msg(s.inbox.recv().await.ok())
+        })
+        .await;
+        let mut out = Vec::new();
+        match ev {
+            Ev::Net(Incoming::Request(r)) => {
+                let identity = r.identity;
+                ctx.service.borrow_mut().request(
+                    r.id,
+                    identity,
+                    r.subsystem,
+                    r.opcode,
+                    r.body,
+                    &mut out,
+                );
+                dispatch(&ctx, identity, out);
+            }
+            Ev::Net(Incoming::Accepted { conn, identity, .. }) => {
+                ctx.service.borrow_mut().accepted(conn, identity)
+            }
+            Ev::Net(Incoming::Lost { conn, .. }) => ctx.service.borrow_mut().client_lost(conn),
+            Ev::Msg(Some(ShardMsg::Job(job, done))) => {
+                let answer = ctx.service.borrow_mut().run_job(job);
+                let _ = done.send(answer).await;
+            }
+            Ev::Msg(Some(ShardMsg::Stop) | None) => break,
+        }
+    }
+    flusher.cancel().await;
+    flush_and_reply(&ctx).await;
+    ep.shutdown().await;
+    let flushed = ctx.service.borrow_mut().shard.flush();
+    if let Err(e) = flushed {
+        tracing::error!("shard {}: final flush: {e}", s.index);
+    }
+}
+
+/// Carries out the service's actions; transfers and calls run as tasks.
+fn dispatch(ctx: &Rc<Ctx>, identity: coda_rpc2::Identity, actions: Vec<Action>) {
+    for a in actions {
+        let c = ctx.clone();
+        match a {
+            Action::Reply {
+                id,
+                code,
+                body,
+                after: Some(_),
+            } => {
+                ctx.durable.borrow_mut().push((id, code, body));
+                let _ = ctx.kick.try_send(());
+            }
+            Action::Reply {
+                id,
+                code,
+                body,
+                after: None,
+            } => drop(
+                glommio::spawn_local(async move {
+                    let _ = c.ep.reply(id, code, body).await;
+                })
+                .detach(),
+            ),
+            Action::Push { id, source, offset } => drop(
+                glommio::spawn_local(async move {
+                    let r = c.ep.sftp_send(id, source, offset).await.map(|o| o.bytes);
+                    let mut out = Vec::new();
+                    c.service.borrow_mut().sftp_done(id, identity, r, &mut out);
+                    dispatch(&c, identity, out);
+                })
+                .detach(),
+            ),
+            Action::Pull { id, sink, offset } => drop(
+                glommio::spawn_local(async move {
+                    let r = c.ep.sftp_receive(id, sink, offset).await.map(|o| o.bytes);
+                    let mut out = Vec::new();
+                    c.service.borrow_mut().sftp_done(id, identity, r, &mut out);
+                    dispatch(&c, identity, out);
+                })
+                .detach(),
+            ),
+            Action::Break { conn, body } => drop(
+                glommio::spawn_local(async move {
+                    let r =
+                        c.ep.call(conn, BREAK_CALL.0, BREAK_CALL.1, body, None)
+                            .await;
+                    if r.is_err() {
+                        c.service.borrow_mut().break_failed(conn);
+                    }
+                })
+                .detach(),
+            ),
+            Action::Delegate { id, shard, job } => drop(
+                glommio::spawn_local(async move {
+                    let (tx, rx) = async_channel::bounded(1);
+                    let answer = match c.peers[shard as usize].send(ShardMsg::Job(job, tx)).await {
+                        Ok(()) => rx
+                            .recv()
+                            .await
+                            .unwrap_or((coda_proto::Errno::EIO.0, Bytes::new())),
+                        Err(_) => (coda_proto::Errno::EIO.0, Bytes::new()),
+                    };
+                    let _ = c.ep.reply(id, answer.0, answer.1).await;
+                })
+                .detach(),
+            ),
+        }
+    }
+}
+
+async fn flush_loop(ctx: Rc<Ctx>, kicked: Receiver<()>) {
+    while kicked.recv().await.is_ok() {
+        // Let whatever else is ready run first, so one sync covers it too.
+        future::yield_now().await;
+        flush_and_reply(&ctx).await;
+    }
+}
+
+async fn flush_and_reply(ctx: &Rc<Ctx>) {
+    let waiting = std::mem::take(&mut *ctx.durable.borrow_mut());
+    if waiting.is_empty() {
+        return;
+    }
+    let flushed = ctx.service.borrow_mut().shard.flush();
+    for (id, code, body) in waiting {
+        let (code, body) = match &flushed {
+            Ok(()) => (code, body),
+            Err(e) => {
+                tracing::error!("flush failed: {e}");
+                (coda_proto::Errno::EIO.0, Bytes::new())
+            }
+        };
+        let _ = ctx.ep.reply(id, code, body).await;
+    }
+}
+
+/// The root directory's files, for tools and tests.
+pub fn admin_password_file(root: &Path) -> PathBuf {
+    root.join("admin.password")
+}
