@@ -146,6 +146,17 @@ impl Decode for u8 {
     }
 }
 
+/// An empty body.
+impl Encode for () {
+    fn encode(&self, _: &mut Writer) {}
+}
+
+impl Decode for () {
+    fn decode(_: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(())
+    }
+}
+
 impl Encode for bool {
     fn encode(&self, w: &mut Writer) {
         w.push(u8::from(*self));

@@ -1,1 +1,142 @@
-//! End-to-end harness: real `codasrv` and `venus` processes. Not built yet: see `DESIGN.md` §6.
+//! The end-to-end harness: real `codasrv` processes in scratch roots, and
+//! the tools run exactly as INTERFACE.md writes them, each with a timeout.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A workspace binary, built on demand when the test runs alone.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    // target/release/deps/<test> -> target/release/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--bins"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building {name} failed");
+    }
+    path
+}
+
+/// A running `codasrv` in a scratch root; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub root: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub const ADMIN_PASSWORD: &str = "admin-pw";
+
+impl Server {
+    /// A new cell with `cores` shards.
+    pub fn start(cores: u32) -> Server {
+        let dir = tempfile::tempdir().expect("scratch dir");
+        let root = dir.path().join("vice");
+        let mut s = Server::start_in(&root, cores);
+        s._dir = Some(dir);
+        s
+    }
+
+    pub fn start_in(root: &Path, cores: u32) -> Server {
+        let mut child = Command::new(bin("codasrv"))
+            .args(["--root", root.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(["--cores", &cores.to_string()])
+            .env("CODA_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("codasrv starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("codasrv never said ready");
+        let addr = line
+            .trim()
+            .strip_prefix("codasrv ready on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server {
+            child,
+            addr,
+            root: root.to_path_buf(),
+            _dir: None,
+        }
+    }
+
+    /// A file holding the admin password, for `--password-file`.
+    pub fn password_file(&self) -> PathBuf {
+        let p = self.root.join("test-admin.password");
+        std::fs::write(&p, format!("{ADMIN_PASSWORD}\n")).unwrap();
+        p
+    }
+
+    /// SIGTERM, then waits (at most 30 s) for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let began = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(30),
+                "codasrv ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a tool to completion (at most 60 s), feeding `stdin`.
+pub fn run(tool: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(bin(tool))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        let _ = input.write_all(stdin.as_bytes());
+    }
+    let began = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if began.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("{tool} {args:?} hung");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs a tool that must succeed; its stdout.
+pub fn ok(tool: &str, args: &[&str]) -> String {
+    let out = run(tool, args, "");
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -28,7 +28,8 @@ fn acl(positive: &[(PrincipalId, &str)], negative: &[(PrincipalId, &str)]) -> Ac
 }
 
 fn set_acl(w: &mut World, c: &mut Client, dir: Fid, acl: Acl) -> Result<(), Errno> {
-    w.mutate(c, Op::SetAcl(cml::SetAcl { dir, acl })).map(|_| ())
+    w.mutate(c, Op::SetAcl(cml::SetAcl { dir, acl }))
+        .map(|_| ())
 }
 
 fn get_acl(w: &mut World, c: &Client, dir: Fid) -> Result<Acl, Errno> {
@@ -212,7 +213,10 @@ fn probe(w: &mut World, c: &mut Client, r: &Round) -> BTreeMap<&'static str, Res
         secs: 1_000_000,
         nanos: 0,
     };
-    out.insert("utimes", unit(set_attr(w, c, r.f, None, None, Some(t), None)));
+    out.insert(
+        "utimes",
+        unit(set_attr(w, c, r.f, None, None, Some(t), None)),
+    );
     let owner = w.svc().shard.meta.vnode(r.f).unwrap().owner;
     let new_owner = if owner == CAROL as u32 { BOB } else { CAROL } as u32;
     out.insert(
@@ -238,7 +242,10 @@ fn each_right_allows_exactly_the_operations_that_need_it() {
         // Fresh objects for the updates that consume them (made while the
         // ACL gives administrators everything, as it always does here).
         let victim = w.create(&mut adm, d, &format!("rm-{letter}")).unwrap().fid;
-        let victim_dir = w.mkdir(&mut adm, d, &format!("rmdir-{letter}")).unwrap().fid;
+        let victim_dir = w
+            .mkdir(&mut adm, d, &format!("rmdir-{letter}"))
+            .unwrap()
+            .fid;
         let mover = w.create(&mut adm, d, &format!("mv-{letter}")).unwrap().fid;
         let only = acl(
             &[(ADMINISTRATORS, "all"), (ALICE, &letter.to_string())],
@@ -272,7 +279,9 @@ fn each_right_allows_exactly_the_operations_that_need_it() {
     }
     // What succeeded really happened; what failed left no trace.
     let names = entries_of(&w.list(&adm, d).unwrap());
-    for n in ["new-i", "newdir-i", "sym-i", "ln-i", "mv-d", "mv-i", "rm-r", "rmdir-w"] {
+    for n in [
+        "new-i", "newdir-i", "sym-i", "ln-i", "mv-d", "mv-i", "rm-r", "rmdir-w",
+    ] {
         assert!(names.contains_key(n), "{n} missing: {names:?}");
     }
     for n in [
@@ -306,10 +315,7 @@ fn administrators_can_always_look_up_and_fix_an_acl() {
     get_acl(&mut w, &adm, d).unwrap();
     assert_eq!(w.fetch(&adm, f).err(), Some(Errno::EACCES));
     assert_eq!(w.create(&mut adm, d, "x").err(), Some(Errno::EACCES));
-    assert_eq!(
-        w.remove(&mut adm, d, "f", f).err(),
-        Some(Errno::EACCES)
-    );
+    assert_eq!(w.remove(&mut adm, d, "f", f).err(), Some(Errno::EACCES));
     // ... which is enough to give themselves the rest back.
     set_acl(
         &mut w,
@@ -327,7 +333,10 @@ fn administrators_can_always_look_up_and_fix_an_acl() {
         set_acl(&mut w, &mut alice, d, acl(&[(ALICE, "all")], &[])),
         Err(Errno::EACCES)
     );
-    assert_eq!(get_acl(&mut w, &alice, d).unwrap(), acl(&[(ALICE, "rl")], &[]));
+    assert_eq!(
+        get_acl(&mut w, &alice, d).unwrap(),
+        acl(&[(ALICE, "rl")], &[])
+    );
     w.check();
 }
 
@@ -475,7 +484,10 @@ fn rights_flow_through_nested_groups() {
     let c = w.create(&mut carol, d, "c").unwrap();
     assert_eq!(c.my_rights, Rights::parse("rli").unwrap());
     assert_eq!(c.owner, CAROL as u32);
-    assert_eq!(w.remove(&mut carol, d, "c", c.fid).err(), Some(Errno::EACCES));
+    assert_eq!(
+        w.remove(&mut carol, d, "c", c.fid).err(),
+        Some(Errno::EACCES)
+    );
     // A negative entry on the middle group reaches her through the inner one.
     set_acl(
         &mut w,
@@ -491,7 +503,10 @@ fn rights_flow_through_nested_groups() {
         &mut w,
         &mut adm,
         d,
-        acl(&[(ADMINISTRATORS, "all"), (outer, "rli"), (inner, "d")], &[]),
+        acl(
+            &[(ADMINISTRATORS, "all"), (outer, "rli"), (inner, "d")],
+            &[],
+        ),
     )
     .unwrap();
     w.remove(&mut carol, d, "c", c.fid).unwrap();
@@ -505,7 +520,7 @@ fn rights_flow_through_nested_groups() {
 fn anonymous_clients_get_only_system_anyuser_rights() {
     let mut w = World::new(15);
     let mut adm = w.client(Some(ADMIN_ID));
-    let mut alice = w.client(Some(ALICE));
+    let alice = w.client(Some(ALICE));
     let mut anon = w.client(None);
     let root = w.root_fid();
     let d = w.mkdir(&mut adm, root, "d").unwrap().fid;
@@ -599,7 +614,10 @@ fn mode_bits_guard_files_from_everyone_but_their_owner() {
     // Read-only, owned by the administrator: 'w' is not enough to write it.
     let ro = create_mode(&mut w, &mut adm, d, "ro", 0o444);
     w.store(&mut adm, ro, b"original").unwrap();
-    assert_eq!(w.store(&mut alice, ro, b"changed").err(), Some(Errno::EACCES));
+    assert_eq!(
+        w.store(&mut alice, ro, b"changed").err(),
+        Some(Errno::EACCES)
+    );
     assert_eq!(
         set_attr(&mut w, &mut alice, ro, None, None, None, Some(0)).err(),
         Some(Errno::EACCES)
@@ -631,7 +649,10 @@ fn mode_bits_guard_files_from_everyone_but_their_owner() {
         ),
     )
     .unwrap();
-    assert_eq!(w.store(&mut alice, mine, b"again").err(), Some(Errno::EACCES));
+    assert_eq!(
+        w.store(&mut alice, mine, b"again").err(),
+        Some(Errno::EACCES)
+    );
     // No owner read bit: only the owner (or an administrator) reads it.
     let wo = create_mode(&mut w, &mut bob, d, "wo", 0o200);
     w.store(&mut bob, wo, b"secret").unwrap();

@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use coda_proto::auth::{self, GetSalt, GetToken, Salt, TokenReply};
 use coda_proto::cml::{self, CmlRecord, Op};
 use coda_proto::fid::{Fid, StoreId, LOCAL_VNODE_BASE};
 use coda_proto::status::{Status, Timestamp};
@@ -93,26 +92,9 @@ fn login(
     user: &str,
     password: &str,
 ) -> Result<Credentials, Errno> {
-    let conn = ct.connect_blocking(addr, Auth::Anonymous).unwrap();
-    let salt: Salt = call(
-        ct,
-        conn,
-        auth::SUBSYSTEM,
-        auth::op::GET_SALT,
-        &GetSalt { user: user.into() },
-    )?;
-    let key = auth::password_key(password, &salt).unwrap();
-    let time = coda_vice::service::unix_now();
-    let req = GetToken {
-        user: user.into(),
-        time,
-        proof: auth::proof(&key, user, time),
-    };
-    let reply: TokenReply = call(ct, conn, auth::SUBSYSTEM, auth::op::GET_TOKEN, &req)?;
-    let clear = auth::open_reply(&key, &reply).expect("the reply opens with the password's key");
-    Ok(Credentials {
-        sealed_token: clear.sealed_token.to_vec(),
-        session_key: clear.session_key,
+    coda_tools::login(ct, addr, user, password).map_err(|e| match e {
+        coda_tools::ToolError::Server(code) => code,
+        other => panic!("login: {other}"),
     })
 }
 
