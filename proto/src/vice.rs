@@ -3,11 +3,13 @@
 //! its body is the reply type only when the code is zero.
 //!
 //! Direct mutations (`CREATE` … `SET_ACL`) carry one [`CmlRecord`] whose op
-//! matches the opcode and answer [`MutateReply`]; `REINTEGRATE` carries many.
+//! matches the opcode and answer [`MutateReply`]; `REINTEGRATE` carries many:
+//! in its body when the encoded [`Reintegrate`] fits one, else with an
+//! empty body and the encoded batch sent as the call's side effect.
 
 use coda_rpc2::codec_struct;
 
-use crate::cml::CmlRecord;
+use crate::cml::{CmlRecord, Op};
 use crate::fid::{Fid, StoreId, VolumeId};
 use crate::status::{Status, Timestamp};
 
@@ -214,10 +216,45 @@ codec_struct! {
 }
 
 codec_struct! {
+    /// A batch went in whole. The objects it created from made-up (local)
+    /// fids were numbered consecutively from `first_vnode`/`first_unique`
+    /// in record order, so the answer stays one small datagram however
+    /// large the batch: [`Applied::remaps`] spells the mapping out.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Applied {
-        pub remaps: Vec<FidRemap>,
+        pub volume: VolumeId,
+        pub first_vnode: u64,
+        pub first_unique: u64,
+        pub created: u64,
+        /// The volume's version stamp after the batch.
         pub stamp: u64,
+    }
+}
+
+impl Applied {
+    /// The real fid of each object `records` created from a local fid.
+    pub fn remaps(&self, records: &[CmlRecord]) -> Vec<FidRemap> {
+        let mut out: Vec<FidRemap> = Vec::new();
+        for r in records {
+            let made = match &r.op {
+                Op::Create(c) => c.fid,
+                Op::MakeDir(m) => m.fid,
+                Op::SymLink(s) => s.fid,
+                _ => continue,
+            };
+            if !made.is_local() || out.iter().any(|m| m.local == made) {
+                continue;
+            }
+            let k = out.len() as u64;
+            if k >= self.created {
+                break;
+            }
+            out.push(FidRemap {
+                local: made,
+                fid: Fid::new(self.volume, self.first_vnode + k, self.first_unique + k),
+            });
+        }
+        out
     }
 }
 
@@ -253,5 +290,71 @@ codec_struct! {
         pub rvm_log_used: u64,
         pub rvm_log_bytes: u64,
         pub shards: u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cml::{Create, MakeDir, Store};
+    use crate::fid::LOCAL_VNODE_BASE;
+
+    #[test]
+    fn remaps_number_local_creations_in_record_order() {
+        let local = |n| Fid::new(7, LOCAL_VNODE_BASE + n, n);
+        let rec = |op| CmlRecord {
+            store_id: StoreId::default(),
+            time: Timestamp::default(),
+            op,
+        };
+        let records = vec![
+            rec(Op::MakeDir(MakeDir {
+                dir: Fid::root(7),
+                name: "d".into(),
+                fid: local(1),
+                mode: 0,
+            })),
+            rec(Op::Create(Create {
+                dir: local(1),
+                name: "f".into(),
+                fid: local(2),
+                mode: 0,
+            })),
+            rec(Op::Store(Store {
+                fid: local(2),
+                seen: StoreId::default(),
+                length: 0,
+                content_hash: [0; 32],
+            })),
+            // A real fid (from AllocFids) takes no number.
+            rec(Op::Create(Create {
+                dir: Fid::root(7),
+                name: "g".into(),
+                fid: Fid::new(7, 40, 40),
+                mode: 0,
+            })),
+            rec(Op::Create(Create {
+                dir: Fid::root(7),
+                name: "h".into(),
+                fid: local(3),
+                mode: 0,
+            })),
+        ];
+        let applied = Applied {
+            volume: 7,
+            first_vnode: 100,
+            first_unique: 500,
+            created: 3,
+            stamp: 9,
+        };
+        let remaps = applied.remaps(&records);
+        assert_eq!(
+            remaps.iter().map(|m| (m.local, m.fid)).collect::<Vec<_>>(),
+            vec![
+                (local(1), Fid::new(7, 100, 500)),
+                (local(2), Fid::new(7, 101, 501)),
+                (local(3), Fid::new(7, 102, 502)),
+            ]
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use coda_proto::acl::{Acl, AclEntry, Rights};
 use coda_proto::cml::{self, CmlRecord, Op};
-use coda_proto::vice::{Applied, Conflict, FidRemap, Reintegrate, ReintegrateReply};
+use coda_proto::vice::{Applied, Conflict, Reintegrate, ReintegrateReply};
 use coda_proto::{Fid, Status, StoreId, Timestamp, VersionVector, VnodeKind};
 use coda_rpc2::codec::{from_bytes, to_bytes, DecodeError};
 use proptest::prelude::*;
@@ -184,14 +184,17 @@ proptest! {
 
     #[test]
     fn reintegrate_replies_round_trip(
-        remaps in prop::collection::vec((fid(), fid()), 0..10),
+        first in (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
         stamp in any::<u64>(),
         index in any::<u32>(),
         code in any::<u16>(),
         f in fid(),
     ) {
         let applied = ReintegrateReply::Applied(Applied {
-            remaps: remaps.into_iter().map(|(local, fid)| FidRemap { local, fid }).collect(),
+            volume: first.0,
+            first_vnode: first.1,
+            first_unique: first.2,
+            created: first.3,
             stamp,
         });
         prop_assert_eq!(from_bytes::<ReintegrateReply>(&to_bytes(&applied)), Ok(applied));

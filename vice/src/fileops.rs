@@ -15,7 +15,7 @@ use coda_proto::acl::{Acl, PrincipalId, Rights, ANY_USER};
 use coda_proto::cml::{CmlRecord, Op};
 use coda_proto::fid::{Fid, StoreId, VolumeId, ROOT_VNODE};
 use coda_proto::status::{Status, Timestamp, VnodeKind};
-use coda_proto::vice::{FidRemap, VolumeKind, NAME_BYTES_MAX};
+use coda_proto::vice::{Applied, FidRemap, VolumeKind, NAME_BYTES_MAX};
 use coda_proto::vv::VersionVector;
 use coda_proto::Errno;
 
@@ -151,6 +151,8 @@ pub struct Apply<'t, 'a> {
     pub caller: &'t Caller,
     pub volume: VolumeId,
     header: VolumeHeader,
+    /// The fid counters before the batch: local fids are numbered from here.
+    first: (u64, u64),
     /// Locally made-up fids and the real ones given them.
     pub remaps: Vec<FidRemap>,
     remap: HashMap<Fid, Fid>,
@@ -181,6 +183,7 @@ impl<'t, 'a> Apply<'t, 'a> {
         }
         let header = vol.header.clone();
         Ok(Apply {
+            first: (header.next_vnode, header.next_unique),
             txn,
             containers,
             caller,
@@ -703,12 +706,19 @@ impl<'t, 'a> Apply<'t, 'a> {
         Ok(())
     }
 
-    /// Writes the volume header (new stamp, fid counters) and ends the batch.
-    pub fn finish(mut self) -> OpResult<(Vec<FidRemap>, Vec<Fid>, u64)> {
+    /// Writes the volume header (new stamp, fid counters) and ends the
+    /// batch: what to answer, and every object changed.
+    pub fn finish(mut self) -> OpResult<(Applied, Vec<Fid>)> {
         self.header.stamp += 1;
-        let stamp = self.header.stamp;
+        let applied = Applied {
+            volume: self.volume,
+            first_vnode: self.first.0,
+            first_unique: self.first.1,
+            created: self.remaps.len() as u64,
+            stamp: self.header.stamp,
+        };
         self.txn.put_header(self.header).map_err(storage)?;
-        Ok((self.remaps, self.changed, stamp))
+        Ok((applied, self.changed))
     }
 }
 

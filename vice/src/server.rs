@@ -418,7 +418,7 @@ fn dispatch(ctx: &Rc<Ctx>, identity: coda_rpc2::Identity, actions: Vec<Action>) 
             ),
             Action::Push { id, source, offset } => drop(
                 glommio::spawn_local(async move {
-                    let r = c.ep.sftp_send(id, source, offset).await.map(|o| o.bytes);
+                    let r = c.ep.sftp_send(id, source, offset).await;
                     let mut out = Vec::new();
                     c.service.borrow_mut().sftp_done(id, identity, r, &mut out);
                     dispatch(&c, identity, out);
@@ -427,7 +427,7 @@ fn dispatch(ctx: &Rc<Ctx>, identity: coda_rpc2::Identity, actions: Vec<Action>) 
             ),
             Action::Pull { id, sink, offset } => drop(
                 glommio::spawn_local(async move {
-                    let r = c.ep.sftp_receive(id, sink, offset).await.map(|o| o.bytes);
+                    let r = c.ep.sftp_receive(id, sink, offset).await;
                     let mut out = Vec::new();
                     c.service.borrow_mut().sftp_done(id, identity, r, &mut out);
                     dispatch(&c, identity, out);

@@ -25,7 +25,7 @@ use coda_proto::volutil::{
 use coda_proto::vv::VersionVector;
 use coda_proto::Errno;
 use coda_rpc2::codec::{self, Decode, Encode};
-use coda_rpc2::{ConnId, Identity, IncomingId, Level, Sink, Source, Token};
+use coda_rpc2::{ConnId, Identity, IncomingId, Level, SftpOutcome, Sink, Source, Token};
 use rvm::{CommitId, Durability};
 
 use crate::callback::Callbacks;
@@ -33,6 +33,9 @@ use crate::cell::{Cell, Location, ROOT_VOLUME_NAME};
 use crate::fileops::{self, Apply, Caller, NewData};
 use crate::shard::Shard;
 use crate::vnode::{AppliedRecord, Vnode, VolumeHeader, EMPTY_HASH, NO_CONTAINER};
+
+/// Largest Reintegrate batch, encoded, sent as a side effect.
+pub const REINTEGRATE_BYTES_MAX: u64 = 256 << 20;
 
 /// Most fids one AllocFids call hands out.
 pub const ALLOC_FIDS_MAX: u64 = 1 << 20;
@@ -103,6 +106,8 @@ enum Transfer {
         store_id: StoreId,
         offset: u64,
     },
+    /// A Reintegrate batch too large for a call body.
+    Batch,
 }
 
 /// File data received ahead of the Reintegrate that uses it.
@@ -388,6 +393,15 @@ impl Service {
                 self.breaks(id.conn, vol, &changed, out);
                 Ok(Some((reply, Some(commit))))
             }
+            op::REINTEGRATE if body.is_empty() => {
+                self.transfers.insert(id, Transfer::Batch);
+                out.push(Action::Pull {
+                    id,
+                    sink: Sink::memory(REINTEGRATE_BYTES_MAX),
+                    offset: 0,
+                });
+                Ok(None)
+            }
             op::REINTEGRATE => {
                 let r: Reintegrate = decode(body)?;
                 let (reply, commit) = self.reintegrate(id.conn, caller, &r, out)?;
@@ -608,11 +622,15 @@ impl Service {
         &mut self,
         id: IncomingId,
         identity: Identity,
-        result: Result<u64, coda_rpc2::Error>,
+        result: Result<SftpOutcome, coda_rpc2::Error>,
         out: &mut Vec<Action>,
     ) {
         let Some(t) = self.transfers.remove(&id) else {
             return;
+        };
+        let (result, sink) = match result {
+            Ok(o) => (Ok(o.bytes), o.sink),
+            Err(e) => (Err(e), None),
         };
         match t {
             Transfer::Fetch(status) => {
@@ -640,6 +658,18 @@ impl Service {
             Transfer::Stage { store_id, offset } => {
                 let answer = self.finish_stage(store_id, offset, result);
                 self.reply(id, answer, None, out);
+            }
+            Transfer::Batch => {
+                let caller = self.caller(id.conn, identity);
+                let answer = match (result, sink) {
+                    (Ok(_), Some(sink)) => decode::<Reintegrate>(&sink.into_bytes())
+                        .and_then(|r| self.reintegrate(id.conn, &caller, &r, out)),
+                    _ => Err(Errno::EIO),
+                };
+                match answer {
+                    Ok((body, after)) => self.reply(id, Ok(body), after, out),
+                    Err(e) => self.reply(id, Err(e), None, out),
+                }
             }
         }
     }
@@ -772,9 +802,8 @@ impl Service {
             }
             let made = apply.made.clone();
             let wanted: Vec<Fid> = wanted.into_iter().map(|f| apply.real(f)).collect();
-            let (remaps, changed, stamp) =
-                apply.finish().map_err(|e| (0, e, Fid::root(vol), made))?;
-            Ok((wanted, Applied { remaps, stamp }, changed))
+            let (applied, changed) = apply.finish().map_err(|e| (0, e, Fid::root(vol), made))?;
+            Ok((wanted, applied, changed))
         })();
         match result {
             Ok((wanted, applied, changed)) => {

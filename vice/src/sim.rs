@@ -31,7 +31,7 @@ pub fn serve(sim: &mut Sim, node: NodeId, service: Rc<RefCell<Service>>) {
             Event::SftpDone { id, result } => {
                 let identity = ctx.endpoint.identity(id.conn);
                 if let Some(identity) = identity {
-                    svc.sftp_done(id, identity, result.map(|o| o.bytes), &mut out);
+                    svc.sftp_done(id, identity, result, &mut out);
                 }
             }
             Event::Lost { conn, .. } => svc.client_lost(conn),
