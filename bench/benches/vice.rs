@@ -1,0 +1,329 @@
+//! The file server's hot calls against a real `codasrv`, beside the same
+//! work on a local directory:
+//! - GetAttr, Create and 4 KiB Store calls per second from 1 and from 8
+//!   connections (one outstanding call each), with the server on 1 and on
+//!   2 cores (8 connections spread over a volume on each shard);
+//! - Reintegrate: records applied per second for a batch of 1000 creates and
+//!   1000 stores of 4 KiB (staged beforehand), on one core.
+//! Baselines: stat, create+fsync, and 4 KiB write+fsync in a local directory.
+//!
+//! cargo bench -p coda-bench --bench vice
+//! (needs `cargo build --release --bins` first for codasrv)
+
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use coda_proto::cml::{self, CmlRecord, Op};
+use coda_proto::fid::{Fid, StoreId, LOCAL_VNODE_BASE};
+use coda_proto::status::{Status, Timestamp};
+use coda_proto::vice::{self, op, MutateReply, Reintegrate, ReintegrateReply, Stage, VolumeInfo};
+use coda_proto::volutil::{self, CreateVolume};
+use coda_rpc2::codec;
+use coda_rpc2::endpoint::{Auth, ConnId, SideEffect};
+use coda_rpc2::udp::UdpEndpoint;
+use coda_rpc2::{Config, Credentials, Source};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+struct Srv {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Srv {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(cores: u32) -> Srv {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("codasrv");
+    let mut child = Command::new(&bin)
+        .args(["--root", dir.path().join("vice").to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--cores", &cores.to_string()])
+        .env("CODA_ADMIN_PASSWORD", "pw")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {} (cargo build --release --bins): {e}", bin.display()));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    Srv { child, addr, _dir: dir }
+}
+
+/// One connection's state.
+struct Conn {
+    id: ConnId,
+    root: Fid,
+    file: Fid,
+    seen: StoreId,
+    host: u64,
+    next: u64,
+}
+
+impl Conn {
+    fn record(&mut self, op: Op) -> CmlRecord {
+        self.next += 1;
+        CmlRecord {
+            store_id: StoreId { host: self.host, unique: self.next },
+            time: Timestamp::now(),
+            op,
+        }
+    }
+}
+
+type State = Rc<RefCell<Vec<Conn>>>;
+type Job = Box<dyn FnOnce(UdpEndpoint, State) -> Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
+
+/// A glommio client thread holding the connections; jobs run on it.
+struct Client {
+    jobs: async_channel::Sender<Job>,
+}
+
+impl Client {
+    fn start() -> Client {
+        let (jobs, rx) = async_channel::unbounded::<Job>();
+        std::thread::spawn(move || {
+            let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+            ex.run(async move {
+                let ep = UdpEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default()).unwrap();
+                let state: State = Default::default();
+                while let Ok(job) = rx.recv().await {
+                    job(ep.clone(), state.clone()).await;
+                }
+                ep.shutdown().await;
+            });
+        });
+        Client { jobs }
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(UdpEndpoint, State) -> Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.jobs
+            .send_blocking(Box::new(move |ep, st| {
+                Box::pin(async move {
+                    let _ = tx.send(f(ep, st).await);
+                })
+            }))
+            .unwrap();
+        rx.recv().unwrap()
+    }
+}
+
+async fn call<T: codec::Decode>(ep: &UdpEndpoint, conn: ConnId, sub: u16, opc: u16, body: Bytes, side: Option<SideEffect>) -> T {
+    let r = ep.call(conn, sub, opc, body, side).await.unwrap();
+    assert_eq!(r.code, 0, "call {sub}/{opc} failed: {}", coda_proto::Errno(r.code));
+    codec::from_bytes(&r.body).unwrap()
+}
+
+async fn create(ep: &UdpEndpoint, c: &mut Conn, name: String) -> Status {
+    c.next += 1;
+    let fid = Fid::new(c.root.volume, LOCAL_VNODE_BASE + c.next, 1);
+    let rec = c.record(Op::Create(cml::Create { dir: c.root, name, fid, mode: 0o644 }));
+    let r: MutateReply = call(ep, c.id, vice::SUBSYSTEM, op::CREATE, codec::to_bytes(&rec), None).await;
+    r.statuses[0].clone()
+}
+
+async fn store(ep: &UdpEndpoint, c: &mut Conn, data: &Bytes) {
+    let rec = c.record(Op::Store(cml::Store {
+        fid: c.file,
+        seen: c.seen,
+        length: data.len() as u64,
+        content_hash: *blake3::hash(data).as_bytes(),
+    }));
+    let sid = rec.store_id;
+    let side = SideEffect::Send(Source::Memory(data.clone()));
+    let _: MutateReply = call(ep, c.id, vice::SUBSYSTEM, op::STORE, codec::to_bytes(&rec), Some(side)).await;
+    c.seen = sid;
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    GetAttr,
+    Create,
+    Store,
+}
+
+/// A server with `conns` connections, spread over one volume per shard.
+fn setup(cores: u32, conns: usize) -> (Srv, Client) {
+    let srv = start(cores);
+    let addr = srv.addr;
+    let ct = coda_tools::client().unwrap();
+    let creds: Credentials = coda_tools::login(&ct, addr, "admin", "pw").unwrap();
+    let admin = coda_tools::connect(&ct, addr, Auth::Encrypted(creds.clone())).unwrap();
+    let mut vols: Vec<VolumeInfo> = Vec::new();
+    for i in 0..cores {
+        vols.push(coda_tools::call(&ct, admin, volutil::SUBSYSTEM, volutil::op::CREATE, &CreateVolume { name: format!("bench{i}") }).unwrap());
+    }
+    let client = Client::start();
+    client.run(move |ep, st| {
+        Box::pin(async move {
+            for i in 0..conns {
+                let v = &vols[i % vols.len()];
+                let at: SocketAddr = v.servers[0].parse().unwrap();
+                let id = ep.connect(at, Auth::Encrypted(creds.clone())).await.unwrap();
+                let mut c = Conn { id, root: v.root, file: v.root, seen: StoreId::default(), host: 100 + i as u64, next: 0 };
+                let f = create(&ep, &mut c, format!("file{i}")).await;
+                c.file = f.fid;
+                c.seen = f.vv.store_id;
+                st.borrow_mut().push(c);
+            }
+        })
+    });
+    (srv, client)
+}
+
+/// Runs `iters` calls of `kind` over every connection at once; the time it took.
+fn run(client: &Client, kind: Kind, iters: u64) -> Duration {
+    client.run(move |ep, st| {
+        Box::pin(async move {
+            let n = st.borrow().len() as u64;
+            let data = Bytes::from(vec![7u8; 4096]);
+            let began = Instant::now();
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let (ep, st, data) = (ep.clone(), st.clone(), data.clone());
+                    let count = iters / n + u64::from(i < iters % n);
+                    glommio::spawn_local(async move {
+                        // Each task owns its connection for the run.
+                        let mut c = std::mem::replace(&mut st.borrow_mut()[i as usize], Conn {
+                            id: ConnId(0), root: Fid::default(), file: Fid::default(), seen: StoreId::default(), host: 0, next: 0,
+                        });
+                        for _ in 0..count {
+                            match kind {
+                                Kind::GetAttr => {
+                                    let _: Status = call(&ep, c.id, vice::SUBSYSTEM, op::GET_ATTR, codec::to_bytes(&vice::GetAttr { fid: c.file }), None).await;
+                                }
+                                Kind::Create => {
+                                    let name = format!("c{}-{}", c.host, c.next);
+                                    create(&ep, &mut c, name).await;
+                                }
+                                Kind::Store => store(&ep, &mut c, &data).await,
+                            }
+                        }
+                        st.borrow_mut()[i as usize] = c;
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await;
+            }
+            began.elapsed()
+        })
+    })
+}
+
+/// The same work on a local directory, `conns` threads at once.
+fn local(dir: &std::path::Path, kind: Kind, conns: u64, iters: u64) -> Duration {
+    let began = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..conns {
+            let count = iters / conns + u64::from(t < iters % conns);
+            s.spawn(move || {
+                let file = dir.join(format!("f{t}"));
+                std::fs::write(&file, b"x").unwrap();
+                for i in 0..count {
+                    match kind {
+                        Kind::GetAttr => {
+                            std::hint::black_box(std::fs::metadata(&file).unwrap().size());
+                        }
+                        Kind::Create => {
+                            let f = std::fs::File::create(dir.join(format!("c{t}-{i}-{}", rand::random::<u32>()))).unwrap();
+                            f.sync_all().unwrap();
+                        }
+                        Kind::Store => {
+                            let mut f = std::fs::File::create(&file).unwrap();
+                            f.write_all(&[7u8; 4096]).unwrap();
+                            f.sync_all().unwrap();
+                        }
+                    }
+                }
+            });
+        }
+    });
+    began.elapsed()
+}
+
+fn calls(c: &mut Criterion) {
+    let scratch = tempfile::tempdir().unwrap();
+    for kind in [Kind::GetAttr, Kind::Create, Kind::Store] {
+        let mut g = c.benchmark_group(format!("vice/{kind:?}"));
+        g.sample_size(10).measurement_time(Duration::from_secs(4)).throughput(Throughput::Elements(1));
+        for conns in [1usize, 8] {
+            g.bench_function(BenchmarkId::new("local-dir", conns), |b| {
+                b.iter_custom(|iters| local(scratch.path(), kind, conns as u64, iters))
+            });
+            for cores in [1u32, 2] {
+                let (_srv, client) = setup(cores, conns);
+                g.bench_function(BenchmarkId::new(format!("codasrv-{cores}core"), conns), |b| {
+                    b.iter_custom(|iters| run(&client, kind, iters))
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+/// Records per second for a batch of creates and stores (data staged first).
+fn reintegrate(c: &mut Criterion) {
+    const FILES: u64 = 1000;
+    let (_srv, client) = setup(1, 1);
+    let mut g = c.benchmark_group("vice/reintegrate");
+    g.sample_size(10).measurement_time(Duration::from_secs(8)).throughput(Throughput::Elements(2 * FILES));
+    g.bench_function("creates+stores", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += client.run(|ep, st| {
+                    Box::pin(async move {
+                        let mut c = std::mem::replace(&mut st.borrow_mut()[0], Conn {
+                            id: ConnId(0), root: Fid::default(), file: Fid::default(), seen: StoreId::default(), host: 0, next: 0,
+                        });
+                        let data = Bytes::from(vec![9u8; 4096]);
+                        let hash = *blake3::hash(&data).as_bytes();
+                        let mut records = Vec::new();
+                        for i in 0..FILES {
+                            c.next += 1;
+                            let fid = Fid::new(c.root.volume, LOCAL_VNODE_BASE + c.next, 1);
+                            let create = c.record(Op::Create(cml::Create { dir: c.root, name: format!("r{}-{i}", c.next), fid, mode: 0o644 }));
+                            let seen = create.store_id;
+                            records.push(create);
+                            let s = c.record(Op::Store(cml::Store { fid, seen, length: 4096, content_hash: hash }));
+                            let stage = Stage { store_id: s.store_id, length: 4096, offset: 0 };
+                            let side = SideEffect::Send(Source::Memory(data.clone()));
+                            let _: vice::StageReply = call(&ep, c.id, vice::SUBSYSTEM, op::STAGE, codec::to_bytes(&stage), Some(side)).await;
+                            records.push(s);
+                        }
+                        c.next += 1;
+                        let batch = Reintegrate { volume: c.root.volume, batch: StoreId { host: c.host, unique: c.next }, records };
+                        let body = codec::to_bytes(&batch);
+                        let began = Instant::now();
+                        let r: ReintegrateReply = call(&ep, c.id, vice::SUBSYSTEM, op::REINTEGRATE, Bytes::new(), Some(SideEffect::Send(Source::Memory(body)))).await;
+                        let took = began.elapsed();
+                        assert!(matches!(r, ReintegrateReply::Applied(_)), "{r:?}");
+                        st.borrow_mut()[0] = c;
+                        took
+                    })
+                });
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, calls, reintegrate);
+criterion_main!(benches);
