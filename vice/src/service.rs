@@ -182,6 +182,11 @@ impl Service {
         }
     }
 
+    /// The shard, for a caller that is done serving (tools and tests).
+    pub fn into_shard(self) -> Shard {
+        self.shard
+    }
+
     pub fn accepted(&mut self, conn: ConnId, identity: Identity) {
         let client = self.client_for(identity);
         self.clients.insert(conn, client);

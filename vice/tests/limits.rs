@@ -1,0 +1,171 @@
+//! No small fixed limits: a directory of a million entries, an ACL of
+//! hundreds of entries, names of 255 bytes, 64-bit lengths.
+
+use coda_proto::acl::{Acl, AclEntry, Rights};
+use coda_proto::cml::{self, CmlRecord, Op};
+use coda_proto::fid::{Fid, StoreId, LOCAL_VNODE_BASE};
+use coda_proto::status::Timestamp;
+use coda_vice::fileops::{Apply, Caller};
+use coda_vice::pdb::ADMIN_ID;
+use coda_vice::shard::{Shard, ShardOptions};
+
+const CELL: [u8; 16] = [3; 16];
+
+fn options() -> ShardOptions {
+    ShardOptions {
+        segment_bytes: 2 << 30,
+        log_bytes: 64 << 20,
+    }
+}
+
+fn admin() -> Caller {
+    Caller {
+        user: ADMIN_ID,
+        cps: vec![
+            ADMIN_ID,
+            coda_proto::acl::ANY_USER,
+            coda_proto::acl::ADMINISTRATORS,
+        ],
+        admin: true,
+    }
+}
+
+fn record(n: u64, op: Op) -> CmlRecord {
+    CmlRecord {
+        store_id: StoreId { host: 1, unique: n },
+        time: Timestamp { secs: 1, nanos: 0 },
+        op,
+    }
+}
+
+/// Applies `records` to volume `vol` in one transaction.
+fn apply(shard: &mut Shard, vol: u64, records: &[CmlRecord]) {
+    let caller = admin();
+    let exists = |_| true;
+    let (containers, txn) = shard.split();
+    let mut txn = txn.unwrap();
+    let mut a = Apply::new(&mut txn, containers, &caller, vol, &exists).unwrap();
+    for r in records {
+        a.op(r, &mut |_| None).unwrap();
+    }
+    a.finish().unwrap();
+    txn.commit(rvm::Durability::NoFlush).unwrap();
+}
+
+fn new_volume(dir: &std::path::Path) -> (Shard, u64) {
+    let (shard, _) = Shard::open(dir, 0, CELL, &options()).unwrap();
+    let cell = std::sync::Arc::new(coda_vice::cell::Cell::new(
+        coda_rpc2::CellKey::from_bytes([1; 32]),
+        CELL,
+        1,
+        "t".into(),
+        coda_vice::pdb::Pdb::open(&dir.join("pdb.toml")).unwrap(),
+    ));
+    let mut svc = coda_vice::service::Service::new(cell, shard);
+    svc.create_volume(0x7f00_0001, "big", ADMIN_ID, coda_vice::fileops::root_acl())
+        .unwrap();
+    svc.shard.flush().unwrap();
+    (svc.into_shard(), 0x7f00_0001)
+}
+
+#[test]
+fn a_directory_of_a_million_entries_survives_a_restart() {
+    const ENTRIES: u64 = 1_000_000;
+    const BATCH: u64 = 5_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard0");
+    let (mut shard, vol) = new_volume(&dir);
+    let root = Fid::root(vol);
+    let mut n = 0;
+    while n < ENTRIES {
+        let records: Vec<CmlRecord> = (n..n + BATCH)
+            .map(|i| {
+                let name = format!("entry-{i:07}-{}", "x".repeat((i % 200) as usize));
+                let fid = Fid::new(vol, LOCAL_VNODE_BASE + i, i);
+                record(
+                    i + 1,
+                    Op::Create(cml::Create {
+                        dir: root,
+                        name,
+                        fid,
+                        mode: 0o644,
+                    }),
+                )
+            })
+            .collect();
+        apply(&mut shard, vol, &records);
+        n += BATCH;
+    }
+    shard.flush().unwrap();
+    drop(shard);
+    let (shard, report) = Shard::open(&dir, 0, CELL, &options()).unwrap();
+    assert_eq!(report.vnodes as u64, ENTRIES + 1);
+    let v = shard.meta.volume(vol).unwrap();
+    let entries = v.entries(root).unwrap();
+    assert_eq!(entries.len() as u64, ENTRIES);
+    let name = format!("entry-{:07}-{}", 777_777, "x".repeat(777_777 % 200));
+    assert!(v.lookup(root, &name).is_some());
+    let problems = coda_vice::fsck::check_shard(&shard);
+    assert!(
+        problems.is_empty(),
+        "{:?}",
+        &problems[..problems.len().min(5)]
+    );
+}
+
+#[test]
+fn acls_of_hundreds_of_entries_and_long_names_are_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard0");
+    let (mut shard, vol) = new_volume(&dir);
+    let root = Fid::root(vol);
+    let mut acl = Acl::default();
+    for id in 1000..1600 {
+        acl.positive.push(AclEntry {
+            id,
+            rights: Rights::READ.union(Rights::LOOKUP),
+        });
+    }
+    for id in 2000..2200 {
+        acl.negative.push(AclEntry {
+            id,
+            rights: Rights::WRITE,
+        });
+    }
+    acl.positive.push(AclEntry {
+        id: ADMIN_ID,
+        rights: Rights::ALL,
+    });
+    let long = "n".repeat(255);
+    apply(
+        &mut shard,
+        vol,
+        &[
+            record(
+                1,
+                Op::SetAcl(cml::SetAcl {
+                    dir: root,
+                    acl: acl.clone(),
+                }),
+            ),
+            record(
+                2,
+                Op::MakeDir(cml::MakeDir {
+                    dir: root,
+                    name: long.clone(),
+                    fid: Fid::new(vol, LOCAL_VNODE_BASE + 1, 1),
+                    mode: 0o755,
+                }),
+            ),
+        ],
+    );
+    shard.flush().unwrap();
+    drop(shard);
+    let (shard, _) = Shard::open(&dir, 0, CELL, &options()).unwrap();
+    let v = shard.meta.volume(vol).unwrap();
+    assert_eq!(v.vnode(root).unwrap().acl.as_ref(), Some(&acl));
+    let sub = v.lookup(root, &long).unwrap();
+    // A new directory starts with its parent's ACL.
+    assert_eq!(v.vnode(sub).unwrap().acl.as_ref(), Some(&acl));
+    assert!(coda_vice::fsck::check_shard(&shard).is_empty());
+}
