@@ -339,10 +339,10 @@ impl<'t, 'a> Apply<'t, 'a> {
             }
             Op::SetAttr(r) => {
                 let mut v = self.vnode(r.fid)?;
-                Self::check_seen(&v, r.seen)?;
                 let dir = governing(self.vol(), &v).clone();
                 let owner = v.owner as PrincipalId == self.caller.user;
-                if r.owner.is_some_and(|o| o != v.owner) {
+                let chown = r.owner.is_some_and(|o| o != v.owner);
+                if chown {
                     self.need(&dir, Rights::ADMINISTER)?;
                 }
                 if r.mode.is_some() && !owner {
@@ -351,6 +351,17 @@ impl<'t, 'a> Apply<'t, 'a> {
                 if r.mtime.is_some() || r.length.is_some() {
                     self.need_file_write(&v)?;
                 }
+                // A SetAttr asking for none of the above (every field None,
+                // or the owner it has already) still bumps the version,
+                // ctime and author and breaks callbacks: like a utimes it
+                // needs 'w', unless the caller owns the object.
+                let guarded = chown || r.mode.is_some() || r.mtime.is_some() || r.length.is_some();
+                if !guarded && !owner {
+                    self.need(&dir, Rights::WRITE)?;
+                }
+                // Rights before versions, as for every other update, so a
+                // caller without them cannot probe store ids.
+                Self::check_seen(&v, r.seen)?;
                 if let Some(len) = r.length {
                     match v.kind {
                         VnodeKind::File => self.truncate(&mut v, len)?,

@@ -455,20 +455,25 @@ impl Service {
             .get(vol)
             .ok_or(Errno::NO_SUCH_VOLUME)?
             .shard;
-        if shard == self.shard.index {
-            let (code, body) = self.run_job(Job::Info(vol));
-            return if code == 0 {
-                Ok(Some((body, None)))
-            } else {
-                Err(Errno(code))
-            };
+        self.on_shard(id, shard, Job::Info(vol), out)
+    }
+
+    /// Runs `job` here if this is `shard`, else hands it to the driver.
+    fn on_shard(
+        &mut self,
+        id: IncomingId,
+        shard: u32,
+        job: Job,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<(Bytes, Option<CommitId>)>, Errno> {
+        if shard != self.shard.index {
+            out.push(Action::Delegate { id, shard, job });
+            return Ok(None);
         }
-        out.push(Action::Delegate {
-            id,
-            shard,
-            job: Job::Info(vol),
-        });
-        Ok(None)
+        match self.run_job(job) {
+            (0, body) => Ok(Some((body, None))),
+            (code, _) => Err(Errno(code)),
+        }
     }
 
     fn local_volume(&self, vol: VolumeId) -> Result<&crate::volume::Volume, Errno> {
@@ -1007,16 +1012,7 @@ impl Service {
                 .get(vol)
                 .ok_or(Errno::NO_SUCH_VOLUME)?
                 .shard;
-            if shard == this.shard.index {
-                let (code, body) = this.run_job(job);
-                return if code == 0 {
-                    Ok(Some((body, None)))
-                } else {
-                    Err(Errno(code))
-                };
-            }
-            out.push(Action::Delegate { id, shard, job });
-            Ok(None)
+            this.on_shard(id, shard, job, out)
         };
         match opcode {
             volutil::op::CREATE => {
@@ -1045,16 +1041,7 @@ impl Service {
                     name: r.name,
                     owner: caller.user,
                 };
-                if shard == self.shard.index {
-                    let (code, body) = self.run_job(job);
-                    return if code == 0 {
-                        Ok(Some((body, None)))
-                    } else {
-                        Err(Errno(code))
-                    };
-                }
-                out.push(Action::Delegate { id, shard, job });
-                Ok(None)
+                self.on_shard(id, shard, job, out)
             }
             volutil::op::LIST => {
                 let mut all: Vec<(VolumeId, Location)> = self

@@ -1,10 +1,8 @@
 //! The real `codasrv` process: a new cell, logins, volumes on every shard,
 //! and SIGKILL at random moments during a stream of creates and stores.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,42 +18,15 @@ use coda_rpc2::udp::ClientThread;
 use coda_rpc2::{Config, Credentials, Sink, Source};
 
 struct Srv {
-    child: Child,
+    inner: coda_tests::Server,
     addr: SocketAddr,
 }
 
-impl Drop for Srv {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// A codasrv with `cores` shards in `root` (admin password `admin-pw`).
 fn start(root: &Path, cores: u32) -> Srv {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_codasrv"))
-        .args(["--root", root.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .args(["--cores", &cores.to_string()])
-        .env("CODA_ADMIN_PASSWORD", "admin-pw")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("codasrv never said ready");
-    let addr = line
-        .trim()
-        .strip_prefix("codasrv ready on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
-    Srv { child, addr }
+    let inner = coda_tests::Server::start_in(root, cores);
+    let addr = inner.addr.parse().unwrap();
+    Srv { inner, addr }
 }
 
 fn client() -> ClientThread {
@@ -222,7 +193,7 @@ fn a_new_cell_logs_in_its_admin_and_spreads_volumes_over_both_shards() {
         login(&anon, srv.addr, "nobody", "x").err(),
         Some(Errno::AUTH_FAILED)
     );
-    let creds = login(&anon, srv.addr, "admin", "admin-pw").unwrap();
+    let creds = login(&anon, srv.addr, "admin", coda_tests::ADMIN_PASSWORD).unwrap();
     let mut admin = Session::new(srv.addr, &creds, 1);
     // Anonymous may read the root but not write it.
     let anon_create = {
@@ -297,7 +268,7 @@ fn sigkill_during_creates_and_stores_loses_nothing_acknowledged() {
     for round in 0..6u64 {
         let srv = start(&root, 1);
         let probe = client();
-        let creds = login(&probe, srv.addr, "admin", "admin-pw").unwrap();
+        let creds = login(&probe, srv.addr, "admin", coda_tests::ADMIN_PASSWORD).unwrap();
         let mut s = Session::new(srv.addr, &creds, 100 + round);
         let rootfid = root_info(&s.ct, s.conn).root;
         // Everything acknowledged before is there, whole.
@@ -318,7 +289,7 @@ fn sigkill_during_creates_and_stores_loses_nothing_acknowledged() {
         }
         // A stream of creates and stores, killed at a random moment.
         let kill_after = Duration::from_millis(50 + next() % 400);
-        let pid = srv.child.id();
+        let pid = srv.inner.child.id();
         let killer = std::thread::spawn(move || {
             std::thread::sleep(kill_after);
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
