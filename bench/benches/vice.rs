@@ -54,11 +54,22 @@ fn start(cores: u32) -> Srv {
         .env("CODA_ADMIN_PASSWORD", "pw")
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("start {} (cargo build --release --bins): {e}", bin.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "start {} (cargo build --release --bins): {e}",
+                bin.display()
+            )
+        });
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
-    Srv { child, addr, _dir: dir }
+    Srv {
+        child,
+        addr,
+        _dir: dir,
+    }
 }
 
 /// One connection's state.
@@ -75,7 +86,10 @@ impl Conn {
     fn record(&mut self, op: Op) -> CmlRecord {
         self.next += 1;
         CmlRecord {
-            store_id: StoreId { host: self.host, unique: self.next },
+            store_id: StoreId {
+                host: self.host,
+                unique: self.next,
+            },
             time: Timestamp::now(),
             op,
         }
@@ -83,7 +97,8 @@ impl Conn {
 }
 
 type State = Rc<RefCell<Vec<Conn>>>;
-type Job = Box<dyn FnOnce(UdpEndpoint, State) -> Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
+type Job =
+    Box<dyn FnOnce(UdpEndpoint, State) -> Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
 
 /// A glommio client thread holding the connections; jobs run on it.
 struct Client {
@@ -96,7 +111,8 @@ impl Client {
         std::thread::spawn(move || {
             let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
             ex.run(async move {
-                let ep = UdpEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default()).unwrap();
+                let ep =
+                    UdpEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default()).unwrap();
                 let state: State = Default::default();
                 while let Ok(job) = rx.recv().await {
                     job(ep.clone(), state.clone()).await;
@@ -109,7 +125,9 @@ impl Client {
 
     fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(UdpEndpoint, State) -> Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+        f: impl FnOnce(UdpEndpoint, State) -> Pin<Box<dyn std::future::Future<Output = T>>>
+            + Send
+            + 'static,
     ) -> T {
         let (tx, rx) = std::sync::mpsc::channel();
         self.jobs
@@ -123,17 +141,42 @@ impl Client {
     }
 }
 
-async fn call<T: codec::Decode>(ep: &UdpEndpoint, conn: ConnId, sub: u16, opc: u16, body: Bytes, side: Option<SideEffect>) -> T {
+async fn call<T: codec::Decode>(
+    ep: &UdpEndpoint,
+    conn: ConnId,
+    sub: u16,
+    opc: u16,
+    body: Bytes,
+    side: Option<SideEffect>,
+) -> T {
     let r = ep.call(conn, sub, opc, body, side).await.unwrap();
-    assert_eq!(r.code, 0, "call {sub}/{opc} failed: {}", coda_proto::Errno(r.code));
+    assert_eq!(
+        r.code,
+        0,
+        "call {sub}/{opc} failed: {}",
+        coda_proto::Errno(r.code)
+    );
     codec::from_bytes(&r.body).unwrap()
 }
 
 async fn create(ep: &UdpEndpoint, c: &mut Conn, name: String) -> Status {
     c.next += 1;
     let fid = Fid::new(c.root.volume, LOCAL_VNODE_BASE + c.next, 1);
-    let rec = c.record(Op::Create(cml::Create { dir: c.root, name, fid, mode: 0o644 }));
-    let r: MutateReply = call(ep, c.id, vice::SUBSYSTEM, op::CREATE, codec::to_bytes(&rec), None).await;
+    let rec = c.record(Op::Create(cml::Create {
+        dir: c.root,
+        name,
+        fid,
+        mode: 0o644,
+    }));
+    let r: MutateReply = call(
+        ep,
+        c.id,
+        vice::SUBSYSTEM,
+        op::CREATE,
+        codec::to_bytes(&rec),
+        None,
+    )
+    .await;
     r.statuses[0].clone()
 }
 
@@ -146,7 +189,15 @@ async fn store(ep: &UdpEndpoint, c: &mut Conn, data: &Bytes) {
     }));
     let sid = rec.store_id;
     let side = SideEffect::Send(Source::Memory(data.clone()));
-    let _: MutateReply = call(ep, c.id, vice::SUBSYSTEM, op::STORE, codec::to_bytes(&rec), Some(side)).await;
+    let _: MutateReply = call(
+        ep,
+        c.id,
+        vice::SUBSYSTEM,
+        op::STORE,
+        codec::to_bytes(&rec),
+        Some(side),
+    )
+    .await;
     c.seen = sid;
 }
 
@@ -166,7 +217,18 @@ fn setup(cores: u32, conns: usize) -> (Srv, Client) {
     let admin = coda_tools::connect(&ct, addr, Auth::Encrypted(creds.clone())).unwrap();
     let mut vols: Vec<VolumeInfo> = Vec::new();
     for i in 0..cores {
-        vols.push(coda_tools::call(&ct, admin, volutil::SUBSYSTEM, volutil::op::CREATE, &CreateVolume { name: format!("bench{i}") }).unwrap());
+        vols.push(
+            coda_tools::call(
+                &ct,
+                admin,
+                volutil::SUBSYSTEM,
+                volutil::op::CREATE,
+                &CreateVolume {
+                    name: format!("bench{i}"),
+                },
+            )
+            .unwrap(),
+        );
     }
     let client = Client::start();
     client.run(move |ep, st| {
@@ -174,8 +236,18 @@ fn setup(cores: u32, conns: usize) -> (Srv, Client) {
             for i in 0..conns {
                 let v = &vols[i % vols.len()];
                 let at: SocketAddr = v.servers[0].parse().unwrap();
-                let id = ep.connect(at, Auth::Encrypted(creds.clone())).await.unwrap();
-                let mut c = Conn { id, root: v.root, file: v.root, seen: StoreId::default(), host: 100 + i as u64, next: 0 };
+                let id = ep
+                    .connect(at, Auth::Encrypted(creds.clone()))
+                    .await
+                    .unwrap();
+                let mut c = Conn {
+                    id,
+                    root: v.root,
+                    file: v.root,
+                    seen: StoreId::default(),
+                    host: 100 + i as u64,
+                    next: 0,
+                };
                 let f = create(&ep, &mut c, format!("file{i}")).await;
                 c.file = f.fid;
                 c.seen = f.vv.store_id;
@@ -199,13 +271,29 @@ fn run(client: &Client, kind: Kind, iters: u64) -> Duration {
                     let count = iters / n + u64::from(i < iters % n);
                     glommio::spawn_local(async move {
                         // Each task owns its connection for the run.
-                        let mut c = std::mem::replace(&mut st.borrow_mut()[i as usize], Conn {
-                            id: ConnId(0), root: Fid::default(), file: Fid::default(), seen: StoreId::default(), host: 0, next: 0,
-                        });
+                        let mut c = std::mem::replace(
+                            &mut st.borrow_mut()[i as usize],
+                            Conn {
+                                id: ConnId(0),
+                                root: Fid::default(),
+                                file: Fid::default(),
+                                seen: StoreId::default(),
+                                host: 0,
+                                next: 0,
+                            },
+                        );
                         for _ in 0..count {
                             match kind {
                                 Kind::GetAttr => {
-                                    let _: Status = call(&ep, c.id, vice::SUBSYSTEM, op::GET_ATTR, codec::to_bytes(&vice::GetAttr { fid: c.file }), None).await;
+                                    let _: Status = call(
+                                        &ep,
+                                        c.id,
+                                        vice::SUBSYSTEM,
+                                        op::GET_ATTR,
+                                        codec::to_bytes(&vice::GetAttr { fid: c.file }),
+                                        None,
+                                    )
+                                    .await;
                                 }
                                 Kind::Create => {
                                     let name = format!("c{}-{}", c.host, c.next);
@@ -241,7 +329,10 @@ fn local(dir: &std::path::Path, kind: Kind, conns: u64, iters: u64) -> Duration 
                             std::hint::black_box(std::fs::metadata(&file).unwrap().size());
                         }
                         Kind::Create => {
-                            let f = std::fs::File::create(dir.join(format!("c{t}-{i}-{}", rand::random::<u32>()))).unwrap();
+                            let f = std::fs::File::create(
+                                dir.join(format!("c{t}-{i}-{}", rand::random::<u32>())),
+                            )
+                            .unwrap();
                             f.sync_all().unwrap();
                         }
                         Kind::Store => {
@@ -261,16 +352,19 @@ fn calls(c: &mut Criterion) {
     let scratch = tempfile::tempdir().unwrap();
     for kind in [Kind::GetAttr, Kind::Create, Kind::Store] {
         let mut g = c.benchmark_group(format!("vice/{kind:?}"));
-        g.sample_size(10).measurement_time(Duration::from_secs(4)).throughput(Throughput::Elements(1));
+        g.sample_size(10)
+            .measurement_time(Duration::from_secs(4))
+            .throughput(Throughput::Elements(1));
         for conns in [1usize, 8] {
             g.bench_function(BenchmarkId::new("local-dir", conns), |b| {
                 b.iter_custom(|iters| local(scratch.path(), kind, conns as u64, iters))
             });
             for cores in [1u32, 2] {
                 let (_srv, client) = setup(cores, conns);
-                g.bench_function(BenchmarkId::new(format!("codasrv-{cores}core"), conns), |b| {
-                    b.iter_custom(|iters| run(&client, kind, iters))
-                });
+                g.bench_function(
+                    BenchmarkId::new(format!("codasrv-{cores}core"), conns),
+                    |b| b.iter_custom(|iters| run(&client, kind, iters)),
+                );
             }
         }
         g.finish();
@@ -282,36 +376,83 @@ fn reintegrate(c: &mut Criterion) {
     const FILES: u64 = 1000;
     let (_srv, client) = setup(1, 1);
     let mut g = c.benchmark_group("vice/reintegrate");
-    g.sample_size(10).measurement_time(Duration::from_secs(8)).throughput(Throughput::Elements(2 * FILES));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .throughput(Throughput::Elements(2 * FILES));
     g.bench_function("creates+stores", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 total += client.run(|ep, st| {
                     Box::pin(async move {
-                        let mut c = std::mem::replace(&mut st.borrow_mut()[0], Conn {
-                            id: ConnId(0), root: Fid::default(), file: Fid::default(), seen: StoreId::default(), host: 0, next: 0,
-                        });
+                        let mut c = std::mem::replace(
+                            &mut st.borrow_mut()[0],
+                            Conn {
+                                id: ConnId(0),
+                                root: Fid::default(),
+                                file: Fid::default(),
+                                seen: StoreId::default(),
+                                host: 0,
+                                next: 0,
+                            },
+                        );
                         let data = Bytes::from(vec![9u8; 4096]);
                         let hash = *blake3::hash(&data).as_bytes();
                         let mut records = Vec::new();
                         for i in 0..FILES {
                             c.next += 1;
                             let fid = Fid::new(c.root.volume, LOCAL_VNODE_BASE + c.next, 1);
-                            let create = c.record(Op::Create(cml::Create { dir: c.root, name: format!("r{}-{i}", c.next), fid, mode: 0o644 }));
+                            let create = c.record(Op::Create(cml::Create {
+                                dir: c.root,
+                                name: format!("r{}-{i}", c.next),
+                                fid,
+                                mode: 0o644,
+                            }));
                             let seen = create.store_id;
                             records.push(create);
-                            let s = c.record(Op::Store(cml::Store { fid, seen, length: 4096, content_hash: hash }));
-                            let stage = Stage { store_id: s.store_id, length: 4096, offset: 0 };
+                            let s = c.record(Op::Store(cml::Store {
+                                fid,
+                                seen,
+                                length: 4096,
+                                content_hash: hash,
+                            }));
+                            let stage = Stage {
+                                store_id: s.store_id,
+                                length: 4096,
+                                offset: 0,
+                            };
                             let side = SideEffect::Send(Source::Memory(data.clone()));
-                            let _: vice::StageReply = call(&ep, c.id, vice::SUBSYSTEM, op::STAGE, codec::to_bytes(&stage), Some(side)).await;
+                            let _: vice::StageReply = call(
+                                &ep,
+                                c.id,
+                                vice::SUBSYSTEM,
+                                op::STAGE,
+                                codec::to_bytes(&stage),
+                                Some(side),
+                            )
+                            .await;
                             records.push(s);
                         }
                         c.next += 1;
-                        let batch = Reintegrate { volume: c.root.volume, batch: StoreId { host: c.host, unique: c.next }, records };
+                        let batch = Reintegrate {
+                            volume: c.root.volume,
+                            batch: StoreId {
+                                host: c.host,
+                                unique: c.next,
+                            },
+                            records,
+                        };
                         let body = codec::to_bytes(&batch);
                         let began = Instant::now();
-                        let r: ReintegrateReply = call(&ep, c.id, vice::SUBSYSTEM, op::REINTEGRATE, Bytes::new(), Some(SideEffect::Send(Source::Memory(body)))).await;
+                        let r: ReintegrateReply = call(
+                            &ep,
+                            c.id,
+                            vice::SUBSYSTEM,
+                            op::REINTEGRATE,
+                            Bytes::new(),
+                            Some(SideEffect::Send(Source::Memory(body))),
+                        )
+                        .await;
                         let took = began.elapsed();
                         assert!(matches!(r, ReintegrateReply::Applied(_)), "{r:?}");
                         st.borrow_mut()[0] = c;

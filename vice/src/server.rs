@@ -440,8 +440,16 @@ fn dispatch(ctx: &Rc<Ctx>, identity: coda_rpc2::Identity, actions: Vec<Action>) 
                         c.ep.call(conn, BREAK_CALL.0, BREAK_CALL.1, body, None)
                             .await;
                     if r.is_err() {
-                        c.service.borrow_mut().break_failed(conn);
+                        let mut out = Vec::new();
+                        c.service.borrow_mut().break_failed(conn, &mut out);
+                        dispatch(&c, identity, out);
                     }
+                })
+                .detach(),
+            ),
+            Action::Close { conn } => drop(
+                glommio::spawn_local(async move {
+                    c.ep.close(conn).await;
                 })
                 .detach(),
             ),

@@ -63,7 +63,7 @@ pub enum Action {
         offset: u64,
     },
     /// Call the client on `conn` with a callback break; if it fails, call
-    /// [`Service::client_lost`].
+    /// [`Service::break_failed`].
     Break { conn: ConnId, body: Bytes },
     /// Run `job` on shard `shard` ([`Service::run_job`]) and answer `id`
     /// with its result.
@@ -72,6 +72,9 @@ pub enum Action {
         shard: u32,
         job: Job,
     },
+    /// Close a connection, so its client's next call fails and it
+    /// revalidates what it cached instead of trusting lost promises.
+    Close { conn: ConnId },
 }
 
 /// Administration that must run on the shard owning a volume.
@@ -1278,9 +1281,11 @@ impl Service {
     }
 
     /// Called by the driver when a callback break failed: the client is
-    /// unreachable and loses every promise, so no one waits for it.
-    pub fn break_failed(&mut self, conn: ConnId) {
-        self.callbacks.drop_client(conn);
+    /// unreachable, so it loses every promise (no one waits for it) and its
+    /// connection, so it cannot go on trusting a cache it was not told about.
+    pub fn break_failed(&mut self, conn: ConnId, out: &mut Vec<Action>) {
+        self.client_lost(conn);
+        out.push(Action::Close { conn });
     }
 }
 

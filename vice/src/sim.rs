@@ -38,7 +38,7 @@ pub fn serve(sim: &mut Sim, node: NodeId, service: Rc<RefCell<Service>>) {
             Event::Reply { call, result } => match breaks.borrow_mut().remove(&call) {
                 Some(conn) => {
                     if result.is_err() {
-                        svc.break_failed(conn);
+                        svc.break_failed(conn, &mut out);
                     }
                 }
                 None => return Some(Event::Reply { call, result }),
@@ -63,7 +63,8 @@ fn run(
     actions: Vec<Action>,
     breaks: &mut HashMap<CallId, coda_rpc2::ConnId>,
 ) {
-    for a in actions {
+    let mut actions = std::collections::VecDeque::from(actions);
+    while let Some(a) = actions.pop_front() {
         match a {
             Action::Reply {
                 id,
@@ -87,9 +88,14 @@ fn run(
                     Ok(call) => {
                         breaks.insert(call, conn);
                     }
-                    Err(_) => svc.break_failed(conn),
+                    Err(_) => {
+                        let mut more = Vec::new();
+                        svc.break_failed(conn, &mut more);
+                        actions.extend(more);
+                    }
                 }
             }
+            Action::Close { conn } => ep.close(now, conn),
             Action::Delegate { id, job, .. } => {
                 // One shard per simulated server.
                 let (code, body) = svc.run_job(job);

@@ -663,3 +663,66 @@ fn mode_bits_guard_files_from_everyone_but_their_owner() {
     assert_eq!(w.get_attr(&alice, wo).unwrap().length, 6);
     w.check();
 }
+
+#[test]
+fn a_setattr_that_changes_nothing_still_needs_rights() {
+    let mut w = World::new(17);
+    let mut adm = w.client(Some(ADMIN_ID));
+    let mut bob = w.client(Some(BOB));
+    let root = w.root_fid();
+    let d = w.mkdir(&mut adm, root, "d").unwrap().fid;
+    let f = w.create(&mut adm, d, "f").unwrap().fid;
+    set_acl(&mut w, &mut adm, d, acl(&[(ADMINISTRATORS, "all")], &[])).unwrap();
+    let before = w.get_attr(&adm, f).unwrap();
+    let stamp = w.stamp(&adm, w.root);
+    // Bob has no right at all on d: not even an empty SetAttr (nor one
+    // "changing" the owner to the owner it has) may touch f's version,
+    // ctime or author, or hand him its status.
+    assert_eq!(
+        set_attr(&mut w, &mut bob, f, None, None, None, None).err(),
+        Some(Errno::EACCES)
+    );
+    assert_eq!(
+        set_attr(&mut w, &mut bob, f, None, Some(before.owner), None, None).err(),
+        Some(Errno::EACCES)
+    );
+    // Nor may he tell a stale version from a current one.
+    let stale = w.mutate(
+        &mut bob,
+        Op::SetAttr(cml::SetAttr {
+            fid: f,
+            seen: Default::default(),
+            mode: None,
+            owner: None,
+            mtime: None,
+            length: None,
+        }),
+    );
+    assert_eq!(stale.err(), Some(Errno::EACCES));
+    assert_eq!(w.get_attr(&adm, f).unwrap(), before);
+    assert_eq!(w.stamp(&adm, w.root), stamp);
+    // With 'w' he may (it is a utimes-like touch).
+    set_acl(
+        &mut w,
+        &mut adm,
+        d,
+        acl(&[(ADMINISTRATORS, "all"), (BOB, "w")], &[]),
+    )
+    .unwrap();
+    let st = set_attr(&mut w, &mut bob, f, None, None, None, None).unwrap();
+    assert_eq!(st.author, BOB as u32);
+    // And the owner's own chmod needs no right on the directory, as in POSIX.
+    let mut alice = w.client(Some(ALICE));
+    set_acl(
+        &mut w,
+        &mut adm,
+        d,
+        acl(&[(ADMINISTRATORS, "all"), (ALICE, "i")], &[]),
+    )
+    .unwrap();
+    let mine = w.create(&mut alice, d, "mine").unwrap().fid;
+    set_acl(&mut w, &mut adm, d, acl(&[(ADMINISTRATORS, "all")], &[])).unwrap();
+    let st = set_attr(&mut w, &mut alice, mine, Some(0o600), None, None, None).unwrap();
+    assert_eq!(st.mode, 0o600);
+    w.check();
+}

@@ -190,14 +190,14 @@ fn a_reintegrated_batch_breaks_promises_like_direct_updates() {
             &Reintegrate {
                 volume: d.volume,
                 batch,
-                records,
+                records: records.clone(),
             },
         )
         .unwrap();
     let ReintegrateReply::Applied(applied) = r else {
         panic!("conflict: {r:?}")
     };
-    let made = applied.remaps[0].fid;
+    let made = applied.remaps(&records)[0].fid;
     w.settle(&[&a, &b]);
     let (fids, _) = take_breaks(&a);
     assert_eq!(fids, set(&[d, f]));
@@ -363,4 +363,73 @@ fn a_client_that_does_not_answer_loses_its_promises_and_delays_no_one() {
     w.store(&mut b, g, b"later").unwrap();
     assert!(w.sim.now.since(before) < Duration::from_secs(1));
     w.check();
+}
+
+/// Once the server has dropped a client's promises because a break could
+/// not be delivered, the client must find out before it trusts its cache
+/// again: either the break still reaches it, or its next call fails (so it
+/// revalidates everything, as Coda's Venus does when a server tears down
+/// its connection). Today the connection outlives the failed break and the
+/// next call succeeds, so the client goes on believing it holds a promise
+/// on an object that changed.
+#[test]
+fn a_client_whose_break_failed_learns_of_it_before_trusting_its_cache() {
+    use coda_rpc2::endpoint::Event;
+    let (mut w, a, mut b, d) = setup(27);
+    let f = w.create(&mut b, d, "f").unwrap().fid;
+    let g = w.create(&mut b, d, "g").unwrap().fid;
+    w.get_attr(&a, f).unwrap();
+    w.get_attr(&a, g).unwrap();
+    let sa = w.server_conn(&a);
+    w.sim.partition(a.node, w.server);
+    w.store(&mut b, f, b"while a is away").unwrap();
+    w.sim.run_for(Duration::from_secs(30));
+    assert!(!w.svc().callbacks.holds(sa, g), "the break failed");
+    w.sim.heal(a.node, w.server);
+    // a's next call, on the connection it has.
+    let now = w.sim.now;
+    let body = coda_rpc2::codec::to_bytes(&coda_proto::vice::GetAttr { fid: g });
+    let outcome = w
+        .sim
+        .endpoint(a.node)
+        .call(
+            now,
+            a.conn,
+            coda_proto::vice::SUBSYSTEM,
+            op::GET_ATTR,
+            body,
+            None,
+        )
+        .map_err(|e| format!("{e}"));
+    let mut succeeded = false;
+    if let Ok(call) = outcome {
+        let node = a.node;
+        let breaks = a.breaks.clone();
+        let mut done = false;
+        w.sim.run_until(Duration::from_secs(60), |s| {
+            while let Some(e) = s.nodes[node].events.pop_front() {
+                match e {
+                    Event::Reply { call: c, result } if c == call => {
+                        succeeded = result.is_ok_and(|r| r.code == 0);
+                        done = true;
+                    }
+                    Event::Lost { .. } => done = true,
+                    Event::Request { id, body, .. } => {
+                        breaks
+                            .borrow_mut()
+                            .push(coda_rpc2::codec::from_bytes(&body).unwrap());
+                        let now = s.now;
+                        let _ = s.endpoint(node).reply(now, id, 0, bytes::Bytes::new());
+                    }
+                    _ => {}
+                }
+            }
+            done
+        });
+    }
+    let told = take_breaks(&a).0.contains(&f);
+    assert!(
+        told || !succeeded,
+        "a was never told that f changed, and its connection works as before"
+    );
 }

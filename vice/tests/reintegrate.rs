@@ -11,7 +11,8 @@ use bytes::Bytes;
 use coda_proto::cml::{self, CmlRecord, Op};
 use coda_proto::fid::{Fid, StoreId};
 use coda_proto::vice::{
-    self, op, Applied, Conflict, GetAttr, Reintegrate, ReintegrateReply, Stage, StageReply,
+    self, op, AllocFids, Applied, Conflict, FidRange, GetAttr, Reintegrate, ReintegrateReply,
+    Stage, StageReply,
 };
 use coda_proto::Errno;
 use coda_rpc2::codec;
@@ -157,23 +158,25 @@ fn a_mixed_batch_is_applied_whole_with_every_local_fid_remapped() {
         length: None,
     }));
     let records = vec![mkdir, create, store, symlink, rename, remove, setattr];
-    let got = applied(reintegrate(&mut w, &a, batch, records));
+    let got = applied(reintegrate(&mut w, &a, batch, records.clone()));
+    // The answer is compact; the client spells the remaps out from its records.
+    assert_eq!(got.created, 3);
+    let remaps = got.remaps(&records);
 
     // One remap per made-up fid, each to a fresh real fid of the volume.
     let remap = |local: Fid| {
-        got.remaps
+        remaps
             .iter()
             .find(|r| r.local == local)
             .unwrap_or_else(|| panic!("no remap for {local}"))
             .fid
     };
-    assert_eq!(got.remaps.len(), 3);
+    assert_eq!(remaps.len(), 3);
     let (new_dir, file, link) = (remap(new_dir), remap(file), remap(link));
     for fid in [new_dir, file, link] {
         assert!(!fid.is_local());
         assert_eq!(fid.volume, w.root);
     }
-    assert_eq!(set(&[]).len(), 0);
     assert_eq!(
         BTreeSet::from([new_dir, file, link]).len(),
         3,
@@ -213,6 +216,71 @@ fn a_mixed_batch_is_applied_whole_with_every_local_fid_remapped() {
 }
 
 #[test]
+fn remaps_hold_around_preallocated_fids_and_objects_gone_again() {
+    let mut w = World::new(36);
+    let mut a = w.client(Some(ADMIN_ID));
+    let root = w.root_fid();
+    let d = w.mkdir(&mut a, root, "d").unwrap().fid;
+    // Fids asked for while connected, used while disconnected.
+    let range: FidRange = w
+        .vice(
+            &a,
+            op::ALLOC_FIDS,
+            &AllocFids {
+                volume: w.root,
+                count: 2,
+            },
+        )
+        .unwrap();
+    let pre = range.fid(0).unwrap();
+
+    let batch = a.sid();
+    let (first, first_local) = create_rec(&mut a, d, "first");
+    let pre_rec = a.record(Op::Create(cml::Create {
+        dir: d,
+        name: "pre".into(),
+        fid: pre,
+        mode: 0o644,
+    }));
+    let (tmp, tmp_local) = create_rec(&mut a, d, "tmp");
+    let rm_tmp = a.record(Op::Remove(cml::Remove {
+        dir: d,
+        name: "tmp".into(),
+        fid: tmp_local,
+        seen: tmp.store_id,
+    }));
+    let sub_local = a.local_fid(w.root);
+    let sub = a.record(Op::MakeDir(cml::MakeDir {
+        dir: d,
+        name: "sub".into(),
+        fid: sub_local,
+        mode: 0o755,
+    }));
+    let (deep, deep_local) = create_rec(&mut a, sub_local, "deep");
+    let records = vec![first, pre_rec, tmp, rm_tmp, sub, deep];
+    let got = applied(reintegrate(&mut w, &a, batch, records.clone()));
+    let remaps = got.remaps(&records);
+    let locals: Vec<Fid> = remaps.iter().map(|r| r.local).collect();
+    assert_eq!(locals, vec![first_local, tmp_local, sub_local, deep_local]);
+    assert_eq!(got.created, 4);
+    let fid = |i: usize| remaps[i].fid;
+    for r in &remaps {
+        assert!(!r.fid.is_local());
+        assert_ne!(r.fid.vnode, pre.vnode, "no clash with the preallocated fid");
+    }
+    // The client's reading of the answer names the objects the server made.
+    let top = entries_of(&w.list(&a, d).unwrap());
+    assert_eq!(top.len(), 3);
+    assert_eq!(top["first"], fid(0));
+    assert_eq!(top["pre"], pre);
+    assert_eq!(top["sub"], fid(2));
+    assert_eq!(entries_of(&w.list(&a, fid(2)).unwrap())["deep"], fid(3));
+    assert_eq!(w.get_attr(&a, fid(1)), Err(Errno::ENOENT), "tmp is gone");
+    assert_eq!(w.get_attr(&a, fid(3)).unwrap().parent, fid(2));
+    w.check();
+}
+
+#[test]
 fn a_stale_store_conflicts_and_nothing_in_the_batch_is_applied() {
     let mut w = World::new(32);
     let mut a = w.client(Some(ADMIN_ID));
@@ -234,7 +302,7 @@ fn a_stale_store_conflicts_and_nothing_in_the_batch_is_applied() {
     let touch_g = staged_store(&mut w, &mut a, g, g_seen, b"g's new data");
     let store_f = staged_store(&mut w, &mut a, f, seen, b"a's version");
     let (later, _) = create_rec(&mut a, d, "later");
-    let records = vec![create, touch_g, store_f, later];
+    let records = vec![create, touch_g.clone(), store_f, later];
     let c = conflict(reintegrate(&mut w, &a, batch, records));
     assert_eq!(
         c,
@@ -253,12 +321,18 @@ fn a_stale_store_conflicts_and_nothing_in_the_batch_is_applied() {
     w.check();
 
     // A batch that conflicted was not recorded: the client may send the
-    // same batch id again with what it made of the conflict.
+    // same batch id again with what it made of the conflict. The data it
+    // staged is still held, and the store to g goes in this time.
     let (create, made) = create_rec(&mut a, d, "made");
-    let got = applied(reintegrate(&mut w, &a, batch, vec![create]));
-    assert_eq!(got.remaps.len(), 1);
-    assert_eq!(got.remaps[0].local, made);
+    let records = vec![create, touch_g];
+    let got = applied(reintegrate(&mut w, &a, batch, records.clone()));
+    let remaps = got.remaps(&records);
+    assert_eq!(remaps.len(), 1);
+    assert_eq!(remaps[0].local, made);
+    assert_eq!(entries_of(&w.list(&a, d).unwrap())["made"], remaps[0].fid);
     assert_eq!(names(&mut w, &a, d), set(&["f", "g", "made"]));
+    assert_eq!(w.fetch(&a, g).unwrap().1, b"g's new data");
+    assert_eq!(w.fetch(&a, f).unwrap().1, b"b's version");
     w.check();
 }
 
@@ -291,9 +365,11 @@ fn directory_updates_conflict_per_name_only() {
     // "y" alone does not conflict with b's "x", though both changed d.
     let batch = a.sid();
     let (y_rec, y_local) = create_rec(&mut a, d, "y");
-    let got = applied(reintegrate(&mut w, &a, batch, vec![y_rec]));
-    let y = got.remaps[0].fid;
-    assert_eq!(got.remaps[0].local, y_local);
+    let records = vec![y_rec];
+    let got = applied(reintegrate(&mut w, &a, batch, records.clone()));
+    let remaps = got.remaps(&records);
+    let y = remaps[0].fid;
+    assert_eq!(remaps[0].local, y_local);
     assert_eq!(names(&mut w, &a, d), set(&["x", "y", "z"]));
     assert_eq!(entries_of(&w.list(&a, d).unwrap())["y"], y);
 
@@ -325,6 +401,45 @@ fn directory_updates_conflict_per_name_only() {
     let c = conflict(reintegrate(&mut w, &a, batch, vec![mv]));
     assert_eq!((c.index, c.code), (0, Errno::CONFLICT.0));
     assert_eq!(names(&mut w, &a, d), set(&["w", "x", "y", "z"]));
+    // ... or when its source name is bound to another object now.
+    let batch = a.sid();
+    let mv = a.record(Op::Rename(cml::Rename {
+        from_dir: d,
+        from_name: "y".into(),
+        to_dir: d,
+        to_name: "v".into(),
+        fid: y,
+        replaced: None,
+    }));
+    let by = w.seen(y);
+    w.remove(&mut b, d, "y", y).unwrap();
+    let y2 = w.create(&mut b, d, "y").unwrap().fid;
+    let c = conflict(reintegrate(&mut w, &a, batch, vec![mv]));
+    assert_eq!((c.index, c.code), (0, Errno::CONFLICT.0));
+    assert_eq!(entries_of(&w.list(&a, d).unwrap())["y"], y2);
+    assert_ne!(w.seen(y2), by);
+    // A directory removed and made again under the same name is not the
+    // one a client saw and meant to remove.
+    let e = w.mkdir(&mut a, d, "e").unwrap().fid;
+    let batch = a.sid();
+    let rmdir = a.record(Op::RemoveDir(cml::RemoveDir {
+        dir: d,
+        name: "e".into(),
+        fid: e,
+    }));
+    w.mutate(
+        &mut b,
+        Op::RemoveDir(cml::RemoveDir {
+            dir: d,
+            name: "e".into(),
+            fid: e,
+        }),
+    )
+    .unwrap();
+    let e2 = w.mkdir(&mut b, d, "e").unwrap().fid;
+    let c = conflict(reintegrate(&mut w, &a, batch, vec![rmdir]));
+    assert_eq!((c.index, c.code), (0, Errno::CONFLICT.0));
+    assert_eq!(entries_of(&w.list(&a, d).unwrap())["e"], e2);
     w.check();
 }
 
@@ -339,7 +454,8 @@ fn a_batch_sent_again_is_answered_again_and_not_reapplied() {
     let batch = a.sid();
     let (c1, _) = create_rec(&mut a, d, "one");
     let (c2, _) = create_rec(&mut a, d, "two");
-    let store = staged_store(&mut w, &mut a, f, w.seen(f), b"stored once");
+    let f_seen = w.seen(f);
+    let store = staged_store(&mut w, &mut a, f, f_seen, b"stored once");
     let records = vec![c1, c2, store];
     let first = applied(reintegrate(&mut w, &a, batch, records.clone()));
     let listing = w.list(&a, d).unwrap();
@@ -414,8 +530,10 @@ fn a_batch_sent_again_after_a_restart_is_still_recognised() {
     }));
     let records = vec![mk, cr, acl];
     let first = applied(reintegrate(&mut w, &a, batch, records.clone()));
-    assert_eq!(first.remaps.len(), 2);
-    let sub = first.remaps[0].fid;
+    let remaps = first.remaps(&records);
+    assert_eq!(remaps.len(), 2);
+    assert_eq!(remaps[0].local, local);
+    let sub = remaps[0].fid;
     let stamp = w.stamp(&a, w.root);
 
     // The server crashes before the client hears the answer.
