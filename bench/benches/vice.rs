@@ -27,7 +27,7 @@ use coda_proto::vice::{self, op, MutateReply, Reintegrate, ReintegrateReply, Sta
 use coda_proto::volutil::{self, CreateVolume};
 use coda_rpc2::codec;
 use coda_rpc2::endpoint::{Auth, ConnId, SideEffect};
-use coda_rpc2::udp::UdpEndpoint;
+use coda_rpc2::udp::{Incoming, UdpEndpoint};
 use coda_rpc2::{Config, Credentials, Source};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -114,6 +114,16 @@ impl Client {
                 let ep =
                     UdpEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default()).unwrap();
                 let state: State = Default::default();
+                // Answer callback breaks: a client that does not loses its connection.
+                let breaks = ep.clone();
+                glommio::spawn_local(async move {
+                    loop {
+                        if let Incoming::Request(r) = breaks.next_incoming().await {
+                            let _ = breaks.reply(r.id, 0, Bytes::new()).await;
+                        }
+                    }
+                })
+                .detach();
                 while let Ok(job) = rx.recv().await {
                     job(ep.clone(), state.clone()).await;
                 }
@@ -248,6 +258,26 @@ fn setup(cores: u32, conns: usize) -> (Srv, Client) {
                     host: 100 + i as u64,
                     next: 0,
                 };
+                // Each connection works in its own directory, so a create
+                // breaks no other connection's callback on it.
+                c.next += 1;
+                let fid = Fid::new(c.root.volume, LOCAL_VNODE_BASE + c.next, 1);
+                let rec = c.record(Op::MakeDir(cml::MakeDir {
+                    dir: c.root,
+                    name: format!("dir{i}"),
+                    fid,
+                    mode: 0o755,
+                }));
+                let r: MutateReply = call(
+                    &ep,
+                    c.id,
+                    vice::SUBSYSTEM,
+                    op::MAKE_DIR,
+                    codec::to_bytes(&rec),
+                    None,
+                )
+                .await;
+                c.root = r.statuses[0].fid;
                 let f = create(&ep, &mut c, format!("file{i}")).await;
                 c.file = f.fid;
                 c.seen = f.vv.store_id;
