@@ -306,7 +306,7 @@ fn open_shard(s: &ShardStart) -> Result<(Service, UdpEndpoint), String> {
     if s.make_root {
         let id = s.cell.new_volume_id();
         service
-            .create_volume(id, ROOT_VOLUME_NAME, ADMIN_ID, crate::fileops::root_acl())
+            .create_volume(id, ROOT_VOLUME_NAME, ADMIN_ID)
             .map_err(|e| format!("making {ROOT_VOLUME_NAME}: {e}"))?;
         service.shard.flush().map_err(|e| e.to_string())?;
         s.cell.register(

@@ -1142,16 +1142,7 @@ impl Service {
     pub fn run_job(&mut self, job: Job) -> (u16, Bytes) {
         let result: Answer = (|| match job {
             Job::CreateVolume { id, name, owner } => {
-                let acl = if name == ROOT_VOLUME_NAME {
-                    fileops::root_acl()
-                } else {
-                    let mut acl = fileops::root_acl();
-                    if owner > 0 {
-                        acl.set(owner, Rights::ALL, false);
-                    }
-                    acl
-                };
-                if let Err(e) = self.create_volume(id, &name, owner, acl) {
+                if let Err(e) = self.create_volume(id, &name, owner) {
                     self.cell.vldb_mut().remove(id);
                     return Err(e);
                 }
@@ -1208,13 +1199,18 @@ impl Service {
     }
 
     /// A new volume: its header and its root directory, in one transaction.
+    /// Its root's ACL is the cell root's (`System:AnyUser rl`,
+    /// `System:Administrators all`) plus `all` for a user `owner`.
     pub fn create_volume(
         &mut self,
         id: VolumeId,
         name: &str,
         owner: PrincipalId,
-        acl: Acl,
     ) -> Result<CommitId, Errno> {
+        let mut acl = fileops::root_acl();
+        if owner > 0 && !self.cell.pdb().is_admin(owner) {
+            acl.set(owner, Rights::ALL, false);
+        }
         let now = Timestamp::now();
         let root = Fid::root(id);
         let store_id = StoreId {

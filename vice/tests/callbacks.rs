@@ -246,8 +246,7 @@ fn a_volume_promise_breaks_on_any_change_in_the_volume() {
     let other = {
         let mut svc = w.svc();
         let id = svc.cell.new_volume_id();
-        svc.create_volume(id, "other", ADMIN_ID, coda_vice::fileops::root_acl())
-            .unwrap();
+        svc.create_volume(id, "other", ADMIN_ID).unwrap();
         svc.cell.register(
             id,
             coda_vice::cell::Location {

@@ -62,8 +62,7 @@ fn new_volume(dir: &std::path::Path) -> (Shard, u64) {
         coda_vice::pdb::Pdb::open(&dir.join("pdb.toml")).unwrap(),
     ));
     let mut svc = coda_vice::service::Service::new(cell, shard);
-    svc.create_volume(0x7f00_0001, "big", ADMIN_ID, coda_vice::fileops::root_acl())
-        .unwrap();
+    svc.create_volume(0x7f00_0001, "big", ADMIN_ID).unwrap();
     svc.shard.flush().unwrap();
     (svc.into_shard(), 0x7f00_0001)
 }

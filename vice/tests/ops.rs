@@ -87,8 +87,7 @@ fn operations_fail_with_the_posix_error_a_program_expects() {
     let other = {
         let mut svc = w.svc();
         let id = svc.cell.new_volume_id();
-        svc.create_volume(id, "other", 500, coda_vice::fileops::root_acl())
-            .unwrap();
+        svc.create_volume(id, "other", 500).unwrap();
         svc.cell.register(
             id,
             coda_vice::cell::Location {
@@ -210,4 +209,95 @@ fn symlinks_links_renames_and_attributes() {
     w.restart();
     w.check();
     assert_eq!(w.fetch(&a, f).unwrap().1, b"0123");
+}
+
+#[test]
+fn mount_points_are_entries_naming_another_volumes_root() {
+    let mut w = World::new(4);
+    let mut a = w.client(Some(coda_vice::pdb::ADMIN_ID));
+    let mut alice = w.client(Some(ALICE));
+    let root = w.root_fid();
+    let other = {
+        let mut svc = w.svc();
+        let id = svc.cell.new_volume_id();
+        svc.create_volume(id, "u.alice", ALICE).unwrap();
+        svc.cell.register(
+            id,
+            coda_vice::cell::Location {
+                name: "u.alice".into(),
+                shard: 0,
+                kind: coda_proto::vice::VolumeKind::ReadWrite,
+            },
+        );
+        id
+    };
+    let mount = Op::Link(cml::Link {
+        dir: root,
+        name: "alice".into(),
+        fid: Fid::root(other),
+    });
+    // Making a mount point needs 'a' on the directory.
+    assert_eq!(w.mutate(&mut alice, mount.clone()), Err(Errno::EACCES));
+    w.mutate(&mut a, mount).unwrap();
+    assert_eq!(
+        entries_of(&w.list(&a, root).unwrap())["alice"],
+        Fid::root(other)
+    );
+    // Only a volume's root can be mounted, and only an existing volume.
+    let bad = Op::Link(cml::Link {
+        dir: root,
+        name: "bad".into(),
+        fid: Fid::new(other, 5, 5),
+    });
+    assert_eq!(w.mutate(&mut a, bad), Err(Errno::NO_SUCH_VOLUME));
+    let gone = Op::Link(cml::Link {
+        dir: root,
+        name: "gone".into(),
+        fid: Fid::root(0x7777),
+    });
+    assert_eq!(w.mutate(&mut a, gone), Err(Errno::NO_SUCH_VOLUME));
+    // The mounted volume's owner works inside it.
+    let f = w.create(&mut alice, Fid::root(other), "notes").unwrap();
+    assert_eq!(f.fid.volume, other);
+    w.check();
+    w.restart();
+    assert_eq!(
+        entries_of(&w.list(&a, root).unwrap())["alice"],
+        Fid::root(other)
+    );
+    // Removing the mount point leaves the volume.
+    let unmount = Op::Remove(cml::Remove {
+        dir: root,
+        name: "alice".into(),
+        fid: Fid::root(other),
+        seen: Default::default(),
+    });
+    w.mutate(&mut a, unmount).unwrap();
+    assert!(!entries_of(&w.list(&a, root).unwrap()).contains_key("alice"));
+    assert!(w.get_attr(&alice, f.fid).is_ok());
+    w.check();
+}
+
+#[test]
+fn statistics_count_calls_clients_callbacks_and_log_use() {
+    let mut w = World::new(5);
+    let mut a = w.client(Some(coda_vice::pdb::ADMIN_ID));
+    let root = w.root_fid();
+    for i in 0..5 {
+        w.create(&mut a, root, &format!("f{i}")).unwrap();
+    }
+    w.get_attr(&a, root).unwrap();
+    let stats: coda_proto::vice::Statistics = w.vice(&a, op::GET_STATISTICS, &()).unwrap();
+    let calls: std::collections::HashMap<u16, u64> =
+        stats.calls_by_opcode.iter().copied().collect();
+    assert_eq!(calls[&op::CREATE], 5);
+    assert_eq!(calls[&op::GET_ATTR], 1);
+    assert_eq!(stats.clients, 1);
+    assert!(stats.callbacks >= 1, "{stats:?}");
+    assert_eq!(stats.volumes, 1);
+    assert!(
+        stats.rvm_log_bytes > 0 && stats.rvm_log_used > 0,
+        "{stats:?}"
+    );
+    assert!(stats.bytes_received > 0 && stats.bytes_sent > 0);
 }

@@ -133,13 +133,7 @@ impl World {
         }
         let mut svc = open_service(dir.path());
         let root = svc.cell.new_volume_id();
-        svc.create_volume(
-            root,
-            ROOT_VOLUME_NAME,
-            ADMIN_ID,
-            coda_vice::fileops::root_acl(),
-        )
-        .unwrap();
+        svc.create_volume(root, ROOT_VOLUME_NAME, ADMIN_ID).unwrap();
         svc.shard.flush().unwrap();
         svc.cell.register(
             root,
