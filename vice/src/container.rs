@@ -42,7 +42,10 @@ impl Containers {
         let path = self.path(id);
         let file = match open_new(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A new subdirectory: its name is made durable here, once,
+                // so syncing a container later needs only its own directory.
                 fs::create_dir_all(path.parent().expect("containers live in subdirectories"))?;
+                File::open(&self.dir)?.sync_all()?;
                 open_new(&path)?
             }
             other => other?,
@@ -59,6 +62,11 @@ impl Containers {
         file.sync_all()?;
         let parent = self.path(id);
         File::open(parent.parent().expect("containers live in subdirectories"))?.sync_all()
+    }
+
+    /// [`sync`](Self::sync) by number.
+    pub fn sync_id(&self, id: u64) -> io::Result<()> {
+        self.sync(id, &File::open(self.path(id))?)
     }
 
     pub fn remove(&self, id: u64) {

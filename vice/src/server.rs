@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cell::{Cell, Location, ROOT_VOLUME_NAME};
 use crate::pdb::{write_atomically, Pdb, ADMINISTRATORS_NAME, ADMIN_ID};
-use crate::service::{Action, Job, Service, BREAK_CALL};
+use crate::service::{Action, Job, Service, Then, BREAK_CALL};
 use crate::shard::{Shard, ShardOptions};
 
 /// `codasrv.toml` in the server root.
@@ -288,6 +288,8 @@ struct Ctx {
     peers: Arc<Vec<Sender<ShardMsg>>>,
     /// Replies waiting for their commit to be durable.
     durable: RefCell<Vec<(IncomingId, u16, Bytes)>>,
+    /// Work waiting for its containers to be synced.
+    syncs: RefCell<Vec<(Vec<u64>, Then)>>,
     kick: Sender<()>,
 }
 
@@ -344,6 +346,7 @@ async fn run_shard(s: ShardStart) {
         ep: ep.clone(),
         peers: s.peers.clone(),
         durable: RefCell::new(Vec::new()),
+        syncs: RefCell::new(Vec::new()),
         kick,
     });
     let flusher = glommio::spawn_local(flush_loop(ctx.clone(), kicked));
@@ -369,7 +372,7 @@ async fn run_shard(s: ShardStart) {
                     r.body,
                     &mut out,
                 );
-                dispatch(&ctx, identity, out);
+                dispatch(&ctx, out);
             }
             Ev::Net(Incoming::Accepted { conn, identity, .. }) => {
                 ctx.service.borrow_mut().accepted(conn, identity)
@@ -392,7 +395,7 @@ async fn run_shard(s: ShardStart) {
 }
 
 /// Carries out the service's actions; transfers and calls run as tasks.
-fn dispatch(ctx: &Rc<Ctx>, identity: coda_rpc2::Identity, actions: Vec<Action>) {
+fn dispatch(ctx: &Rc<Ctx>, actions: Vec<Action>) {
     for a in actions {
         let c = ctx.clone();
         match a {
@@ -420,8 +423,8 @@ fn dispatch(ctx: &Rc<Ctx>, identity: coda_rpc2::Identity, actions: Vec<Action>) 
                 glommio::spawn_local(async move {
                     let r = c.ep.sftp_send(id, source, offset).await;
                     let mut out = Vec::new();
-                    c.service.borrow_mut().sftp_done(id, identity, r, &mut out);
-                    dispatch(&c, identity, out);
+                    c.service.borrow_mut().sftp_done(id, r, &mut out);
+                    dispatch(&c, out);
                 })
                 .detach(),
             ),
@@ -429,8 +432,8 @@ fn dispatch(ctx: &Rc<Ctx>, identity: coda_rpc2::Identity, actions: Vec<Action>) 
                 glommio::spawn_local(async move {
                     let r = c.ep.sftp_receive(id, sink, offset).await;
                     let mut out = Vec::new();
-                    c.service.borrow_mut().sftp_done(id, identity, r, &mut out);
-                    dispatch(&c, identity, out);
+                    c.service.borrow_mut().sftp_done(id, r, &mut out);
+                    dispatch(&c, out);
                 })
                 .detach(),
             ),
@@ -442,11 +445,15 @@ fn dispatch(ctx: &Rc<Ctx>, identity: coda_rpc2::Identity, actions: Vec<Action>) 
                     if r.is_err() {
                         let mut out = Vec::new();
                         c.service.borrow_mut().break_failed(conn, &mut out);
-                        dispatch(&c, identity, out);
+                        dispatch(&c, out);
                     }
                 })
                 .detach(),
             ),
+            Action::Sync { containers, then } => {
+                ctx.syncs.borrow_mut().push((containers, then));
+                let _ = ctx.kick.try_send(());
+            }
             Action::Close { conn } => drop(
                 glommio::spawn_local(async move {
                     c.ep.close(conn).await;
@@ -480,6 +487,7 @@ async fn flush_loop(ctx: Rc<Ctx>, kicked: Receiver<()>) {
 }
 
 async fn flush_and_reply(ctx: &Rc<Ctx>) {
+    sync_containers(ctx).await;
     let waiting = std::mem::take(&mut *ctx.durable.borrow_mut());
     if waiting.is_empty() {
         return;
@@ -494,6 +502,63 @@ async fn flush_and_reply(ctx: &Rc<Ctx>) {
             }
         };
         let _ = ctx.ep.reply(id, code, body).await;
+    }
+}
+
+/// Syncs every container waiting, all at once on io_uring (and each
+/// container directory once), then lets what waited on them go on.
+async fn sync_containers(ctx: &Rc<Ctx>) {
+    let syncs = std::mem::take(&mut *ctx.syncs.borrow_mut());
+    if syncs.is_empty() {
+        return;
+    }
+    let paths: Vec<PathBuf> = {
+        let svc = ctx.service.borrow();
+        syncs
+            .iter()
+            .flat_map(|(cs, _)| cs.iter().map(|&c| svc.shard.containers.path(c)))
+            .collect()
+    };
+    let mut dirs: Vec<PathBuf> = paths
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let files: Vec<_> = paths
+        .into_iter()
+        .map(|p| {
+            glommio::spawn_local(async move {
+                let f = glommio::io::BufferedFile::open(&p).await?;
+                f.fdatasync().await?;
+                f.close().await
+            })
+        })
+        .collect();
+    let mut failed: Option<std::io::Error> = None;
+    for t in files {
+        if let Err(e) = t.await {
+            failed = Some(e.into());
+        }
+    }
+    for d in dirs {
+        let synced = async {
+            let dir = glommio::io::Directory::open(&d).await?;
+            dir.sync().await?;
+            dir.close().await
+        };
+        if let Err(e) = synced.await {
+            failed = Some(e.into());
+        }
+    }
+    for (_, then) in syncs {
+        let result = match &failed {
+            None => Ok(()),
+            Some(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        };
+        let mut out = Vec::new();
+        ctx.service.borrow_mut().synced(then, result, &mut out);
+        dispatch(ctx, out);
     }
 }
 

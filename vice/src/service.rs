@@ -75,6 +75,27 @@ pub enum Action {
     /// Close a connection, so its client's next call fails and it
     /// revalidates what it cached instead of trusting lost promises.
     Close { conn: ConnId },
+    /// Make these containers' bytes and names durable (a driver syncs the
+    /// containers of many calls together), then call [`Service::synced`].
+    Sync { containers: Vec<u64>, then: Then },
+}
+
+/// What waits for a [`Action::Sync`]: opaque to drivers.
+#[derive(Debug)]
+pub struct Then(Waiting);
+
+#[derive(Debug)]
+enum Waiting {
+    Store {
+        id: IncomingId,
+        record: CmlRecord,
+        data: NewData,
+    },
+    Stage {
+        id: IncomingId,
+        store_id: StoreId,
+        received: u64,
+    },
 }
 
 /// Administration that must run on the shard owning a volume.
@@ -232,6 +253,15 @@ impl Service {
             self.clients.insert(conn, c);
         }
         self.clients[&conn].caller.clone()
+    }
+
+    /// The caller on a connection whose bind was seen (transfers and
+    /// syncs finish after their request; a connection gone since is anonymous).
+    fn known_caller(&mut self, conn: ConnId) -> Caller {
+        match self.clients.get(&conn).map(|c| c.identity) {
+            Some(identity) => self.caller(conn, identity),
+            None => Caller::anonymous(),
+        }
     }
 
     /// Handles one call.
@@ -634,7 +664,6 @@ impl Service {
     pub fn sftp_done(
         &mut self,
         id: IncomingId,
-        identity: Identity,
         result: Result<SftpOutcome, coda_rpc2::Error>,
         out: &mut Vec<Action>,
     ) {
@@ -654,26 +683,36 @@ impl Service {
                 record,
                 container,
                 file,
-            } => {
-                let caller = self.caller(id.conn, identity);
-                let done = self.finish_store(id.conn, &caller, &record, container, &file, result);
-                match done {
-                    Ok((body, commit, changed)) => {
-                        self.reply(id, Ok(body), Some(commit), out);
-                        self.breaks(id.conn, record_volume(&record.op), &changed, out);
-                    }
-                    Err(e) => {
-                        self.shard.containers.remove(container);
-                        self.reply(id, Err(e), None, out);
-                    }
+            } => match check_store(&record, container, &file, result) {
+                Ok(data) if data.container == NO_CONTAINER => {
+                    self.shard.containers.remove(container);
+                    self.store(id, &record, data, out);
+                }
+                Ok(data) => out.push(Action::Sync {
+                    containers: vec![container],
+                    then: Then(Waiting::Store { id, record, data }),
+                }),
+                Err(e) => {
+                    self.shard.containers.remove(container);
+                    self.reply(id, Err(e), None, out);
+                }
+            },
+            Transfer::Stage { store_id, offset } => {
+                match self.finish_stage(store_id, offset, result) {
+                    Ok((received, Some(container))) => out.push(Action::Sync {
+                        containers: vec![container],
+                        then: Then(Waiting::Stage {
+                            id,
+                            store_id,
+                            received,
+                        }),
+                    }),
+                    Ok((received, None)) => self.reply(id, ok(&StageReply { received }), None, out),
+                    Err(e) => self.reply(id, Err(e), None, out),
                 }
             }
-            Transfer::Stage { store_id, offset } => {
-                let answer = self.finish_stage(store_id, offset, result);
-                self.reply(id, answer, None, out);
-            }
             Transfer::Batch => {
-                let caller = self.caller(id.conn, identity);
+                let caller = self.known_caller(id.conn);
                 let answer = match (result, sink) {
                     (Ok(_), Some(sink)) => decode::<Reintegrate>(&sink.into_bytes())
                         .and_then(|r| self.reintegrate(id.conn, &caller, &r, out)),
@@ -687,55 +726,65 @@ impl Service {
         }
     }
 
-    fn finish_store(
-        &mut self,
-        conn: ConnId,
-        caller: &Caller,
-        record: &CmlRecord,
-        container: u64,
-        file: &std::fs::File,
-        result: Result<u64, coda_rpc2::Error>,
-    ) -> Result<(Bytes, CommitId, Vec<Fid>), Errno> {
-        let Op::Store(s) = &record.op else {
-            unreachable!("only stores pull")
-        };
-        let got = result.map_err(|_| Errno::EIO)?;
-        if got != s.length || file.metadata().map_err(io_errno)?.len() != s.length {
-            return Err(Errno::EINVAL);
-        }
-        let hash = fileops::hash_file(file).map_err(io_errno)?;
-        self.shard
-            .containers
-            .sync(container, file)
-            .map_err(io_errno)?;
-        let data = NewData {
-            container: if s.length == 0 {
-                NO_CONTAINER
-            } else {
-                container
+    /// Containers synced: carry on with what waited for them.
+    pub fn synced(&mut self, then: Then, result: std::io::Result<()>, out: &mut Vec<Action>) {
+        match then.0 {
+            Waiting::Store { id, record, data } => match result {
+                Ok(()) => self.store(id, &record, data, out),
+                Err(e) => {
+                    self.shard.containers.remove(data.container);
+                    self.reply(id, Err(io_errno(e)), None, out);
+                }
             },
-            length: s.length,
-            hash,
-        };
-        if s.length == 0 {
-            self.shard.containers.remove(container);
+            Waiting::Stage {
+                id,
+                store_id,
+                received,
+            } => match result {
+                Ok(()) => self.reply(id, ok(&StageReply { received }), None, out),
+                Err(e) => {
+                    if let Some(s) = self.staged.remove(&store_id) {
+                        self.shard.containers.remove(s.container);
+                    }
+                    self.reply(id, Err(io_errno(e)), None, out);
+                }
+            },
         }
-        self.mutate(
-            conn,
-            caller,
-            s.fid.volume,
-            std::slice::from_ref(record),
-            &mut |_| Some(data),
-        )
-        .map_err(|c| Errno(c.code))
     }
 
+    /// Points the vnode at a store's new (synced) container.
+    fn store(&mut self, id: IncomingId, record: &CmlRecord, data: NewData, out: &mut Vec<Action>) {
+        let caller = self.known_caller(id.conn);
+        let vol = record_volume(&record.op);
+        let done = self.mutate(
+            id.conn,
+            &caller,
+            vol,
+            std::slice::from_ref(record),
+            &mut |_| Some(data),
+        );
+        match done {
+            Ok((body, commit, changed)) => {
+                self.reply(id, Ok(body), Some(commit), out);
+                self.breaks(id.conn, vol, &changed, out);
+            }
+            Err(c) => {
+                if data.container != NO_CONTAINER {
+                    self.shard.containers.remove(data.container);
+                }
+                self.reply(id, Err(Errno(c.code)), None, out);
+            }
+        }
+    }
+
+    /// Records what a stage brought; once the data is whole, its hash and
+    /// the container that must be synced before the stage is answered.
     fn finish_stage(
         &mut self,
         store_id: StoreId,
         offset: u64,
         result: Result<u64, coda_rpc2::Error>,
-    ) -> Answer {
+    ) -> Result<(u64, Option<u64>), Errno> {
         let got = result.map_err(|_| Errno::EIO)?;
         let s = self.staged.get_mut(&store_id).ok_or(Errno::EIO)?;
         s.received = s.received.max(offset + got);
@@ -749,14 +798,9 @@ impl Service {
                 .open_read(s.container)
                 .map_err(io_errno)?;
             s.hash = Some(fileops::hash_file(&file).map_err(io_errno)?);
-            self.shard
-                .containers
-                .sync(s.container, &file)
-                .map_err(io_errno)?;
+            return Ok((s.received, Some(s.container)));
         }
-        ok(&StageReply {
-            received: s.received,
-        })
+        Ok((s.received, None))
     }
 
     /// Applies `records` to `vol` in one transaction; on the first failure
@@ -1283,6 +1327,32 @@ impl Service {
         self.client_lost(conn);
         out.push(Action::Close { conn });
     }
+}
+
+/// Checks a store's data arrived whole; its new content (no container
+/// for an empty file).
+fn check_store(
+    record: &CmlRecord,
+    container: u64,
+    file: &std::fs::File,
+    result: Result<u64, coda_rpc2::Error>,
+) -> Result<NewData, Errno> {
+    let Op::Store(s) = &record.op else {
+        unreachable!("only stores pull")
+    };
+    let got = result.map_err(|_| Errno::EIO)?;
+    if got != s.length || file.metadata().map_err(io_errno)?.len() != s.length {
+        return Err(Errno::EINVAL);
+    }
+    Ok(NewData {
+        container: if s.length == 0 {
+            NO_CONTAINER
+        } else {
+            container
+        },
+        length: s.length,
+        hash: fileops::hash_file(file).map_err(io_errno)?,
+    })
 }
 
 /// Whether a direct mutation's record is the one its opcode names.

@@ -28,12 +28,7 @@ pub fn serve(sim: &mut Sim, node: NodeId, service: Rc<RefCell<Service>>) {
                 opcode,
                 body,
             } => svc.request(id, identity, subsystem, opcode, body, &mut out),
-            Event::SftpDone { id, result } => {
-                let identity = ctx.endpoint.identity(id.conn);
-                if let Some(identity) = identity {
-                    svc.sftp_done(id, identity, result, &mut out);
-                }
-            }
+            Event::SftpDone { id, result } => svc.sftp_done(id, result, &mut out),
             Event::Lost { conn, .. } => svc.client_lost(conn),
             Event::Reply { call, result } => match breaks.borrow_mut().remove(&call) {
                 Some(conn) => {
@@ -96,6 +91,14 @@ fn run(
                 }
             }
             Action::Close { conn } => ep.close(now, conn),
+            Action::Sync { containers, then } => {
+                let synced = containers
+                    .iter()
+                    .try_for_each(|&c| svc.shard.containers.sync_id(c));
+                let mut more = Vec::new();
+                svc.synced(then, synced, &mut more);
+                actions.extend(more);
+            }
             Action::Delegate { id, job, .. } => {
                 // One shard per simulated server.
                 let (code, body) = svc.run_job(job);
