@@ -3,15 +3,24 @@
 //! before the transaction that points a vnode at it commits; the old one is
 //! unlinked only once that commit is durable. So a crash leaves at worst an
 //! unreferenced container, which the start-up sweep removes.
+//!
+//! New containers come from a pool made ahead in batches whose names are
+//! made durable together (one directory sync per batch), so a store syncs
+//! only its own data.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// Containers made ahead per batch (and so per directory sync).
+const POOL_BATCH: u64 = 256;
+
 pub struct Containers {
     dir: PathBuf,
     next: u64,
+    /// Empty containers whose names are durable, ready for stores.
+    ready: VecDeque<u64>,
 }
 
 impl Containers {
@@ -21,52 +30,76 @@ impl Containers {
         let mut c = Containers {
             dir: dir.to_path_buf(),
             next: 1,
+            ready: VecDeque::new(),
         };
         let highest = c.list()?.into_iter().max().unwrap_or(0);
         c.next = highest + 1;
         Ok(c)
     }
 
+    /// A pool batch shares one directory (256 containers to each).
     pub fn path(&self, id: u64) -> PathBuf {
         self.dir
-            .join(format!("{:02x}", id & 0xff))
+            .join(format!("{:x}", id >> 8))
             .join(format!("{id:016x}"))
     }
 
-    /// A new, empty container; numbers never repeat, even across restarts,
-    /// because they start above every container left on disk and above
-    /// every number RVM references (see [`Containers::reserve_above`]).
+    /// A new, empty container whose name is durable. Numbers never
+    /// repeat, even across restarts: they start above every container left
+    /// on disk and every number RVM references ([`Containers::reserve_above`]).
     pub fn create(&mut self) -> io::Result<(u64, File)> {
-        let id = self.next;
-        self.next += 1;
-        let path = self.path(id);
-        let file = match open_new(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // A new subdirectory: its name is made durable here, once,
-                // so syncing a container later needs only its own directory.
-                fs::create_dir_all(path.parent().expect("containers live in subdirectories"))?;
-                File::open(&self.dir)?.sync_all()?;
-                open_new(&path)?
-            }
-            other => other?,
-        };
+        if self.ready.is_empty() {
+            self.refill()?;
+        }
+        let id = self.ready.pop_front().expect("refilled");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.path(id))?;
         Ok((id, file))
+    }
+
+    /// Makes a batch of empty containers and syncs their directories.
+    fn refill(&mut self) -> io::Result<()> {
+        let mut dirs = BTreeSet::new();
+        let mut new_dir = false;
+        for _ in 0..POOL_BATCH {
+            let id = self.next;
+            self.next += 1;
+            let path = self.path(id);
+            let parent = path.parent().expect("containers live in subdirectories");
+            match open_new(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir_all(parent)?;
+                    new_dir = true;
+                    open_new(&path)?;
+                }
+                other => drop(other?),
+            }
+            dirs.insert(parent.to_path_buf());
+            self.ready.push_back(id);
+        }
+        for d in dirs {
+            File::open(d)?.sync_all()?;
+        }
+        if new_dir {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     pub fn open_read(&self, id: u64) -> io::Result<File> {
         File::open(self.path(id))
     }
 
-    /// Makes a container's bytes and its name durable.
-    pub fn sync(&self, id: u64, file: &File) -> io::Result<()> {
-        file.sync_all()?;
-        let parent = self.path(id);
-        File::open(parent.parent().expect("containers live in subdirectories"))?.sync_all()
+    /// Makes a container's bytes durable (its name already is).
+    pub fn sync(&self, file: &File) -> io::Result<()> {
+        file.sync_data()
     }
 
     /// [`sync`](Self::sync) by number.
     pub fn sync_id(&self, id: u64) -> io::Result<()> {
-        self.sync(id, &File::open(self.path(id))?)
+        self.sync(&File::open(self.path(id))?)
     }
 
     pub fn remove(&self, id: u64) {

@@ -710,7 +710,7 @@ impl<'t, 'a> Apply<'t, 'a> {
                 .map_err(io_error)?;
         }
         file.set_len(len).map_err(io_error)?;
-        self.containers.sync(id, &file).map_err(io_error)?;
+        self.containers.sync(&file).map_err(io_error)?;
         v.container = id;
         v.length = len;
         v.content_hash = hash_file(&file).map_err(io_error)?;

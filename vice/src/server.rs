@@ -505,8 +505,9 @@ async fn flush_and_reply(ctx: &Rc<Ctx>) {
     }
 }
 
-/// Syncs every container waiting, all at once on io_uring (and each
-/// container directory once), then lets what waited on them go on.
+/// Syncs every container waiting, all at once on io_uring (their names
+/// are durable already: see [`crate::container`]), then lets what waited
+/// on them go on.
 async fn sync_containers(ctx: &Rc<Ctx>) {
     let syncs = std::mem::take(&mut *ctx.syncs.borrow_mut());
     if syncs.is_empty() {
@@ -519,12 +520,6 @@ async fn sync_containers(ctx: &Rc<Ctx>) {
             .flat_map(|(cs, _)| cs.iter().map(|&c| svc.shard.containers.path(c)))
             .collect()
     };
-    let mut dirs: Vec<PathBuf> = paths
-        .iter()
-        .filter_map(|p| p.parent().map(Path::to_path_buf))
-        .collect();
-    dirs.sort();
-    dirs.dedup();
     let files: Vec<_> = paths
         .into_iter()
         .map(|p| {
@@ -538,16 +533,6 @@ async fn sync_containers(ctx: &Rc<Ctx>) {
     let mut failed: Option<std::io::Error> = None;
     for t in files {
         if let Err(e) = t.await {
-            failed = Some(e.into());
-        }
-    }
-    for d in dirs {
-        let synced = async {
-            let dir = glommio::io::Directory::open(&d).await?;
-            dir.sync().await?;
-            dir.close().await
-        };
-        if let Err(e) = synced.await {
             failed = Some(e.into());
         }
     }
