@@ -140,7 +140,12 @@ struct Staged {
     length: u64,
     received: u64,
     hash: Option<[u8; 32]>,
+    at: std::time::Instant,
 }
+
+/// How long staged data waits for its batch (a client that went away
+/// leaves no more than this behind).
+pub const STAGED_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[derive(Default)]
 struct Counters {
@@ -156,6 +161,8 @@ pub struct Service {
     clients: HashMap<ConnId, Client>,
     transfers: HashMap<IncomingId, Transfer>,
     staged: HashMap<StoreId, Staged>,
+    /// [`STAGED_TTL`], or shorter in tests.
+    pub staged_ttl: std::time::Duration,
     counters: Counters,
 }
 
@@ -202,6 +209,7 @@ impl Service {
             clients: HashMap::new(),
             transfers: HashMap::new(),
             staged: HashMap::new(),
+            staged_ttl: STAGED_TTL,
             counters: Counters::default(),
         }
     }
@@ -618,6 +626,14 @@ impl Service {
     }
 
     fn stage(&mut self, id: IncomingId, r: &Stage, out: &mut Vec<Action>) -> Result<(), Errno> {
+        let (ttl, containers) = (self.staged_ttl, &self.shard.containers);
+        self.staged.retain(|_, s| {
+            let fresh = s.at.elapsed() < ttl;
+            if !fresh {
+                containers.remove(s.container);
+            }
+            fresh
+        });
         let resume = self
             .staged
             .get(&r.store_id)
@@ -637,6 +653,7 @@ impl Service {
                     length: r.length,
                     received: 0,
                     hash: None,
+                    at: std::time::Instant::now(),
                 },
             );
         }

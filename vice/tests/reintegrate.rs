@@ -559,3 +559,21 @@ fn a_batch_sent_again_after_a_restart_is_still_recognised() {
     assert_eq!(names(&mut w, &a, sub), set(&["file", "second"]));
     w.check();
 }
+
+#[test]
+fn staged_data_left_waiting_too_long_is_dropped() {
+    let mut w = World::new(77);
+    let mut a = w.client(Some(coda_vice::pdb::ADMIN_ID));
+    let root = w.root_fid();
+    let (create, fid) = create_rec(&mut a, root, "late");
+    let seen = create.store_id;
+    let store = staged_store(&mut w, &mut a, fid, seen, b"staged long ago");
+    // Another stage sweeps what waited past the limit.
+    w.svc().staged_ttl = std::time::Duration::ZERO;
+    let other = a.sid();
+    stage(&mut w, &a, other, b"new");
+    let batch = a.sid();
+    let c = conflict(reintegrate(&mut w, &a, batch, vec![create, store]));
+    assert_eq!((c.index, Errno(c.code)), (1, Errno::EINVAL));
+    w.check();
+}
