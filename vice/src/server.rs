@@ -21,7 +21,7 @@ use coda_rpc2::{CellKey, Config, IncomingId};
 use futures_lite::future;
 use serde::{Deserialize, Serialize};
 
-use crate::cell::{Cell, Location, ROOT_VOLUME_NAME};
+use crate::cell::{Cell, ROOT_VOLUME_NAME};
 use crate::pdb::{write_atomically, Pdb, ADMINISTRATORS_NAME, ADMIN_ID};
 use crate::service::{Action, Job, Service, Then, BREAK_CALL};
 use crate::shard::{Shard, ShardOptions};
@@ -308,17 +308,8 @@ fn open_shard(s: &ShardStart) -> Result<(Service, UdpEndpoint), String> {
     if s.make_root {
         let id = s.cell.new_volume_id();
         service
-            .create_volume(id, ROOT_VOLUME_NAME, ADMIN_ID)
+            .new_volume(id, ROOT_VOLUME_NAME, ADMIN_ID)
             .map_err(|e| format!("making {ROOT_VOLUME_NAME}: {e}"))?;
-        service.shard.flush().map_err(|e| e.to_string())?;
-        s.cell.register(
-            id,
-            Location {
-                name: ROOT_VOLUME_NAME.into(),
-                shard: s.index,
-                kind: coda_proto::vice::VolumeKind::ReadWrite,
-            },
-        );
     }
     let config = Config {
         accept_binds: true,

@@ -1202,23 +1202,7 @@ impl Service {
     /// Runs administration on this shard; the answer's code and body.
     pub fn run_job(&mut self, job: Job) -> (u16, Bytes) {
         let result: Answer = (|| match job {
-            Job::CreateVolume { id, name, owner } => {
-                if let Err(e) = self.create_volume(id, &name, owner) {
-                    self.cell.vldb_mut().remove(id);
-                    return Err(e);
-                }
-                // Volume creation is rare: make it durable before answering.
-                self.shard.flush().map_err(rvm_errno)?;
-                self.cell.register(
-                    id,
-                    Location {
-                        name,
-                        shard: self.shard.index,
-                        kind: VolumeKind::ReadWrite,
-                    },
-                );
-                ok(&self.info(id)?)
-            }
+            Job::CreateVolume { id, name, owner } => ok(&self.new_volume(id, &name, owner)?),
             Job::Info(id) => ok(&self.info(id)?),
             Job::SetLocked(id, locked) => {
                 let mut h = self.local_volume(id)?.header.clone();
@@ -1259,10 +1243,36 @@ impl Service {
         })
     }
 
+    /// Makes volume `id` here, durably, and records where it is served.
+    pub fn new_volume(
+        &mut self,
+        id: VolumeId,
+        name: &str,
+        owner: PrincipalId,
+    ) -> Result<VolumeInfo, Errno> {
+        let made = self
+            .create_volume(id, name, owner)
+            // Volume creation is rare: durable before it is answered.
+            .and_then(|_| self.shard.flush().map_err(rvm_errno));
+        if let Err(e) = made {
+            self.cell.vldb_mut().remove(id);
+            return Err(e);
+        }
+        self.cell.register(
+            id,
+            Location {
+                name: name.to_string(),
+                shard: self.shard.index,
+                kind: VolumeKind::ReadWrite,
+            },
+        );
+        self.info(id)
+    }
+
     /// A new volume: its header and its root directory, in one transaction.
     /// Its root's ACL is the cell root's (`System:AnyUser rl`,
     /// `System:Administrators all`) plus `all` for a user `owner`.
-    pub fn create_volume(
+    fn create_volume(
         &mut self,
         id: VolumeId,
         name: &str,

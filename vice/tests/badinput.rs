@@ -62,18 +62,7 @@ fn a_full_segment_fails_the_batch_with_enospc_and_undoes_all_of_it() {
         segment_bytes: 2 << 20,
         log_bytes: 8 << 20,
     };
-    let (shard, _) = Shard::open(&dir, 0, [1; 16], &opts).unwrap();
-    let cell = std::sync::Arc::new(coda_vice::cell::Cell::new(
-        coda_rpc2::CellKey::from_bytes([1; 32]),
-        [1; 16],
-        1,
-        "t".into(),
-        coda_vice::pdb::Pdb::open(&tmp.path().join("pdb.toml")).unwrap(),
-    ));
-    let mut svc = coda_vice::service::Service::new(cell, shard);
-    let vol = 0x7f00_0001;
-    svc.create_volume(vol, "small", ADMIN_ID).unwrap();
-    let mut shard = svc.into_shard();
+    let (mut shard, vol) = standalone_volume(&dir, &opts, "small");
     let root = Fid::root(vol);
     let caller = Caller {
         user: ADMIN_ID,
@@ -120,7 +109,7 @@ fn a_full_segment_fails_the_batch_with_enospc_and_undoes_all_of_it() {
     assert!(coda_vice::fsck::check_shard(&shard).is_empty());
     shard.flush().unwrap();
     drop(shard);
-    let (shard, _) = Shard::open(&dir, 0, [1; 16], &opts).unwrap();
+    let (shard, _) = Shard::open(&dir, 0, CELL_ID, &opts).unwrap();
     assert_eq!(
         shard.meta.volume(vol).unwrap().entries(root).unwrap().len() as u64,
         made

@@ -243,20 +243,7 @@ fn a_volume_promise_breaks_on_any_change_in_the_volume() {
     let r = validate(&mut w, &a, vec![(root, stamp), (root, now)], vec![]);
     assert_eq!(r.volumes, vec![false, true]);
     // Another volume's change does not touch it.
-    let other = {
-        let mut svc = w.svc();
-        let id = svc.cell.new_volume_id();
-        svc.create_volume(id, "other", ADMIN_ID).unwrap();
-        svc.cell.register(
-            id,
-            coda_vice::cell::Location {
-                name: "other".into(),
-                shard: 0,
-                kind: coda_proto::vice::VolumeKind::ReadWrite,
-            },
-        );
-        id
-    };
+    let other = w.new_volume("other", ADMIN_ID);
     let mut adm = w.client(Some(ADMIN_ID));
     w.create(&mut adm, Fid::root(other), "x").unwrap();
     w.settle(&[&a, &b]);

@@ -1,6 +1,8 @@
 //! No small fixed limits: a directory of a million entries, an ACL of
 //! hundreds of entries, names of 255 bytes, 64-bit lengths.
 
+mod support;
+
 use coda_proto::acl::{Acl, AclEntry, Rights};
 use coda_proto::cml::{self, CmlRecord, Op};
 use coda_proto::fid::{Fid, StoreId, LOCAL_VNODE_BASE};
@@ -9,7 +11,7 @@ use coda_vice::fileops::{Apply, Caller};
 use coda_vice::pdb::ADMIN_ID;
 use coda_vice::shard::{Shard, ShardOptions};
 
-const CELL: [u8; 16] = [3; 16];
+const CELL: [u8; 16] = support::CELL_ID;
 
 fn options() -> ShardOptions {
     ShardOptions {
@@ -53,18 +55,7 @@ fn apply(shard: &mut Shard, vol: u64, records: &[CmlRecord]) {
 }
 
 fn new_volume(dir: &std::path::Path) -> (Shard, u64) {
-    let (shard, _) = Shard::open(dir, 0, CELL, &options()).unwrap();
-    let cell = std::sync::Arc::new(coda_vice::cell::Cell::new(
-        coda_rpc2::CellKey::from_bytes([1; 32]),
-        CELL,
-        1,
-        "t".into(),
-        coda_vice::pdb::Pdb::open(&dir.join("pdb.toml")).unwrap(),
-    ));
-    let mut svc = coda_vice::service::Service::new(cell, shard);
-    svc.create_volume(0x7f00_0001, "big", ADMIN_ID).unwrap();
-    svc.shard.flush().unwrap();
-    (svc.into_shard(), 0x7f00_0001)
+    support::standalone_volume(dir, &options(), "big")
 }
 
 #[test]

@@ -84,20 +84,7 @@ fn operations_fail_with_the_posix_error_a_program_expects() {
         Err(Errno::ENOENT)
     );
     // EXDEV: rename into another volume.
-    let other = {
-        let mut svc = w.svc();
-        let id = svc.cell.new_volume_id();
-        svc.create_volume(id, "other", 500).unwrap();
-        svc.cell.register(
-            id,
-            coda_vice::cell::Location {
-                name: "other".into(),
-                shard: 0,
-                kind: coda_proto::vice::VolumeKind::ReadWrite,
-            },
-        );
-        id
-    };
+    let other = w.new_volume("other", 500);
     let rename = Op::Rename(cml::Rename {
         from_dir: d,
         from_name: "f".into(),
@@ -217,20 +204,7 @@ fn mount_points_are_entries_naming_another_volumes_root() {
     let mut a = w.client(Some(coda_vice::pdb::ADMIN_ID));
     let mut alice = w.client(Some(ALICE));
     let root = w.root_fid();
-    let other = {
-        let mut svc = w.svc();
-        let id = svc.cell.new_volume_id();
-        svc.create_volume(id, "u.alice", ALICE).unwrap();
-        svc.cell.register(
-            id,
-            coda_vice::cell::Location {
-                name: "u.alice".into(),
-                shard: 0,
-                kind: coda_proto::vice::VolumeKind::ReadWrite,
-            },
-        );
-        id
-    };
+    let other = w.new_volume("u.alice", ALICE);
     let mount = Op::Link(cml::Link {
         dir: root,
         name: "alice".into(),

@@ -19,7 +19,7 @@ use coda_rpc2::codec::{self, Decode, Encode};
 use coda_rpc2::endpoint::{Auth, ConnId, Event, SideEffect};
 use coda_rpc2::sim::{NetConfig, NodeId, Sim};
 use coda_rpc2::{CellKey, Config, Credentials, Sink, Source, Token};
-use coda_vice::cell::{Cell, Location, ROOT_VOLUME_NAME};
+use coda_vice::cell::{Cell, ROOT_VOLUME_NAME};
 use coda_vice::pdb::{Pdb, ADMIN_ID};
 use coda_vice::service::Service;
 use coda_vice::shard::{Shard, ShardOptions};
@@ -133,16 +133,7 @@ impl World {
         }
         let mut svc = open_service(dir.path());
         let root = svc.cell.new_volume_id();
-        svc.create_volume(root, ROOT_VOLUME_NAME, ADMIN_ID).unwrap();
-        svc.shard.flush().unwrap();
-        svc.cell.register(
-            root,
-            Location {
-                name: ROOT_VOLUME_NAME.into(),
-                shard: 0,
-                kind: vice::VolumeKind::ReadWrite,
-            },
-        );
+        svc.new_volume(root, ROOT_VOLUME_NAME, ADMIN_ID).unwrap();
         let mut sim = Sim::new(seed, net);
         let server = sim.add("vice", server_config());
         let service = Rc::new(RefCell::new(svc));
@@ -170,6 +161,14 @@ impl World {
         let svc = Rc::new(RefCell::new(open_service(self.dir.path())));
         coda_vice::sim::serve(&mut self.sim, self.server, svc.clone());
         self.service = Some(svc);
+    }
+
+    /// Another volume on the server, owned by `owner`.
+    pub fn new_volume(&self, name: &str, owner: PrincipalId) -> VolumeId {
+        let mut svc = self.svc();
+        let id = svc.cell.new_volume_id();
+        svc.new_volume(id, name, owner).unwrap();
+        id
     }
 
     pub fn svc(&self) -> std::cell::RefMut<'_, Service> {
@@ -513,6 +512,28 @@ impl World {
         let problems = coda_vice::fsck::check_shard(&svc.shard);
         assert!(problems.is_empty(), "consistency check: {problems:#?}");
     }
+}
+
+/// A shard with one volume `name`, outside any server (for tests that
+/// drive [`coda_vice::fileops::Apply`] directly).
+pub fn standalone_volume(
+    dir: &std::path::Path,
+    opts: &ShardOptions,
+    name: &str,
+) -> (Shard, VolumeId) {
+    let (shard, _) = Shard::open(dir, 0, CELL_ID, opts).unwrap();
+    let pdb = Pdb::open(&dir.join("pdb.toml")).unwrap();
+    let cell = Arc::new(Cell::new(
+        CellKey::from_bytes(CELL),
+        CELL_ID,
+        1,
+        "t".into(),
+        pdb,
+    ));
+    let mut svc = Service::new(cell, shard);
+    let id = svc.cell.new_volume_id();
+    svc.new_volume(id, name, ADMIN_ID).unwrap();
+    (svc.into_shard(), id)
 }
 
 /// Credentials for `user`, sealed with the cell key, valid in simulated time.
