@@ -97,6 +97,19 @@ impl Conn {
 }
 
 type State = Rc<RefCell<Vec<Conn>>>;
+
+/// Takes connection `i` out of the state for a task to own while it runs.
+fn take(st: &State, i: usize) -> Conn {
+    let placeholder = Conn {
+        id: ConnId(0),
+        root: Fid::default(),
+        file: Fid::default(),
+        seen: StoreId::default(),
+        host: 0,
+        next: 0,
+    };
+    std::mem::replace(&mut st.borrow_mut()[i], placeholder)
+}
 type Job =
     Box<dyn FnOnce(UdpEndpoint, State) -> Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
 
@@ -301,17 +314,7 @@ fn run(client: &Client, kind: Kind, iters: u64) -> Duration {
                     let count = iters / n + u64::from(i < iters % n);
                     glommio::spawn_local(async move {
                         // Each task owns its connection for the run.
-                        let mut c = std::mem::replace(
-                            &mut st.borrow_mut()[i as usize],
-                            Conn {
-                                id: ConnId(0),
-                                root: Fid::default(),
-                                file: Fid::default(),
-                                seen: StoreId::default(),
-                                host: 0,
-                                next: 0,
-                            },
-                        );
+                        let mut c = take(&st, i as usize as usize);
                         for _ in 0..count {
                             match kind {
                                 Kind::GetAttr => {
@@ -415,17 +418,7 @@ fn reintegrate(c: &mut Criterion) {
             for _ in 0..iters {
                 total += client.run(|ep, st| {
                     Box::pin(async move {
-                        let mut c = std::mem::replace(
-                            &mut st.borrow_mut()[0],
-                            Conn {
-                                id: ConnId(0),
-                                root: Fid::default(),
-                                file: Fid::default(),
-                                seen: StoreId::default(),
-                                host: 0,
-                                next: 0,
-                            },
-                        );
+                        let mut c = take(&st, 0);
                         let data = Bytes::from(vec![9u8; 4096]);
                         let hash = *blake3::hash(&data).as_bytes();
                         let mut records = Vec::new();
