@@ -314,7 +314,7 @@ fn run(client: &Client, kind: Kind, iters: u64) -> Duration {
                     let count = iters / n + u64::from(i < iters % n);
                     glommio::spawn_local(async move {
                         // Each task owns its connection for the run.
-                        let mut c = take(&st, i as usize as usize);
+                        let mut c = take(&st, i as usize);
                         for _ in 0..count {
                             match kind {
                                 Kind::GetAttr => {
