@@ -286,9 +286,13 @@ impl<T: Encode> Encode for Vec<T> {
 
 impl<T: Decode> Decode for Vec<T> {
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        // Every item takes at least one byte, so the count is bounded by the body.
+        // Every item takes at least one byte, so the count is bounded by the
+        // body; memory is reserved for no more items than the body's bytes
+        // could hold in memory, so a large count of wide items cannot ask for
+        // far more than the body carries.
         let count = r.length(1)?;
-        let mut items = Vec::with_capacity(count);
+        let wide = size_of::<T>().max(1);
+        let mut items = Vec::with_capacity(count.min(r.remaining() / wide + 1));
         for _ in 0..count {
             items.push(T::decode(r)?);
         }

@@ -82,6 +82,9 @@ pub struct Cell {
     /// Each shard's address, once bound.
     addrs: RwLock<Vec<String>>,
     next_volume: AtomicU64,
+    /// Where the next volume id is kept, so ids are never reused, not
+    /// even those of volumes removed since (none in tests).
+    volume_counter: Option<std::path::PathBuf>,
     pub started: Instant,
 }
 
@@ -98,6 +101,7 @@ impl Cell {
             vldb: RwLock::new(Vldb::default()),
             addrs: RwLock::new(vec![String::new(); shards as usize]),
             next_volume: AtomicU64::new(FIRST_VOLUME_ID),
+            volume_counter: None,
             started: Instant::now(),
         }
     }
@@ -126,9 +130,37 @@ impl Cell {
         self.addrs.read().unwrap_or_else(|p| p.into_inner())[shard as usize].clone()
     }
 
-    /// A volume id never handed out before in this run, above every one in use.
+    /// Keeps the volume id counter in `path` from now on (read now).
+    pub fn keep_volume_counter(&mut self, path: std::path::PathBuf) -> std::io::Result<()> {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let next = text.trim().parse::<u64>().map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                self.next_volume.fetch_max(next, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.volume_counter = Some(path);
+        Ok(())
+    }
+
+    /// A volume id never handed out before in this cell, above every one in use.
     pub fn new_volume_id(&self) -> VolumeId {
-        self.next_volume.fetch_add(1, Ordering::Relaxed)
+        let id = self.next_volume.fetch_add(1, Ordering::Relaxed);
+        if let Some(path) = &self.volume_counter {
+            let next = self.next_volume.load(Ordering::Relaxed);
+            if let Err(e) =
+                crate::pdb::write_atomically(path, format!("{next}\n").as_bytes(), 0o644)
+            {
+                tracing::error!("{}: {e}", path.display());
+            }
+        }
+        id
     }
 
     /// Records a recovered volume, keeping new ids above it.

@@ -37,6 +37,10 @@ impl Containers {
         Ok(c)
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// A pool batch shares one directory (256 containers to each).
     pub fn path(&self, id: u64) -> PathBuf {
         self.dir
@@ -63,6 +67,7 @@ impl Containers {
     fn refill(&mut self) -> io::Result<()> {
         let mut dirs = BTreeSet::new();
         let mut new_dir = false;
+        let mut made = Vec::with_capacity(POOL_BATCH as usize);
         for _ in 0..POOL_BATCH {
             let id = self.next;
             self.next += 1;
@@ -77,7 +82,7 @@ impl Containers {
                 other => drop(other?),
             }
             dirs.insert(parent.to_path_buf());
-            self.ready.push_back(id);
+            made.push(id);
         }
         for d in dirs {
             File::open(d)?.sync_all()?;
@@ -85,6 +90,8 @@ impl Containers {
         if new_dir {
             File::open(&self.dir)?.sync_all()?;
         }
+        // Ready only once their names are durable.
+        self.ready.extend(made);
         Ok(())
     }
 

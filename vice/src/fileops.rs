@@ -106,6 +106,19 @@ pub fn may_read(vol: &Volume, v: &Vnode, caller: &Caller) -> Result<(), Errno> {
     ok.then_some(()).ok_or(Errno::EACCES)
 }
 
+/// Whether `caller` may change `v`'s data or attributes: `w` on the
+/// governing directory, and the owner write bit unless the caller owns it.
+pub fn may_write(vol: &Volume, v: &Vnode, caller: &Caller) -> Result<(), Errno> {
+    if !rights_on(vol, v, caller).contains(Rights::WRITE) {
+        return Err(Errno::EACCES);
+    }
+    let owner = v.owner as PrincipalId == caller.user || caller.admin;
+    if v.kind == VnodeKind::File && v.mode & 0o200 == 0 && !owner {
+        return Err(Errno::EACCES);
+    }
+    Ok(())
+}
+
 /// Whether `caller` may see `v`'s status.
 pub fn may_stat(vol: &Volume, v: &Vnode, caller: &Caller) -> Result<(), Errno> {
     let r = rights_on(vol, v, caller);
@@ -229,16 +242,8 @@ impl<'t, 'a> Apply<'t, 'a> {
             .ok_or(Errno::EACCES)
     }
 
-    /// Changing a file's data or attributes also needs its owner write bit,
-    /// unless the caller owns it.
     fn need_file_write(&self, v: &Vnode) -> OpResult<()> {
-        let dir = governing(self.vol(), v).clone();
-        self.need(&dir, Rights::WRITE)?;
-        let owner = v.owner as PrincipalId == self.caller.user || self.caller.admin;
-        if v.kind == VnodeKind::File && v.mode & 0o200 == 0 && !owner {
-            return Err(Errno::EACCES);
-        }
-        Ok(())
+        may_write(self.vol(), v, self.caller)
     }
 
     fn touch(&mut self, v: &mut Vnode, store_id: StoreId, time: Timestamp) {

@@ -182,13 +182,15 @@ impl Server {
             segment_bytes: loaded.config.segment_bytes,
             log_bytes: loaded.config.log_bytes,
         };
-        let cell = Arc::new(Cell::new(
+        let mut cell = Cell::new(
             loaded.key.clone(),
             loaded.id,
             shards,
             loaded.config.name.clone(),
             loaded.pdb,
-        ));
+        );
+        cell.keep_volume_counter(opts.root.join("volume.next"))?;
+        let cell = Arc::new(cell);
         let channels: Vec<(Sender<ShardMsg>, Receiver<ShardMsg>)> =
             (0..shards).map(|_| async_channel::unbounded()).collect();
         let peers: Arc<Vec<Sender<ShardMsg>>> =
@@ -210,7 +212,6 @@ impl Server {
                 ready_tx.clone(),
                 shard_opts.clone(),
             );
-            let make_root = loaded.new && i == 0;
             let builder =
                 glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(i as usize % cpus))
                     .name(&format!("shard{i}"));
@@ -234,7 +235,6 @@ impl Server {
                             inbox,
                             ready,
                             shard_opts,
-                            make_root,
                         }));
                     })?,
             );
@@ -278,7 +278,6 @@ struct ShardStart {
     inbox: Receiver<ShardMsg>,
     ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
     shard_opts: ShardOptions,
-    make_root: bool,
 }
 
 /// What a shard's tasks share.
@@ -305,7 +304,15 @@ fn open_shard(s: &ShardStart) -> Result<(Service, UdpEndpoint), String> {
         report.log_tail
     );
     let mut service = Service::new(s.cell.clone(), shard);
-    if s.make_root {
+    // Shard 0 holds the root volume; a crash during the first start may
+    // have left the cell without it.
+    let has_root = service
+        .shard
+        .meta
+        .volumes
+        .values()
+        .any(|v| v.header.name == ROOT_VOLUME_NAME);
+    if s.index == 0 && !has_root {
         let id = s.cell.new_volume_id();
         service
             .new_volume(id, ROOT_VOLUME_NAME, ADMIN_ID)
@@ -379,8 +386,8 @@ async fn run_shard(s: ShardStart) {
     flusher.cancel().await;
     flush_and_reply(&ctx).await;
     ep.shutdown().await;
-    let flushed = ctx.service.borrow_mut().shard.flush();
-    if let Err(e) = flushed {
+    let closed = ctx.service.borrow_mut().shard.close_cleanly();
+    if let Err(e) = closed {
         tracing::error!("shard {}: final flush: {e}", s.index);
     }
 }
@@ -504,34 +511,35 @@ async fn sync_containers(ctx: &Rc<Ctx>) {
     if syncs.is_empty() {
         return;
     }
-    let paths: Vec<PathBuf> = {
+    let paths: Vec<Vec<PathBuf>> = {
         let svc = ctx.service.borrow();
         syncs
             .iter()
-            .flat_map(|(cs, _)| cs.iter().map(|&c| svc.shard.containers.path(c)))
+            .map(|(cs, _)| cs.iter().map(|&c| svc.shard.containers.path(c)).collect())
             .collect()
     };
-    let files: Vec<_> = paths
+    let tasks: Vec<Vec<_>> = paths
         .into_iter()
-        .map(|p| {
-            glommio::spawn_local(async move {
-                let f = glommio::io::BufferedFile::open(&p).await?;
-                f.fdatasync().await?;
-                f.close().await
-            })
+        .map(|ps| {
+            ps.into_iter()
+                .map(|p| {
+                    glommio::spawn_local(async move {
+                        let f = glommio::io::BufferedFile::open(&p).await?;
+                        f.fdatasync().await?;
+                        f.close().await
+                    })
+                })
+                .collect()
         })
         .collect();
-    let mut failed: Option<std::io::Error> = None;
-    for t in files {
-        if let Err(e) = t.await {
-            failed = Some(e.into());
+    // Each waiter hears how its own containers went.
+    for ((_, then), group) in syncs.into_iter().zip(tasks) {
+        let mut result = Ok(());
+        for t in group {
+            if let Err(e) = t.await {
+                result = Err(std::io::Error::from(e));
+            }
         }
-    }
-    for (_, then) in syncs {
-        let result = match &failed {
-            None => Ok(()),
-            Some(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-        };
         let mut out = Vec::new();
         ctx.service.borrow_mut().synced(then, result, &mut out);
         dispatch(ctx, out);

@@ -282,9 +282,12 @@ impl Service {
         body: Bytes,
         out: &mut Vec<Action>,
     ) {
-        // Vice opcodes as they are; auth's from 200, volutil's from 300.
+        // Vice opcodes as they are; auth's from 200, volutil's from 300;
+        // anything else counted together.
         let key = match subsystem {
-            vice::SUBSYSTEM..=volutil::SUBSYSTEM => (subsystem - vice::SUBSYSTEM) * 100 + opcode,
+            vice::SUBSYSTEM..=volutil::SUBSYSTEM if opcode < 100 => {
+                (subsystem - vice::SUBSYSTEM) * 100 + opcode
+            }
             _ => u16::MAX,
         };
         *self.counters.calls.entry(key).or_default() += 1;
@@ -401,6 +404,10 @@ impl Service {
             }
             op::STAGE => {
                 let r: Stage = decode(body)?;
+                // Staged data waits for a user's Reintegrate.
+                if caller.user <= 0 {
+                    return Err(Errno::EACCES);
+                }
                 self.stage(id, &r, out)?;
                 Ok(None)
             }
@@ -409,7 +416,13 @@ impl Service {
                 let Op::Store(s) = &record.op else {
                     return Err(Errno::BAD_REQUEST);
                 };
-                self.local_volume(s.fid.volume)?;
+                // Refused before any data moves (checked again when it has).
+                let (vol, v) = self.object(s.fid)?;
+                match v.kind {
+                    VnodeKind::File => fileops::may_write(vol, v, caller)?,
+                    VnodeKind::Directory => return Err(Errno::EISDIR),
+                    VnodeKind::Symlink => return Err(Errno::EINVAL),
+                }
                 let (container, file) = self.shard.containers.create().map_err(io_errno)?;
                 let sink = Sink::File(file.try_clone().map_err(io_errno)?);
                 self.transfers.insert(
@@ -619,9 +632,10 @@ impl Service {
         };
         h.next_vnode += r.count;
         h.next_unique += r.count;
-        let mut txn = self.shard.begin().map_err(rvm_errno)?;
-        txn.put_header(h).map_err(rvm_errno)?;
-        let commit = txn.commit(Durability::NoFlush).map_err(rvm_errno)?;
+        let ((), commit) = self
+            .shard
+            .transact(Durability::NoFlush, |txn| txn.put_header(h))
+            .map_err(rvm_errno)?;
         Ok((codec::to_bytes(&range), commit))
     }
 
@@ -638,7 +652,10 @@ impl Service {
             .staged
             .get(&r.store_id)
             .is_some_and(|s| s.length == r.length && r.offset <= s.received);
-        if !resume {
+        if resume {
+            // The bytes may change again: hash and sync them again when whole.
+            self.staged.get_mut(&r.store_id).expect("found above").hash = None;
+        } else {
             if r.offset != 0 {
                 return Err(Errno::EINVAL);
             }
@@ -884,6 +901,7 @@ impl Service {
                 if let Some((host, batch)) = batch {
                     let rec = AppliedRecord {
                         volume: vol,
+                        user: caller.user,
                         host,
                         batch,
                         reply: applied.clone(),
@@ -929,53 +947,61 @@ impl Service {
         r: &Reintegrate,
         out: &mut Vec<Action>,
     ) -> Result<(Bytes, Option<CommitId>), Errno> {
+        // A CML belongs to a user: batches are recognised per user.
+        if caller.user <= 0 {
+            return Err(Errno::EACCES);
+        }
+        if r.records.is_empty() {
+            return Err(Errno::EINVAL);
+        }
         let host = r.batch.host;
         let vol = self.local_volume(r.volume)?;
-        if let Some(prev) = vol.applied(host) {
+        if let Some(prev) = vol.applied(caller.user, host) {
             if prev.batch == r.batch {
-                // Sent again (its answer was lost): answer again, apply nothing.
-                return Ok((
-                    codec::to_bytes(&ReintegrateReply::Applied(prev.reply.clone())),
-                    None,
-                ));
+                // Sent again (its answer was lost): answer again, apply
+                // nothing, but only once what was applied is durable.
+                let reply = codec::to_bytes(&ReintegrateReply::Applied(prev.reply.clone()));
+                return Ok((reply, Some(self.shard.last_commit())));
             }
             if r.batch.unique < prev.batch.unique {
                 return Err(Errno::EALREADY);
             }
         }
+        let mut seen = std::collections::HashSet::new();
         for rec in &r.records {
-            if rec.store_id.host != host {
+            // Store ids name one update each: a repeat would let two files
+            // share one staged container.
+            if rec.store_id.host != host || !seen.insert(rec.store_id) {
                 return Err(Errno::BAD_REQUEST);
             }
         }
-        let staged = &self.staged;
-        let mut used = Vec::new();
-        let mut data = |sid: StoreId| {
-            let s = staged.get(&sid)?;
-            used.push(sid);
-            Some(NewData {
-                container: s.container,
-                length: s.length,
-                hash: s.hash?,
-            })
-        };
-        // Borrow dance: the resolver reads `staged` while `apply` changes the shard.
-        let staged_view: HashMap<StoreId, NewData> = r
+        // The staged data the batch's stores use, found before `apply`
+        // borrows the shard.
+        let staged: HashMap<StoreId, NewData> = r
             .records
             .iter()
-            .filter_map(|rec| data(rec.store_id).map(|d| (rec.store_id, d)))
+            .filter(|rec| matches!(rec.op, Op::Store(_)))
+            .filter_map(|rec| {
+                let s = self.staged.get(&rec.store_id)?;
+                let data = NewData {
+                    container: s.container,
+                    length: s.length,
+                    hash: s.hash?,
+                };
+                Some((rec.store_id, data))
+            })
             .collect();
         let result = self.apply(
             conn,
             caller,
             r.volume,
             &r.records,
-            &mut |sid| staged_view.get(&sid).copied(),
+            &mut |sid| staged.get(&sid).copied(),
             Some((host, r.batch)),
         );
         match result {
             Ok((_, applied, changed, commit)) => {
-                for sid in staged_view.keys() {
+                for sid in staged.keys() {
                     self.staged.remove(sid);
                 }
                 self.breaks(conn, r.volume, &changed, out);
@@ -1207,16 +1233,20 @@ impl Service {
             Job::SetLocked(id, locked) => {
                 let mut h = self.local_volume(id)?.header.clone();
                 h.locked = locked;
-                let mut txn = self.shard.begin().map_err(rvm_errno)?;
-                txn.put_header(h).map_err(rvm_errno)?;
-                txn.commit(Durability::Flush).map_err(rvm_errno)?;
+                self.shard
+                    .transact(Durability::Flush, |txn| txn.put_header(h))
+                    .map_err(rvm_errno)?;
                 ok(&self.info(id)?)
             }
             Job::RemoveVolume(id) => {
                 self.local_volume(id)?;
-                let mut txn = self.shard.begin().map_err(rvm_errno)?;
-                txn.remove_volume(id).map_err(rvm_errno)?;
-                txn.commit(Durability::Flush).map_err(rvm_errno)?;
+                self.shard
+                    .transact(Durability::Flush, |txn| txn.remove_volume(id))
+                    .map_err(|e| match e {
+                        // Too big for one transaction: it stays, whole.
+                        rvm::Error::TooLarge { .. } | rvm::Error::LogFull { .. } => Errno::EFBIG,
+                        e => rvm_errno(e),
+                    })?;
                 self.shard.reap();
                 self.cell.vldb_mut().remove(id);
                 Ok(Bytes::new())
@@ -1290,14 +1320,14 @@ impl Service {
         };
         let mut vv = VersionVector::new(1);
         vv.bump(0, store_id);
-        let mut txn = self.shard.begin().map_err(rvm_errno)?;
-        let made = (|| -> Result<(), rvm::Error> {
+        let cell_name = self.cell.name.clone();
+        let made = self.shard.transact(Durability::NoFlush, |txn| {
             txn.create_volume(VolumeHeader {
                 id,
                 name: name.to_string(),
                 kind: VolumeKind::ReadWrite,
                 locked: false,
-                replicas: vec![self.cell.name.clone()],
+                replicas: vec![cell_name],
                 next_vnode: ROOT_VNODE + 1,
                 next_unique: ROOT_VNODE + 1,
                 stamp: 1,
@@ -1321,14 +1351,8 @@ impl Service {
                 acl: Some(acl),
                 target: String::new(),
             })
-        })();
-        match made {
-            Ok(()) => txn.commit(Durability::NoFlush).map_err(rvm_errno),
-            Err(e) => {
-                let _ = txn.abort();
-                Err(rvm_errno(e))
-            }
-        }
+        });
+        made.map(|((), commit)| commit).map_err(rvm_errno)
     }
 
     pub fn statistics(&self) -> Statistics {

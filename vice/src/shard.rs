@@ -60,6 +60,13 @@ impl Meta {
     }
 }
 
+/// Present in a shard directory only after a clean shutdown.
+const CLEAN_MARK: &str = "clean";
+
+/// How far every volume stamp moves after a crash: more updates than can
+/// be lost in one, so no stamp a client saw before is handed out again.
+pub const STAMP_EPOCH: u64 = 1 << 32;
+
 pub struct Shard {
     pub index: u32,
     pub header: ShardHeader,
@@ -69,6 +76,7 @@ pub struct Shard {
     pub containers: Containers,
     /// Containers to unlink once the commit that dropped them is durable.
     doomed: Vec<(CommitId, u64)>,
+    last_commit: CommitId,
 }
 
 /// What [`Shard::open`] found.
@@ -140,6 +148,7 @@ impl Shard {
             meta: Meta::default(),
             containers: Containers::open(&dir.join("containers"))?,
             doomed: Vec::new(),
+            last_commit: CommitId(0),
         };
         shard.rebuild()?;
         if shard.header.shard != index || shard.header.cell != cell {
@@ -159,6 +168,13 @@ impl Shard {
             }
         }
         report.swept_containers = shard.containers.sweep(&live)?;
+        let clean = dir.join(CLEAN_MARK);
+        if clean.exists() {
+            std::fs::remove_file(&clean)?;
+            std::fs::File::open(dir)?.sync_all()?;
+        } else if !report.created {
+            shard.bump_stamps()?;
+        }
         report.volumes = shard.meta.volumes.len();
         report.vnodes = shard.meta.volumes.values().map(|v| v.vnodes.len()).sum();
         Ok((shard, report))
@@ -219,13 +235,30 @@ impl Shard {
             let vol = volumes
                 .get_mut(&a.volume)
                 .ok_or_else(|| orphan("batch record", slot.at, a.volume))?;
-            vol.applied.insert(a.host, (slot, a));
+            vol.applied.insert((a.user, a.host), (slot, a));
         }
         Ok(())
     }
 
     pub fn begin(&mut self) -> Result<Txn<'_>, rvm::Error> {
         self.split().1
+    }
+
+    /// Runs `f` in a transaction: committed if it succeeds, aborted (in
+    /// RVM and in memory) if it fails.
+    pub fn transact<T>(
+        &mut self,
+        durability: Durability,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T, rvm::Error>,
+    ) -> Result<(T, CommitId), rvm::Error> {
+        let mut txn = self.begin()?;
+        match f(&mut txn) {
+            Ok(v) => Ok((v, txn.commit(durability)?)),
+            Err(e) => {
+                txn.abort()?;
+                Err(e)
+            }
+        }
     }
 
     /// A transaction, and the containers beside it.
@@ -235,10 +268,16 @@ impl Shard {
             heap: self.heap,
             meta: &mut self.meta,
             doomed: &mut self.doomed,
+            last_commit: &mut self.last_commit,
             dropped: Vec::new(),
             undo: Vec::new(),
         });
         (&mut self.containers, txn)
+    }
+
+    /// The latest commit: durable once every update so far is.
+    pub fn last_commit(&self) -> CommitId {
+        self.last_commit
     }
 
     pub fn rvm(&self) -> &Rvm {
@@ -249,6 +288,43 @@ impl Shard {
     pub fn flush(&mut self) -> Result<(), rvm::Error> {
         self.rvm.flush()?;
         self.reap();
+        Ok(())
+    }
+
+    /// After a crash, stamps of updates that were answered (read replies
+    /// do not wait for durability) but lost must never be reused: every
+    /// volume's stamp jumps, and clients revalidate object by object.
+    fn bump_stamps(&mut self) -> Result<(), ShardError> {
+        let headers: Vec<VolumeHeader> = self
+            .meta
+            .volumes
+            .values()
+            .map(|v| v.header.clone())
+            .collect();
+        if headers.is_empty() {
+            return Ok(());
+        }
+        self.transact(Durability::Flush, |txn| {
+            headers.into_iter().try_for_each(|mut h| {
+                h.stamp += STAMP_EPOCH;
+                txn.put_header(h)
+            })
+        })?;
+        Ok(())
+    }
+
+    /// Flushes and marks the shard as shut down cleanly, so the next open
+    /// keeps the volume stamps.
+    pub fn close_cleanly(&mut self) -> Result<(), ShardError> {
+        self.flush()?;
+        let dir = self
+            .containers
+            .dir()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        std::fs::File::create(dir.join(CLEAN_MARK))?.sync_all()?;
+        std::fs::File::open(&dir)?.sync_all()?;
         Ok(())
     }
 
@@ -275,7 +351,7 @@ enum Undo {
     Vnode(VolumeId, u64, Option<(Slot, Vnode)>),
     Entry(Fid, String, Option<(Slot, Fid)>),
     Header(VolumeId, Slot, VolumeHeader),
-    Applied(VolumeId, u64, Option<(Slot, AppliedRecord)>),
+    Applied(VolumeId, (i32, u64), Option<(Slot, AppliedRecord)>),
     VolumeCreated(VolumeId),
     VolumeRemoved(Box<Volume>),
 }
@@ -287,6 +363,7 @@ pub struct Txn<'a> {
     heap: Heap,
     pub meta: &'a mut Meta,
     doomed: &'a mut Vec<(CommitId, u64)>,
+    last_commit: &'a mut CommitId,
     /// Containers no longer referenced once this commits.
     dropped: Vec<u64>,
     undo: Vec<Undo>,
@@ -339,12 +416,14 @@ impl Txn<'_> {
         if v.is_dir() {
             vol.dirs.remove(&fid.vnode);
         }
-        record::remove(&self.heap, &mut self.tx, slot)?;
-        if v.container != NO_CONTAINER {
-            self.dropped.push(v.container);
-        }
+        let container = v.container;
+        // Undo first: if RVM refuses the change, the abort restores memory.
         self.undo
             .push(Undo::Vnode(fid.volume, fid.vnode, Some((slot, v))));
+        record::remove(&self.heap, &mut self.tx, slot)?;
+        if container != NO_CONTAINER {
+            self.dropped.push(container);
+        }
         Ok(())
     }
 
@@ -380,8 +459,8 @@ impl Txn<'_> {
             .get_mut(&dir.vnode)
             .and_then(|d| d.remove(name));
         if let Some((slot, _)) = old {
-            record::remove(&self.heap, &mut self.tx, slot)?;
             self.undo.push(Undo::Entry(dir, name.to_string(), old));
+            record::remove(&self.heap, &mut self.tx, slot)?;
         }
         Ok(())
     }
@@ -411,25 +490,27 @@ impl Txn<'_> {
             return Ok(());
         };
         let heap = self.heap;
-        let slots = std::iter::once(vol.slot)
+        let slots: Vec<Slot> = std::iter::once(vol.slot)
             .chain(vol.vnodes.values().map(|(s, _)| *s))
             .chain(vol.dirs.values().flat_map(|d| d.values().map(|(s, _)| *s)))
-            .chain(vol.applied.values().map(|(s, _)| *s));
+            .chain(vol.applied.values().map(|(s, _)| *s))
+            .collect();
+        let containers: Vec<u64> = vol
+            .vnodes
+            .values()
+            .map(|(_, v)| v.container)
+            .filter(|&c| c != NO_CONTAINER)
+            .collect();
+        self.undo.push(Undo::VolumeRemoved(Box::new(vol)));
         for slot in slots {
             record::remove(&heap, &mut self.tx, slot)?;
         }
-        self.dropped.extend(
-            vol.vnodes
-                .values()
-                .map(|(_, v)| v.container)
-                .filter(|&c| c != NO_CONTAINER),
-        );
-        self.undo.push(Undo::VolumeRemoved(Box::new(vol)));
+        self.dropped.extend(containers);
         Ok(())
     }
 
     pub fn put_applied(&mut self, a: AppliedRecord) -> TxResult<()> {
-        let (vol_id, host) = (a.volume, a.host);
+        let (vol_id, host) = (a.volume, (a.user, a.host));
         let old = self.volume_mut(vol_id).applied.get(&host).cloned();
         let slot = match &old {
             Some((slot, _)) => record::update(&self.heap, &mut self.tx, *slot, Kind::Applied, &a)?,
@@ -443,6 +524,7 @@ impl Txn<'_> {
     /// Commits; the containers this dropped are unlinked once it is durable.
     pub fn commit(self, durability: Durability) -> TxResult<CommitId> {
         let id = self.tx.commit(durability)?;
+        *self.last_commit = id;
         self.doomed
             .extend(self.dropped.into_iter().map(|c| (id, c)));
         Ok(id)

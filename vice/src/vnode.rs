@@ -90,6 +90,9 @@ codec_struct! {
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct AppliedRecord {
         pub volume: VolumeId,
+        /// The user who sent it: batch ids are the client's to choose, so
+        /// they are only recognised for the user they came from.
+        pub user: i32,
         pub host: u64,
         pub batch: StoreId,
         pub reply: Applied,

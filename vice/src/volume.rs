@@ -18,7 +18,7 @@ pub struct Volume {
     pub slot: Slot,
     pub(crate) vnodes: HashMap<u64, (Slot, Vnode)>,
     pub(crate) dirs: HashMap<u64, Entries>,
-    pub(crate) applied: HashMap<u64, (Slot, AppliedRecord)>,
+    pub(crate) applied: HashMap<(i32, u64), (Slot, AppliedRecord)>,
     /// Sum of file lengths.
     pub bytes: u64,
 }
@@ -75,8 +75,9 @@ impl Volume {
         self.vnodes.len() as u64
     }
 
-    pub fn applied(&self, host: u64) -> Option<&AppliedRecord> {
-        self.applied.get(&host).map(|(_, a)| a)
+    /// The last batch `user` reintegrated from client `host`.
+    pub fn applied(&self, user: i32, host: u64) -> Option<&AppliedRecord> {
+        self.applied.get(&(user, host)).map(|(_, a)| a)
     }
 
     pub(crate) fn account(&mut self, old: Option<&Vnode>, new: Option<&Vnode>) {

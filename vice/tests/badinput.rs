@@ -23,7 +23,7 @@ proptest! {
     fn random_bodies_get_an_error_or_an_answer_never_a_panic(
         calls in prop::collection::vec(
             (prop::sample::select(vec![vice::SUBSYSTEM, auth::SUBSYSTEM, volutil::SUBSYSTEM, 4242]),
-             0u16..32,
+             prop_oneof![0u16..32, any::<u16>()],
              prop::collection::vec(any::<u8>(), 0..300)),
             1..40),
     ) {
