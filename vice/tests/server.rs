@@ -343,3 +343,26 @@ fn check_offline(root: &Path) {
         assert!(problems.is_empty(), "shard {i}: {problems:#?}");
     }
 }
+
+#[test]
+fn volume_stamps_survive_a_clean_stop_and_jump_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("srv");
+    let stamp = |srv: &Srv| {
+        let ct = client();
+        let conn = ct.connect_blocking(srv.addr, Auth::Anonymous).unwrap();
+        root_info(&ct, conn).stamp
+    };
+    let srv = start(&root, 1);
+    let first = stamp(&srv);
+    assert!(srv.inner.terminate().success());
+    let srv = start(&root, 1);
+    assert_eq!(
+        stamp(&srv),
+        first,
+        "a clean stop keeps stamps, so clients keep their caches"
+    );
+    drop(srv); // SIGKILL
+    let srv = start(&root, 1);
+    assert_eq!(stamp(&srv), first + coda_vice::shard::STAMP_EPOCH);
+}
