@@ -522,67 +522,79 @@ impl Txn<'_> {
     }
 
     /// Commits; the containers this dropped are unlinked once it is durable.
+    /// A commit RVM refuses leaves memory as it was before, too.
     pub fn commit(self, durability: Durability) -> TxResult<CommitId> {
-        let id = self.tx.commit(durability)?;
-        *self.last_commit = id;
-        self.doomed
-            .extend(self.dropped.into_iter().map(|c| (id, c)));
-        Ok(id)
+        match self.tx.commit(durability) {
+            Ok(id) => {
+                *self.last_commit = id;
+                self.doomed
+                    .extend(self.dropped.into_iter().map(|c| (id, c)));
+                Ok(id)
+            }
+            Err(e) => {
+                restore(self.meta, self.undo);
+                Err(e)
+            }
+        }
     }
 
     /// Undoes everything, in RVM and in memory.
     pub fn abort(self) -> TxResult<()> {
-        let meta = self.meta;
-        for u in self.undo.into_iter().rev() {
-            match u {
-                Undo::Vnode(vol, vnode, old) => {
-                    let v = meta.volumes.get_mut(&vol).expect("undo follows do");
-                    let now = v.vnodes.remove(&vnode);
-                    v.account(now.as_ref().map(|(_, n)| n), old.as_ref().map(|(_, o)| o));
-                    match old {
-                        Some((slot, o)) => {
-                            if o.is_dir() {
-                                v.dirs.entry(vnode).or_default();
-                            }
-                            v.vnodes.insert(vnode, (slot, o));
+        restore(self.meta, self.undo);
+        self.tx.abort()
+    }
+}
+
+/// Replays `undo` backwards over the in-memory indexes.
+fn restore(meta: &mut Meta, undo: Vec<Undo>) {
+    for u in undo.into_iter().rev() {
+        match u {
+            Undo::Vnode(vol, vnode, old) => {
+                let v = meta.volumes.get_mut(&vol).expect("undo follows do");
+                let now = v.vnodes.remove(&vnode);
+                v.account(now.as_ref().map(|(_, n)| n), old.as_ref().map(|(_, o)| o));
+                match old {
+                    Some((slot, o)) => {
+                        if o.is_dir() {
+                            v.dirs.entry(vnode).or_default();
                         }
-                        None => {
-                            v.dirs.remove(&vnode);
-                        }
+                        v.vnodes.insert(vnode, (slot, o));
                     }
-                }
-                Undo::Entry(dir, name, old) => {
-                    let v = meta.volumes.get_mut(&dir.volume).expect("undo follows do");
-                    let d = v.dirs.entry(dir.vnode).or_default();
-                    match old {
-                        Some(e) => {
-                            d.insert(name, e);
-                        }
-                        None => {
-                            d.remove(&name);
-                        }
+                    None => {
+                        v.dirs.remove(&vnode);
                     }
-                }
-                Undo::Header(vol, slot, old) => {
-                    let v = meta.volumes.get_mut(&vol).expect("undo follows do");
-                    v.slot = slot;
-                    v.header = old;
-                }
-                Undo::Applied(vol, host, old) => {
-                    let v = meta.volumes.get_mut(&vol).expect("undo follows do");
-                    match old {
-                        Some(a) => v.applied.insert(host, a),
-                        None => v.applied.remove(&host),
-                    };
-                }
-                Undo::VolumeCreated(id) => {
-                    meta.volumes.remove(&id);
-                }
-                Undo::VolumeRemoved(vol) => {
-                    meta.volumes.insert(vol.id(), *vol);
                 }
             }
+            Undo::Entry(dir, name, old) => {
+                let v = meta.volumes.get_mut(&dir.volume).expect("undo follows do");
+                let d = v.dirs.entry(dir.vnode).or_default();
+                match old {
+                    Some(e) => {
+                        d.insert(name, e);
+                    }
+                    None => {
+                        d.remove(&name);
+                    }
+                }
+            }
+            Undo::Header(vol, slot, old) => {
+                let v = meta.volumes.get_mut(&vol).expect("undo follows do");
+                v.slot = slot;
+                v.header = old;
+            }
+            Undo::Applied(vol, host, old) => {
+                let v = meta.volumes.get_mut(&vol).expect("undo follows do");
+                match old {
+                    Some(a) => v.applied.insert(host, a),
+                    None => v.applied.remove(&host),
+                };
+            }
+            Undo::VolumeCreated(id) => {
+                meta.volumes.remove(&id);
+            }
+            Undo::VolumeRemoved(vol) => {
+                meta.volumes.insert(vol.id(), *vol);
+            }
         }
-        self.tx.abort()
     }
 }
