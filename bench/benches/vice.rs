@@ -404,88 +404,113 @@ fn calls(c: &mut Criterion) {
     }
 }
 
-/// Records per second for a batch of creates and stores (data staged first).
+/// A batch of `files` creates and 4 KiB stores on connection `c`, its
+/// data staged already: the encoded batch, ready to send.
+async fn staged_batch(ep: &UdpEndpoint, c: &mut Conn, files: u64) -> Bytes {
+    let data = Bytes::from(vec![9u8; 4096]);
+    let hash = *blake3::hash(&data).as_bytes();
+    let mut records = Vec::new();
+    for i in 0..files {
+        c.next += 1;
+        let fid = Fid::new(c.root.volume, LOCAL_VNODE_BASE + c.next, 1);
+        let create = c.record(Op::Create(cml::Create {
+            dir: c.root,
+            name: format!("r{}-{i}", c.next),
+            fid,
+            mode: 0o644,
+        }));
+        let seen = create.store_id;
+        records.push(create);
+        let s = c.record(Op::Store(cml::Store {
+            fid,
+            seen,
+            length: 4096,
+            content_hash: hash,
+        }));
+        let stage = Stage {
+            store_id: s.store_id,
+            length: 4096,
+            offset: 0,
+        };
+        let side = SideEffect::Send(Source::Memory(data.clone()));
+        let _: vice::StageReply = call(
+            ep,
+            c.id,
+            vice::SUBSYSTEM,
+            op::STAGE,
+            codec::to_bytes(&stage),
+            Some(side),
+        )
+        .await;
+        records.push(s);
+    }
+    c.next += 1;
+    codec::to_bytes(&Reintegrate {
+        volume: c.root.volume,
+        batch: StoreId {
+            host: c.host,
+            unique: c.next,
+        },
+        records,
+    })
+}
+
+/// Records per second for batches of creates and stores (data staged
+/// first, untimed), one batch per connection at once: on one core, and with
+/// two volumes on one core or on two (a load whose client is nearly idle,
+/// so it shows the shards scale).
 fn reintegrate(c: &mut Criterion) {
     const FILES: u64 = 1000;
-    let (_srv, client) = setup(1, 1);
     let mut g = c.benchmark_group("vice/reintegrate");
-    g.sample_size(10)
-        .measurement_time(Duration::from_secs(8))
-        .throughput(Throughput::Elements(2 * FILES));
-    g.bench_function("creates+stores", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                total += client.run(|ep, st| {
-                    Box::pin(async move {
-                        let mut c = take(&st, 0);
-                        let data = Bytes::from(vec![9u8; 4096]);
-                        let hash = *blake3::hash(&data).as_bytes();
-                        let mut records = Vec::new();
-                        for i in 0..FILES {
-                            c.next += 1;
-                            let fid = Fid::new(c.root.volume, LOCAL_VNODE_BASE + c.next, 1);
-                            let create = c.record(Op::Create(cml::Create {
-                                dir: c.root,
-                                name: format!("r{}-{i}", c.next),
-                                fid,
-                                mode: 0o644,
-                            }));
-                            let seen = create.store_id;
-                            records.push(create);
-                            let s = c.record(Op::Store(cml::Store {
-                                fid,
-                                seen,
-                                length: 4096,
-                                content_hash: hash,
-                            }));
-                            let stage = Stage {
-                                store_id: s.store_id,
-                                length: 4096,
-                                offset: 0,
-                            };
-                            let side = SideEffect::Send(Source::Memory(data.clone()));
-                            let _: vice::StageReply = call(
-                                &ep,
-                                c.id,
-                                vice::SUBSYSTEM,
-                                op::STAGE,
-                                codec::to_bytes(&stage),
-                                Some(side),
-                            )
-                            .await;
-                            records.push(s);
-                        }
-                        c.next += 1;
-                        let batch = Reintegrate {
-                            volume: c.root.volume,
-                            batch: StoreId {
-                                host: c.host,
-                                unique: c.next,
-                            },
-                            records,
-                        };
-                        let body = codec::to_bytes(&batch);
-                        let began = Instant::now();
-                        let r: ReintegrateReply = call(
-                            &ep,
-                            c.id,
-                            vice::SUBSYSTEM,
-                            op::REINTEGRATE,
-                            Bytes::new(),
-                            Some(SideEffect::Send(Source::Memory(body))),
-                        )
-                        .await;
-                        let took = began.elapsed();
-                        assert!(matches!(r, ReintegrateReply::Applied(_)), "{r:?}");
-                        st.borrow_mut()[0] = c;
-                        took
-                    })
-                });
-            }
-            total
-        })
-    });
+    g.sample_size(10).measurement_time(Duration::from_secs(8));
+    for (cores, conns) in [(1u32, 1usize), (1, 2), (2, 2)] {
+        let (_srv, client) = setup(cores, conns);
+        g.throughput(Throughput::Elements(2 * FILES * conns as u64));
+        let id = BenchmarkId::new(format!("creates+stores/{cores}core"), format!("{conns}vol"));
+        g.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += client.run(move |ep, st| {
+                        Box::pin(async move {
+                            let mut batches = Vec::new();
+                            for i in 0..conns {
+                                let mut c = take(&st, i);
+                                batches.push(staged_batch(&ep, &mut c, FILES).await);
+                                st.borrow_mut()[i] = c;
+                            }
+                            let began = Instant::now();
+                            let sends: Vec<_> = batches
+                                .into_iter()
+                                .enumerate()
+                                .map(|(i, body)| {
+                                    let (ep, conn) = (ep.clone(), st.borrow()[i].id);
+                                    glommio::spawn_local(async move {
+                                        let side = Some(SideEffect::Send(Source::Memory(body)));
+                                        let r: ReintegrateReply = call(
+                                            &ep,
+                                            conn,
+                                            vice::SUBSYSTEM,
+                                            op::REINTEGRATE,
+                                            Bytes::new(),
+                                            side,
+                                        )
+                                        .await;
+                                        assert!(matches!(r, ReintegrateReply::Applied(_)), "{r:?}");
+                                    })
+                                })
+                                .collect();
+                            for t in sends {
+                                t.await;
+                            }
+                            began.elapsed()
+                        })
+                    });
+                }
+                total
+            })
+        });
+    }
     g.finish();
 }
 
