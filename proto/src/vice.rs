@@ -6,6 +6,11 @@
 //! matches the opcode and answer [`MutateReply`]; `REINTEGRATE` carries many:
 //! in its body when the encoded [`Reintegrate`] fits one, else with an
 //! empty body and the encoded batch sent as the call's side effect.
+//!
+//! Answers that can outgrow a datagram come as the call's side effect (the
+//! caller offers a sink): `FETCH` (file data, symlink target, or a
+//! directory's encoded `Vec<DirEntry>`) and `GET_ACL` (the encoded `Acl`).
+//! A `SetAcl` too large for a call body goes in a Reintegrate batch.
 
 use coda_rpc2::codec_struct;
 

@@ -396,7 +396,15 @@ impl Service {
                 if !fileops::dir_rights(v, caller).contains(Rights::LOOKUP) {
                     return Err(Errno::EACCES);
                 }
-                now(ok(v.acl.as_ref().unwrap_or(&Acl::default())))
+                // By SFTP: an ACL of hundreds of entries outgrows a datagram.
+                let acl = codec::to_bytes(v.acl.as_ref().unwrap_or(&Acl::default()));
+                self.transfers.insert(id, Transfer::Fetch(Bytes::new()));
+                out.push(Action::Push {
+                    id,
+                    source: Source::Memory(acl),
+                    offset: 0,
+                });
+                Ok(None)
             }
             op::ALLOC_FIDS => {
                 let r: AllocFids = decode(body)?;

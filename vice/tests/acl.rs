@@ -33,7 +33,7 @@ fn set_acl(w: &mut World, c: &mut Client, dir: Fid, acl: Acl) -> Result<(), Errn
 }
 
 fn get_acl(w: &mut World, c: &Client, dir: Fid) -> Result<Acl, Errno> {
-    w.vice(c, op::GET_ACL, &GetAttr { fid: dir })
+    w.get_acl(c, dir)
 }
 
 fn read_link(w: &mut World, c: &Client, fid: Fid) -> Result<String, Errno> {

@@ -275,3 +275,47 @@ fn statistics_count_calls_clients_callbacks_and_log_use() {
     );
     assert!(stats.bytes_received > 0 && stats.bytes_sent > 0);
 }
+
+/// On Ethernet-sized datagrams (the simulated network's), an ACL of
+/// hundreds of entries is set through a Reintegrate batch sent as a side
+/// effect and read back by SFTP.
+#[test]
+fn acls_of_hundreds_of_entries_travel_on_small_datagrams() {
+    use coda_proto::acl::{Acl, Rights};
+    use coda_proto::vice::{Reintegrate, ReintegrateReply};
+    use coda_rpc2::codec;
+    use coda_rpc2::endpoint::SideEffect;
+    let mut w = World::new(8);
+    let mut a = w.client(Some(coda_vice::pdb::ADMIN_ID));
+    let root = w.root_fid();
+    let d = w.mkdir(&mut a, root, "shared").unwrap().fid;
+    let mut acl = coda_vice::fileops::root_acl();
+    for id in 2000..2600 {
+        acl.set(id, Rights::READ.union(Rights::LOOKUP), false);
+    }
+    acl.set(3000, Rights::WRITE, true);
+    let rec = a.record(Op::SetAcl(cml::SetAcl {
+        dir: d,
+        acl: acl.clone(),
+    }));
+    let batch = Reintegrate {
+        volume: w.root,
+        batch: a.sid(),
+        records: vec![rec],
+    };
+    let body = codec::to_bytes(&batch);
+    assert!(body.len() > 1472, "the batch must outgrow one datagram");
+    let side = SideEffect::Send(coda_rpc2::Source::Memory(body));
+    let r = w.call_raw(
+        &a,
+        coda_proto::vice::SUBSYSTEM,
+        op::REINTEGRATE,
+        bytes::Bytes::new(),
+        Some(side),
+    );
+    assert_eq!(r.code, 0);
+    let reply: ReintegrateReply = codec::from_bytes(&r.body).unwrap();
+    assert!(matches!(reply, ReintegrateReply::Applied(_)), "{reply:?}");
+    let back: Acl = w.get_acl(&a, d).unwrap();
+    assert_eq!(back, acl);
+}

@@ -440,6 +440,17 @@ impl World {
         Ok((codec::from_bytes(&r.body).unwrap(), data))
     }
 
+    /// A directory's ACL (it comes by SFTP).
+    pub fn get_acl(&mut self, c: &Client, dir: Fid) -> Result<coda_proto::acl::Acl, Errno> {
+        let body = codec::to_bytes(&vice::GetAttr { fid: dir });
+        let side = SideEffect::Receive(Sink::memory(16 << 20));
+        let r = self.call_raw(c, vice::SUBSYSTEM, op::GET_ACL, body, Some(side));
+        if r.code != 0 {
+            return Err(Errno(r.code));
+        }
+        Ok(codec::from_bytes(&r.sink.unwrap().into_bytes()).unwrap())
+    }
+
     pub fn list(&mut self, c: &Client, dir: Fid) -> Result<Vec<DirEntry>, Errno> {
         let (_, bytes) = self.fetch(c, dir)?;
         Ok(codec::from_bytes(&bytes).unwrap())
