@@ -9,65 +9,14 @@ mod support;
 use bytes::Bytes;
 use coda_proto::cml::{self, CmlRecord, Op};
 use coda_proto::fid::{Fid, StoreId};
-use coda_proto::vice::{self, op, Reintegrate, ReintegrateReply, Stage, StageReply};
+use coda_proto::vice::{self, op, Reintegrate, ReintegrateReply};
 use coda_proto::{volutil, Errno};
 use coda_rpc2::codec;
-use coda_rpc2::endpoint::SideEffect;
-use coda_rpc2::{ConnId, Identity, IncomingId, Level, Source};
+use coda_rpc2::{ConnId, Identity, IncomingId, Level};
 use coda_vice::pdb::ADMIN_ID;
 use coda_vice::service::Action;
 use coda_vice::shard::ShardOptions;
 use support::*;
-
-fn reintegrate(
-    w: &mut World,
-    c: &Client,
-    batch: StoreId,
-    records: Vec<CmlRecord>,
-) -> Result<ReintegrateReply, Errno> {
-    let volume = w.root;
-    w.vice(
-        c,
-        op::REINTEGRATE,
-        &Reintegrate {
-            volume,
-            batch,
-            records,
-        },
-    )
-}
-
-fn stage_at(
-    w: &mut World,
-    c: &Client,
-    store_id: StoreId,
-    data: &[u8],
-    length: u64,
-    offset: u64,
-) -> u16 {
-    let body = codec::to_bytes(&Stage {
-        store_id,
-        length,
-        offset,
-    });
-    let side = SideEffect::Send(Source::Memory(Bytes::copy_from_slice(data)));
-    let r = w.call_raw(c, vice::SUBSYSTEM, op::STAGE, body, Some(side));
-    if r.code == 0 {
-        let _: StageReply = codec::from_bytes(&r.body).unwrap();
-    }
-    r.code
-}
-
-fn create_rec(c: &mut Client, dir: Fid, name: &str) -> (CmlRecord, Fid) {
-    let fid = c.local_fid(dir.volume);
-    let rec = c.record(Op::Create(cml::Create {
-        dir,
-        name: name.into(),
-        fid,
-        mode: 0o644,
-    }));
-    (rec, fid)
-}
 
 #[test]
 fn any_opcode_of_any_subsystem_is_answered() {

@@ -7,37 +7,12 @@ mod support;
 
 use std::collections::BTreeSet;
 
-use bytes::Bytes;
 use coda_proto::cml::{self, CmlRecord, Op};
 use coda_proto::fid::{Fid, StoreId};
-use coda_proto::vice::{
-    self, op, AllocFids, Applied, Conflict, FidRange, GetAttr, Reintegrate, ReintegrateReply,
-    Stage, StageReply,
-};
+use coda_proto::vice::{op, AllocFids, Applied, Conflict, FidRange, GetAttr, ReintegrateReply};
 use coda_proto::Errno;
-use coda_rpc2::codec;
-use coda_rpc2::endpoint::SideEffect;
-use coda_rpc2::Source;
 use coda_vice::pdb::ADMIN_ID;
 use support::*;
-
-fn reintegrate(
-    w: &mut World,
-    c: &Client,
-    batch: StoreId,
-    records: Vec<CmlRecord>,
-) -> Result<ReintegrateReply, Errno> {
-    let volume = w.root;
-    w.vice(
-        c,
-        op::REINTEGRATE,
-        &Reintegrate {
-            volume,
-            batch,
-            records,
-        },
-    )
-}
 
 fn applied(r: Result<ReintegrateReply, Errno>) -> Applied {
     match r {
@@ -55,16 +30,8 @@ fn conflict(r: Result<ReintegrateReply, Errno>) -> Conflict {
 
 /// Sends `data` ahead of the Store record `store_id` names.
 fn stage(w: &mut World, c: &Client, store_id: StoreId, data: &[u8]) {
-    let body = codec::to_bytes(&Stage {
-        store_id,
-        length: data.len() as u64,
-        offset: 0,
-    });
-    let side = SideEffect::Send(Source::Memory(Bytes::copy_from_slice(data)));
-    let r = w.call_raw(c, vice::SUBSYSTEM, op::STAGE, body, Some(side));
-    assert_eq!(r.code, 0, "stage failed: {}", Errno(r.code));
-    let got: StageReply = codec::from_bytes(&r.body).unwrap();
-    assert_eq!(got.received, data.len() as u64);
+    let code = stage_at(w, c, store_id, data, data.len() as u64, 0);
+    assert_eq!(code, 0, "stage failed: {}", Errno(code));
 }
 
 /// A Store record for `data`, staged already.
@@ -77,17 +44,6 @@ fn staged_store(w: &mut World, c: &mut Client, fid: Fid, seen: StoreId, data: &[
     }));
     stage(w, c, rec.store_id, data);
     rec
-}
-
-fn create_rec(c: &mut Client, dir: Fid, name: &str) -> (CmlRecord, Fid) {
-    let fid = c.local_fid(dir.volume);
-    let rec = c.record(Op::Create(cml::Create {
-        dir,
-        name: name.into(),
-        fid,
-        mode: 0o644,
-    }));
-    (rec, fid)
 }
 
 fn names(w: &mut World, c: &Client, dir: Fid) -> BTreeSet<String> {

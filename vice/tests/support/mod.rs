@@ -547,6 +547,60 @@ pub fn standalone_volume(
     (svc.into_shard(), id)
 }
 
+/// Reintegrates `records` into the root volume as one batch.
+pub fn reintegrate(
+    w: &mut World,
+    c: &Client,
+    batch: StoreId,
+    records: Vec<CmlRecord>,
+) -> Result<vice::ReintegrateReply, Errno> {
+    let volume = w.root;
+    w.vice(
+        c,
+        op::REINTEGRATE,
+        &vice::Reintegrate {
+            volume,
+            batch,
+            records,
+        },
+    )
+}
+
+/// Stages `data` at `offset` of a `length`-byte store: the reply code.
+pub fn stage_at(
+    w: &mut World,
+    c: &Client,
+    store_id: StoreId,
+    data: &[u8],
+    length: u64,
+    offset: u64,
+) -> u16 {
+    let body = codec::to_bytes(&vice::Stage {
+        store_id,
+        length,
+        offset,
+    });
+    let side = SideEffect::Send(Source::Memory(Bytes::copy_from_slice(data)));
+    let r = w.call_raw(c, vice::SUBSYSTEM, op::STAGE, body, Some(side));
+    if r.code == 0 {
+        let got: vice::StageReply = codec::from_bytes(&r.body).unwrap();
+        assert_eq!(got.received, offset + data.len() as u64);
+    }
+    r.code
+}
+
+/// A Create record for `name` in `dir`, with a made-up fid.
+pub fn create_rec(c: &mut Client, dir: Fid, name: &str) -> (CmlRecord, Fid) {
+    let fid = c.local_fid(dir.volume);
+    let rec = c.record(Op::Create(cml::Create {
+        dir,
+        name: name.into(),
+        fid,
+        mode: 0o644,
+    }));
+    (rec, fid)
+}
+
 /// Credentials for `user`, sealed with the cell key, valid in simulated time.
 pub fn credentials(user: u32) -> Credentials {
     let now = coda_rpc2::sim::EPOCH.as_micros() / 1_000_000;
