@@ -4,12 +4,9 @@
 mod support;
 
 use bytes::Bytes;
-use coda_proto::cml::{self, CmlRecord, Op};
-use coda_proto::fid::{Fid, StoreId, LOCAL_VNODE_BASE};
-use coda_proto::status::Timestamp;
+use coda_proto::fid::Fid;
 use coda_proto::{auth, vice, volutil, Errno};
 use coda_rpc2::{ConnId, Identity, IncomingId, Level};
-use coda_vice::fileops::{Apply, Caller};
 use coda_vice::pdb::ADMIN_ID;
 use coda_vice::service::Action;
 use coda_vice::shard::{Shard, ShardOptions};
@@ -46,14 +43,6 @@ proptest! {
     }
 }
 
-fn record(n: u64, op: Op) -> CmlRecord {
-    CmlRecord {
-        store_id: StoreId { host: 1, unique: n },
-        time: Timestamp::default(),
-        op,
-    }
-}
-
 #[test]
 fn a_full_segment_fails_the_batch_with_enospc_and_undoes_all_of_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -64,41 +53,13 @@ fn a_full_segment_fails_the_batch_with_enospc_and_undoes_all_of_it() {
     };
     let (mut shard, vol) = standalone_volume(&dir, &opts, "small");
     let root = Fid::root(vol);
-    let caller = Caller {
-        user: ADMIN_ID,
-        cps: vec![ADMIN_ID, coda_proto::acl::ANY_USER],
-        admin: true,
-    };
-    let exists = |_| true;
     // Batches of 100 creates until the heap runs out.
     let mut made = 0u64;
     let failure = loop {
-        let (containers, txn) = shard.split();
-        let mut txn = txn.unwrap();
-        let mut a = Apply::new(&mut txn, containers, &caller, vol, &exists).unwrap();
-        let mut result = Ok(());
-        for i in made..made + 100 {
-            let fid = Fid::new(vol, LOCAL_VNODE_BASE + i, i);
-            let op = Op::Create(cml::Create {
-                dir: root,
-                name: format!("file-{i:06}"),
-                fid,
-                mode: 0o644,
-            });
-            if let Err(e) = a.op(&record(i + 1, op), &mut |_| None) {
-                result = Err(e);
-                break;
-            }
-        }
-        match result.and_then(|()| a.finish().map(|_| ())) {
-            Ok(()) => {
-                txn.commit(rvm::Durability::NoFlush).unwrap();
-                made += 100;
-            }
-            Err(e) => {
-                txn.abort().unwrap();
-                break e;
-            }
+        let batch = creates(vol, made..made + 100, |i| format!("file-{i:06}"));
+        match apply_batch(&mut shard, vol, &batch) {
+            Ok(()) => made += 100,
+            Err(e) => break e,
         }
         assert!(made < 1_000_000, "the segment never filled");
     };

@@ -333,7 +333,6 @@ fn a_huge_record_count_is_refused_without_a_huge_allocation() {
 /// volume stays, in memory as in RVM.
 #[test]
 fn a_volume_removal_too_big_for_one_transaction_leaves_the_volume() {
-    use coda_vice::fileops::{Apply, Caller};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("shard0");
     let opts = ShardOptions {
@@ -341,35 +340,13 @@ fn a_volume_removal_too_big_for_one_transaction_leaves_the_volume() {
         log_bytes: 1 << 20,
     };
     let (mut shard, vol) = standalone_volume(&dir, &opts, "v");
-    let root = Fid::root(vol);
-    let caller = Caller {
-        user: ADMIN_ID,
-        cps: vec![ADMIN_ID, coda_proto::acl::ANY_USER],
-        admin: true,
-    };
-    let exists = |_| true;
     for b in 0..20u64 {
-        let (containers, txn) = shard.split();
-        let mut txn = txn.unwrap();
-        let mut a = Apply::new(&mut txn, containers, &caller, vol, &exists).unwrap();
-        for i in b * 200..(b + 1) * 200 {
-            let rec = CmlRecord {
-                store_id: StoreId {
-                    host: 1,
-                    unique: i + 1,
-                },
-                time: Default::default(),
-                op: Op::Create(cml::Create {
-                    dir: root,
-                    name: format!("f{i}"),
-                    fid: Fid::new(vol, coda_proto::fid::LOCAL_VNODE_BASE + i, i),
-                    mode: 0o644,
-                }),
-            };
-            a.op(&rec, &mut |_| None).unwrap();
-        }
-        a.finish().unwrap();
-        txn.commit(rvm::Durability::NoFlush).unwrap();
+        apply_batch(
+            &mut shard,
+            vol,
+            &creates(vol, b * 200..(b + 1) * 200, |i| format!("f{i}")),
+        )
+        .unwrap();
     }
     shard.flush().unwrap();
     let pdb = coda_vice::pdb::Pdb::open(&dir.join("pdb.toml")).unwrap();

@@ -5,11 +5,10 @@ mod support;
 
 use coda_proto::acl::{Acl, AclEntry, Rights};
 use coda_proto::cml::{self, CmlRecord, Op};
-use coda_proto::fid::{Fid, StoreId, LOCAL_VNODE_BASE};
-use coda_proto::status::Timestamp;
-use coda_vice::fileops::{Apply, Caller};
+use coda_proto::fid::{Fid, LOCAL_VNODE_BASE};
 use coda_vice::pdb::ADMIN_ID;
 use coda_vice::shard::{Shard, ShardOptions};
+use support::{apply_batch, record_n};
 
 const CELL: [u8; 16] = support::CELL_ID;
 
@@ -18,40 +17,6 @@ fn options() -> ShardOptions {
         segment_bytes: 2 << 30,
         log_bytes: 64 << 20,
     }
-}
-
-fn admin() -> Caller {
-    Caller {
-        user: ADMIN_ID,
-        cps: vec![
-            ADMIN_ID,
-            coda_proto::acl::ANY_USER,
-            coda_proto::acl::ADMINISTRATORS,
-        ],
-        admin: true,
-    }
-}
-
-fn record(n: u64, op: Op) -> CmlRecord {
-    CmlRecord {
-        store_id: StoreId { host: 1, unique: n },
-        time: Timestamp { secs: 1, nanos: 0 },
-        op,
-    }
-}
-
-/// Applies `records` to volume `vol` in one transaction.
-fn apply(shard: &mut Shard, vol: u64, records: &[CmlRecord]) {
-    let caller = admin();
-    let exists = |_| true;
-    let (containers, txn) = shard.split();
-    let mut txn = txn.unwrap();
-    let mut a = Apply::new(&mut txn, containers, &caller, vol, &exists).unwrap();
-    for r in records {
-        a.op(r, &mut |_| None).unwrap();
-    }
-    a.finish().unwrap();
-    txn.commit(rvm::Durability::NoFlush).unwrap();
 }
 
 fn new_volume(dir: &std::path::Path) -> (Shard, u64) {
@@ -72,7 +37,7 @@ fn a_directory_of_a_million_entries_survives_a_restart() {
             .map(|i| {
                 let name = format!("entry-{i:07}-{}", "x".repeat((i % 200) as usize));
                 let fid = Fid::new(vol, LOCAL_VNODE_BASE + i, i);
-                record(
+                record_n(
                     i + 1,
                     Op::Create(cml::Create {
                         dir: root,
@@ -83,7 +48,7 @@ fn a_directory_of_a_million_entries_survives_a_restart() {
                 )
             })
             .collect();
-        apply(&mut shard, vol, &records);
+        apply_batch(&mut shard, vol, &records).unwrap();
         n += BATCH;
     }
     shard.flush().unwrap();
@@ -127,18 +92,18 @@ fn acls_of_hundreds_of_entries_and_long_names_are_kept() {
         rights: Rights::ALL,
     });
     let long = "n".repeat(255);
-    apply(
+    apply_batch(
         &mut shard,
         vol,
         &[
-            record(
+            record_n(
                 1,
                 Op::SetAcl(cml::SetAcl {
                     dir: root,
                     acl: acl.clone(),
                 }),
             ),
-            record(
+            record_n(
                 2,
                 Op::MakeDir(cml::MakeDir {
                     dir: root,
@@ -148,7 +113,8 @@ fn acls_of_hundreds_of_entries_and_long_names_are_kept() {
                 }),
             ),
         ],
-    );
+    )
+    .unwrap();
     shard.flush().unwrap();
     drop(shard);
     let (shard, _) = Shard::open(&dir, 0, CELL, &options()).unwrap();

@@ -601,6 +601,74 @@ pub fn create_rec(c: &mut Client, dir: Fid, name: &str) -> (CmlRecord, Fid) {
     (rec, fid)
 }
 
+/// An administrator, for tests that apply records without a network.
+pub fn admin_caller() -> coda_vice::fileops::Caller {
+    coda_vice::fileops::Caller {
+        user: ADMIN_ID,
+        cps: vec![
+            ADMIN_ID,
+            coda_proto::acl::ANY_USER,
+            coda_proto::acl::ADMINISTRATORS,
+        ],
+        admin: true,
+    }
+}
+
+/// Record number `n` of client 1.
+pub fn record_n(n: u64, op: Op) -> CmlRecord {
+    CmlRecord {
+        store_id: StoreId { host: 1, unique: n },
+        time: Timestamp { secs: 1, nanos: 0 },
+        op,
+    }
+}
+
+/// Creates of files named by `name` in `vol`'s root, one per number.
+pub fn creates(
+    vol: VolumeId,
+    numbers: std::ops::Range<u64>,
+    name: impl Fn(u64) -> String,
+) -> Vec<CmlRecord> {
+    numbers
+        .map(|i| {
+            let fid = Fid::new(vol, LOCAL_VNODE_BASE + i, i);
+            record_n(
+                i + 1,
+                Op::Create(cml::Create {
+                    dir: Fid::root(vol),
+                    name: name(i),
+                    fid,
+                    mode: 0o644,
+                }),
+            )
+        })
+        .collect()
+}
+
+/// Applies `records` to `vol` as an administrator, in one transaction:
+/// all of them, or (aborted) none.
+pub fn apply_batch(shard: &mut Shard, vol: VolumeId, records: &[CmlRecord]) -> Result<(), Errno> {
+    let caller = admin_caller();
+    let exists = |_| true;
+    let (containers, txn) = shard.split();
+    let mut txn = txn.unwrap();
+    let mut a = coda_vice::fileops::Apply::new(&mut txn, containers, &caller, vol, &exists)?;
+    let applied = records
+        .iter()
+        .try_for_each(|r| a.op(r, &mut |_| None).map(|_| ()))
+        .and_then(|()| a.finish().map(|_| ()));
+    match applied {
+        Ok(()) => {
+            txn.commit(rvm::Durability::NoFlush).unwrap();
+            Ok(())
+        }
+        Err(e) => {
+            txn.abort().unwrap();
+            Err(e)
+        }
+    }
+}
+
 /// Credentials for `user`, sealed with the cell key, valid in simulated time.
 pub fn credentials(user: u32) -> Credentials {
     let now = coda_rpc2::sim::EPOCH.as_micros() / 1_000_000;
