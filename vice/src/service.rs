@@ -95,6 +95,8 @@ enum Waiting {
         id: IncomingId,
         store_id: StoreId,
         received: u64,
+        hash: [u8; 32],
+        generation: u64,
     },
 }
 
@@ -139,7 +141,11 @@ struct Staged {
     container: u64,
     length: u64,
     received: u64,
+    /// Set once the whole data is synced: only then may a batch use it.
     hash: Option<[u8; 32]>,
+    /// Bumped when a stage writes into it again, so a sync of older bytes
+    /// does not vouch for newer ones.
+    generation: u64,
     at: std::time::Instant,
 }
 
@@ -662,7 +668,9 @@ impl Service {
             .is_some_and(|s| s.length == r.length && r.offset <= s.received);
         if resume {
             // The bytes may change again: hash and sync them again when whole.
-            self.staged.get_mut(&r.store_id).expect("found above").hash = None;
+            let s = self.staged.get_mut(&r.store_id).expect("found above");
+            s.hash = None;
+            s.generation += 1;
         } else {
             if r.offset != 0 {
                 return Err(Errno::EINVAL);
@@ -678,6 +686,7 @@ impl Service {
                     length: r.length,
                     received: 0,
                     hash: None,
+                    generation: 0,
                     at: std::time::Instant::now(),
                 },
             );
@@ -741,12 +750,14 @@ impl Service {
             },
             Transfer::Stage { store_id, offset } => {
                 match self.finish_stage(store_id, offset, result) {
-                    Ok((received, Some(container))) => out.push(Action::Sync {
+                    Ok((received, Some((container, hash, generation)))) => out.push(Action::Sync {
                         containers: vec![container],
                         then: Then(Waiting::Stage {
                             id,
                             store_id,
                             received,
+                            hash,
+                            generation,
                         }),
                     }),
                     Ok((received, None)) => self.reply(id, ok(&StageReply { received }), None, out),
@@ -782,8 +793,17 @@ impl Service {
                 id,
                 store_id,
                 received,
+                hash,
+                generation,
             } => match result {
-                Ok(()) => self.reply(id, ok(&StageReply { received }), None, out),
+                Ok(()) => {
+                    if let Some(s) = self.staged.get_mut(&store_id) {
+                        if s.generation == generation {
+                            s.hash = Some(hash);
+                        }
+                    }
+                    self.reply(id, ok(&StageReply { received }), None, out)
+                }
                 Err(e) => {
                     if let Some(s) = self.staged.remove(&store_id) {
                         self.shard.containers.remove(s.container);
@@ -819,14 +839,16 @@ impl Service {
         }
     }
 
-    /// Records what a stage brought; once the data is whole, its hash and
-    /// the container that must be synced before the stage is answered.
+    /// Records what a stage brought; once the data is whole, the container
+    /// to sync before the stage is answered and the data may be used, with
+    /// its hash and generation.
+    #[allow(clippy::type_complexity)]
     fn finish_stage(
         &mut self,
         store_id: StoreId,
         offset: u64,
         result: Result<u64, coda_rpc2::Error>,
-    ) -> Result<(u64, Option<u64>), Errno> {
+    ) -> Result<(u64, Option<(u64, [u8; 32], u64)>), Errno> {
         let got = result.map_err(|_| Errno::EIO)?;
         let s = self.staged.get_mut(&store_id).ok_or(Errno::EIO)?;
         s.received = s.received.max(offset + got);
@@ -839,8 +861,8 @@ impl Service {
                 .containers
                 .open_read(s.container)
                 .map_err(io_errno)?;
-            s.hash = Some(fileops::hash_file(&file).map_err(io_errno)?);
-            return Ok((s.received, Some(s.container)));
+            let hash = fileops::hash_file(&file).map_err(io_errno)?;
+            return Ok((s.received, Some((s.container, hash, s.generation))));
         }
         Ok((s.received, None))
     }
