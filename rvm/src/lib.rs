@@ -49,7 +49,7 @@ mod transaction;
 pub use crate::error::{Error, Result};
 pub use crate::format::{AREA_BYTES_MAX, FORMAT_VERSION, LOG_AREA_START, SEGMENT_HEADER_BYTES};
 pub use crate::rvm::{
-    FlushJob, FlushStep, Flusher, Options, RecoveryReport, Rvm, Stats, Tail, LOG_AREA_BYTES_MIN,
+    FlushJob, FlushStep, Options, RecoveryReport, Rvm, Stats, Tail, LOG_AREA_BYTES_MIN,
     SEGMENT_DATA_BYTES_MIN,
 };
 pub use crate::segment::{ReadView, Rec, Record, View};

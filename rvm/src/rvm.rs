@@ -111,20 +111,6 @@ pub struct Stats {
     pub pending_bytes: u64,
 }
 
-/// Makes commits durable from any thread (see [`Rvm::flusher`]).
-#[derive(Clone)]
-pub struct Flusher {
-    inner: Arc<Inner>,
-}
-
-impl Flusher {
-    /// Makes every commit so far durable, as [`Rvm::flush`] does.
-    pub fn flush(&self) -> Result<()> {
-        let last = lock(&self.inner.log).last_commit;
-        self.inner.wait_durable(CommitId(last))
-    }
-}
-
 /// What a flush driver does next (see [`Rvm::begin_flush`]).
 #[derive(Debug)]
 pub enum FlushStep {
@@ -478,17 +464,10 @@ impl Rvm {
         })
     }
 
-    /// A handle that makes commits durable from another thread, so the one
-    /// committing (an executor) need not wait for the log's sync.
-    pub fn flusher(&self) -> Flusher {
-        Flusher {
-            inner: Arc::clone(&self.inner),
-        }
-    }
-
     /// Makes every commit so far durable (Coda's `rvm_flush`).
     pub fn flush(&self) -> Result<()> {
-        self.flusher().flush()
+        let last = lock(&self.inner.log).last_commit;
+        self.inner.wait_durable(CommitId(last))
     }
 
     /// For a driver that does the log's I/O itself (an io_uring executor) instead of

@@ -754,23 +754,3 @@ fn a_second_instance_on_the_same_files_is_refused() {
     drop(first);
     assert!(Rvm::open_files(&seg, &log, 1 << 16, opts()).is_ok());
 }
-
-#[test]
-fn a_flusher_on_another_thread_makes_commits_durable_and_survives_a_crash() {
-    let (rvm, seg, log) = sim_rvm(64 << 10);
-    let mut tx = rvm.begin(Mode::Restore).unwrap();
-    tx.write(100, b"flushed elsewhere").unwrap();
-    let id = tx.commit(Durability::NoFlush).unwrap();
-    assert!(!rvm.is_durable(id));
-    let flusher = rvm.flusher();
-    std::thread::spawn(move || flusher.flush().unwrap())
-        .join()
-        .unwrap();
-    assert!(rvm.is_durable(id));
-    drop(rvm);
-    let (rvm, _) = Rvm::open(Box::new(seg.crash(1)), Box::new(log.crash(2)), opts()).unwrap();
-    assert_eq!(
-        rvm.read().unwrap().bytes(100, 17).unwrap(),
-        b"flushed elsewhere"
-    );
-}

@@ -290,45 +290,6 @@ struct Ctx {
     /// Work waiting for its containers to be synced.
     syncs: RefCell<Vec<(Vec<u64>, Then)>>,
     kick: Sender<()>,
-    log: LogFlusher,
-}
-
-/// The shard's RVM log syncs, on a thread of their own so the executor
-/// goes on serving while the disk works.
-struct LogFlusher {
-    requests: Sender<()>,
-    done: Receiver<Result<(), String>>,
-}
-
-impl LogFlusher {
-    fn start(index: u32, flusher: rvm::Flusher) -> Result<LogFlusher, String> {
-        let (requests, asked) = async_channel::bounded::<()>(1);
-        let (answers, done) = async_channel::bounded(1);
-        std::thread::Builder::new()
-            .name(format!("shard{index}-log"))
-            .spawn(move || {
-                while asked.recv_blocking().is_ok() {
-                    let r = flusher.flush().map_err(|e| e.to_string());
-                    if answers.send_blocking(r).is_err() {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| format!("shard {index}: log thread: {e}"))?;
-        Ok(LogFlusher { requests, done })
-    }
-
-    /// Makes every commit so far durable.
-    async fn flush(&self) -> Result<(), String> {
-        self.requests
-            .send(())
-            .await
-            .map_err(|_| "the log thread is gone".to_string())?;
-        self.done
-            .recv()
-            .await
-            .map_err(|_| "the log thread is gone".to_string())?
-    }
 }
 
 fn open_shard(s: &ShardStart) -> Result<(Service, UdpEndpoint), String> {
@@ -378,13 +339,6 @@ async fn run_shard(s: ShardStart) {
         }
     };
     let (kick, kicked) = async_channel::bounded(1);
-    let log = match LogFlusher::start(s.index, service.shard.rvm().flusher()) {
-        Ok(log) => log,
-        Err(e) => {
-            let _ = s.ready.send(Err(e));
-            return;
-        }
-    };
     let ctx = Rc::new(Ctx {
         service: RefCell::new(service),
         ep: ep.clone(),
@@ -392,7 +346,6 @@ async fn run_shard(s: ShardStart) {
         durable: RefCell::new(Vec::new()),
         syncs: RefCell::new(Vec::new()),
         kick,
-        log,
     });
     let flusher = glommio::spawn_local(flush_loop(ctx.clone(), kicked));
     let _ = s.ready.send(Ok(ep.local_addr().expect("bound")));
@@ -537,8 +490,7 @@ async fn flush_and_reply(ctx: &Rc<Ctx>) {
     if waiting.is_empty() {
         return;
     }
-    let flushed = ctx.log.flush().await;
-    ctx.service.borrow_mut().shard.reap();
+    let flushed = ctx.service.borrow_mut().shard.flush();
     for (id, code, body) in waiting {
         let (code, body) = match &flushed {
             Ok(()) => (code, body),
