@@ -36,6 +36,11 @@ pub struct Options {
     pub flush_interval: Option<Duration>,
     /// Buffered no-flush bytes that force a flush (Coda's `flush_buf_len`).
     pub flush_buffer_bytes: u64,
+    /// A flush driver ([`Rvm::begin_flush`]) makes no-flush commits durable:
+    /// such a commit never waits for a flush, not even past
+    /// `flush_buffer_bytes`, so the thread that drives the flush can also
+    /// commit while its flush is in flight. The driver must keep up.
+    pub flush_by_driver: bool,
 }
 
 impl Default for Options {
@@ -46,6 +51,7 @@ impl Default for Options {
             background_truncation: true,
             flush_interval: None,
             flush_buffer_bytes: 4 << 20,
+            flush_by_driver: false,
         }
     }
 }
@@ -192,6 +198,7 @@ pub(crate) struct Inner {
     poisoned: AtomicBool,
     background_truncation: bool,
     flush_interval: Option<Duration>,
+    pub(crate) flush_by_driver: bool,
 }
 
 #[derive(Default)]
@@ -377,6 +384,7 @@ impl Rvm {
             poisoned: AtomicBool::new(false),
             background_truncation: opts.background_truncation,
             flush_interval: opts.flush_interval,
+            flush_by_driver: opts.flush_by_driver,
         });
         let daemon = if opts.background_truncation || opts.flush_interval.is_some() {
             let inner = Arc::clone(&inner);

@@ -120,7 +120,7 @@ impl<'a> Transaction<'a> {
         let seg = self.seg.take().expect("open transaction holds the segment");
         let (id, must_flush) = self.inner.log_commit(&seg, &self.declared)?;
         drop(seg);
-        if durability == Durability::Flush || must_flush {
+        if durability == Durability::Flush || (must_flush && !self.inner.flush_by_driver) {
             self.inner.wait_durable(id)?;
         }
         Ok(id)

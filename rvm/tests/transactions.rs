@@ -754,3 +754,39 @@ fn a_second_instance_on_the_same_files_is_refused() {
     drop(first);
     assert!(Rvm::open_files(&seg, &log, 1 << 16, opts()).is_ok());
 }
+
+#[test]
+fn with_a_flush_driver_commits_never_wait_even_while_its_flush_is_in_flight() {
+    let o = Options {
+        flush_by_driver: true,
+        flush_buffer_bytes: 1024,
+        ..opts()
+    };
+    let (rvm, _seg, log) = support::create::<SimDisk>(64 << 10, o);
+    let commit = |at: u64| {
+        let mut tx = rvm.begin(Mode::Restore).unwrap();
+        tx.write(at, &[7u8; 2048]).unwrap();
+        tx.commit(Durability::NoFlush).unwrap()
+    };
+    // Past the buffer limit, and nothing waits for a flush.
+    let first = commit(0);
+    assert!(!rvm.is_durable(first));
+    let rvm::FlushStep::Write(job) = rvm.begin_flush().unwrap() else {
+        panic!("no job")
+    };
+    // The same thread commits while its flush is in flight (this would wait
+    // forever without the driver mode).
+    let second = commit(8192);
+    for (at, bytes) in job.writes() {
+        log.write_at(at, bytes).unwrap();
+    }
+    job.finish(log.sync()).unwrap();
+    assert!(rvm.is_durable(first) && !rvm.is_durable(second));
+    while let rvm::FlushStep::Write(job) = rvm.begin_flush().unwrap() {
+        for (at, bytes) in job.writes() {
+            log.write_at(at, bytes).unwrap();
+        }
+        job.finish(log.sync()).unwrap();
+    }
+    assert!(rvm.is_durable(second));
+}

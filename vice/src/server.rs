@@ -19,6 +19,7 @@ use coda_proto::acl::ADMINISTRATORS;
 use coda_rpc2::udp::{Incoming, UdpEndpoint};
 use coda_rpc2::{CellKey, Config, IncomingId};
 use futures_lite::future;
+use rvm::FlushStep;
 use serde::{Deserialize, Serialize};
 
 use crate::cell::{Cell, ROOT_VOLUME_NAME};
@@ -181,6 +182,7 @@ impl Server {
         let shard_opts = ShardOptions {
             segment_bytes: loaded.config.segment_bytes,
             log_bytes: loaded.config.log_bytes,
+            flush_by_driver: true,
         };
         let mut cell = Cell::new(
             loaded.key.clone(),
@@ -285,11 +287,19 @@ struct Ctx {
     service: RefCell<Service>,
     ep: UdpEndpoint,
     peers: Arc<Vec<Sender<ShardMsg>>>,
-    /// Replies waiting for their commit to be durable.
-    durable: RefCell<Vec<(IncomingId, u16, Bytes)>>,
+    /// Answers waiting for their commit to be durable.
+    durable: RefCell<Vec<Waiter>>,
     /// Work waiting for its containers to be synced.
     syncs: RefCell<Vec<(Vec<u64>, Then)>>,
     kick: Sender<()>,
+    /// The shard's RVM log, written and synced on io_uring.
+    log: glommio::io::BufferedFile,
+}
+
+/// An answer waiting for durability: to a call, or to another shard's job.
+enum Waiter {
+    Reply(IncomingId, u16, Bytes),
+    Job(Sender<(u16, Bytes)>, u16, Bytes),
 }
 
 fn open_shard(s: &ShardStart) -> Result<(Service, UdpEndpoint), String> {
@@ -317,6 +327,8 @@ fn open_shard(s: &ShardStart) -> Result<(Service, UdpEndpoint), String> {
         service
             .new_volume(id, ROOT_VOLUME_NAME, ADMIN_ID)
             .map_err(|e| format!("making {ROOT_VOLUME_NAME}: {e}"))?;
+        // No flush driver runs yet: flush here.
+        service.shard.flush().map_err(|e| e.to_string())?;
     }
     let config = Config {
         accept_binds: true,
@@ -339,6 +351,17 @@ async fn run_shard(s: ShardStart) {
         }
     };
     let (kick, kicked) = async_channel::bounded(1);
+    let log = glommio::io::OpenOptions::new()
+        .write(true)
+        .buffered_open(s.dir.join("meta.log"))
+        .await;
+    let log = match log {
+        Ok(log) => log,
+        Err(e) => {
+            let _ = s.ready.send(Err(format!("shard {}: log: {e}", s.index)));
+            return;
+        }
+    };
     let ctx = Rc::new(Ctx {
         service: RefCell::new(service),
         ep: ep.clone(),
@@ -346,6 +369,7 @@ async fn run_shard(s: ShardStart) {
         durable: RefCell::new(Vec::new()),
         syncs: RefCell::new(Vec::new()),
         kick,
+        log,
     });
     let flusher = glommio::spawn_local(flush_loop(ctx.clone(), kicked));
     let _ = s.ready.send(Ok(ep.local_addr().expect("bound")));
@@ -378,7 +402,13 @@ async fn run_shard(s: ShardStart) {
             Ev::Net(Incoming::Lost { conn, .. }) => ctx.service.borrow_mut().client_lost(conn),
             Ev::Msg(Some(ShardMsg::Job(job, done))) => {
                 let answer = ctx.service.borrow_mut().run_job(job);
-                let _ = done.send(answer).await;
+                if answer.after.is_some() {
+                    let waiter = Waiter::Job(done, answer.code, answer.body);
+                    ctx.durable.borrow_mut().push(waiter);
+                    let _ = ctx.kick.try_send(());
+                } else {
+                    let _ = done.send((answer.code, answer.body)).await;
+                }
             }
             Ev::Msg(Some(ShardMsg::Stop) | None) => break,
         }
@@ -403,7 +433,7 @@ fn dispatch(ctx: &Rc<Ctx>, actions: Vec<Action>) {
                 body,
                 after: Some(_),
             } => {
-                ctx.durable.borrow_mut().push((id, code, body));
+                ctx.durable.borrow_mut().push(Waiter::Reply(id, code, body));
                 let _ = ctx.kick.try_send(());
             }
             Action::Reply {
@@ -490,17 +520,65 @@ async fn flush_and_reply(ctx: &Rc<Ctx>) {
     if waiting.is_empty() {
         return;
     }
-    let flushed = ctx.service.borrow_mut().shard.flush();
-    for (id, code, body) in waiting {
-        let (code, body) = match &flushed {
-            Ok(()) => (code, body),
-            Err(e) => {
-                tracing::error!("flush failed: {e}");
-                (coda_proto::Errno::EIO.0, Bytes::new())
-            }
+    let flushed = flush_log(ctx).await;
+    ctx.service.borrow_mut().shard.reap();
+    for w in waiting {
+        let fail = |e: &String| {
+            tracing::error!("flush failed: {e}");
+            (coda_proto::Errno::EIO.0, Bytes::new())
         };
-        let _ = ctx.ep.reply(id, code, body).await;
+        match w {
+            Waiter::Reply(id, code, body) => {
+                let (code, body) = flushed.as_ref().map_or_else(fail, |()| (code, body));
+                let _ = ctx.ep.reply(id, code, body).await;
+            }
+            Waiter::Job(done, code, body) => {
+                let answer = flushed.as_ref().map_or_else(fail, |()| (code, body));
+                let _ = done.send(answer).await;
+            }
+        }
     }
+}
+
+/// Makes every commit so far durable: the log's new records written and
+/// synced on io_uring, so the shard serves on meanwhile (group commit).
+async fn flush_log(ctx: &Rc<Ctx>) -> Result<(), String> {
+    loop {
+        let step = ctx.service.borrow().shard.rvm().begin_flush();
+        match step.map_err(|e| e.to_string())? {
+            FlushStep::Idle => return Ok(()),
+            FlushStep::Truncate => {
+                let truncated = ctx.service.borrow().shard.rvm().truncate();
+                truncated.map_err(|e| e.to_string())?;
+            }
+            FlushStep::Write(job) => {
+                let runs: Vec<(u64, Vec<u8>)> =
+                    job.writes().map(|(at, b)| (at, b.to_vec())).collect();
+                let written = write_log(&ctx.log, runs).await;
+                job.finish(written).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+}
+
+async fn write_log(
+    log: &glommio::io::BufferedFile,
+    runs: Vec<(u64, Vec<u8>)>,
+) -> std::io::Result<()> {
+    for (mut at, mut bytes) in runs {
+        while !bytes.is_empty() {
+            let n = log.write_at(bytes.clone(), at).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "log write",
+                ));
+            }
+            bytes.drain(..n);
+            at += n as u64;
+        }
+    }
+    log.fdatasync().await.map_err(Into::into)
 }
 
 /// Syncs every container waiting, all at once on io_uring (their names

@@ -100,6 +100,15 @@ enum Waiting {
     },
 }
 
+/// What [`Service::run_job`] answers.
+#[derive(Debug)]
+pub struct JobDone {
+    pub code: u16,
+    pub body: Bytes,
+    /// Answer only once this commit is durable.
+    pub after: Option<CommitId>,
+}
+
 /// Administration that must run on the shard owning a volume.
 #[derive(Debug, Clone)]
 pub enum Job {
@@ -539,8 +548,12 @@ impl Service {
             return Ok(None);
         }
         match self.run_job(job) {
-            (0, body) => Ok(Some((body, None))),
-            (code, _) => Err(Errno(code)),
+            JobDone {
+                code: 0,
+                body,
+                after,
+            } => Ok(Some((body, after))),
+            JobDone { code, .. } => Err(Errno(code)),
         }
     }
 
@@ -1255,36 +1268,49 @@ impl Service {
         }
     }
 
-    /// Runs administration on this shard; the answer's code and body.
-    pub fn run_job(&mut self, job: Job) -> (u16, Bytes) {
-        let result: Answer = (|| match job {
-            Job::CreateVolume { id, name, owner } => ok(&self.new_volume(id, &name, owner)?),
-            Job::Info(id) => ok(&self.info(id)?),
+    /// Runs administration on this shard: the answer, to send once commit
+    /// `after` (if any) is durable.
+    pub fn run_job(&mut self, job: Job) -> JobDone {
+        let result: Result<(Bytes, Option<CommitId>), Errno> = (|| match job {
+            Job::CreateVolume { id, name, owner } => {
+                let (info, commit) = self.new_volume(id, &name, owner)?;
+                Ok((codec::to_bytes(&info), Some(commit)))
+            }
+            Job::Info(id) => Ok((codec::to_bytes(&self.info(id)?), None)),
             Job::SetLocked(id, locked) => {
                 let mut h = self.local_volume(id)?.header.clone();
                 h.locked = locked;
-                self.shard
-                    .transact(Durability::Flush, |txn| txn.put_header(h))
+                let ((), commit) = self
+                    .shard
+                    .transact(Durability::NoFlush, |txn| txn.put_header(h))
                     .map_err(rvm_errno)?;
-                ok(&self.info(id)?)
+                Ok((codec::to_bytes(&self.info(id)?), Some(commit)))
             }
             Job::RemoveVolume(id) => {
                 self.local_volume(id)?;
-                self.shard
-                    .transact(Durability::Flush, |txn| txn.remove_volume(id))
+                let ((), commit) = self
+                    .shard
+                    .transact(Durability::NoFlush, |txn| txn.remove_volume(id))
                     .map_err(|e| match e {
                         // Too big for one transaction: it stays, whole.
                         rvm::Error::TooLarge { .. } | rvm::Error::LogFull { .. } => Errno::EFBIG,
                         e => rvm_errno(e),
                     })?;
-                self.shard.reap();
                 self.cell.vldb_mut().remove(id);
-                Ok(Bytes::new())
+                Ok((Bytes::new(), Some(commit)))
             }
         })();
         match result {
-            Ok(b) => (0, b),
-            Err(e) => (e.0, Bytes::new()),
+            Ok((body, after)) => JobDone {
+                code: 0,
+                body,
+                after,
+            },
+            Err(e) => JobDone {
+                code: e.0,
+                body: Bytes::new(),
+                after: None,
+            },
         }
     }
 
@@ -1303,21 +1329,21 @@ impl Service {
         })
     }
 
-    /// Makes volume `id` here, durably, and records where it is served.
+    /// Makes volume `id` here and records where it is served; durable once
+    /// the commit returned is.
     pub fn new_volume(
         &mut self,
         id: VolumeId,
         name: &str,
         owner: PrincipalId,
-    ) -> Result<VolumeInfo, Errno> {
-        let made = self
-            .create_volume(id, name, owner)
-            // Volume creation is rare: durable before it is answered.
-            .and_then(|_| self.shard.flush().map_err(rvm_errno));
-        if let Err(e) = made {
-            self.cell.vldb_mut().remove(id);
-            return Err(e);
-        }
+    ) -> Result<(VolumeInfo, CommitId), Errno> {
+        let commit = match self.create_volume(id, name, owner) {
+            Ok(c) => c,
+            Err(e) => {
+                self.cell.vldb_mut().remove(id);
+                return Err(e);
+            }
+        };
         self.cell.register(
             id,
             Location {
@@ -1326,7 +1352,7 @@ impl Service {
                 kind: VolumeKind::ReadWrite,
             },
         );
-        self.info(id)
+        Ok((self.info(id)?, commit))
     }
 
     /// A new volume: its header and its root directory, in one transaction.

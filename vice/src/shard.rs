@@ -21,6 +21,9 @@ pub struct ShardOptions {
     /// Size of the recoverable segment (a sparse file; pages cost only when used).
     pub segment_bytes: u64,
     pub log_bytes: u64,
+    /// The server's flush driver makes commits durable on io_uring (see
+    /// `rvm::Options::flush_by_driver`); otherwise [`Shard::flush`] does.
+    pub flush_by_driver: bool,
 }
 
 impl Default for ShardOptions {
@@ -28,6 +31,7 @@ impl Default for ShardOptions {
         ShardOptions {
             segment_bytes: 4 << 30,
             log_bytes: 64 << 20,
+            flush_by_driver: false,
         }
     }
 }
@@ -101,6 +105,7 @@ impl Shard {
         std::fs::create_dir_all(dir)?;
         let rvm_opts = Options {
             log_area_bytes: opts.log_bytes,
+            flush_by_driver: opts.flush_by_driver,
             ..Options::default()
         };
         let (rvm, recovery) = Rvm::open_files(

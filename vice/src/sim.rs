@@ -101,8 +101,11 @@ fn run(
             }
             Action::Delegate { id, job, .. } => {
                 // One shard per simulated server.
-                let (code, body) = svc.run_job(job);
-                reply(ep, now, id, code, body);
+                let done = svc.run_job(job);
+                if done.after.is_some() {
+                    svc.shard.flush().expect("flush");
+                }
+                reply(ep, now, id, done.code, done.body);
             }
         }
     }

@@ -50,6 +50,7 @@ fn a_full_segment_fails_the_batch_with_enospc_and_undoes_all_of_it() {
     let opts = ShardOptions {
         segment_bytes: 2 << 20,
         log_bytes: 8 << 20,
+        ..Default::default()
     };
     let (mut shard, vol) = standalone_volume(&dir, &opts, "small");
     let root = Fid::root(vol);

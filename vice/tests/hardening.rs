@@ -166,6 +166,7 @@ fn a_removal_refused_by_rvm_leaves_memory_as_rvm_has_it() {
     let opts = ShardOptions {
         segment_bytes: 64 << 20,
         log_bytes: 1 << 20,
+        ..Default::default()
     };
     let (mut shard, vol) = standalone_volume(&dir, &opts, "v");
     let root = Fid::root(vol);
@@ -338,6 +339,7 @@ fn a_volume_removal_too_big_for_one_transaction_leaves_the_volume() {
     let opts = ShardOptions {
         segment_bytes: 64 << 20,
         log_bytes: 1 << 20,
+        ..Default::default()
     };
     let (mut shard, vol) = standalone_volume(&dir, &opts, "v");
     for b in 0..20u64 {
@@ -358,7 +360,7 @@ fn a_volume_removal_too_big_for_one_transaction_leaves_the_volume() {
         pdb,
     ));
     let mut svc = coda_vice::service::Service::new(cell, shard);
-    let (code, _) = svc.run_job(coda_vice::service::Job::RemoveVolume(vol));
+    let code = svc.run_job(coda_vice::service::Job::RemoveVolume(vol)).code;
     assert_ne!(code, 0);
     assert_eq!(svc.shard.meta.volume(vol).unwrap().files(), 4001);
     assert!(coda_vice::fsck::check_shard(&svc.shard).is_empty());

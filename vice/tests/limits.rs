@@ -16,6 +16,7 @@ fn options() -> ShardOptions {
     ShardOptions {
         segment_bytes: 2 << 30,
         log_bytes: 64 << 20,
+        ..Default::default()
     }
 }
 

@@ -336,6 +336,7 @@ fn check_offline(root: &Path) {
         let opts = coda_vice::shard::ShardOptions {
             segment_bytes: config.segment_bytes,
             log_bytes: config.log_bytes,
+            ..Default::default()
         };
         let (shard, _) =
             coda_vice::shard::Shard::open(&root.join(format!("shard{i}")), i, id, &opts).unwrap();

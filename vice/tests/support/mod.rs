@@ -34,6 +34,7 @@ pub fn shard_options() -> ShardOptions {
     ShardOptions {
         segment_bytes: 256 << 20,
         log_bytes: 16 << 20,
+        ..Default::default()
     }
 }
 
@@ -134,6 +135,7 @@ impl World {
         let mut svc = open_service(dir.path());
         let root = svc.cell.new_volume_id();
         svc.new_volume(root, ROOT_VOLUME_NAME, ADMIN_ID).unwrap();
+        svc.shard.flush().unwrap();
         let mut sim = Sim::new(seed, net);
         let server = sim.add("vice", server_config());
         let service = Rc::new(RefCell::new(svc));
@@ -168,6 +170,7 @@ impl World {
         let mut svc = self.svc();
         let id = svc.cell.new_volume_id();
         svc.new_volume(id, name, owner).unwrap();
+        svc.shard.flush().unwrap();
         id
     }
 
@@ -544,6 +547,7 @@ pub fn standalone_volume(
     let mut svc = Service::new(cell, shard);
     let id = svc.cell.new_volume_id();
     svc.new_volume(id, name, ADMIN_ID).unwrap();
+    svc.shard.flush().unwrap();
     (svc.into_shard(), id)
 }
 
