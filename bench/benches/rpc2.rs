@@ -2,6 +2,7 @@
 //! - null calls per second against a raw UDP echo of the same datagram size
 //!   and a tokio TCP request/response echo, with 1 and 64 calls outstanding;
 //! - SFTP fetch of 256 MiB into a file against a TCP copy into a file;
+//!
 //! each with encryption off (clear) and on (encrypted).
 //!
 //! cargo bench -p coda-bench --bench rpc2

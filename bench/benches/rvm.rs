@@ -85,6 +85,7 @@ fn rvm_options() -> Options {
         background_truncation: true,
         flush_interval: None,
         flush_buffer_bytes: 4 << 20,
+        flush_by_driver: false,
     }
 }
 

@@ -4,7 +4,9 @@
 //!   connections (one outstanding call each), with the server on 1 and on
 //!   2 cores (8 connections spread over a volume on each shard);
 //! - Reintegrate: records applied per second for a batch of 1000 creates and
-//!   1000 stores of 4 KiB (staged beforehand), on one core.
+//!   1000 stores of 4 KiB (staged beforehand), on one core, and two such
+//!   batches at once to volumes on one shard or on two (shard scaling).
+//!
 //! Baselines: stat, create+fsync, and 4 KiB write+fsync in a local directory.
 //!
 //! cargo bench -p coda-bench --bench vice

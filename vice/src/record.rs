@@ -161,10 +161,7 @@ pub fn scan<V: View>(
             }
         }
     })
-    .or_else(|e| match failure.take() {
-        Some(f) => Err(f),
-        None => Err(RecordError::Rvm(e)),
-    })
+    .map_err(|e| failure.take().unwrap_or(RecordError::Rvm(e)))
 }
 
 #[cfg(test)]

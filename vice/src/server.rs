@@ -290,7 +290,7 @@ struct Ctx {
     /// Answers waiting for their commit to be durable.
     durable: RefCell<Vec<Waiter>>,
     /// Work waiting for its containers to be synced.
-    syncs: RefCell<Vec<(Vec<u64>, Then)>>,
+    syncs: RefCell<Vec<(Vec<u64>, Box<Then>)>>,
     kick: Sender<()>,
     /// The shard's RVM log, written and synced on io_uring.
     log: glommio::io::BufferedFile,

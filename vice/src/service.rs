@@ -77,7 +77,10 @@ pub enum Action {
     Close { conn: ConnId },
     /// Make these containers' bytes and names durable (a driver syncs the
     /// containers of many calls together), then call [`Service::synced`].
-    Sync { containers: Vec<u64>, then: Then },
+    Sync {
+        containers: Vec<u64>,
+        then: Box<Then>,
+    },
 }
 
 /// What waits for a [`Action::Sync`]: opaque to drivers.
@@ -754,7 +757,7 @@ impl Service {
                 }
                 Ok(data) => out.push(Action::Sync {
                     containers: vec![container],
-                    then: Then(Waiting::Store { id, record, data }),
+                    then: Box::new(Then(Waiting::Store { id, record, data })),
                 }),
                 Err(e) => {
                     self.shard.containers.remove(container);
@@ -765,13 +768,13 @@ impl Service {
                 match self.finish_stage(store_id, offset, result) {
                     Ok((received, Some((container, hash, generation)))) => out.push(Action::Sync {
                         containers: vec![container],
-                        then: Then(Waiting::Stage {
+                        then: Box::new(Then(Waiting::Stage {
                             id,
                             store_id,
                             received,
                             hash,
                             generation,
-                        }),
+                        })),
                     }),
                     Ok((received, None)) => self.reply(id, ok(&StageReply { received }), None, out),
                     Err(e) => self.reply(id, Err(e), None, out),
@@ -793,7 +796,7 @@ impl Service {
     }
 
     /// Containers synced: carry on with what waited for them.
-    pub fn synced(&mut self, then: Then, result: std::io::Result<()>, out: &mut Vec<Action>) {
+    pub fn synced(&mut self, then: Box<Then>, result: std::io::Result<()>, out: &mut Vec<Action>) {
         match then.0 {
             Waiting::Store { id, record, data } => match result {
                 Ok(()) => self.store(id, &record, data, out),

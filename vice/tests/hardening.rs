@@ -121,7 +121,7 @@ fn a_batch_sent_again_is_answered_only_once_durable() {
         admin,
         vice::SUBSYSTEM,
         op::REINTEGRATE,
-        Bytes::from(body.clone()),
+        body.clone(),
         &mut out,
     );
     let c1 = out
@@ -142,7 +142,7 @@ fn a_batch_sent_again_is_answered_only_once_durable() {
         admin,
         vice::SUBSYSTEM,
         op::REINTEGRATE,
-        Bytes::from(body),
+        body,
         &mut out,
     );
     let c2 = out

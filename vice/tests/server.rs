@@ -329,8 +329,8 @@ fn check_offline(root: &Path) {
     let config: coda_vice::server::CellConfig =
         toml::from_str(&std::fs::read_to_string(root.join("codasrv.toml")).unwrap()).unwrap();
     let mut id = [0u8; 16];
-    for i in 0..16 {
-        id[i] = u8::from_str_radix(&config.cell_id[2 * i..2 * i + 2], 16).unwrap();
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&config.cell_id[2 * i..2 * i + 2], 16).unwrap();
     }
     for i in 0..config.shards {
         let opts = coda_vice::shard::ShardOptions {
