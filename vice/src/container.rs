@@ -104,9 +104,9 @@ impl Containers {
         file.sync_data()
     }
 
-    /// [`sync`](Self::sync) by number.
-    pub fn sync_id(&self, id: u64) -> io::Result<()> {
-        self.sync(&File::open(self.path(id))?)
+    /// Hashes container `id` and makes its bytes durable.
+    pub fn hash_and_sync(&self, id: u64) -> io::Result<[u8; 32]> {
+        hash_and_sync(&self.path(id))
     }
 
     pub fn remove(&self, id: u64) {
@@ -151,6 +151,14 @@ impl Containers {
         }
         Ok(removed)
     }
+}
+
+/// The blake3 hash of a container's bytes, which are made durable too.
+pub fn hash_and_sync(path: &Path) -> io::Result<[u8; 32]> {
+    let file = File::open(path)?;
+    let hash = crate::fileops::hash_file(&file)?;
+    file.sync_data()?;
+    Ok(hash)
 }
 
 fn open_new(path: &Path) -> io::Result<File> {

@@ -600,28 +600,43 @@ async fn sync_containers(ctx: &Rc<Ctx>) {
         .into_iter()
         .map(|ps| {
             ps.into_iter()
-                .map(|p| {
-                    glommio::spawn_local(async move {
-                        let f = glommio::io::BufferedFile::open(&p).await?;
-                        f.fdatasync().await?;
-                        f.close().await
-                    })
-                })
+                .map(|p| glommio::spawn_local(hash_and_sync(p)))
                 .collect()
         })
         .collect();
     // Each waiter hears how its own containers went.
     for ((_, then), group) in syncs.into_iter().zip(tasks) {
-        let mut result = Ok(());
+        let mut result = Ok(Vec::new());
         for t in group {
-            if let Err(e) = t.await {
-                result = Err(std::io::Error::from(e));
+            match (t.await, &mut result) {
+                (Ok(h), Ok(hashes)) => hashes.push(h),
+                (Err(e), _) => result = Err(e),
+                (Ok(_), Err(_)) => {}
             }
         }
         let mut out = Vec::new();
         ctx.service.borrow_mut().synced(then, result, &mut out);
         dispatch(ctx, out);
     }
+}
+
+/// Containers at least this large are hashed off the shard's thread.
+const HASH_ELSEWHERE_BYTES: u64 = 1 << 20;
+
+/// A container's hash, and its bytes made durable on io_uring; a large one
+/// is hashed and synced on glommio's blocking pool, so the shard serves on.
+async fn hash_and_sync(path: PathBuf) -> std::io::Result<[u8; 32]> {
+    let len = std::fs::metadata(&path)?.len();
+    if len >= HASH_ELSEWHERE_BYTES {
+        return glommio::executor()
+            .spawn_blocking(move || crate::container::hash_and_sync(&path))
+            .await;
+    }
+    let hash = crate::fileops::hash_file(&std::fs::File::open(&path)?)?;
+    let f = glommio::io::BufferedFile::open(&path).await?;
+    f.fdatasync().await?;
+    f.close().await?;
+    Ok(hash)
 }
 
 /// The root directory's files, for tools and tests.

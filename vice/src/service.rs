@@ -75,8 +75,9 @@ pub enum Action {
     /// Close a connection, so its client's next call fails and it
     /// revalidates what it cached instead of trusting lost promises.
     Close { conn: ConnId },
-    /// Make these containers' bytes and names durable (a driver syncs the
-    /// containers of many calls together), then call [`Service::synced`].
+    /// Hash these containers and make their bytes durable (a driver syncs
+    /// the containers of many calls together, and hashes large ones off
+    /// the shard's thread), then call [`Service::synced`] with the hashes.
     Sync {
         containers: Vec<u64>,
         then: Box<Then>,
@@ -98,7 +99,6 @@ enum Waiting {
         id: IncomingId,
         store_id: StoreId,
         received: u64,
-        hash: [u8; 32],
         generation: u64,
     },
 }
@@ -766,13 +766,12 @@ impl Service {
             },
             Transfer::Stage { store_id, offset } => {
                 match self.finish_stage(store_id, offset, result) {
-                    Ok((received, Some((container, hash, generation)))) => out.push(Action::Sync {
+                    Ok((received, Some((container, generation)))) => out.push(Action::Sync {
                         containers: vec![container],
                         then: Box::new(Then(Waiting::Stage {
                             id,
                             store_id,
                             received,
-                            hash,
                             generation,
                         })),
                     }),
@@ -796,10 +795,23 @@ impl Service {
     }
 
     /// Containers synced: carry on with what waited for them.
-    pub fn synced(&mut self, then: Box<Then>, result: std::io::Result<()>, out: &mut Vec<Action>) {
+    pub fn synced(
+        &mut self,
+        then: Box<Then>,
+        result: std::io::Result<Vec<[u8; 32]>>,
+        out: &mut Vec<Action>,
+    ) {
+        let hash = |hashes: Vec<[u8; 32]>| hashes.first().copied().expect("one container each");
         match then.0 {
-            Waiting::Store { id, record, data } => match result {
-                Ok(()) => self.store(id, &record, data, out),
+            Waiting::Store {
+                id,
+                record,
+                mut data,
+            } => match result {
+                Ok(hashes) => {
+                    data.hash = hash(hashes);
+                    self.store(id, &record, data, out)
+                }
                 Err(e) => {
                     self.shard.containers.remove(data.container);
                     self.reply(id, Err(io_errno(e)), None, out);
@@ -809,13 +821,12 @@ impl Service {
                 id,
                 store_id,
                 received,
-                hash,
                 generation,
             } => match result {
-                Ok(()) => {
+                Ok(hashes) => {
                     if let Some(s) = self.staged.get_mut(&store_id) {
                         if s.generation == generation {
-                            s.hash = Some(hash);
+                            s.hash = Some(hash(hashes));
                         }
                     }
                     self.reply(id, ok(&StageReply { received }), None, out)
@@ -856,15 +867,15 @@ impl Service {
     }
 
     /// Records what a stage brought; once the data is whole, the container
-    /// to sync before the stage is answered and the data may be used, with
-    /// its hash and generation.
+    /// to hash and sync before the stage is answered and the data may be
+    /// used, with its generation.
     #[allow(clippy::type_complexity)]
     fn finish_stage(
         &mut self,
         store_id: StoreId,
         offset: u64,
         result: Result<u64, coda_rpc2::Error>,
-    ) -> Result<(u64, Option<(u64, [u8; 32], u64)>), Errno> {
+    ) -> Result<(u64, Option<(u64, u64)>), Errno> {
         let got = result.map_err(|_| Errno::EIO)?;
         let s = self.staged.get_mut(&store_id).ok_or(Errno::EIO)?;
         s.received = s.received.max(offset + got);
@@ -872,13 +883,7 @@ impl Service {
             return Err(Errno::EINVAL);
         }
         if s.received == s.length && s.hash.is_none() {
-            let file = self
-                .shard
-                .containers
-                .open_read(s.container)
-                .map_err(io_errno)?;
-            let hash = fileops::hash_file(&file).map_err(io_errno)?;
-            return Ok((s.received, Some((s.container, hash, s.generation))));
+            return Ok((s.received, Some((s.container, s.generation))));
         }
         Ok((s.received, None))
     }
@@ -1440,7 +1445,7 @@ impl Service {
 }
 
 /// Checks a store's data arrived whole; its new content (no container
-/// for an empty file).
+/// for an empty file; the hash of any other comes with its sync).
 fn check_store(
     record: &CmlRecord,
     container: u64,
@@ -1461,7 +1466,7 @@ fn check_store(
             container
         },
         length: s.length,
-        hash: fileops::hash_file(file).map_err(io_errno)?,
+        hash: EMPTY_HASH,
     })
 }
 

@@ -94,7 +94,8 @@ fn run(
             Action::Sync { containers, then } => {
                 let synced = containers
                     .iter()
-                    .try_for_each(|&c| svc.shard.containers.sync_id(c));
+                    .map(|&c| svc.shard.containers.hash_and_sync(c))
+                    .collect();
                 let mut more = Vec::new();
                 svc.synced(then, synced, &mut more);
                 actions.extend(more);

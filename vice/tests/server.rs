@@ -245,6 +245,14 @@ fn a_new_cell_logs_in_its_admin_and_spreads_volumes_over_both_shards() {
     assert_eq!(again.err(), Some(Errno::EEXIST));
     let st = admin.create(info.root, "top").unwrap();
     admin.store(&st, b"top data").unwrap();
+    // A large file is hashed off the shard's thread; its bytes and hash hold.
+    let big: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let st = admin.create(info.root, "big").unwrap();
+    let stored = admin.store(&st, &big).unwrap();
+    assert_eq!(stored.content_hash, *blake3::hash(&big).as_bytes());
+    assert_eq!(admin.fetch(st.fid).unwrap(), big);
     drop(srv);
 }
 
