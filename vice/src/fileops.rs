@@ -280,11 +280,17 @@ impl<'t, 'a> Apply<'t, 'a> {
         if asked.volume != self.volume {
             return Err(Errno::EXDEV);
         }
-        if asked.vnode >= self.header.next_vnode || asked.vnode <= ROOT_VNODE {
-            return Err(Errno::EINVAL);
-        }
         if self.vol().vnodes.contains_key(&asked.vnode) {
             return Err(Errno::EEXIST);
+        }
+        // Only from a range AllocFids gave this user.
+        let granted = self
+            .header
+            .grants
+            .iter()
+            .any(|g| g.covers(self.caller.user, asked.vnode, asked.unique));
+        if !granted {
+            return Err(Errno::EINVAL);
         }
         Ok(asked)
     }

@@ -32,7 +32,10 @@ use crate::callback::Callbacks;
 use crate::cell::{Cell, Location, ROOT_VOLUME_NAME};
 use crate::fileops::{self, Apply, Caller, NewData};
 use crate::shard::Shard;
-use crate::vnode::{AppliedRecord, Vnode, VolumeHeader, EMPTY_HASH, NO_CONTAINER};
+use crate::vnode::{
+    AppliedRecord, Grant, Vnode, VolumeHeader, EMPTY_HASH, GRANTS_MAX, GRANTS_PER_USER,
+    NO_CONTAINER,
+};
 
 /// Largest Reintegrate batch, encoded, sent as a side effect.
 pub const REINTEGRATE_BYTES_MAX: u64 = 256 << 20;
@@ -662,6 +665,24 @@ impl Service {
         };
         h.next_vnode += r.count;
         h.next_unique += r.count;
+        h.grants.push(Grant {
+            user: caller.user,
+            vnode: range.vnode,
+            unique: range.unique,
+            count: r.count,
+        });
+        let user = caller.user;
+        if h.grants.iter().filter(|g| g.user == user).count() > GRANTS_PER_USER {
+            let oldest = h
+                .grants
+                .iter()
+                .position(|g| g.user == user)
+                .expect("counted");
+            h.grants.remove(oldest);
+        }
+        if h.grants.len() > GRANTS_MAX {
+            h.grants.remove(0);
+        }
         let ((), commit) = self
             .shard
             .transact(Durability::NoFlush, |txn| txn.put_header(h))
@@ -1396,6 +1417,7 @@ impl Service {
                 next_unique: ROOT_VNODE + 1,
                 stamp: 1,
                 created: now,
+                grants: Vec::new(),
             })?;
             txn.put_vnode(Vnode {
                 fid: root,

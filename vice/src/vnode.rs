@@ -45,6 +45,33 @@ codec_struct! {
         /// matches may keep everything it cached from the volume.
         pub stamp: u64,
         pub created: Timestamp,
+        /// Fid ranges handed out by AllocFids, newest last: a create may use
+        /// a real fid only from a range given to its user.
+        pub grants: Vec<Grant>,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Grant {
+        pub user: i32,
+        pub vnode: u64,
+        pub unique: u64,
+        pub count: u64,
+    }
+}
+
+/// Ranges kept per user, and in all, per volume: older ones lapse.
+pub const GRANTS_PER_USER: usize = 16;
+pub const GRANTS_MAX: usize = 1024;
+
+impl Grant {
+    /// Whether this grant gave `user` the fid (`vnode`, `unique`).
+    pub fn covers(&self, user: i32, vnode: u64, unique: u64) -> bool {
+        self.user == user
+            && vnode >= self.vnode
+            && vnode - self.vnode < self.count
+            && unique == self.unique + (vnode - self.vnode)
     }
 }
 

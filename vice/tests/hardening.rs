@@ -493,3 +493,67 @@ fn volume_stamps_are_not_reused_after_a_crash() {
         "stamp {seen} seen before the crash, {s0} and {s1} after"
     );
 }
+
+/// A real fid is usable only by the user AllocFids gave it to.
+#[test]
+fn allocated_fids_belong_to_the_user_they_were_given_to() {
+    use coda_proto::vice::{AllocFids, FidRange, MutateReply};
+    let mut w = World::new(13);
+    let mut alice = w.client(Some(ALICE));
+    let mut bob = w.client(Some(BOB));
+    let root = w.root_fid();
+    // Both may insert in a directory of their own making under an open ACL.
+    let mut admin = w.client(Some(ADMIN_ID));
+    let mut acl = coda_vice::fileops::root_acl();
+    acl.set(ALICE, coda_proto::acl::Rights::ALL, false);
+    acl.set(BOB, coda_proto::acl::Rights::ALL, false);
+    w.mutate(&mut admin, Op::SetAcl(cml::SetAcl { dir: root, acl }))
+        .unwrap();
+    let range: FidRange = w
+        .vice(
+            &alice,
+            op::ALLOC_FIDS,
+            &AllocFids {
+                volume: w.root,
+                count: 4,
+            },
+        )
+        .unwrap();
+    let create = |c: &mut Client, fid: Fid, name: &str| {
+        c.record(Op::Create(cml::Create {
+            dir: root,
+            name: name.into(),
+            fid,
+            mode: 0o644,
+        }))
+    };
+    // Bob may not take Alice's fids, nor make one up.
+    let rec = create(&mut bob, range.fid(0).unwrap(), "bobs");
+    assert_eq!(
+        w.vice::<MutateReply>(&bob, op::CREATE, &rec).err(),
+        Some(Errno::EINVAL)
+    );
+    let made_up = Fid::new(w.root, range.vnode + 1, 12345);
+    let rec = create(&mut alice, made_up, "forged");
+    assert_eq!(
+        w.vice::<MutateReply>(&alice, op::CREATE, &rec).err(),
+        Some(Errno::EINVAL)
+    );
+    // Alice may, once.
+    let rec = create(&mut alice, range.fid(1).unwrap(), "alices");
+    let st = w
+        .vice::<MutateReply>(&alice, op::CREATE, &rec)
+        .unwrap()
+        .statuses;
+    assert_eq!(st[0].fid, range.fid(1).unwrap());
+    let rec = create(&mut alice, range.fid(1).unwrap(), "again");
+    assert_eq!(
+        w.vice::<MutateReply>(&alice, op::CREATE, &rec).err(),
+        Some(Errno::EEXIST)
+    );
+    // Grants survive a restart.
+    w.restart();
+    let rec = create(&mut alice, range.fid(2).unwrap(), "after");
+    assert!(w.vice::<MutateReply>(&alice, op::CREATE, &rec).is_ok());
+    w.check();
+}
