@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -105,7 +105,14 @@ impl UdpEndpoint {
         if config.rng_seed == 0 {
             config.rng_seed = os_random_u64()?;
         }
-        let socket = UdpSocket::bind(addr)?;
+        // A server's port is its own: a second server on it fails
+        // (EADDRINUSE) instead of silently sharing it under SO_REUSEPORT,
+        // which glommio's bind sets.
+        let socket = if config.accept_binds {
+            bind_exclusive(addr)?
+        } else {
+            UdpSocket::bind(addr)?
+        };
         set_socket_buffers(&socket);
         let offload = enable_offload(socket.as_raw_fd());
         let (incoming_tx, incoming) = async_channel::unbounded();
@@ -497,6 +504,14 @@ fn set_socket_buffers(socket: &UdpSocket) {
 }
 
 /// Seeds the core's RNG (connection ids, bind nonces) from the OS.
+/// Binds without SO_REUSEPORT.
+fn bind_exclusive(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    // SAFETY: the descriptor is a bound UDP socket whose ownership moves
+    // to glommio; nothing else uses or closes it.
+    Ok(unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) })
+}
+
 pub fn os_random_u64() -> io::Result<u64> {
     let mut b = [0u8; 8];
     getrandom_fill(&mut b)?;

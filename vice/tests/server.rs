@@ -375,3 +375,31 @@ fn volume_stamps_survive_a_clean_stop_and_jump_after_a_crash() {
     let srv = start(&root, 1);
     assert_eq!(stamp(&srv), first + coda_vice::shard::STAMP_EPOCH);
 }
+
+#[test]
+fn a_second_server_on_a_taken_port_fails_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(&dir.path().join("a"), 1);
+    let second_root = dir.path().join("b");
+    let out = coda_tests::run(
+        "codasrv",
+        &[
+            "--root",
+            second_root.to_str().unwrap(),
+            "--listen",
+            &first.addr.to_string(),
+            "--cores",
+            "1",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("codasrv: ")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("in use"), "{err}");
+    // The first still answers.
+    let ct = client();
+    let conn = ct.connect_blocking(first.addr, Auth::Anonymous).unwrap();
+    assert_eq!(root_info(&ct, conn).name, "coda.root");
+}
