@@ -438,24 +438,28 @@ fn volume_stamps_are_not_reused_after_a_crash() {
             a => panic!("{a:?}"),
         }
     };
+    let create = |svc: &mut coda_vice::service::Service, name: &str, n: u64| {
+        let id = IncomingId {
+            conn: ConnId(1),
+            seq: n,
+        };
+        let body = codec::to_bytes(&mk(name, n));
+        svc.request(
+            id,
+            admin,
+            vice::SUBSYSTEM,
+            op::CREATE,
+            body,
+            &mut Vec::new(),
+        );
+    };
     let crash = tempfile::tempdir().unwrap();
     let seen;
     {
         let mut svc = w.svc();
         svc.accepted(ConnId(1), admin);
         svc.accepted(ConnId(2), admin);
-        let mut out = Vec::new();
-        svc.request(
-            IncomingId {
-                conn: ConnId(1),
-                seq: 1,
-            },
-            admin,
-            vice::SUBSYSTEM,
-            op::CREATE,
-            codec::to_bytes(&mk("lost", 1)),
-            &mut out,
-        );
+        create(&mut svc, "lost", 1);
         let (stamp, _) = info(&mut svc, 1);
         seen = stamp;
         copy_dir(w.dir.path(), crash.path()); // power loss now
@@ -464,18 +468,7 @@ fn volume_stamps_are_not_reused_after_a_crash() {
     svc.accepted(ConnId(1), admin);
     svc.accepted(ConnId(2), admin);
     let (s0, _) = info(&mut svc, 1);
-    let mut out = Vec::new();
-    svc.request(
-        IncomingId {
-            conn: ConnId(1),
-            seq: 1,
-        },
-        admin,
-        vice::SUBSYSTEM,
-        op::CREATE,
-        codec::to_bytes(&mk("other", 2)),
-        &mut out,
-    );
+    create(&mut svc, "other", 2);
     let (s1, _) = info(&mut svc, 2);
     let names: Vec<String> = svc
         .shard
