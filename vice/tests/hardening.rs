@@ -159,16 +159,22 @@ fn a_batch_sent_again_is_answered_only_once_durable() {
     );
 }
 
-#[test]
-fn a_removal_refused_by_rvm_leaves_memory_as_rvm_has_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("shard0");
+/// A volume on a shard whose log holds little, so a transaction soon
+/// outgrows it.
+fn small_log_volume(dir: &std::path::Path) -> (coda_vice::shard::Shard, u64) {
     let opts = ShardOptions {
         segment_bytes: 64 << 20,
         log_bytes: 1 << 20,
         ..Default::default()
     };
-    let (mut shard, vol) = standalone_volume(&dir, &opts, "v");
+    standalone_volume(dir, &opts, "v")
+}
+
+#[test]
+fn a_removal_refused_by_rvm_leaves_memory_as_rvm_has_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard0");
+    let (mut shard, vol) = small_log_volume(&dir);
     let root = Fid::root(vol);
     // victims: entries pointing at root (fid value does not matter here)
     {
@@ -336,12 +342,7 @@ fn a_huge_record_count_is_refused_without_a_huge_allocation() {
 fn a_volume_removal_too_big_for_one_transaction_leaves_the_volume() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("shard0");
-    let opts = ShardOptions {
-        segment_bytes: 64 << 20,
-        log_bytes: 1 << 20,
-        ..Default::default()
-    };
-    let (mut shard, vol) = standalone_volume(&dir, &opts, "v");
+    let (mut shard, vol) = small_log_volume(&dir);
     for b in 0..20u64 {
         apply_batch(
             &mut shard,
