@@ -15,7 +15,7 @@ pub fn bin(name: &str) -> PathBuf {
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--release", "--bins"])
+            .args(["build", "--release", "--workspace", "--bins"])
             .status()
             .expect("cargo build");
         assert!(status.success(), "building {name} failed");
