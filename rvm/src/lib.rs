@@ -13,8 +13,9 @@
 //! log passes a threshold. Concurrent flush commits share one sync (group commit);
 //! overlapping ranges are logged once and consecutive no-flush commits coalesce.
 //!
-//! [`heap::Heap`] is a recoverable allocator on top (Coda's RDS), and
-//! [`Rec`] places fixed-layout records in the segment.
+//! [`heap::Heap`] is a recoverable allocator on top (Coda's RDS), [`Rec`] places
+//! fixed-layout records in the segment, and [`record`] keeps tagged variable-length
+//! records in the heap.
 //!
 //! All storage access goes through [`Storage`], so the same code runs over files,
 //! memory, and the power-cut simulating [`SimDisk`].
@@ -41,6 +42,7 @@ pub mod heap;
 mod log;
 mod pages;
 mod ranges;
+pub mod record;
 mod rvm;
 mod segment;
 pub mod storage;
