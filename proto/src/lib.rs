@@ -10,6 +10,7 @@
 //! - [`cml`]: client modification log records, as reintegrated.
 //! - [`vice`]: the file server's calls.
 //! - [`callback`]: the calls a server makes of its clients.
+//! - [`control`]: the local channel between the tools and Venus.
 //! - [`auth`]: tokens for a user's password.
 //! - [`volutil`]: volume and user administration.
 
@@ -20,6 +21,7 @@ pub mod acl;
 pub mod auth;
 pub mod callback;
 pub mod cml;
+pub mod control;
 pub mod errno;
 pub mod fid;
 pub mod status;

@@ -7,7 +7,7 @@ use crate::fid::Fid;
 use crate::vv::VersionVector;
 
 codec_tags! {
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
     pub enum VnodeKind {
         File = 1,
         Directory = 2,

@@ -14,9 +14,10 @@
 
 use coda_rpc2::codec_struct;
 
+use crate::acl::PrincipalId;
 use crate::cml::{CmlRecord, Op};
 use crate::fid::{Fid, StoreId, VolumeId};
-use crate::status::{Status, Timestamp};
+use crate::status::{Status, Timestamp, VnodeKind};
 
 pub const SUBSYSTEM: u16 = 1001;
 
@@ -44,6 +45,8 @@ pub mod op {
     pub const SET_ACL: u16 = 20;
     pub const REINTEGRATE: u16 = 21;
     pub const GET_STATISTICS: u16 = 22;
+    /// Names to ids and ids to names, for ACLs (anyone may ask).
+    pub const LOOKUP_PRINCIPALS: u16 = 23;
 }
 
 /// Longest name in a directory, in bytes.
@@ -145,6 +148,9 @@ codec_struct! {
     pub struct DirEntry {
         pub name: String,
         pub fid: Fid,
+        /// What the name holds (a mount point is a `Directory`), so a
+        /// listing tells programs each entry's type without a call per name.
+        pub kind: VnodeKind,
     }
 }
 
@@ -278,6 +284,23 @@ codec_union! {
     pub enum ReintegrateReply {
         Applied(Applied) = 1,
         Conflict(Conflict) = 2,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct LookupPrincipals {
+        pub names: Vec<String>,
+        pub ids: Vec<PrincipalId>,
+    }
+}
+
+codec_struct! {
+    /// One answer per name and per id asked about; None for unknown ones.
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct Principals {
+        pub ids: Vec<Option<PrincipalId>>,
+        pub names: Vec<Option<String>>,
     }
 }
 

@@ -1,6 +1,8 @@
 //! What the tools share: logging in with a password, and calling a
 //! server as an administrator.
 
+pub mod venus;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -71,6 +73,20 @@ pub fn login(
     user: &str,
     password: &str,
 ) -> Result<Credentials> {
+    let clear = login_token(ct, addr, user, password)?;
+    Ok(Credentials {
+        sealed_token: clear.sealed_token.to_vec(),
+        session_key: clear.session_key,
+    })
+}
+
+/// The token itself, with its user id and expiry.
+pub fn login_token(
+    ct: &ClientThread,
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+) -> Result<auth::ClearToken> {
     let conn = connect(ct, addr, Auth::Anonymous)?;
     let salt: Salt = call(
         ct,
@@ -89,11 +105,7 @@ pub fn login(
         proof: auth::proof(&key, user, time),
     };
     let reply: TokenReply = call(ct, conn, auth::SUBSYSTEM, auth::op::GET_TOKEN, &req)?;
-    let clear = auth::open_reply(&key, &reply).map_err(|e| ToolError::Usage(e.to_string()))?;
-    Ok(Credentials {
-        sealed_token: clear.sealed_token.to_vec(),
-        session_key: clear.session_key,
-    })
+    auth::open_reply(&key, &reply).map_err(|e| ToolError::Usage(e.to_string()))
 }
 
 /// How an administration tool reaches and authenticates to a server.

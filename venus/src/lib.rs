@@ -1,1 +1,20 @@
-//! Venus, the client cache manager. Not built yet: see `DESIGN.md` §4 and issue 5.
+//! Venus, the client cache manager (DESIGN.md §4).
+//!
+//! - [`link`]: RPC2 connections to the servers, per user.
+//! - [`cache`]: the persistent cache — RVM metadata and [`container`] files.
+//! - [`fsobj`]: a cached object; [`volume`]: where volumes live.
+//! - [`core`]: the file-system calls as a Rust API.
+//! - [`cml`]: the one write path — updates as CML records.
+//! - [`callback`]: breaks from servers, passed on to the kernel.
+//! - [`fuse`]: the FUSE adapter; [`control`]: the tools' local socket.
+
+pub mod cache;
+pub mod callback;
+pub mod cml;
+pub mod container;
+pub mod control;
+pub mod core;
+pub mod fsobj;
+pub mod fuse;
+pub mod link;
+pub mod volume;

@@ -15,9 +15,9 @@ use coda_proto::cml::{CmlRecord, Op};
 use coda_proto::fid::{Fid, StoreId, VolumeId, ROOT_VNODE};
 use coda_proto::status::{Timestamp, VnodeKind};
 use coda_proto::vice::{
-    self, op, AllocFids, Applied, Conflict, DirEntry, Fetch, FidRange, GetAttr, MutateReply,
-    NewConnect, NewConnectReply, Reintegrate, ReintegrateReply, Stage, StageReply, Statistics,
-    ValidateAttrs, ValidateAttrsReply, VolumeInfo, VolumeKind, VolumeRef,
+    self, op, AllocFids, Applied, Conflict, DirEntry, Fetch, FidRange, GetAttr, LookupPrincipals,
+    MutateReply, NewConnect, NewConnectReply, Principals, Reintegrate, ReintegrateReply, Stage,
+    StageReply, Statistics, ValidateAttrs, ValidateAttrsReply, VolumeInfo, VolumeKind, VolumeRef,
 };
 use coda_proto::volutil::{
     self, CreateVolume, Group, GroupAdd, GroupAddMember, NameVolume, User, UserAdd,
@@ -496,6 +496,18 @@ impl Service {
                 Ok(Some((reply, commit)))
             }
             op::GET_STATISTICS => now(ok(&self.statistics())),
+            op::LOOKUP_PRINCIPALS => {
+                let r: LookupPrincipals = decode(body)?;
+                let pdb = self.cell.pdb();
+                now(ok(&Principals {
+                    ids: r.names.iter().map(|n| pdb.id_of(n)).collect(),
+                    names: r
+                        .ids
+                        .iter()
+                        .map(|&i| pdb.name_of(i).map(str::to_string))
+                        .collect(),
+                }))
+            }
             _ => Err(Errno::UNKNOWN_CALL),
         }
     }
@@ -635,6 +647,8 @@ impl Service {
                             .map(|(name, (_, f))| DirEntry {
                                 name: name.clone(),
                                 fid: *f,
+                                // A fid of another volume is a mount point.
+                                kind: vol.vnode(*f).map_or(VnodeKind::Directory, |c| c.kind),
                             })
                             .collect()
                     })

@@ -1,0 +1,223 @@
+//! The local control channel between the client tools and a running Venus:
+//! a Unix stream socket beside the cache, carrying [`Request`]s and
+//! [`Reply`]s, each framed as a little-endian `u32` length and a body in
+//! the wire codec. Venus learns the caller's uid from the socket itself.
+//!
+//! After [`Request::Events`] the connection carries a stream of
+//! [`Reply::Event`]s until the tool hangs up.
+
+use std::io::{self, Read, Write};
+
+use coda_rpc2::codec::{self, Decode, Encode};
+use coda_rpc2::codec_struct;
+
+use crate::fid::{Fid, VolumeId};
+
+/// The longest frame either side accepts.
+pub const FRAME_BYTES_MAX: u32 = 16 << 20;
+
+/// The socket's name in the cache directory.
+pub const SOCKET_NAME: &str = "venus.sock";
+
+codec_struct! {
+    /// What `clog` hands Venus: a token for the calling uid.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct TokenGrant {
+        pub user: String,
+        pub user_id: i32,
+        pub sealed_token: Vec<u8>,
+        pub session_key: [u8; 32],
+        /// UNIX seconds.
+        pub expires_at: u64,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct TokenInfo {
+        pub user: String,
+        pub user_id: i32,
+        pub expires_at: u64,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ServerState {
+        pub addr: String,
+        pub up: bool,
+    }
+}
+
+codec_struct! {
+    /// `cfs listvol`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct VolumeState {
+        pub id: VolumeId,
+        pub name: String,
+        pub servers: Vec<String>,
+        /// `connected`, `disconnected`, `write-disconnected`, `reintegrating`.
+        pub state: String,
+        pub cml_records: u64,
+        pub cml_bytes: u64,
+    }
+}
+
+codec_struct! {
+    /// One cached object, for `cfs listcache`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct CacheEntry {
+        pub fid: Fid,
+        /// A path below the mount point, as far as Venus knows it.
+        pub path: String,
+        pub kind: String,
+        pub length: u64,
+        /// Its data (a file's contents, a directory's entries) is cached.
+        pub has_data: bool,
+        /// A callback promise (or a validation since the last break) holds.
+        pub valid: bool,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct AclLine {
+        pub name: String,
+        pub rights: String,
+    }
+}
+
+codec_struct! {
+    /// A directory's access list with names resolved.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct NamedAcl {
+        pub positive: Vec<AclLine>,
+        pub negative: Vec<AclLine>,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct SetAcl {
+        pub path: String,
+        pub clear: bool,
+        pub negative: bool,
+        /// Names and rights (`rlidwka`, `all`, `none`, `read`, `write`).
+        pub entries: Vec<AclLine>,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct MakeMount {
+        pub path: String,
+        pub volume: String,
+    }
+}
+
+codec_struct! {
+    /// Something that happened in Venus, for `codacon`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Event {
+        /// UNIX seconds.
+        pub time: u64,
+        /// `connect`, `disconnect`, `reintegrate`, `conflict`, `hoard`, `callback`, `token`, ...
+        pub kind: String,
+        pub text: String,
+    }
+}
+
+codec_union! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Request {
+        SetToken(TokenGrant) = 1,
+        Tokens(()) = 2,
+        Unlog(()) = 3,
+        /// The servers Venus was started with (where `clog` logs in).
+        Servers(()) = 4,
+        CheckServers(()) = 5,
+        ListVol(String) = 6,
+        GetFid(String) = 7,
+        ListCache(Option<String>) = 8,
+        FlushObject(Vec<String>) = 9,
+        WhereIs(String) = 10,
+        ListAcl(String) = 11,
+        SetAcl(SetAcl) = 12,
+        MakeMount(MakeMount) = 13,
+        RemoveMount(String) = 14,
+        Events(()) = 15,
+    }
+}
+
+codec_union! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Reply {
+        Ok(()) = 1,
+        /// A one-line reason.
+        Error(String) = 2,
+        Tokens(Vec<TokenInfo>) = 3,
+        Servers(Vec<ServerState>) = 4,
+        Volume(VolumeState) = 5,
+        Fid(Fid) = 6,
+        Cache(Vec<CacheEntry>) = 7,
+        WhereIs(Vec<String>) = 8,
+        Acl(NamedAcl) = 9,
+        Event(Event) = 10,
+    }
+}
+
+/// Writes one frame.
+pub fn send(w: &mut impl Write, msg: &impl Encode) -> io::Result<()> {
+    let body = codec::to_bytes(msg);
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame)?;
+    w.flush()
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub fn receive<T: Decode>(r: &mut impl Read) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len);
+    if len > FRAME_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a control frame of {len} bytes (the limit is {FRAME_BYTES_MAX})"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body)?;
+    codec::from_bytes(&body)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_oversized_or_garbled_ones_are_refused() {
+        let mut buf = Vec::new();
+        let req = Request::ListCache(Some("/coda/x".into()));
+        send(&mut buf, &req).unwrap();
+        send(&mut buf, &Reply::Error("no".into())).unwrap();
+        let mut r = &buf[..];
+        assert_eq!(receive::<Request>(&mut r).unwrap(), Some(req));
+        assert_eq!(
+            receive::<Reply>(&mut r).unwrap(),
+            Some(Reply::Error("no".into()))
+        );
+        assert_eq!(receive::<Reply>(&mut r).unwrap(), None);
+        let huge = (FRAME_BYTES_MAX + 1).to_le_bytes();
+        assert!(receive::<Reply>(&mut &huge[..]).is_err());
+        let garbled = [1u8, 0, 0, 0, 99];
+        assert!(receive::<Reply>(&mut &garbled[..]).is_err());
+    }
+}

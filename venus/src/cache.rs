@@ -1,0 +1,369 @@
+//! The persistent cache: container files, and in one RVM instance the
+//! metadata — objects (with the inode↔fid map), directory entries and
+//! volume information — as records of the recoverable heap. At start the
+//! heap is walked and the in-memory indexes rebuilt, so RVM is the only
+//! truth. Commits are not flushed one by one: the servers hold the truth
+//! of what was reintegrated, and a crash loses at most the last second of
+//! cache bookkeeping, which revalidation repairs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use coda_proto::vice::{DirEntry, VolumeInfo};
+use coda_proto::{Fid, VnodeKind, VolumeId};
+use coda_rpc2::codec::{self, Decode, Encode};
+use coda_rpc2::codec_struct;
+use rvm::heap::Heap;
+use rvm::record::{self, Slot};
+use rvm::{Durability, Mode, Options, Rvm, Transaction, View};
+
+use crate::container::{self, Containers};
+use crate::fsobj::{FsObj, ObjRecord};
+
+/// The root directory of the mount.
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("RVM: {0}")]
+    Rvm(#[from] rvm::Error),
+    #[error("cache files: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("record at {at}: {reason}")]
+    Corrupt { at: u64, reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    Meta = 1,
+    Obj = 2,
+    Entry = 3,
+    Volume = 4,
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Meta {
+        /// This client's id in store ids; kept for the cache's life.
+        host: u64,
+        format: u32,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct EntryRecord {
+        dir: Fid,
+        name: String,
+        fid: Fid,
+    }
+}
+
+const FORMAT: u32 = 1;
+
+pub struct Cache {
+    rvm: Rvm,
+    heap: Heap,
+    pub objs: HashMap<Fid, FsObj>,
+    pub inos: HashMap<u64, Fid>,
+    /// Cached directory entries, by directory.
+    pub dirs: HashMap<Fid, BTreeMap<String, (Slot, Fid)>>,
+    pub volumes: HashMap<VolumeId, (Slot, VolumeInfo)>,
+    pub host: u64,
+    next_ino: u64,
+    pub containers: Containers,
+    /// Bytes in containers.
+    pub bytes: u64,
+}
+
+fn put<T: Encode>(
+    heap: &Heap,
+    tx: &mut Transaction<'_>,
+    slot: Option<Slot>,
+    kind: Kind,
+    value: &T,
+) -> rvm::Result<Slot> {
+    match slot {
+        Some(s) => record::update(heap, tx, s, kind as u8, |w| value.encode(w)),
+        None => record::insert(heap, tx, kind as u8, |w| value.encode(w)),
+    }
+}
+
+fn decode<T: Decode>(at: u64, body: &[u8]) -> Result<T, CacheError> {
+    codec::from_bytes(body).map_err(|e| CacheError::Corrupt {
+        at,
+        reason: e.to_string(),
+    })
+}
+
+impl Cache {
+    /// Opens (or creates) the cache in `dir`.
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<Cache, CacheError> {
+        std::fs::create_dir_all(dir)?;
+        let opts = Options {
+            log_area_bytes: 64 << 20,
+            ..Options::default()
+        };
+        let (rvm, report) = Rvm::open_files(
+            &dir.join("venus.seg"),
+            &dir.join("venus.log"),
+            segment_bytes,
+            opts,
+        )?;
+        tracing::info!("cache metadata recovered: {:?}", report.tail);
+        let (found, fresh) = {
+            let view = rvm.read()?;
+            (Heap::open(&view, 0), view.u64_at(0)? == 0)
+        };
+        let heap = match found {
+            Ok(h) => h,
+            Err(rvm::Error::HeapCorrupt { .. }) if fresh => {
+                let mut tx = rvm.begin(Mode::NoRestore)?;
+                let heap = Heap::init(&mut tx, 0, rvm.data_len())?;
+                let mut host = [0u8; 8];
+                coda_rpc2::udp::getrandom_fill(&mut host)?;
+                let meta = Meta {
+                    host: u64::from_le_bytes(host) >> 1,
+                    format: FORMAT,
+                };
+                put(&heap, &mut tx, None, Kind::Meta, &meta)?;
+                tx.commit(Durability::Flush)?;
+                heap
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut cache = Cache {
+            rvm,
+            heap,
+            objs: HashMap::new(),
+            inos: HashMap::new(),
+            dirs: HashMap::new(),
+            volumes: HashMap::new(),
+            host: 0,
+            next_ino: ROOT_INO + 1,
+            containers: Containers::open(&dir.join("containers"))?,
+            bytes: 0,
+        };
+        cache.rebuild()?;
+        let live: HashSet<u64> = cache
+            .objs
+            .values()
+            .map(|o| o.rec.container)
+            .filter(|&c| c != container::NONE)
+            .collect();
+        let swept = cache.containers.sweep(&live)?;
+        for o in cache.objs.values() {
+            if o.rec.container != container::NONE {
+                cache.bytes += std::fs::metadata(cache.containers.path(o.rec.container))
+                    .map_or(0, |m| m.len());
+            }
+        }
+        tracing::info!(
+            "cache: {} objects, {} bytes of data, {swept} stray containers removed",
+            cache.objs.len(),
+            cache.bytes
+        );
+        Ok(cache)
+    }
+
+    fn rebuild(&mut self) -> Result<(), CacheError> {
+        let view = self.rvm.read()?;
+        let mut entries = Vec::new();
+        let mut meta = None;
+        let (objs, volumes) = (&mut self.objs, &mut self.volumes);
+        record::scan(&self.heap, &view, |f| -> Result<(), CacheError> {
+            match f.kind {
+                k if k == Kind::Meta as u8 => meta = Some(decode::<Meta>(f.slot.at, f.body)?),
+                k if k == Kind::Obj as u8 => {
+                    let rec: ObjRecord = decode(f.slot.at, f.body)?;
+                    objs.insert(rec.fid, FsObj::from_record(rec, Some(f.slot)));
+                }
+                k if k == Kind::Entry as u8 => {
+                    entries.push((f.slot, decode::<EntryRecord>(f.slot.at, f.body)?));
+                }
+                k if k == Kind::Volume as u8 => {
+                    let v: VolumeInfo = decode(f.slot.at, f.body)?;
+                    volumes.insert(v.id, (f.slot, v));
+                }
+                k => {
+                    return Err(CacheError::Corrupt {
+                        at: f.slot.at,
+                        reason: format!("unknown kind {k}"),
+                    })
+                }
+            }
+            Ok(())
+        })?;
+        let meta = meta.ok_or(CacheError::Corrupt {
+            at: 0,
+            reason: "no cache header".into(),
+        })?;
+        self.host = meta.host;
+        for o in self.objs.values() {
+            self.inos.insert(o.rec.ino, o.rec.fid);
+            self.next_ino = self.next_ino.max(o.rec.ino + 1);
+        }
+        for (slot, e) in entries {
+            self.dirs
+                .entry(e.dir)
+                .or_default()
+                .insert(e.name, (slot, e.fid));
+        }
+        Ok(())
+    }
+
+    /// Makes every commit so far durable.
+    pub fn flush(&self) -> Result<(), CacheError> {
+        Ok(self.rvm.flush()?)
+    }
+
+    /// The object for `fid`, made (known only by name, with a new inode
+    /// number) if it is not cached yet. The root of the mount is `root`.
+    pub fn obj_or_new(&mut self, fid: Fid, kind: VnodeKind, root: bool) -> &mut FsObj {
+        if !self.objs.contains_key(&fid) {
+            let ino = if root {
+                ROOT_INO
+            } else {
+                self.next_ino += 1;
+                self.next_ino - 1
+            };
+            if let Some(old) = self.inos.insert(ino, fid) {
+                // The root moved to another fid (a new cell at the same cache).
+                self.objs.remove(&old);
+            }
+            self.objs.insert(fid, FsObj::new(fid, ino, kind));
+        }
+        self.objs.get_mut(&fid).expect("just made")
+    }
+
+    /// Writes `fid`'s record.
+    pub fn save(&mut self, fid: Fid) -> Result<(), CacheError> {
+        let Some(o) = self.objs.get_mut(&fid) else {
+            return Ok(());
+        };
+        let mut tx = self.rvm.begin(Mode::NoRestore)?;
+        o.slot = Some(put(&self.heap, &mut tx, o.slot, Kind::Obj, &o.rec)?);
+        tx.commit(Durability::NoFlush)?;
+        Ok(())
+    }
+
+    /// Forgets `fid` altogether: record, container, entries, inode.
+    pub fn drop_obj(&mut self, fid: Fid) -> Result<(), CacheError> {
+        let Some(o) = self.objs.remove(&fid) else {
+            return Ok(());
+        };
+        self.inos.remove(&o.rec.ino);
+        let mut tx = self.rvm.begin(Mode::NoRestore)?;
+        if let Some(s) = o.slot {
+            record::remove(&self.heap, &mut tx, s)?;
+        }
+        for (_, (slot, _)) in self.dirs.remove(&fid).unwrap_or_default() {
+            record::remove(&self.heap, &mut tx, slot)?;
+        }
+        tx.commit(Durability::NoFlush)?;
+        self.drop_container(o.rec.container);
+        Ok(())
+    }
+
+    /// Removes a container that no object refers to any more.
+    pub fn drop_container(&mut self, id: u64) {
+        if id != container::NONE {
+            let len = std::fs::metadata(self.containers.path(id)).map_or(0, |m| m.len());
+            self.bytes = self.bytes.saturating_sub(len);
+            self.containers.remove(id);
+        }
+    }
+
+    /// Replaces a directory's cached entries by a fresh listing; returns
+    /// the names that changed (gone or bound to another object).
+    pub fn set_entries(
+        &mut self,
+        dir: Fid,
+        listing: &[DirEntry],
+    ) -> Result<Vec<String>, CacheError> {
+        let old = self.dirs.remove(&dir).unwrap_or_default();
+        let mut fresh = BTreeMap::new();
+        let mut changed = Vec::new();
+        let mut tx = self.rvm.begin(Mode::NoRestore)?;
+        let mut old = old;
+        for e in listing {
+            let slot = match old.remove(&e.name) {
+                Some((slot, fid)) if fid == e.fid => slot,
+                Some((slot, _)) => {
+                    changed.push(e.name.clone());
+                    let rec = EntryRecord {
+                        dir,
+                        name: e.name.clone(),
+                        fid: e.fid,
+                    };
+                    put(&self.heap, &mut tx, Some(slot), Kind::Entry, &rec)?
+                }
+                None => {
+                    let rec = EntryRecord {
+                        dir,
+                        name: e.name.clone(),
+                        fid: e.fid,
+                    };
+                    put(&self.heap, &mut tx, None, Kind::Entry, &rec)?
+                }
+            };
+            fresh.insert(e.name.clone(), (slot, e.fid));
+        }
+        for (name, (slot, _)) in old {
+            record::remove(&self.heap, &mut tx, slot)?;
+            changed.push(name);
+        }
+        tx.commit(Durability::NoFlush)?;
+        self.dirs.insert(dir, fresh);
+        for e in listing {
+            let o = self.obj_or_new(e.fid, e.kind, false);
+            if o.slot.is_none() {
+                self.save(e.fid)?;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Binds `name` in `dir` to `fid` (replacing what it named).
+    pub fn add_entry(&mut self, dir: Fid, name: &str, fid: Fid) -> Result<(), CacheError> {
+        let Some(entries) = self.dirs.get_mut(&dir) else {
+            return Ok(());
+        };
+        let rec = EntryRecord {
+            dir,
+            name: name.to_string(),
+            fid,
+        };
+        let mut tx = self.rvm.begin(Mode::NoRestore)?;
+        let old = entries.get(name).map(|(s, _)| *s);
+        let slot = put(&self.heap, &mut tx, old, Kind::Entry, &rec)?;
+        tx.commit(Durability::NoFlush)?;
+        entries.insert(name.to_string(), (slot, fid));
+        Ok(())
+    }
+
+    pub fn remove_entry(&mut self, dir: Fid, name: &str) -> Result<(), CacheError> {
+        let Some((slot, _)) = self.dirs.get_mut(&dir).and_then(|e| e.remove(name)) else {
+            return Ok(());
+        };
+        let mut tx = self.rvm.begin(Mode::NoRestore)?;
+        record::remove(&self.heap, &mut tx, slot)?;
+        tx.commit(Durability::NoFlush)?;
+        Ok(())
+    }
+
+    pub fn put_volume(&mut self, info: VolumeInfo) -> Result<(), CacheError> {
+        let old = self.volumes.get(&info.id).map(|(s, _)| *s);
+        let mut tx = self.rvm.begin(Mode::NoRestore)?;
+        let slot = put(&self.heap, &mut tx, old, Kind::Volume, &info)?;
+        tx.commit(Durability::NoFlush)?;
+        self.volumes.insert(info.id, (slot, info));
+        Ok(())
+    }
+
+    pub fn close(self) -> Result<(), CacheError> {
+        self.rvm.flush()?;
+        Ok(self.rvm.close()?)
+    }
+}

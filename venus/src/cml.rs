@@ -1,0 +1,207 @@
+//! The one write path: every update is a CML record. Strongly connected,
+//! a record is shipped to its volume's server before the call returns and,
+//! once the server applied it, the same change is made to the cache.
+//! (Disconnected operation logs the records instead and reintegrates them
+//! later; the records and their local effects are the same.)
+
+use std::fs::File;
+
+use coda_proto::cml::{CmlRecord, Op, Store};
+use coda_proto::vice::{op, MutateReply};
+use coda_proto::{Errno, Fid, Status, Timestamp, VnodeKind};
+use coda_rpc2::codec;
+use coda_rpc2::endpoint::SideEffect;
+use coda_rpc2::Source;
+
+use crate::core::{hash_file, Result, Venus};
+
+/// The opcode of the direct call that carries one record.
+fn opcode(op: &Op) -> u16 {
+    match op {
+        Op::Store(_) => op::STORE,
+        Op::SetAttr(_) => op::SET_ATTR,
+        Op::Create(_) => op::CREATE,
+        Op::Remove(_) => op::REMOVE,
+        Op::Link(_) => op::LINK,
+        Op::Rename(_) => op::RENAME,
+        Op::MakeDir(_) => op::MAKE_DIR,
+        Op::RemoveDir(_) => op::REMOVE_DIR,
+        Op::SymLink(_) => op::SYMLINK,
+        Op::SetAcl(_) => op::SET_ACL,
+    }
+}
+
+/// The volume a record changes.
+fn volume(op: &Op) -> u64 {
+    op.fids().first().map_or(0, |f| f.volume)
+}
+
+/// Makes `op` a record, ships it, and applies it to the cache. Returns the
+/// real fid of an object it created.
+pub fn mutate(v: &mut Venus, uid: u32, op: Op) -> Result<Option<Fid>> {
+    let record = CmlRecord {
+        store_id: v.store_id(),
+        time: Timestamp::now(),
+        op,
+    };
+    let statuses = ship(v, uid, &record, None)?;
+    apply(v, uid, &record, statuses)
+}
+
+/// Stores a file's new contents from its container (on close).
+pub fn store(v: &mut Venus, uid: u32, fid: Fid, file: &File, mtime: Timestamp) -> Result<()> {
+    let len = file.metadata().map_err(|_| Errno::EIO)?.len();
+    let content_hash = hash_file(file, len).map_err(|_| Errno::EIO)?;
+    let o = v.cache.objs.get(&fid).ok_or(Errno::ENOENT)?;
+    let status = o.rec.status.as_ref().ok_or(Errno::EIO)?;
+    if status.length == len && status.content_hash == content_hash && status.mtime == mtime {
+        return Ok(());
+    }
+    // The version this copy was made from: a store on top of another
+    // client's is a conflict the server finds.
+    let seen = o.rec.data.unwrap_or(status.vv.store_id);
+    let record = CmlRecord {
+        store_id: v.store_id(),
+        time: mtime,
+        op: Op::Store(Store {
+            fid,
+            seen,
+            length: len,
+            content_hash,
+        }),
+    };
+    let statuses = ship(v, uid, &record, Some(file))?;
+    apply(v, uid, &record, statuses)?;
+    Ok(())
+}
+
+/// Sends one record by its direct call; the statuses of what it touched.
+fn ship(v: &mut Venus, uid: u32, record: &CmlRecord, data: Option<&File>) -> Result<Vec<Status>> {
+    let body = codec::to_bytes(record);
+    let (reply, _): (MutateReply, _) =
+        v.call_retry(uid, volume(&record.op), opcode(&record.op), body, |_| {
+            Ok(match data {
+                Some(f) => Some(SideEffect::Send(Source::File {
+                    file: f.try_clone().map_err(|_| Errno::EIO)?,
+                    len: f.metadata().map_err(|_| Errno::EIO)?.len(),
+                })),
+                None => None,
+            })
+        })?;
+    Ok(reply.statuses)
+}
+
+/// Makes in the cache the change the server made.
+fn apply(
+    v: &mut Venus,
+    uid: u32,
+    record: &CmlRecord,
+    statuses: Vec<Status>,
+) -> Result<Option<Fid>> {
+    let key = v.rights_key_of(uid);
+    // Directories whose cached entries were current stay current: the
+    // same change is made to them here.
+    let current: Vec<Fid> = record
+        .op
+        .fids()
+        .into_iter()
+        .filter(|f| v.cache.objs.get(f).is_some_and(|o| o.has_data()))
+        .collect();
+    let touched: Vec<Fid> = statuses.iter().map(|s| s.fid).collect();
+    for s in statuses {
+        v.take_status(s.fid, s, key)?;
+    }
+    let keep = |v: &mut Venus, fid: Fid| -> Result<()> {
+        if current.contains(&fid) {
+            if let Some(o) = v.cache.objs.get_mut(&fid) {
+                o.rec.data = o.rec.status.as_ref().map(|s| s.vv.store_id);
+            }
+            v.cache.save(fid)?;
+        }
+        Ok(())
+    };
+    let made = |dir: Fid| touched.iter().copied().find(|f| *f != dir);
+    let gone = |v: &mut Venus, fid: Fid| -> Result<()> {
+        if touched.contains(&fid) {
+            return Ok(());
+        }
+        match v.cache.objs.get_mut(&fid) {
+            Some(o) if o.opens > 0 => {
+                o.orphan = true;
+                Ok(())
+            }
+            Some(_) => Ok(v.cache.drop_obj(fid)?),
+            None => Ok(()),
+        }
+    };
+    let mut created = None;
+    match &record.op {
+        Op::Create(c) => {
+            created = made(c.dir);
+            if let Some(f) = created {
+                v.cache.add_entry(c.dir, &c.name, f)?;
+            }
+            keep(v, c.dir)?;
+        }
+        Op::MakeDir(c) => {
+            created = made(c.dir);
+            if let Some(f) = created {
+                v.cache.add_entry(c.dir, &c.name, f)?;
+            }
+            keep(v, c.dir)?;
+        }
+        Op::SymLink(c) => {
+            created = made(c.dir);
+            if let Some(f) = created {
+                v.cache.add_entry(c.dir, &c.name, f)?;
+            }
+            keep(v, c.dir)?;
+        }
+        Op::Link(l) => {
+            v.cache.add_entry(l.dir, &l.name, l.fid)?;
+            keep(v, l.dir)?;
+        }
+        Op::Remove(r) => {
+            v.cache.remove_entry(r.dir, &r.name)?;
+            keep(v, r.dir)?;
+            gone(v, r.fid)?;
+        }
+        Op::RemoveDir(r) => {
+            v.cache.remove_entry(r.dir, &r.name)?;
+            keep(v, r.dir)?;
+            gone(v, r.fid)?;
+        }
+        Op::Rename(r) => {
+            v.cache.remove_entry(r.from_dir, &r.from_name)?;
+            v.cache.add_entry(r.to_dir, &r.to_name, r.fid)?;
+            keep(v, r.from_dir)?;
+            keep(v, r.to_dir)?;
+            if let Some(old) = r.replaced {
+                gone(v, old)?;
+            }
+        }
+        Op::SetAttr(a) => {
+            // The server cut or extended its copy; the cached one follows.
+            if let (Some(len), true) = (a.length, current.contains(&a.fid)) {
+                let o = &v.cache.objs[&a.fid];
+                if o.rec.kind == VnodeKind::File {
+                    let f = v
+                        .cache
+                        .containers
+                        .open_rw(o.rec.container)
+                        .map_err(|_| Errno::EIO)?;
+                    f.set_len(len).map_err(|_| Errno::EIO)?;
+                }
+            }
+            keep(v, a.fid)?;
+        }
+        Op::Store(s) => {
+            let o = v.cache.objs.get_mut(&s.fid).ok_or(Errno::ENOENT)?;
+            o.rec.data = o.rec.status.as_ref().map(|s| s.vv.store_id);
+            v.cache.save(s.fid)?;
+        }
+        Op::SetAcl(a) => keep(v, a.dir)?,
+    }
+    v.untrust(volume(&record.op));
+    Ok(created)
+}

@@ -1,0 +1,298 @@
+//! The control socket: the tools (`clog`, `cfs`, `codacon`, ...) talk to
+//! Venus here, never by touching its files. The caller's uid comes from
+//! the socket (SO_PEERCRED), so a token goes to the user who got it.
+
+use std::collections::HashMap;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use coda_proto::cml::{self, Op};
+use coda_proto::control::{self, CacheEntry, Reply, Request, ServerState, TokenInfo, VolumeState};
+use coda_proto::vice::{op, VolumeInfo, VolumeRef};
+use coda_proto::{Errno, Fid, VnodeKind};
+use coda_rpc2::codec;
+
+use crate::core::Venus;
+
+/// The extended attribute every object in the mount answers with the
+/// control socket's path: how a tool finds the Venus behind a path.
+pub const XATTR: &str = "user.coda.control";
+
+/// Serves tools until the listener closes.
+pub fn serve(listener: UnixListener, venus: Arc<Mutex<Venus>>, mount: PathBuf) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let (venus, mount) = (venus.clone(), mount.clone());
+        std::thread::spawn(move || {
+            if let Err(e) = session(stream, &venus, &mount) {
+                tracing::debug!("control session: {e}");
+            }
+        });
+    }
+}
+
+fn peer_uid(s: &UnixStream) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the buffer is a ucred of the length given.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+fn session(mut s: UnixStream, venus: &Mutex<Venus>, mount: &Path) -> std::io::Result<()> {
+    let uid = peer_uid(&s)?;
+    while let Some(req) = control::receive::<Request>(&mut s)? {
+        if let Request::Events(()) = req {
+            let events = venus.lock().unwrap_or_else(|p| p.into_inner()).listen();
+            control::send(&mut s, &Reply::Ok(()))?;
+            for e in events {
+                control::send(&mut s, &Reply::Event(e))?;
+            }
+            return Ok(());
+        }
+        let reply = {
+            let mut v = venus.lock().unwrap_or_else(|p| p.into_inner());
+            match answer(&mut v, uid, mount, req) {
+                Ok(r) => r,
+                Err(e) => Reply::Error(e),
+            }
+        };
+        control::send(&mut s, &reply)?;
+    }
+    Ok(())
+}
+
+/// A path the tool named, below the mount.
+fn below<'a>(mount: &Path, path: &'a str) -> Result<&'a Path, String> {
+    Path::new(path)
+        .strip_prefix(mount)
+        .map_err(|_| format!("{path}: not in the Coda mount {}", mount.display()))
+}
+
+fn resolve(v: &mut Venus, uid: u32, mount: &Path, path: &str) -> Result<Fid, String> {
+    let rel = below(mount, path)?;
+    v.resolve(uid, rel).map_err(|e| format!("{path}: {e}"))
+}
+
+/// The directory holding `path`, and the last name in it.
+fn parent_and_name(
+    v: &mut Venus,
+    uid: u32,
+    mount: &Path,
+    path: &str,
+) -> Result<(Fid, String), String> {
+    let rel = below(mount, path)?;
+    let name = rel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{path}: names no entry"))?
+        .to_string();
+    let dir = v
+        .resolve(uid, rel.parent().unwrap_or(Path::new("")))
+        .map_err(|e| format!("{path}: {e}"))?;
+    Ok((dir, name))
+}
+
+fn answer(v: &mut Venus, uid: u32, mount: &Path, req: Request) -> Result<Reply, String> {
+    let fail = |what: &str, e: Errno| format!("{what}: {e}");
+    Ok(match req {
+        Request::SetToken(g) => {
+            v.set_token(uid, g);
+            Reply::Ok(())
+        }
+        Request::Tokens(()) => Reply::Tokens(
+            v.tokens(uid)
+                .into_iter()
+                .map(|g| TokenInfo {
+                    user: g.user,
+                    user_id: g.user_id,
+                    expires_at: g.expires_at,
+                })
+                .collect(),
+        ),
+        Request::Unlog(()) => {
+            v.unlog(uid);
+            Reply::Ok(())
+        }
+        Request::Servers(()) => Reply::Servers(
+            v.servers
+                .iter()
+                .map(|a| ServerState {
+                    addr: a.to_string(),
+                    up: true,
+                })
+                .collect(),
+        ),
+        Request::CheckServers(()) => Reply::Servers(v.probe_servers()),
+        Request::ListVol(path) => {
+            let fid = resolve(v, uid, mount, &path)?;
+            let info = v.volume_info(fid.volume).map_err(|e| fail(&path, e))?;
+            Reply::Volume(VolumeState {
+                id: info.id,
+                name: info.name,
+                servers: info.servers,
+                state: "connected".into(),
+                cml_records: 0,
+                cml_bytes: 0,
+            })
+        }
+        Request::GetFid(path) => Reply::Fid(resolve(v, uid, mount, &path)?),
+        Request::WhereIs(path) => {
+            let fid = resolve(v, uid, mount, &path)?;
+            let info = v.volume_info(fid.volume).map_err(|e| fail(&path, e))?;
+            Reply::WhereIs(info.servers)
+        }
+        Request::FlushObject(paths) => {
+            for p in paths {
+                let fid = resolve(v, uid, mount, &p)?;
+                v.flush_object(fid).map_err(|e| fail(&p, e))?;
+            }
+            Reply::Ok(())
+        }
+        Request::ListCache(path) => {
+            let within = match path {
+                Some(p) => Some(resolve(v, uid, mount, &p)?.volume),
+                None => None,
+            };
+            Reply::Cache(list_cache(v, mount, within))
+        }
+        Request::MakeMount(m) => {
+            let (dir, name) = parent_and_name(v, uid, mount, &m.path)?;
+            let info: VolumeInfo = v
+                .call_decode(
+                    uid,
+                    dir.volume,
+                    op::GET_VOLUME_INFO,
+                    &VolumeRef::Name(m.volume.clone()),
+                )
+                .map_err(|e| fail(&m.volume, e))?;
+            let link = Op::Link(cml::Link {
+                dir,
+                name,
+                fid: info.root,
+            });
+            crate::cml::mutate(v, uid, link).map_err(|e| fail(&m.path, e))?;
+            Reply::Ok(())
+        }
+        Request::RemoveMount(path) => {
+            let (dir, name) = parent_and_name(v, uid, mount, &path)?;
+            let fid = resolve(v, uid, mount, &path)?;
+            if fid.volume == dir.volume {
+                return Err(format!("{path}: not a mount point"));
+            }
+            let seen = v.seen(fid);
+            let remove = Op::Remove(cml::Remove {
+                dir,
+                name,
+                fid,
+                seen,
+            });
+            crate::cml::mutate(v, uid, remove).map_err(|e| fail(&path, e))?;
+            Reply::Ok(())
+        }
+        Request::ListAcl(path) => {
+            let fid = resolve(v, uid, mount, &path)?;
+            Reply::Acl(v.list_acl(uid, fid).map_err(|e| fail(&path, e))?)
+        }
+        Request::SetAcl(s) => {
+            let fid = resolve(v, uid, mount, &s.path)?;
+            v.set_acl(uid, fid, &s).map_err(|e| fail(&s.path, e))?;
+            Reply::Ok(())
+        }
+        Request::Events(()) => unreachable!("handled by the session"),
+    })
+}
+
+/// Every cached object (of one volume), with the path it is known by.
+fn list_cache(v: &Venus, mount: &Path, within: Option<u64>) -> Vec<CacheEntry> {
+    let mut names: HashMap<Fid, (Fid, &str)> = HashMap::new();
+    for (dir, entries) in &v.cache.dirs {
+        for (name, (_, fid)) in entries {
+            names.insert(*fid, (*dir, name));
+        }
+    }
+    let path_of = |fid: Fid| {
+        let mut parts = Vec::new();
+        let mut at = fid;
+        while at != v.root {
+            let Some((dir, name)) = names.get(&at) else {
+                return None;
+            };
+            parts.push(*name);
+            at = *dir;
+            if parts.len() > 4096 {
+                return None;
+            }
+        }
+        parts.reverse();
+        Some(mount.join(parts.join("/")).display().to_string())
+    };
+    let mut out: Vec<CacheEntry> = v
+        .cache
+        .objs
+        .values()
+        .filter(|o| within.is_none_or(|vol| o.fid().volume == vol))
+        .filter(|o| o.rec.status.is_some())
+        .map(|o| CacheEntry {
+            fid: o.fid(),
+            path: path_of(o.fid()).unwrap_or_default(),
+            kind: match o.rec.kind {
+                VnodeKind::File => "file",
+                VnodeKind::Directory => "directory",
+                VnodeKind::Symlink => "symlink",
+            }
+            .into(),
+            length: o.rec.status.as_ref().map_or(0, |s| s.length),
+            has_data: o.has_data(),
+            valid: o.valid,
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// The socket's path for a cache directory.
+pub fn socket_path(cache: &Path) -> PathBuf {
+    cache.join(control::SOCKET_NAME)
+}
+
+pub fn bind(cache: &Path) -> std::io::Result<UnixListener> {
+    let path = socket_path(cache);
+    let _ = std::fs::remove_file(&path);
+    let l = UnixListener::bind(&path)?;
+    // Any local user may hand Venus a token or ask about the cache.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(l)
+}
+
+/// A call for `cfs`, made as `uid`.
+impl Venus {
+    pub fn call_decode<T: codec::Decode>(
+        &mut self,
+        uid: u32,
+        vol: u64,
+        opcode: u16,
+        req: &impl codec::Encode,
+    ) -> Result<T, Errno> {
+        self.call_retry(uid, vol, opcode, codec::to_bytes(req), |_| Ok(None))
+            .map(|(t, _)| t)
+    }
+}

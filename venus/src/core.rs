@@ -1,0 +1,1360 @@
+//! The cache manager's core: the file-system calls as a plain Rust API over
+//! inode numbers, served from the cache and the servers. The FUSE adapter
+//! is a thin layer over it; tests drive it directly too.
+//!
+//! Every update is a CML record (`cml`), shipped before the call returns
+//! (strongly connected): directory operations at once, a file's new
+//! contents when it is closed.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::Arc;
+
+use coda_proto::acl::{Acl, AclEntry, Rights};
+use coda_proto::cml::{self, Op};
+use coda_proto::control::{self, AclLine, Event, NamedAcl, ServerState, TokenGrant};
+use coda_proto::fid::LOCAL_VNODE_BASE;
+use coda_proto::vice::{
+    self, op, DirEntry, LookupPrincipals, Principals, ValidateAttrs, ValidateAttrsReply,
+    VolumeInfo, VolumeRef,
+};
+use coda_proto::{Errno, Fid, Status, StoreId, Timestamp, VnodeKind, VolumeId};
+use coda_rpc2::codec;
+use coda_rpc2::endpoint::SideEffect;
+use coda_rpc2::{Credentials, Sink};
+
+use crate::cache::{Cache, CacheError, ROOT_INO};
+use crate::container;
+use crate::link::{decode_reply, Link, LinkError, Principal};
+use crate::volume;
+
+pub type Result<T> = std::result::Result<T, Errno>;
+
+/// How many fids one ValidateAttrs call carries.
+const VALIDATE_BATCH: usize = 1000;
+
+/// A directory listing may be this large.
+const LISTING_BYTES_MAX: u64 = 1 << 30;
+
+impl From<CacheError> for Errno {
+    fn from(e: CacheError) -> Errno {
+        tracing::error!("cache: {e}");
+        Errno::EIO
+    }
+}
+
+/// An object's attributes as the kernel sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: VnodeKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub nlink: u32,
+}
+
+/// A user's token, as `clog` handed it over.
+pub struct Token {
+    pub grant: TokenGrant,
+    creds: Credentials,
+}
+
+/// An open file.
+pub struct Handle {
+    pub ino: u64,
+    pub fid: Fid,
+    pub file: Arc<File>,
+    pub uid: u32,
+    pub writable: bool,
+    /// Changed through this handle in user space (passthrough writes are
+    /// found by comparing the container with `opened`).
+    pub dirty: bool,
+    /// The container's length and mtime when opened.
+    opened: (u64, i64),
+}
+
+/// The cache manager.
+pub struct Venus {
+    pub cache: Cache,
+    link: Arc<Link>,
+    pub servers: Vec<SocketAddr>,
+    pub root: Fid,
+    tokens: HashMap<u32, Token>,
+    last_sid: u64,
+    tick: u64,
+    pub cache_limit: u64,
+    handles: HashMap<u64, Handle>,
+    listings: HashMap<u64, Vec<(String, u64, VnodeKind)>>,
+    next_fh: u64,
+    /// Each `codacon` listening.
+    listeners: Vec<std::sync::mpsc::Sender<Event>>,
+    /// Whole-object fetches from servers, for tests and `cfs`.
+    pub fetches: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn ts_of(secs: i64, nanos: i64) -> Timestamp {
+    Timestamp {
+        secs,
+        nanos: nanos.clamp(0, 999_999_999) as u32,
+    }
+}
+
+impl Venus {
+    /// Starts over `cache`, finding the root volume at `servers`.
+    pub fn new(
+        cache: Cache,
+        link: Arc<Link>,
+        servers: Vec<SocketAddr>,
+        cache_limit: u64,
+    ) -> Result<Venus> {
+        let mut v = Venus {
+            cache,
+            link,
+            servers,
+            root: Fid::default(),
+            tokens: HashMap::new(),
+            last_sid: 0,
+            tick: 0,
+            cache_limit,
+            handles: HashMap::new(),
+            listings: HashMap::new(),
+            next_fh: 1,
+            listeners: Vec::new(),
+            fetches: 0,
+        };
+        let addr = *v.servers.first().ok_or(Errno::EINVAL)?;
+        let info: VolumeInfo = v.link.call_decode(
+            addr,
+            Principal::Anyone,
+            None,
+            vice::SUBSYSTEM,
+            op::GET_ROOT_VOLUME,
+            &(),
+        )?;
+        v.root = info.root;
+        v.cache.obj_or_new(info.root, VnodeKind::Directory, true);
+        v.put_volume(info)?;
+        v.emit("connect", format!("root volume at {addr}"));
+        Ok(v)
+    }
+
+    // ---- users and calls ----
+
+    pub fn set_token(&mut self, uid: u32, grant: TokenGrant) {
+        let creds = Credentials {
+            sealed_token: grant.sealed_token.clone(),
+            session_key: grant.session_key,
+        };
+        let who = Principal::User(grant.user_id);
+        self.link.forget_principal(who);
+        self.emit(
+            "token",
+            format!("uid {uid} is {} until {}", grant.user, grant.expires_at),
+        );
+        self.tokens.insert(uid, Token { grant, creds });
+        self.forget_rights(Some(who));
+    }
+
+    pub fn tokens(&self, uid: u32) -> Vec<TokenGrant> {
+        self.tokens
+            .get(&uid)
+            .map(|t| t.grant.clone())
+            .into_iter()
+            .collect()
+    }
+
+    pub fn unlog(&mut self, uid: u32) {
+        if let Some(t) = self.tokens.remove(&uid) {
+            let who = Principal::User(t.grant.user_id);
+            self.link.forget_principal(who);
+            self.forget_rights(Some(who));
+        }
+    }
+
+    fn forget_rights(&mut self, who: Option<Principal>) {
+        let key = match who {
+            Some(Principal::User(u)) => Some(u),
+            _ => None,
+        };
+        for o in self.cache.objs.values_mut() {
+            o.rights.remove(&key);
+        }
+    }
+
+    /// Who `uid` is to the servers: its token's user, or anyone.
+    fn who(&self, uid: u32) -> (Principal, Option<&Credentials>) {
+        match self.tokens.get(&uid) {
+            Some(t) if t.grant.expires_at > unix_now() => {
+                (Principal::User(t.grant.user_id), Some(&t.creds))
+            }
+            _ => (Principal::Anyone, None),
+        }
+    }
+
+    /// The key of `uid`'s rights in an object's rights cache.
+    pub(crate) fn rights_key_of(&self, uid: u32) -> Option<i32> {
+        self.rights_key(uid)
+    }
+
+    fn rights_key(&self, uid: u32) -> Option<i32> {
+        match self.who(uid).0 {
+            Principal::User(u) => Some(u),
+            Principal::Anyone => None,
+        }
+    }
+
+    fn server_of(&mut self, vol: VolumeId) -> Result<SocketAddr> {
+        if let Some((_, info)) = self.cache.volumes.get(&vol) {
+            return volume::server(info);
+        }
+        let addr = *self.servers.first().ok_or(Errno::EINVAL)?;
+        let info: VolumeInfo = self.link.call_decode(
+            addr,
+            Principal::Anyone,
+            None,
+            vice::SUBSYSTEM,
+            op::GET_VOLUME_INFO,
+            &VolumeRef::Id(vol),
+        )?;
+        let addr = volume::server(&info)?;
+        self.put_volume(info)?;
+        Ok(addr)
+    }
+
+    fn put_volume(&mut self, mut info: VolumeInfo) -> Result<()> {
+        // A stamp vouches for the cache only once everything is validated.
+        info.stamp = volume::UNTRUSTED;
+        Ok(self.cache.put_volume(info)?)
+    }
+
+    /// Calls the server of `vol` for `uid`; a server that forgot us (it
+    /// restarted) broke every promise, so everything is validated again.
+    pub(crate) fn call(
+        &mut self,
+        uid: u32,
+        vol: VolumeId,
+        opcode: u16,
+        body: bytes::Bytes,
+        side_effect: Option<SideEffect>,
+    ) -> Result<coda_rpc2::endpoint::Reply> {
+        let addr = self.server_of(vol)?;
+        let (who, creds) = self.who(uid);
+        let creds = creds.cloned();
+        let rebinds = self.link.rebinds();
+        let result = self.link.call(
+            addr,
+            who,
+            creds.as_ref(),
+            vice::SUBSYSTEM,
+            opcode,
+            body,
+            side_effect,
+        );
+        if self.link.rebinds() != rebinds {
+            // The server forgot us (it restarted): its promises are gone.
+            self.invalidate_all();
+            self.emit(
+                "reconnect",
+                format!("{addr} bound again; revalidating the cache"),
+            );
+        }
+        result.map_err(|e| self.lost(e))
+    }
+
+    /// Contact with a server broke: its promises are gone.
+    fn lost(&mut self, e: LinkError) -> Errno {
+        tracing::warn!("{e}");
+        self.emit("disconnect", e.to_string());
+        self.invalidate_all();
+        if e.rebound() {
+            Errno::EAGAIN
+        } else {
+            e.errno()
+        }
+    }
+
+    /// Our own change moved the volume's stamp on: it vouches for nothing.
+    pub(crate) fn untrust(&mut self, vol: VolumeId) {
+        if let Some((_, info)) = self.cache.volumes.get(&vol) {
+            if info.stamp != volume::UNTRUSTED {
+                let mut info = info.clone();
+                info.stamp = volume::UNTRUSTED;
+                if let Err(e) = self.cache.put_volume(info) {
+                    tracing::error!("cache: {e}");
+                }
+            }
+        }
+    }
+
+    fn invalidate_all(&mut self) {
+        for o in self.cache.objs.values_mut() {
+            o.valid = false;
+        }
+    }
+
+    /// A call that is repeated once if the server had forgotten the
+    /// connection (a fresh side effect is made for the repeat).
+    pub(crate) fn call_retry<T: codec::Decode>(
+        &mut self,
+        uid: u32,
+        vol: VolumeId,
+        opcode: u16,
+        body: bytes::Bytes,
+        mut effect: impl FnMut(&mut Venus) -> Result<Option<SideEffect>>,
+    ) -> Result<(T, coda_rpc2::endpoint::Reply)> {
+        let mut again = true;
+        loop {
+            let se = effect(self)?;
+            match self.call(uid, vol, opcode, body.clone(), se) {
+                Err(Errno::EAGAIN) if again => again = false,
+                Err(e) => return Err(e),
+                Ok(r) => {
+                    let t = decode_reply(&r)?;
+                    return Ok((t, r));
+                }
+            }
+        }
+    }
+
+    /// A fresh store id: never repeated by this cache, even across
+    /// restarts (the clock moves on), and rising, as batches must.
+    pub(crate) fn store_id(&mut self) -> StoreId {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        self.last_sid = (self.last_sid + 1).max(micros);
+        StoreId {
+            host: self.cache.host,
+            unique: self.last_sid,
+        }
+    }
+
+    /// A made-up fid for an object this client creates; the server gives
+    /// it a real one.
+    pub(crate) fn local_fid(&mut self, vol: VolumeId) -> Fid {
+        let sid = self.store_id();
+        Fid::new(
+            vol,
+            LOCAL_VNODE_BASE | (sid.unique & (LOCAL_VNODE_BASE - 1)),
+            sid.unique,
+        )
+    }
+
+    // ---- events ----
+
+    pub fn listen(&mut self) -> std::sync::mpsc::Receiver<Event> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.listeners.push(tx);
+        rx
+    }
+
+    pub fn emit(&mut self, kind: &str, text: String) {
+        tracing::info!("{kind}: {text}");
+        let e = Event {
+            time: unix_now(),
+            kind: kind.into(),
+            text,
+        };
+        self.listeners.retain(|l| l.send(e.clone()).is_ok());
+    }
+
+    // ---- objects ----
+
+    pub fn fid_of(&self, ino: u64) -> Result<Fid> {
+        if ino == ROOT_INO {
+            return Ok(self.root);
+        }
+        self.cache.inos.get(&ino).copied().ok_or(Errno::ENOENT)
+    }
+
+    fn touch(&mut self, fid: Fid) {
+        self.tick += 1;
+        if let Some(o) = self.cache.objs.get_mut(&fid) {
+            o.last_used = self.tick;
+        }
+    }
+
+    /// Validates what is cached of `vol` in one call per thousand objects
+    /// (and by the volume's stamp, when it can vouch for all of it).
+    fn validate_volume(&mut self, uid: u32, vol: VolumeId) -> Result<()> {
+        let stamp = self
+            .cache
+            .volumes
+            .get(&vol)
+            .map_or(volume::UNTRUSTED, |(_, v)| v.stamp);
+        let stale: Vec<(Fid, StoreId)> = self
+            .cache
+            .objs
+            .values()
+            .filter(|o| o.fid().volume == vol && !o.valid)
+            .filter_map(|o| o.rec.status.as_ref().map(|s| (o.fid(), s.vv.store_id)))
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let mut first = true;
+        for chunk in stale.chunks(VALIDATE_BATCH) {
+            let req = ValidateAttrs {
+                volumes: if first && stamp != volume::UNTRUSTED {
+                    vec![(vol, stamp)]
+                } else {
+                    Vec::new()
+                },
+                fids: chunk.to_vec(),
+            };
+            let (reply, _): (ValidateAttrsReply, _) =
+                self.call_retry(uid, vol, op::VALIDATE_ATTRS, codec::to_bytes(&req), |_| {
+                    Ok(None)
+                })?;
+            if first && reply.volumes.first() == Some(&true) {
+                for o in self.cache.objs.values_mut() {
+                    if o.fid().volume == vol && o.rec.status.is_some() {
+                        o.valid = true;
+                    }
+                }
+                return Ok(());
+            }
+            first = false;
+            for ((fid, _), ok) in chunk.iter().zip(reply.fids) {
+                if let Some(o) = self.cache.objs.get_mut(fid) {
+                    o.valid = ok;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The object's status, current (validated or fetched) for `uid`.
+    fn status(&mut self, uid: u32, fid: Fid) -> Result<Status> {
+        let key = self.rights_key(uid);
+        let need = |v: &Venus| {
+            v.cache
+                .objs
+                .get(&fid)
+                .is_none_or(|o| !o.valid || o.rec.status.is_none() || !o.rights.contains_key(&key))
+        };
+        if self
+            .cache
+            .objs
+            .get(&fid)
+            .is_some_and(|o| !o.valid && o.rec.status.is_some())
+        {
+            self.validate_volume(uid, fid.volume)?;
+        }
+        if need(self) {
+            let (status, _): (Status, _) = self.call_retry(
+                uid,
+                fid.volume,
+                op::GET_ATTR,
+                codec::to_bytes(&vice::GetAttr { fid }),
+                |_| Ok(None),
+            )?;
+            self.take_status(fid, status, key)?;
+        }
+        self.touch(fid);
+        let o = &self.cache.objs[&fid];
+        Ok(o.rec.status.clone().expect("status just made current"))
+    }
+
+    /// Records a status from a server.
+    pub(crate) fn take_status(&mut self, fid: Fid, status: Status, key: Option<i32>) -> Result<()> {
+        let root = fid == self.root;
+        let o = self.cache.obj_or_new(fid, status.kind, root);
+        let changed = o.rec.status.as_ref() != Some(&status);
+        o.take_status(status, key);
+        if changed {
+            self.cache.save(fid)?;
+        }
+        Ok(())
+    }
+
+    fn rights(&mut self, uid: u32, fid: Fid) -> Result<(Status, Rights)> {
+        let s = self.status(uid, fid)?;
+        let key = self.rights_key(uid);
+        let r = self.cache.objs[&fid]
+            .rights
+            .get(&key)
+            .copied()
+            .unwrap_or(Rights::NONE);
+        Ok((s, r))
+    }
+
+    fn may_read(&mut self, uid: u32, fid: Fid) -> Result<Status> {
+        let (s, r) = self.rights(uid, fid)?;
+        let user = self.rights_key(uid);
+        let ok = match s.kind {
+            VnodeKind::Directory => r.contains(Rights::LOOKUP),
+            _ => r.contains(Rights::READ) && (s.mode & 0o400 != 0 || user == Some(s.owner as i32)),
+        };
+        ok.then_some(s).ok_or(Errno::EACCES)
+    }
+
+    fn may_write(&mut self, uid: u32, fid: Fid) -> Result<Status> {
+        let (s, r) = self.rights(uid, fid)?;
+        let user = self.rights_key(uid);
+        let ok = r.contains(Rights::WRITE) && (s.mode & 0o200 != 0 || user == Some(s.owner as i32));
+        ok.then_some(s).ok_or(Errno::EACCES)
+    }
+
+    /// Makes the object's data (contents, entries, target) current.
+    fn data(&mut self, uid: u32, fid: Fid) -> Result<()> {
+        let status = self.may_read(uid, fid)?;
+        if self.cache.objs[&fid].has_data() {
+            return Ok(());
+        }
+        let key = self.rights_key(uid);
+        let req = codec::to_bytes(&vice::Fetch { fid, offset: 0 });
+        match status.kind {
+            VnodeKind::File => {
+                let mut made = None;
+                let fetched = self.call_retry::<Status>(uid, fid.volume, op::FETCH, req, |v| {
+                    if let Some(id) = made.take() {
+                        v.cache.drop_container(id);
+                    }
+                    let (id, file) = v.cache.containers.create().map_err(|_| Errno::EIO)?;
+                    made = Some(id);
+                    Ok(Some(SideEffect::Receive(Sink::File(file))))
+                });
+                let id = made.expect("a container was made");
+                let (status, _) = match fetched {
+                    Ok(x) => x,
+                    Err(e) => {
+                        self.cache.drop_container(id);
+                        return Err(e);
+                    }
+                };
+                let len = std::fs::metadata(self.cache.containers.path(id)).map_or(0, |m| m.len());
+                if len != status.length {
+                    // A short transfer: never cache a partial file.
+                    self.cache.drop_container(id);
+                    return Err(Errno::EIO);
+                }
+                self.cache.bytes += len;
+                let sid = status.vv.store_id;
+                self.take_status(fid, status, key)?;
+                let o = self.cache.objs.get_mut(&fid).expect("status taken");
+                let old = std::mem::replace(&mut o.rec.container, id);
+                o.rec.data = Some(sid);
+                self.cache.save(fid)?;
+                self.cache.drop_container(old);
+                self.evict()?;
+            }
+            VnodeKind::Directory | VnodeKind::Symlink => {
+                let (status, reply) =
+                    self.call_retry::<Status>(uid, fid.volume, op::FETCH, req, |_| {
+                        Ok(Some(SideEffect::Receive(Sink::memory(LISTING_BYTES_MAX))))
+                    })?;
+                let bytes = reply.sink.map(Sink::into_bytes).unwrap_or_default();
+                let sid = status.vv.store_id;
+                let kind = status.kind;
+                self.take_status(fid, status, key)?;
+                if kind == VnodeKind::Directory {
+                    let listing: Vec<DirEntry> =
+                        codec::from_bytes(&bytes).map_err(|_| Errno::EIO)?;
+                    self.cache.set_entries(fid, &listing)?;
+                } else {
+                    let target = String::from_utf8(bytes).map_err(|_| Errno::EIO)?;
+                    self.cache
+                        .objs
+                        .get_mut(&fid)
+                        .expect("status taken")
+                        .rec
+                        .target = target;
+                }
+                self.cache
+                    .objs
+                    .get_mut(&fid)
+                    .expect("status taken")
+                    .rec
+                    .data = Some(sid);
+                self.cache.save(fid)?;
+            }
+        }
+        self.fetches += 1;
+        Ok(())
+    }
+
+    /// Evicts the least recently used clean, closed files until the cache
+    /// fits its limit.
+    fn evict(&mut self) -> Result<()> {
+        if self.cache.bytes <= self.cache_limit {
+            return Ok(());
+        }
+        let mut victims: Vec<(u64, Fid)> = self
+            .cache
+            .objs
+            .values()
+            .filter(|o| o.rec.container != container::NONE && o.opens == 0)
+            .map(|o| (o.last_used, o.fid()))
+            .collect();
+        victims.sort();
+        for (_, fid) in victims {
+            if self.cache.bytes <= self.cache_limit {
+                break;
+            }
+            let o = self.cache.objs.get_mut(&fid).expect("listed");
+            let id = std::mem::replace(&mut o.rec.container, container::NONE);
+            o.rec.data = None;
+            self.cache.save(fid)?;
+            self.cache.drop_container(id);
+        }
+        Ok(())
+    }
+
+    fn attr(&self, fid: Fid) -> Result<Attr> {
+        let o = self.cache.objs.get(&fid).ok_or(Errno::ENOENT)?;
+        let s = o.rec.status.as_ref().ok_or(Errno::EIO)?;
+        let mut a = Attr {
+            ino: o.rec.ino,
+            kind: s.kind,
+            mode: s.mode & 0o7777,
+            uid: s.owner,
+            size: s.length,
+            mtime: s.mtime,
+            ctime: s.ctime,
+            nlink: s.link_count.max(1),
+        };
+        if o.writers > 0 && o.rec.container != container::NONE {
+            // Writes go straight to the container: it is the truth now.
+            if let Ok(m) = std::fs::metadata(self.cache.containers.path(o.rec.container)) {
+                a.size = m.len();
+                a.mtime = ts_of(m.mtime(), m.mtime_nsec());
+            }
+        }
+        if s.kind == VnodeKind::Directory {
+            a.nlink = a.nlink.max(2);
+        }
+        Ok(a)
+    }
+
+    // ---- the API ----
+
+    pub fn getattr(&mut self, uid: u32, ino: u64) -> Result<Attr> {
+        let fid = self.fid_of(ino)?;
+        self.status(uid, fid)?;
+        self.attr(fid)
+    }
+
+    /// The fid `name` names in the directory `dir`.
+    fn entry(&mut self, uid: u32, dir: Fid, name: &str) -> Result<Fid> {
+        if name.len() > vice::NAME_BYTES_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let s = self.status(uid, dir)?;
+        if s.kind != VnodeKind::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        self.data(uid, dir)?;
+        self.cache
+            .dirs
+            .get(&dir)
+            .and_then(|e| e.get(name))
+            .map(|(_, f)| *f)
+            .ok_or(Errno::ENOENT)
+    }
+
+    pub fn lookup(&mut self, uid: u32, parent: u64, name: &str) -> Result<Attr> {
+        let dir = self.fid_of(parent)?;
+        let fid = self.entry(uid, dir, name)?;
+        self.status(uid, fid)?;
+        self.attr(fid)
+    }
+
+    /// The entries of a directory: name, inode, kind.
+    pub fn readdir(&mut self, uid: u32, ino: u64) -> Result<Vec<(String, u64, VnodeKind)>> {
+        let dir = self.fid_of(ino)?;
+        self.data(uid, dir)?;
+        let parent = self.cache.objs[&dir]
+            .rec
+            .status
+            .as_ref()
+            .map_or(dir, |s| s.parent);
+        let parent_ino = self.cache.objs.get(&parent).map_or(ino, |o| o.rec.ino);
+        let mut out = vec![
+            (".".to_string(), ino, VnodeKind::Directory),
+            ("..".to_string(), parent_ino, VnodeKind::Directory),
+        ];
+        if let Some(entries) = self.cache.dirs.get(&dir) {
+            for (name, (_, fid)) in entries {
+                if let Some(o) = self.cache.objs.get(fid) {
+                    out.push((name.clone(), o.rec.ino, o.rec.kind));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens a directory: its listing is taken now, so reading it in
+    /// pieces sees one consistent list.
+    pub fn open_dir(&mut self, uid: u32, ino: u64) -> Result<u64> {
+        let listing = self.readdir(uid, ino)?;
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.listings.insert(fh, listing);
+        Ok(fh)
+    }
+
+    pub fn listing(&self, fh: u64) -> Result<&[(String, u64, VnodeKind)]> {
+        self.listings
+            .get(&fh)
+            .map(Vec::as_slice)
+            .ok_or(Errno::EBADF)
+    }
+
+    pub fn close_dir(&mut self, fh: u64) {
+        self.listings.remove(&fh);
+    }
+
+    pub fn readlink(&mut self, uid: u32, ino: u64) -> Result<String> {
+        let fid = self.fid_of(ino)?;
+        let s = self.status(uid, fid)?;
+        if s.kind != VnodeKind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        self.data(uid, fid)?;
+        Ok(self.cache.objs[&fid].rec.target.clone())
+    }
+
+    /// Opens a file: fetched whole if absent or stale. Returns the handle
+    /// and the container for the kernel.
+    pub fn open(
+        &mut self,
+        uid: u32,
+        ino: u64,
+        write: bool,
+        truncate: bool,
+    ) -> Result<(u64, Arc<File>)> {
+        let fid = self.fid_of(ino)?;
+        let s = self.status(uid, fid)?;
+        match s.kind {
+            VnodeKind::Directory => return Err(if write { Errno::EISDIR } else { Errno::EACCES }),
+            VnodeKind::Symlink => return Err(Errno::ELOOP),
+            VnodeKind::File => {}
+        }
+        if write {
+            self.may_write(uid, fid)?;
+        }
+        let open_already = self.cache.objs[&fid].opens > 0;
+        if !(open_already && self.cache.objs[&fid].rec.container != container::NONE) {
+            // Open files keep the version they opened (session semantics).
+            if truncate && write && !self.cache.objs[&fid].has_data() {
+                self.empty_container(fid)?;
+            } else {
+                self.data(uid, fid)?;
+            }
+        }
+        let id = self.cache.objs[&fid].rec.container;
+        let file = self.cache.containers.open_rw(id).map_err(|_| Errno::EIO)?;
+        if truncate && write {
+            file.set_len(0).map_err(|_| Errno::EIO)?;
+        }
+        let m = file.metadata().map_err(|_| Errno::EIO)?;
+        let o = self.cache.objs.get_mut(&fid).expect("current");
+        o.opens += 1;
+        if write {
+            o.writers += 1;
+        }
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        let file = Arc::new(file);
+        self.handles.insert(
+            fh,
+            Handle {
+                ino,
+                fid,
+                file: file.clone(),
+                uid,
+                writable: write,
+                dirty: truncate && write,
+                opened: (m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000),
+            },
+        );
+        Ok((fh, file))
+    }
+
+    /// Gives a file an empty container (its old contents are not needed:
+    /// it is being truncated, or was just made).
+    fn empty_container(&mut self, fid: Fid) -> Result<()> {
+        let (id, _) = self.cache.containers.create().map_err(|_| Errno::EIO)?;
+        let o = self.cache.objs.get_mut(&fid).ok_or(Errno::ENOENT)?;
+        let old = std::mem::replace(&mut o.rec.container, id);
+        o.rec.data = o.rec.status.as_ref().map(|s| s.vv.store_id);
+        self.cache.save(fid)?;
+        self.cache.drop_container(old);
+        Ok(())
+    }
+
+    pub fn handle(&self, fh: u64) -> Result<&Handle> {
+        self.handles.get(&fh).ok_or(Errno::EBADF)
+    }
+
+    /// A user-space write (where the kernel cannot pass the file through).
+    pub fn write(&mut self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let h = self.handles.get_mut(&fh).ok_or(Errno::EBADF)?;
+        if !h.writable {
+            return Err(Errno::EBADF);
+        }
+        h.file.write_all_at(data, offset).map_err(|_| Errno::EIO)?;
+        h.dirty = true;
+        Ok(data.len())
+    }
+
+    /// Stores the file if it changed through this handle (on every close).
+    pub fn flush(&mut self, fh: u64) -> Result<()> {
+        let Some(h) = self.handles.get(&fh) else {
+            return Ok(());
+        };
+        if !h.writable {
+            return Ok(());
+        }
+        let m = h.file.metadata().map_err(|_| Errno::EIO)?;
+        let now = (m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000);
+        if !h.dirty && now == h.opened {
+            return Ok(());
+        }
+        let (fid, uid, file) = (h.fid, h.uid, h.file.clone());
+        let result = crate::cml::store(self, uid, fid, &file, ts_of(m.mtime(), m.mtime_nsec()));
+        if let Some(h) = self.handles.get_mut(&fh) {
+            h.dirty = false;
+            h.opened = now;
+        }
+        result
+    }
+
+    pub fn release(&mut self, fh: u64) -> Result<()> {
+        let Some(h) = self.handles.remove(&fh) else {
+            return Ok(());
+        };
+        let Some(o) = self.cache.objs.get_mut(&h.fid) else {
+            return Ok(());
+        };
+        o.opens = o.opens.saturating_sub(1);
+        if h.writable {
+            o.writers = o.writers.saturating_sub(1);
+        }
+        if o.opens == 0 && o.orphan {
+            self.cache.drop_obj(h.fid)?;
+        }
+        Ok(())
+    }
+
+    pub fn create(
+        &mut self,
+        uid: u32,
+        parent: u64,
+        name: &str,
+        mode: u32,
+    ) -> Result<(Attr, u64, Arc<File>)> {
+        let dir = self.fid_of(parent)?;
+        self.check_new_name(uid, dir, name)?;
+        let fid = self.local_fid(dir.volume);
+        let made = crate::cml::mutate(
+            self,
+            uid,
+            Op::Create(cml::Create {
+                dir,
+                name: name.into(),
+                fid,
+                mode: mode & 0o7777,
+            }),
+        )?;
+        let fid = made.ok_or(Errno::EIO)?;
+        self.empty_container(fid)?;
+        let attr = self.attr(fid)?;
+        let (fh, file) = self.open(uid, attr.ino, true, false)?;
+        Ok((attr, fh, file))
+    }
+
+    /// The directory exists and is current, and `name` is a valid new name.
+    fn check_new_name(&mut self, uid: u32, dir: Fid, name: &str) -> Result<()> {
+        match self.entry(uid, dir, name) {
+            Ok(_) => Err(Errno::EEXIST),
+            Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn mkdir(&mut self, uid: u32, parent: u64, name: &str, mode: u32) -> Result<Attr> {
+        let dir = self.fid_of(parent)?;
+        self.check_new_name(uid, dir, name)?;
+        let fid = self.local_fid(dir.volume);
+        let made = crate::cml::mutate(
+            self,
+            uid,
+            Op::MakeDir(cml::MakeDir {
+                dir,
+                name: name.into(),
+                fid,
+                mode: mode & 0o7777,
+            }),
+        )?;
+        let fid = made.ok_or(Errno::EIO)?;
+        // A new directory is empty: nothing to fetch.
+        self.cache.set_entries(fid, &[])?;
+        let o = self.cache.objs.get_mut(&fid).expect("made");
+        o.rec.data = o.rec.status.as_ref().map(|s| s.vv.store_id);
+        self.cache.save(fid)?;
+        self.attr(fid)
+    }
+
+    pub fn symlink(&mut self, uid: u32, parent: u64, name: &str, target: &str) -> Result<Attr> {
+        let dir = self.fid_of(parent)?;
+        self.check_new_name(uid, dir, name)?;
+        let fid = self.local_fid(dir.volume);
+        let made = crate::cml::mutate(
+            self,
+            uid,
+            Op::SymLink(cml::SymLink {
+                dir,
+                name: name.into(),
+                fid,
+                target: target.into(),
+                mode: 0o777,
+            }),
+        )?;
+        let fid = made.ok_or(Errno::EIO)?;
+        let o = self.cache.objs.get_mut(&fid).expect("made");
+        o.rec.target = target.into();
+        o.rec.data = o.rec.status.as_ref().map(|s| s.vv.store_id);
+        self.cache.save(fid)?;
+        self.attr(fid)
+    }
+
+    pub fn link(&mut self, uid: u32, ino: u64, parent: u64, name: &str) -> Result<Attr> {
+        let fid = self.fid_of(ino)?;
+        let dir = self.fid_of(parent)?;
+        self.check_new_name(uid, dir, name)?;
+        if fid.volume != dir.volume {
+            return Err(Errno::EXDEV);
+        }
+        crate::cml::mutate(
+            self,
+            uid,
+            Op::Link(cml::Link {
+                dir,
+                name: name.into(),
+                fid,
+            }),
+        )?;
+        self.attr(fid)
+    }
+
+    pub fn unlink(&mut self, uid: u32, parent: u64, name: &str) -> Result<()> {
+        let dir = self.fid_of(parent)?;
+        let fid = self.entry(uid, dir, name)?;
+        let s = self.status(uid, fid)?;
+        if s.kind == VnodeKind::Directory {
+            return Err(Errno::EISDIR);
+        }
+        crate::cml::mutate(
+            self,
+            uid,
+            Op::Remove(cml::Remove {
+                dir,
+                name: name.into(),
+                fid,
+                seen: s.vv.store_id,
+            }),
+        )?;
+        Ok(())
+    }
+
+    pub fn rmdir(&mut self, uid: u32, parent: u64, name: &str) -> Result<()> {
+        let dir = self.fid_of(parent)?;
+        let fid = self.entry(uid, dir, name)?;
+        let s = self.status(uid, fid)?;
+        if s.kind != VnodeKind::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        if fid.volume != dir.volume {
+            // A mount point: `cfs removemount` removes it.
+            return Err(Errno::EBUSY);
+        }
+        crate::cml::mutate(
+            self,
+            uid,
+            Op::RemoveDir(cml::RemoveDir {
+                dir,
+                name: name.into(),
+                fid,
+            }),
+        )?;
+        Ok(())
+    }
+
+    pub fn rename(
+        &mut self,
+        uid: u32,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+    ) -> Result<()> {
+        let from_dir = self.fid_of(parent)?;
+        let to_dir = self.fid_of(new_parent)?;
+        let fid = self.entry(uid, from_dir, name)?;
+        if new_name.len() > vice::NAME_BYTES_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let replaced = match self.entry(uid, to_dir, new_name) {
+            Ok(f) => Some(f),
+            Err(Errno::ENOENT) => None,
+            Err(e) => return Err(e),
+        };
+        if replaced == Some(fid) {
+            return Ok(());
+        }
+        if from_dir.volume != to_dir.volume || fid.volume != from_dir.volume {
+            return Err(Errno::EXDEV);
+        }
+        if let Some(r) = replaced {
+            let (moving, target) = (self.status(uid, fid)?.kind, self.status(uid, r)?.kind);
+            match (
+                moving == VnodeKind::Directory,
+                target == VnodeKind::Directory,
+            ) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                _ => {}
+            }
+        }
+        crate::cml::mutate(
+            self,
+            uid,
+            Op::Rename(cml::Rename {
+                from_dir,
+                from_name: name.into(),
+                to_dir,
+                to_name: new_name.into(),
+                fid,
+                replaced,
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// Changes attributes; a length truncates or extends the cached copy too.
+    pub fn setattr(
+        &mut self,
+        uid: u32,
+        ino: u64,
+        mode: Option<u32>,
+        owner: Option<u32>,
+        length: Option<u64>,
+        mtime: Option<Timestamp>,
+    ) -> Result<Attr> {
+        let fid = self.fid_of(ino)?;
+        let s = self.status(uid, fid)?;
+        if length.is_some() && s.kind == VnodeKind::Directory {
+            return Err(Errno::EISDIR);
+        }
+        if mode.is_none() && owner.is_none() && length.is_none() && mtime.is_none() {
+            return self.attr(fid);
+        }
+        let writers = self.cache.objs[&fid].writers;
+        if let (Some(len), true) = (length, writers > 0) {
+            // Open for writing: the container is the truth, stored at close.
+            if mode.is_none() && owner.is_none() && mtime.is_none() {
+                let o = &self.cache.objs[&fid];
+                let f = self
+                    .cache
+                    .containers
+                    .open_rw(o.rec.container)
+                    .map_err(|_| Errno::EIO)?;
+                f.set_len(len).map_err(|_| Errno::EIO)?;
+                for h in self
+                    .handles
+                    .values_mut()
+                    .filter(|h| h.fid == fid && h.writable)
+                {
+                    h.dirty = true;
+                }
+                return self.attr(fid);
+            }
+        }
+        crate::cml::mutate(
+            self,
+            uid,
+            Op::SetAttr(cml::SetAttr {
+                fid,
+                seen: s.vv.store_id,
+                mode: mode.map(|m| m & 0o7777),
+                owner,
+                mtime,
+                length,
+            }),
+        )?;
+        self.attr(fid)
+    }
+
+    pub fn statfs(&self) -> (u64, u64, u64) {
+        let used = self.cache.bytes;
+        (
+            self.cache_limit,
+            self.cache_limit.saturating_sub(used),
+            self.cache.objs.len() as u64,
+        )
+    }
+
+    /// Applies a callback break: the named objects (and volumes' stamps)
+    /// are no longer vouched for. Returns the inodes to invalidate in the
+    /// kernel and the directories whose names may have changed.
+    pub fn broken(&mut self, fids: &[Fid], volumes: &[VolumeId]) -> (Vec<u64>, Vec<Fid>) {
+        let mut inos = Vec::new();
+        let mut dirs = Vec::new();
+        for fid in fids {
+            if let Some(o) = self.cache.objs.get_mut(fid) {
+                o.valid = false;
+                inos.push(o.rec.ino);
+                if o.rec.kind == VnodeKind::Directory && self.cache.dirs.contains_key(fid) {
+                    dirs.push(*fid);
+                }
+            }
+        }
+        let touched: std::collections::BTreeSet<VolumeId> = volumes
+            .iter()
+            .copied()
+            .chain(fids.iter().map(|f| f.volume))
+            .collect();
+        for vol in touched {
+            self.untrust(vol);
+        }
+        self.emit(
+            "callback",
+            format!("{} objects, {} volumes", fids.len(), volumes.len()),
+        );
+        (inos, dirs)
+    }
+
+    /// Fetches a broken directory again; returns the names whose binding
+    /// changed, for the kernel to forget.
+    pub fn refresh_dir(&mut self, dir: Fid) -> Vec<(u64, String)> {
+        let Some(o) = self.cache.objs.get(&dir) else {
+            return Vec::new();
+        };
+        let ino = o.rec.ino;
+        let before: HashMap<String, Fid> = self
+            .cache
+            .dirs
+            .get(&dir)
+            .map(|e| e.iter().map(|(n, (_, f))| (n.clone(), *f)).collect())
+            .unwrap_or_default();
+        // As root, the user any kernel request could come from; without
+        // rights the whole directory is forgotten instead.
+        let ok = self.data(0, dir).is_ok();
+        let after = self.cache.dirs.get(&dir);
+        before
+            .into_iter()
+            .filter(|(n, f)| !ok || after.and_then(|e| e.get(n)).map(|(_, g)| g) != Some(f))
+            .map(|(n, _)| (ino, n))
+            .collect()
+    }
+
+    /// Flushes the cache's metadata (periodically, and at shutdown).
+    pub fn sync(&mut self) -> Result<()> {
+        Ok(self.cache.flush()?)
+    }
+
+    /// Where a path below the mount leads: its fid, walked as `uid`.
+    pub fn resolve(&mut self, uid: u32, rel: &std::path::Path) -> Result<Fid> {
+        let mut fid = self.root;
+        for part in rel.components() {
+            use std::path::Component::*;
+            match part {
+                Normal(n) => {
+                    let name = n.to_str().ok_or(Errno::EINVAL)?;
+                    fid = self.entry(uid, fid, name)?;
+                }
+                CurDir | RootDir => {}
+                ParentDir => {
+                    let s = self.status(uid, fid)?;
+                    fid = s.parent;
+                }
+                Prefix(_) => return Err(Errno::EINVAL),
+            }
+        }
+        self.status(uid, fid)?;
+        Ok(fid)
+    }
+
+    /// Drops an object's cached data (`cfs flushobject`); open files keep theirs.
+    pub fn flush_object(&mut self, fid: Fid) -> Result<()> {
+        let Some(o) = self.cache.objs.get_mut(&fid) else {
+            return Ok(());
+        };
+        o.valid = false;
+        if o.opens > 0 {
+            return Err(Errno::EBUSY);
+        }
+        o.rec.data = None;
+        let id = std::mem::replace(&mut o.rec.container, container::NONE);
+        self.cache.save(fid)?;
+        self.cache.drop_container(id);
+        Ok(())
+    }
+
+    /// A volume's information, fresh from its server.
+    pub fn volume_info(&mut self, vol: VolumeId) -> Result<VolumeInfo> {
+        let info: VolumeInfo =
+            self.call_decode(0, vol, op::GET_VOLUME_INFO, &VolumeRef::Id(vol))?;
+        self.put_volume(info.clone())?;
+        Ok(info)
+    }
+
+    /// The version of `fid` this client last saw.
+    pub fn seen(&self, fid: Fid) -> StoreId {
+        self.cache
+            .objs
+            .get(&fid)
+            .and_then(|o| o.rec.status.as_ref())
+            .map(|s| s.vv.store_id)
+            .unwrap_or_default()
+    }
+
+    /// Asks every server whether it answers.
+    pub fn probe_servers(&mut self) -> Vec<ServerState> {
+        let servers = self.servers.clone();
+        servers
+            .into_iter()
+            .map(|addr| {
+                let up = self
+                    .link
+                    .call_decode::<VolumeInfo>(
+                        addr,
+                        Principal::Anyone,
+                        None,
+                        vice::SUBSYSTEM,
+                        op::GET_ROOT_VOLUME,
+                        &(),
+                    )
+                    .is_ok();
+                ServerState {
+                    addr: addr.to_string(),
+                    up,
+                }
+            })
+            .collect()
+    }
+
+    fn acl(&mut self, uid: u32, dir: Fid) -> Result<Acl> {
+        let req = codec::to_bytes(&vice::GetAttr { fid: dir });
+        let (_, reply) = self.call_retry::<()>(uid, dir.volume, op::GET_ACL, req, |_| {
+            Ok(Some(SideEffect::Receive(Sink::memory(16 << 20))))
+        })?;
+        let bytes = reply.sink.map(Sink::into_bytes).unwrap_or_default();
+        codec::from_bytes(&bytes).map_err(|_| Errno::EIO)
+    }
+
+    fn principals(
+        &mut self,
+        uid: u32,
+        vol: VolumeId,
+        req: &LookupPrincipals,
+    ) -> Result<Principals> {
+        self.call_decode(uid, vol, op::LOOKUP_PRINCIPALS, req)
+    }
+
+    /// A directory's access list, names resolved (`cfs listacl`).
+    pub fn list_acl(&mut self, uid: u32, dir: Fid) -> Result<NamedAcl> {
+        let acl = self.acl(uid, dir)?;
+        let ids: Vec<i32> = acl
+            .positive
+            .iter()
+            .chain(&acl.negative)
+            .map(|e| e.id)
+            .collect();
+        let names = self
+            .principals(
+                uid,
+                dir.volume,
+                &LookupPrincipals {
+                    names: Vec::new(),
+                    ids,
+                },
+            )?
+            .names;
+        let mut names = names.into_iter();
+        let mut line = |e: &AclEntry| AclLine {
+            name: names.next().flatten().unwrap_or_else(|| e.id.to_string()),
+            rights: e.rights.to_string(),
+        };
+        let positive = acl.positive.iter().map(&mut line).collect();
+        let negative = acl.negative.iter().map(&mut line).collect();
+        Ok(NamedAcl { positive, negative })
+    }
+
+    /// Changes a directory's access list (`cfs setacl`).
+    pub fn set_acl(&mut self, uid: u32, dir: Fid, req: &control::SetAcl) -> Result<()> {
+        let mut acl = if req.clear {
+            Acl::default()
+        } else {
+            self.acl(uid, dir)?
+        };
+        let names = req.entries.iter().map(|e| e.name.clone()).collect();
+        let ids = self
+            .principals(
+                uid,
+                dir.volume,
+                &LookupPrincipals {
+                    names,
+                    ids: Vec::new(),
+                },
+            )?
+            .ids;
+        for (e, id) in req.entries.iter().zip(ids) {
+            let id = match id {
+                Some(id) => id,
+                None => e.name.parse().map_err(|_| Errno::ENOENT)?,
+            };
+            let rights = Rights::parse(&e.rights).map_err(|_| Errno::EINVAL)?;
+            acl.set(id, rights, req.negative);
+        }
+        crate::cml::mutate(self, uid, Op::SetAcl(cml::SetAcl { dir, acl }))?;
+        // Everyone's rights below may have changed.
+        for o in self.cache.objs.values_mut() {
+            o.rights.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads a user-space fallback handle.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match h.file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(_) => return Err(Errno::EIO),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+}
+
+/// BLAKE3 of a file's first `len` bytes.
+pub fn hash_file(file: &File, len: u64) -> std::io::Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < len {
+        let n = ((len - off) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], off)?;
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(*h.finalize().as_bytes())
+}

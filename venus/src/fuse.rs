@@ -1,0 +1,536 @@
+//! The FUSE adapter: kernel requests to the core's calls. Open files are
+//! handed to the kernel (FUSE passthrough) so reads and writes run at
+//! local-disk speed; where the kernel refuses, they come here instead.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coda_proto::{Errno as CodaErrno, Timestamp, VnodeKind};
+use fuser::{
+    BackingId, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+
+use crate::control;
+use crate::core::{Attr, Venus};
+
+/// How long the kernel may answer from its own caches. Callback breaks
+/// invalidate what changed at once (`callback`), so this can be long.
+const TTL: Duration = Duration::from_secs(60);
+
+pub struct Fuse {
+    pub venus: Arc<Mutex<Venus>>,
+    /// The control socket's path, answered as [`control::XATTR`].
+    control: Vec<u8>,
+    passthrough: AtomicBool,
+    /// The kernel's backing file of each open inode, shared by its handles.
+    backings: Mutex<HashMap<u64, (BackingId, u32)>>,
+    /// Handles served in user space.
+    fallback: Mutex<HashMap<u64, ()>>,
+}
+
+fn errno(e: CodaErrno) -> fuser::Errno {
+    fuser::Errno::from_i32(e.posix())
+}
+
+fn time(t: Timestamp) -> SystemTime {
+    if t.secs >= 0 {
+        UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
+    }
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        },
+        Err(e) => Timestamp {
+            secs: -(e.duration().as_secs() as i64),
+            nanos: 0,
+        },
+    }
+}
+
+fn kind(k: VnodeKind) -> FileType {
+    match k {
+        VnodeKind::File => FileType::RegularFile,
+        VnodeKind::Directory => FileType::Directory,
+        VnodeKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.mtime),
+        mtime: time(a.mtime),
+        ctime: time(a.ctime),
+        crtime: time(a.ctime),
+        kind: kind(a.kind),
+        perm: a.mode as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn name(n: &OsStr) -> Result<&str, fuser::Errno> {
+    n.to_str().ok_or(fuser::Errno::EINVAL)
+}
+
+impl Fuse {
+    pub fn new(venus: Arc<Mutex<Venus>>, control: &Path) -> Fuse {
+        Fuse {
+            venus,
+            control: control.as_os_str().as_encoded_bytes().to_vec(),
+            passthrough: AtomicBool::new(false),
+            backings: Mutex::new(HashMap::new()),
+            fallback: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Venus) -> Result<T, CodaErrno>,
+    ) -> Result<T, fuser::Errno> {
+        let mut v = self.venus.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut v).map_err(errno)
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, fuser::Errno>) {
+        match r {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Registers `file` as the kernel's backing file of `ino` (once per
+    /// inode: its handles share it); false where the kernel refuses.
+    fn backing(
+        &self,
+        ino: u64,
+        file: &std::fs::File,
+        open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> bool {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut b = self.backings.lock().unwrap();
+        if let Some((_, n)) = b.get_mut(&ino) {
+            *n += 1;
+            return true;
+        }
+        match open_backing(file) {
+            Ok(id) => {
+                b.insert(ino, (id, 1));
+                true
+            }
+            Err(e) => {
+                tracing::warn!("passthrough refused ({e}); serving reads and writes here");
+                self.passthrough.store(false, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    fn drop_backing(&self, ino: u64) {
+        let mut b = self.backings.lock().unwrap();
+        if let Some((_, n)) = b.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                b.remove(&ino);
+            }
+        }
+    }
+}
+
+impl Filesystem for Fuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        let want = InitFlags::FUSE_PASSTHROUGH;
+        if config.capabilities().contains(want)
+            && config.add_capabilities(want).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
+        tracing::info!(
+            "kernel passthrough: {}",
+            self.passthrough.load(Ordering::Relaxed)
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        let r = name(n).and_then(|n| self.with(|v| v.lookup(req.uid(), parent.0, n)));
+        self.entry(reply, r);
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.with(|v| v.getattr(req.uid(), ino.0)) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let mtime = mtime.map(|t| match t {
+            TimeOrNow::SpecificTime(t) => timestamp(t),
+            TimeOrNow::Now => Timestamp::now(),
+        });
+        match self.with(|v| v.setattr(req.uid(), ino.0, mode, uid, size, mtime)) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.with(|v| v.readlink(req.uid(), ino.0)) {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = name(n).and_then(|n| self.with(|v| v.mkdir(req.uid(), parent.0, n, mode & !umask)));
+        self.entry(reply, r);
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        match name(n).and_then(|n| self.with(|v| v.unlink(req.uid(), parent.0, n))) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        match name(n).and_then(|n| self.with(|v| v.rmdir(req.uid(), parent.0, n))) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, n: &OsStr, target: &Path, reply: ReplyEntry) {
+        let r = name(n).and_then(|n| {
+            let t = target.to_str().ok_or(fuser::Errno::EINVAL)?;
+            self.with(|v| v.symlink(req.uid(), parent.0, n, t))
+        });
+        self.entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.bits() != 0 {
+            // RENAME_NOREPLACE / EXCHANGE / WHITEOUT are not offered.
+            return reply.error(fuser::Errno::EINVAL);
+        }
+        let r = name(n).and_then(|n| {
+            let nn = name(newname)?;
+            self.with(|v| v.rename(req.uid(), parent.0, n, newparent.0, nn))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = name(newname).and_then(|n| self.with(|v| v.link(req.uid(), ino.0, newparent.0, n)));
+        self.entry(reply, r);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != fuser::OpenAccMode::O_RDONLY;
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        let (fh, file) = match self.with(|v| v.open(req.uid(), ino.0, write, truncate)) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let passed = self.backing(ino.0, &file, |f| reply.open_backing(f));
+        match passed {
+            true => {
+                let b = self.backings.lock().unwrap();
+                let (id, _) = &b[&ino.0];
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+            }
+            false => {
+                self.fallback.lock().unwrap().insert(fh, ());
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.with(|v| v.read(fh.0, offset, size)) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.with(|v| v.write(fh.0, offset, data)) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.with(|v| v.flush(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.with(|v| v.flush(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.with(|v| {
+            // A close that skipped flush (the kernel sends one per close,
+            // but mmap writes can outlive it) still stores.
+            let stored = v.flush(fh.0);
+            v.release(fh.0)?;
+            stored
+        });
+        if self.fallback.lock().unwrap().remove(&fh.0).is_none() {
+            self.drop_backing(ino.0);
+        }
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.with(|v| v.open_dir(req.uid(), ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = self.with(|v| {
+            let entries = v.listing(fh.0)?;
+            for (i, (n, ino, k)) in entries.iter().enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(*ino), i as u64 + 1, kind(*k), n) {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        let _ = self.with(|v| {
+            v.close_dir(fh.0);
+            Ok(())
+        });
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let (total, free, files) = self
+            .venus
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .statfs();
+        let bs = 4096u64;
+        reply.statfs(
+            total / bs,
+            free / bs,
+            free / bs,
+            files + 1_000_000,
+            1_000_000,
+            bs as u32,
+            255,
+            bs as u32,
+        );
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let made =
+            name(n).and_then(|n| self.with(|v| v.create(req.uid(), parent.0, n, mode & !umask)));
+        let (attr, fh, file) = match made {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let fa = file_attr(&attr);
+        let passed = self.backing(attr.ino, &file, |f| reply.open_backing(f));
+        match passed {
+            true => {
+                let b = self.backings.lock().unwrap();
+                let (id, _) = &b[&attr.ino];
+                reply.created_passthrough(
+                    &TTL,
+                    &fa,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                    id,
+                );
+            }
+            false => {
+                self.fallback.lock().unwrap().insert(fh, ());
+                reply.created(
+                    &TTL,
+                    &fa,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                );
+            }
+        }
+    }
+
+    /// Tools find the Venus behind any path by this attribute.
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
+        if n != control::XATTR {
+            return reply.error(fuser::Errno::from_i32(libc::ENODATA));
+        }
+        let value = &self.control;
+        match size {
+            0 => reply.size(value.len() as u32),
+            s if (s as usize) < value.len() => reply.error(fuser::Errno::from_i32(libc::ERANGE)),
+            _ => reply.data(value),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        // The control attribute is not listed: copies must not carry it.
+        match size {
+            0 => reply.size(0),
+            _ => reply.data(&[]),
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Venus's side of the wire: one RPC2 endpoint, a connection per server
+//! and user (a user with a token binds encrypted, everyone else shares an
+//! anonymous one), and the callback breaks servers send back.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use coda_proto::Errno;
+use coda_rpc2::codec::{self, Decode, Encode};
+use coda_rpc2::endpoint::{Auth, ConnId, Reply, SideEffect};
+use coda_rpc2::udp::{ClientThread, Request};
+use coda_rpc2::{Config, Credentials};
+
+/// Who a call is made for: a user with a token, or anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Principal {
+    Anyone,
+    User(i32),
+}
+
+/// A call that did not get an answer code: the server is unreachable or
+/// forgot the connection.
+#[derive(Debug, thiserror::Error)]
+#[error("{addr}: {error}")]
+pub struct LinkError {
+    pub addr: SocketAddr,
+    pub error: coda_rpc2::Error,
+}
+
+pub struct Link {
+    ct: ClientThread,
+    conns: Mutex<HashMap<(SocketAddr, Principal), ConnId>>,
+    /// Connections lost (timed out, or forgotten by a restarted server):
+    /// each loss means the promises made on it are gone.
+    lost: AtomicU64,
+}
+
+/// What a call returned.
+pub type Answer = Result<Reply, LinkError>;
+
+impl Link {
+    pub fn new() -> std::io::Result<Link> {
+        let ct = ClientThread::spawn(
+            "0.0.0.0:0".parse().expect("an address"),
+            Config {
+                peer_timeout: Duration::from_secs(15),
+                ..Config::default()
+            },
+        )?;
+        Ok(Link {
+            ct,
+            conns: Mutex::new(HashMap::new()),
+            lost: AtomicU64::new(0),
+        })
+    }
+
+    /// Calls the server at `addr` for `who` (binding first if needed). A
+    /// connection the server forgot (it restarted) is bound again and the
+    /// call repeated, unless it carried a side effect, which went with the
+    /// first attempt: then the caller repeats it ([`LinkError::rebound`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn call(
+        &self,
+        addr: SocketAddr,
+        who: Principal,
+        creds: Option<&Credentials>,
+        subsystem: u16,
+        opcode: u16,
+        body: Bytes,
+        side_effect: Option<SideEffect>,
+    ) -> Answer {
+        let retry = side_effect.is_none();
+        let conn = self.conn(addr, who, creds)?;
+        let error = match self
+            .ct
+            .call_blocking(conn, subsystem, opcode, body.clone(), side_effect)
+        {
+            Ok(r) => return Ok(r),
+            Err(error) => error,
+        };
+        let err = LinkError { addr, error };
+        if err.rebound()
+            || matches!(
+                err.error,
+                coda_rpc2::Error::Timeout | coda_rpc2::Error::Closed
+            )
+        {
+            self.forget(addr, who);
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+        if err.rebound() && retry {
+            tracing::info!("{err}; binding again");
+            return self.call_once(addr, who, creds, subsystem, opcode, body);
+        }
+        Err(err)
+    }
+
+    fn call_once(
+        &self,
+        addr: SocketAddr,
+        who: Principal,
+        creds: Option<&Credentials>,
+        subsystem: u16,
+        opcode: u16,
+        body: Bytes,
+    ) -> Answer {
+        let conn = self.conn(addr, who, creds)?;
+        self.ct
+            .call_blocking(conn, subsystem, opcode, body, None)
+            .map_err(|error| {
+                self.forget(addr, who);
+                LinkError { addr, error }
+            })
+    }
+
+    /// Calls and decodes the reply body; a non-zero code is the error.
+    pub fn call_decode<T: Decode>(
+        &self,
+        addr: SocketAddr,
+        who: Principal,
+        creds: Option<&Credentials>,
+        subsystem: u16,
+        opcode: u16,
+        req: &impl Encode,
+    ) -> Result<T, Errno> {
+        let r = self
+            .call(
+                addr,
+                who,
+                creds,
+                subsystem,
+                opcode,
+                codec::to_bytes(req),
+                None,
+            )
+            .map_err(|e| e.errno())?;
+        decode_reply(&r)
+    }
+
+    fn conn(
+        &self,
+        addr: SocketAddr,
+        who: Principal,
+        creds: Option<&Credentials>,
+    ) -> Result<ConnId, LinkError> {
+        if let Some(c) = self.conns.lock().unwrap().get(&(addr, who)) {
+            return Ok(*c);
+        }
+        let auth = match (who, creds) {
+            (Principal::User(_), Some(c)) => Auth::Encrypted(c.clone()),
+            _ => Auth::Anonymous,
+        };
+        let conn = self
+            .ct
+            .connect_blocking(addr, auth)
+            .map_err(|error| LinkError { addr, error })?;
+        self.conns.lock().unwrap().insert((addr, who), conn);
+        Ok(conn)
+    }
+
+    /// How many connections were lost so far.
+    pub fn rebinds(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Drops a connection (a token changed, or the server forgot it).
+    pub fn forget(&self, addr: SocketAddr, who: Principal) {
+        self.conns.lock().unwrap().remove(&(addr, who));
+    }
+
+    /// Drops every connection of `who`.
+    pub fn forget_principal(&self, who: Principal) {
+        self.conns.lock().unwrap().retain(|(_, w), _| *w != who);
+    }
+
+    /// Calls servers make of Venus (callback breaks).
+    pub fn next_request(&self) -> Option<Request> {
+        self.ct.requests().recv_blocking().ok()
+    }
+
+    pub fn answer(&self, req: &Request, code: Errno, body: Bytes) {
+        self.ct.reply(req.id, code.0, body);
+    }
+}
+
+impl LinkError {
+    /// The server forgot the connection (it restarted); a new one is bound
+    /// on the next call.
+    pub fn rebound(&self) -> bool {
+        matches!(
+            self.error,
+            coda_rpc2::Error::Unbound | coda_rpc2::Error::NoConnection
+        )
+    }
+
+    /// What a program sees when the server could not be reached.
+    pub fn errno(&self) -> Errno {
+        match self.error {
+            coda_rpc2::Error::Rejected(_) => Errno::EACCES,
+            coda_rpc2::Error::Io { .. } => Errno::EIO,
+            _ => Errno::ETIMEDOUT,
+        }
+    }
+}
+
+/// The reply's body as `T`, or its code as the error.
+pub fn decode_reply<T: Decode>(r: &Reply) -> Result<T, Errno> {
+    if r.code != 0 {
+        return Err(Errno(r.code));
+    }
+    codec::from_bytes(&r.body).map_err(|e| {
+        tracing::warn!("a reply that does not decode: {e}");
+        Errno::EIO
+    })
+}
