@@ -125,6 +125,16 @@ fn apply(
         if touched.contains(&fid) {
             return Ok(());
         }
+        let links = v
+            .cache
+            .objs
+            .get(&fid)
+            .and_then(|o| o.rec.status.as_ref())
+            .map_or(0, |s| s.link_count);
+        if links > 1 {
+            // Another name still holds it: only its link count changed.
+            return v.refresh(uid, fid);
+        }
         match v.cache.objs.get_mut(&fid) {
             Some(o) if o.opens > 0 => {
                 o.orphan = true;

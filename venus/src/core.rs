@@ -467,6 +467,15 @@ impl Venus {
         Ok(o.rec.status.clone().expect("status just made current"))
     }
 
+    /// Fetches an object's status afresh.
+    pub(crate) fn refresh(&mut self, uid: u32, fid: Fid) -> Result<()> {
+        if let Some(o) = self.cache.objs.get_mut(&fid) {
+            o.valid = false;
+            o.rights.clear();
+        }
+        self.status(uid, fid).map(|_| ())
+    }
+
     /// Records a status from a server.
     pub(crate) fn take_status(&mut self, fid: Fid, status: Status, key: Option<i32>) -> Result<()> {
         let root = fid == self.root;
