@@ -1107,6 +1107,34 @@ impl Venus {
         self.attr(fid)
     }
 
+    /// access(2) by Coda's rights: reading a file needs `r` (and the owner
+    /// read bit), writing `w`, executing `r` and an execute bit; in a
+    /// directory, looking up needs `l`, changing it `i` or `d`.
+    pub fn access(
+        &mut self,
+        uid: u32,
+        ino: u64,
+        read: bool,
+        write: bool,
+        exec: bool,
+    ) -> Result<()> {
+        let fid = self.fid_of(ino)?;
+        let (s, r) = self.rights(uid, fid)?;
+        let owner = self.rights_key(uid) == Some(s.owner as i32);
+        let ok = match s.kind {
+            VnodeKind::Directory => {
+                (!(read || exec) || r.contains(Rights::LOOKUP))
+                    && (!write || r.contains(Rights::INSERT) || r.contains(Rights::DELETE))
+            }
+            _ => {
+                (!read || (r.contains(Rights::READ) && (s.mode & 0o400 != 0 || owner)))
+                    && (!write || (r.contains(Rights::WRITE) && (s.mode & 0o200 != 0 || owner)))
+                    && (!exec || (r.contains(Rights::READ) && s.mode & 0o111 != 0))
+            }
+        };
+        ok.then_some(()).ok_or(Errno::EACCES)
+    }
+
     pub fn statfs(&self) -> (u64, u64, u64) {
         let used = self.cache.bytes;
         (

@@ -513,6 +513,18 @@ impl Filesystem for Fuse {
         }
     }
 
+    fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let (r, w, x) = (
+            mask.contains(fuser::AccessFlags::R_OK),
+            mask.contains(fuser::AccessFlags::W_OK),
+            mask.contains(fuser::AccessFlags::X_OK),
+        );
+        match self.with(|v| v.access(req.uid(), ino.0, r, w, x)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     /// Tools find the Venus behind any path by this attribute.
     fn getxattr(&self, _req: &Request, _ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
         if n != control::XATTR {
