@@ -832,12 +832,15 @@ impl Venus {
         if !h.dirty && now == h.opened {
             return Ok(());
         }
-        let (fid, uid, file) = (h.fid, h.uid, h.file.clone());
+        let (fid, uid, file, before) = (h.fid, h.uid, h.file.clone(), h.opened.0);
         let result = crate::cml::store(self, uid, fid, &file, ts_of(m.mtime(), m.mtime_nsec()));
         if let Some(h) = self.handles.get_mut(&fh) {
             h.dirty = false;
             h.opened = now;
         }
+        // Written data counts against the cache limit like fetched data.
+        self.cache.bytes = (self.cache.bytes + now.0).saturating_sub(before);
+        self.evict()?;
         result
     }
 
