@@ -11,8 +11,11 @@ pub mod venus;
 /// A workspace binary, built on demand when the test runs alone.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    // target/release/deps/<test> -> target/release/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // target/release/deps/<test> or target/release/<bin> -> target/release/<name>
+    let mut dir = exe.parent().expect("target dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("target dir");
+    }
     let path = dir.join(name);
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
