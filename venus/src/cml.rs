@@ -6,7 +6,7 @@
 
 use std::fs::File;
 
-use coda_proto::cml::{CmlRecord, Op, Store};
+use coda_proto::cml::{self, CmlRecord, Op, Store};
 use coda_proto::vice::{op, MutateReply};
 use coda_proto::{Errno, Fid, Status, Timestamp, VnodeKind};
 use coda_rpc2::codec;
@@ -111,81 +111,54 @@ fn apply(
     for s in statuses {
         v.take_status(s.fid, s, key)?;
     }
-    let keep = |v: &mut Venus, fid: Fid| -> Result<()> {
-        if current.contains(&fid) {
-            if let Some(o) = v.cache.objs.get_mut(&fid) {
-                o.rec.data = o.rec.status.as_ref().map(|s| s.vv.store_id);
-            }
-            v.cache.save(fid)?;
-        }
-        Ok(())
-    };
     let made = |dir: Fid| touched.iter().copied().find(|f| *f != dir);
+    // An object the record unbound: gone, or kept while open.
     let gone = |v: &mut Venus, fid: Fid| -> Result<()> {
-        if touched.contains(&fid) {
+        let Some(o) = v.cache.objs.get_mut(&fid) else {
+            return Ok(());
+        };
+        // A directory's count includes its own "." and its children's "..".
+        let links = match o.rec.status.as_ref() {
+            Some(s) if s.kind != VnodeKind::Directory => s.link_count,
+            _ => 0,
+        };
+        if touched.contains(&fid) || links > 1 {
+            // Another name still holds it: refreshed below.
             return Ok(());
         }
-        let links = v
-            .cache
-            .objs
-            .get(&fid)
-            .and_then(|o| o.rec.status.as_ref())
-            .map_or(0, |s| s.link_count);
-        if links > 1 {
-            // Another name still holds it: only its link count changed.
-            return v.refresh(uid, fid);
+        if o.opens > 0 {
+            o.orphan = true;
+            return Ok(());
         }
-        match v.cache.objs.get_mut(&fid) {
-            Some(o) if o.opens > 0 => {
-                o.orphan = true;
-                Ok(())
-            }
-            Some(_) => Ok(v.cache.drop_obj(fid)?),
-            None => Ok(()),
-        }
+        Ok(v.cache.drop_obj(fid)?)
     };
     let mut created = None;
     match &record.op {
-        Op::Create(c) => {
-            created = made(c.dir);
+        Op::Create(c) => created = made(c.dir),
+        Op::MakeDir(c) => created = made(c.dir),
+        Op::SymLink(c) => created = made(c.dir),
+        _ => {}
+    }
+    match &record.op {
+        Op::Create(cml::Create { dir, name, .. })
+        | Op::MakeDir(cml::MakeDir { dir, name, .. })
+        | Op::SymLink(cml::SymLink { dir, name, .. }) => {
             if let Some(f) = created {
-                v.cache.add_entry(c.dir, &c.name, f)?;
+                v.cache.add_entry(*dir, name, f)?;
             }
-            keep(v, c.dir)?;
         }
-        Op::MakeDir(c) => {
-            created = made(c.dir);
-            if let Some(f) = created {
-                v.cache.add_entry(c.dir, &c.name, f)?;
-            }
-            keep(v, c.dir)?;
-        }
-        Op::SymLink(c) => {
-            created = made(c.dir);
-            if let Some(f) = created {
-                v.cache.add_entry(c.dir, &c.name, f)?;
-            }
-            keep(v, c.dir)?;
-        }
-        Op::Link(l) => {
-            v.cache.add_entry(l.dir, &l.name, l.fid)?;
-            keep(v, l.dir)?;
-        }
+        Op::Link(l) => v.cache.add_entry(l.dir, &l.name, l.fid)?,
         Op::Remove(r) => {
             v.cache.remove_entry(r.dir, &r.name)?;
-            keep(v, r.dir)?;
             gone(v, r.fid)?;
         }
         Op::RemoveDir(r) => {
             v.cache.remove_entry(r.dir, &r.name)?;
-            keep(v, r.dir)?;
             gone(v, r.fid)?;
         }
         Op::Rename(r) => {
             v.cache.remove_entry(r.from_dir, &r.from_name)?;
             v.cache.add_entry(r.to_dir, &r.to_name, r.fid)?;
-            keep(v, r.from_dir)?;
-            keep(v, r.to_dir)?;
             if let Some(old) = r.replaced {
                 gone(v, old)?;
             }
@@ -203,14 +176,28 @@ fn apply(
                     f.set_len(len).map_err(|_| Errno::EIO)?;
                 }
             }
-            keep(v, a.fid)?;
         }
-        Op::Store(s) => {
-            let o = v.cache.objs.get_mut(&s.fid).ok_or(Errno::ENOENT)?;
+        Op::Store(_) | Op::SetAcl(_) => {}
+    }
+    // Every object the record touched now has a new version. Cached data
+    // that was current still is (the same change was made to it here, or
+    // the change left the data alone): a later store from an open file
+    // must name the new version, or the server sees a conflict.
+    for fid in record.op.fids() {
+        let Some(o) = v.cache.objs.get(&fid) else {
+            continue;
+        };
+        if o.orphan || fid.is_local() {
+            continue;
+        }
+        if !touched.contains(&fid) {
+            v.refresh(uid, fid)?;
+        }
+        if current.contains(&fid) || matches!(record.op, Op::Store(_)) {
+            let o = v.cache.objs.get_mut(&fid).expect("still cached");
             o.rec.data = o.rec.status.as_ref().map(|s| s.vv.store_id);
-            v.cache.save(s.fid)?;
+            v.cache.save(fid)?;
         }
-        Op::SetAcl(a) => keep(v, a.dir)?,
     }
     v.untrust(volume(&record.op));
     Ok(created)
