@@ -151,6 +151,22 @@ codec_struct! {
 }
 
 impl Op {
+    /// The volume a record changes (a rename's source directory's).
+    pub fn volume(&self) -> crate::fid::VolumeId {
+        match self {
+            Op::Store(r) => r.fid.volume,
+            Op::SetAttr(r) => r.fid.volume,
+            Op::Create(r) => r.dir.volume,
+            Op::Remove(r) => r.dir.volume,
+            Op::Link(r) => r.dir.volume,
+            Op::Rename(r) => r.from_dir.volume,
+            Op::MakeDir(r) => r.dir.volume,
+            Op::RemoveDir(r) => r.dir.volume,
+            Op::SymLink(r) => r.dir.volume,
+            Op::SetAcl(r) => r.dir.volume,
+        }
+    }
+
     /// The objects a record changes, for locking and callbacks.
     pub fn fids(&self) -> Vec<Fid> {
         match self {

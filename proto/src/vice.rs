@@ -49,6 +49,22 @@ pub mod op {
     pub const LOOKUP_PRINCIPALS: u16 = 23;
 }
 
+/// The call that carries one record of this kind on its own.
+pub fn direct_opcode(op: &Op) -> u16 {
+    match op {
+        Op::Store(_) => op::STORE,
+        Op::SetAttr(_) => op::SET_ATTR,
+        Op::Create(_) => op::CREATE,
+        Op::Remove(_) => op::REMOVE,
+        Op::Link(_) => op::LINK,
+        Op::Rename(_) => op::RENAME,
+        Op::MakeDir(_) => op::MAKE_DIR,
+        Op::RemoveDir(_) => op::REMOVE_DIR,
+        Op::SymLink(_) => op::SYMLINK,
+        Op::SetAcl(_) => op::SET_ACL,
+    }
+}
+
 /// Longest name in a directory, in bytes.
 pub const NAME_BYTES_MAX: usize = 255;
 

@@ -49,8 +49,13 @@ impl Server {
     }
 
     pub fn start_in(root: &Path, cores: u32) -> Server {
+        Server::start_at(root, "127.0.0.1:0", cores)
+    }
+
+    /// A server listening at `listen` (a restart keeps its address).
+    pub fn start_at(root: &Path, listen: &str, cores: u32) -> Server {
         let mut child = Command::new(bin("codasrv"))
-            .args(["--root", root.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(["--root", root.to_str().unwrap(), "--listen", listen])
             .args(["--cores", &cores.to_string()])
             .env("CODA_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .stdout(Stdio::piped())
@@ -108,6 +113,27 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), for file contents.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// FNV-1a, 64 bits: enough to tell two buffers apart in a message.
+pub fn checksum(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Runs a tool to completion (at most 60 s), feeding `stdin`.

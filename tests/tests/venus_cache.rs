@@ -9,36 +9,14 @@
 //!   with cargo inside the mount, reads back identically on a second client.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use coda_rpc2::endpoint::Auth;
 use coda_tests::venus::{eventually, fsx, is_mounted, sh_in, Venus};
-use coda_tests::{bin, Server, ADMIN_PASSWORD};
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// FNV-1a, 64 bits: enough to tell two buffers apart in a message.
-fn checksum(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
+use coda_tests::{checksum, pattern, Server};
 
 /// The server's call counters by opcode, asked anonymously (one shard).
 fn server_calls(addr: &str) -> BTreeMap<u16, u64> {
@@ -244,75 +222,6 @@ fn a_restarted_venus_fetches_nothing_it_had() {
     );
 }
 
-/// A `codasrv` on a fixed address, so a restart keeps its port; killed
-/// when dropped.
-struct FixedServer {
-    child: Child,
-    addr: String,
-}
-
-impl FixedServer {
-    fn start(root: &Path, addr: &str) -> FixedServer {
-        let mut child = Command::new(bin("codasrv"))
-            .args(["--root", root.to_str().unwrap(), "--listen", addr])
-            .args(["--cores", "1"])
-            .env("CODA_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("codasrv starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("codasrv never said ready");
-            }
-        };
-        let said = line
-            .trim()
-            .strip_prefix("codasrv ready on ")
-            .map(str::to_string);
-        let Some(said) = said else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("unexpected first line {line:?}");
-        };
-        assert_eq!(said, addr, "codasrv listens where it was told");
-        FixedServer { child, addr: said }
-    }
-
-    /// SIGTERM, and a clean exit within 30 s.
-    fn terminate(mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let began = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "codasrv exited with {status} on SIGTERM");
-                return;
-            }
-            assert!(
-                began.elapsed() < Duration::from_secs(30),
-                "codasrv ignored SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for FixedServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A UDP port nobody uses right now on 127.0.0.1.
 fn free_udp_port() -> u16 {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -325,7 +234,8 @@ fn codasrv_restart_under_a_mounted_client() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("vice");
     let addr = format!("127.0.0.1:{}", free_udp_port());
-    let srv = FixedServer::start(&root, &addr);
+    let srv = Server::start_at(&root, &addr, 1);
+    assert_eq!(srv.addr, addr, "codasrv listens where it was told");
     let v = Venus::start(&srv.addr);
     v.clog_admin();
     let old: Vec<(String, Vec<u8>)> = (0..8)
@@ -345,8 +255,12 @@ fn codasrv_restart_under_a_mounted_client() {
     fsx::write(v.path("olddir/to-rename"), b"renamed after the restart").unwrap();
     read_all_and_compare(&v, &old, "before the server restart");
 
-    srv.terminate();
-    let srv = FixedServer::start(&root, &addr);
+    assert!(
+        srv.terminate().success(),
+        "codasrv exits cleanly on SIGTERM"
+    );
+    let srv = Server::start_at(&root, &addr, 1);
+    assert_eq!(srv.addr, addr, "codasrv listens where it was told");
     let restarted = Instant::now();
 
     // The first access that needs the server: a new file. Tried once; if it

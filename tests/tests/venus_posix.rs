@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coda_tests::venus::{eventually, fsx, is_mounted, timed_for, Venus};
-use coda_tests::Server;
+use coda_tests::{checksum, pattern, Server};
 
 /// A cell with one shard and one client logged in as admin. The client is
 /// declared first so it is dropped (unmounted) before the server.
@@ -44,27 +44,6 @@ fn assert_errno<T: Debug>(what: &str, r: io::Result<T>, want: i32) {
         io::Error::from_raw_os_error(got),
         io::Error::from_raw_os_error(want)
     );
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// FNV-1a, 64 bits: enough to tell two 3 MiB buffers apart in a message.
-fn checksum(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 #[test]

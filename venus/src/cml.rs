@@ -7,34 +7,13 @@
 use std::fs::File;
 
 use coda_proto::cml::{self, CmlRecord, Op, Store};
-use coda_proto::vice::{op, MutateReply};
+use coda_proto::vice::{direct_opcode, MutateReply};
 use coda_proto::{Errno, Fid, Status, Timestamp, VnodeKind};
 use coda_rpc2::codec;
 use coda_rpc2::endpoint::SideEffect;
 use coda_rpc2::Source;
 
 use crate::core::{hash_file, Result, Venus};
-
-/// The opcode of the direct call that carries one record.
-fn opcode(op: &Op) -> u16 {
-    match op {
-        Op::Store(_) => op::STORE,
-        Op::SetAttr(_) => op::SET_ATTR,
-        Op::Create(_) => op::CREATE,
-        Op::Remove(_) => op::REMOVE,
-        Op::Link(_) => op::LINK,
-        Op::Rename(_) => op::RENAME,
-        Op::MakeDir(_) => op::MAKE_DIR,
-        Op::RemoveDir(_) => op::REMOVE_DIR,
-        Op::SymLink(_) => op::SYMLINK,
-        Op::SetAcl(_) => op::SET_ACL,
-    }
-}
-
-/// The volume a record changes.
-fn volume(op: &Op) -> u64 {
-    op.fids().first().map_or(0, |f| f.volume)
-}
 
 /// Makes `op` a record, ships it, and applies it to the cache. Returns the
 /// real fid of an object it created.
@@ -78,8 +57,12 @@ pub fn store(v: &mut Venus, uid: u32, fid: Fid, file: &File, mtime: Timestamp) -
 /// Sends one record by its direct call; the statuses of what it touched.
 fn ship(v: &mut Venus, uid: u32, record: &CmlRecord, data: Option<&File>) -> Result<Vec<Status>> {
     let body = codec::to_bytes(record);
-    let (reply, _): (MutateReply, _) =
-        v.call_retry(uid, volume(&record.op), opcode(&record.op), body, |_| {
+    let (reply, _): (MutateReply, _) = v.call_retry(
+        uid,
+        record.op.volume(),
+        direct_opcode(&record.op),
+        body,
+        |_| {
             Ok(match data {
                 Some(f) => Some(SideEffect::Send(Source::File {
                     file: f.try_clone().map_err(|_| Errno::EIO)?,
@@ -87,7 +70,8 @@ fn ship(v: &mut Venus, uid: u32, record: &CmlRecord, data: Option<&File>) -> Res
                 })),
                 None => None,
             })
-        })?;
+        },
+    )?;
     Ok(reply.statuses)
 }
 
@@ -199,6 +183,6 @@ fn apply(
             v.cache.save(fid)?;
         }
     }
-    v.untrust(volume(&record.op));
+    v.untrust(record.op.volume());
     Ok(created)
 }

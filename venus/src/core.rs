@@ -868,24 +868,33 @@ impl Venus {
         name: &str,
         mode: u32,
     ) -> Result<(Attr, u64, Arc<File>)> {
-        let dir = self.fid_of(parent)?;
-        self.check_new_name(uid, dir, name)?;
-        let fid = self.local_fid(dir.volume);
-        let made = crate::cml::mutate(
-            self,
-            uid,
+        let fid = self.make(uid, parent, name, |dir, name, fid| {
             Op::Create(cml::Create {
                 dir,
-                name: name.into(),
+                name,
                 fid,
                 mode: mode & 0o7777,
-            }),
-        )?;
-        let fid = made.ok_or(Errno::EIO)?;
+            })
+        })?;
         self.empty_container(fid)?;
         let attr = self.attr(fid)?;
         let (fh, file) = self.open(uid, attr.ino, true, false)?;
         Ok((attr, fh, file))
+    }
+
+    /// Makes a new object named `name` in `parent` by the record `op`
+    /// builds (from the directory, the name and a made-up fid); its real fid.
+    fn make(
+        &mut self,
+        uid: u32,
+        parent: u64,
+        name: &str,
+        op: impl FnOnce(Fid, String, Fid) -> Op,
+    ) -> Result<Fid> {
+        let dir = self.fid_of(parent)?;
+        self.check_new_name(uid, dir, name)?;
+        let fid = self.local_fid(dir.volume);
+        crate::cml::mutate(self, uid, op(dir, name.into(), fid))?.ok_or(Errno::EIO)
     }
 
     /// The directory exists and is current, and `name` is a valid new name.
@@ -898,20 +907,14 @@ impl Venus {
     }
 
     pub fn mkdir(&mut self, uid: u32, parent: u64, name: &str, mode: u32) -> Result<Attr> {
-        let dir = self.fid_of(parent)?;
-        self.check_new_name(uid, dir, name)?;
-        let fid = self.local_fid(dir.volume);
-        let made = crate::cml::mutate(
-            self,
-            uid,
+        let fid = self.make(uid, parent, name, |dir, name, fid| {
             Op::MakeDir(cml::MakeDir {
                 dir,
-                name: name.into(),
+                name,
                 fid,
                 mode: mode & 0o7777,
-            }),
-        )?;
-        let fid = made.ok_or(Errno::EIO)?;
+            })
+        })?;
         // A new directory is empty: nothing to fetch.
         self.cache.set_entries(fid, &[])?;
         let o = self.cache.objs.get_mut(&fid).expect("made");
@@ -921,21 +924,15 @@ impl Venus {
     }
 
     pub fn symlink(&mut self, uid: u32, parent: u64, name: &str, target: &str) -> Result<Attr> {
-        let dir = self.fid_of(parent)?;
-        self.check_new_name(uid, dir, name)?;
-        let fid = self.local_fid(dir.volume);
-        let made = crate::cml::mutate(
-            self,
-            uid,
+        let fid = self.make(uid, parent, name, |dir, name, fid| {
             Op::SymLink(cml::SymLink {
                 dir,
-                name: name.into(),
+                name,
                 fid,
                 target: target.into(),
                 mode: 0o777,
-            }),
-        )?;
-        let fid = made.ok_or(Errno::EIO)?;
+            })
+        })?;
         let o = self.cache.objs.get_mut(&fid).expect("made");
         o.rec.target = target.into();
         o.rec.data = o.rec.status.as_ref().map(|s| s.vv.store_id);

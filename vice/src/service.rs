@@ -471,10 +471,10 @@ impl Service {
             }
             op::SET_ATTR..=op::SET_ACL => {
                 let record: CmlRecord = decode(body)?;
-                if !matches_opcode(&record.op, opcode) {
+                if matches!(record.op, Op::Store(_)) || vice::direct_opcode(&record.op) != opcode {
                     return Err(Errno::BAD_REQUEST);
                 }
-                let vol = record_volume(&record.op);
+                let vol = record.op.volume();
                 let (reply, commit, changed) = self
                     .mutate(id.conn, caller, vol, &[record], &mut |_| None)
                     .map_err(|c| Errno(c.code))?;
@@ -879,7 +879,7 @@ impl Service {
     /// Points the vnode at a store's new (synced) container.
     fn store(&mut self, id: IncomingId, record: &CmlRecord, data: NewData, out: &mut Vec<Action>) {
         let caller = self.known_caller(id.conn);
-        let vol = record_volume(&record.op);
+        let vol = record.op.volume();
         let done = self.mutate(
             id.conn,
             &caller,
@@ -1507,37 +1507,6 @@ fn check_store(
 }
 
 /// Whether a direct mutation's record is the one its opcode names.
-fn matches_opcode(op: &Op, opcode: u16) -> bool {
-    matches!(
-        (op, opcode),
-        (Op::SetAttr(_), op::SET_ATTR)
-            | (Op::Create(_), op::CREATE)
-            | (Op::Remove(_), op::REMOVE)
-            | (Op::Link(_), op::LINK)
-            | (Op::Rename(_), op::RENAME)
-            | (Op::MakeDir(_), op::MAKE_DIR)
-            | (Op::RemoveDir(_), op::REMOVE_DIR)
-            | (Op::SymLink(_), op::SYMLINK)
-            | (Op::SetAcl(_), op::SET_ACL)
-    )
-}
-
-/// The volume a record changes (a rename's source directory's).
-pub fn record_volume(op: &Op) -> VolumeId {
-    match op {
-        Op::Store(r) => r.fid.volume,
-        Op::SetAttr(r) => r.fid.volume,
-        Op::Create(r) => r.dir.volume,
-        Op::Remove(r) => r.dir.volume,
-        Op::Link(r) => r.dir.volume,
-        Op::Rename(r) => r.from_dir.volume,
-        Op::MakeDir(r) => r.dir.volume,
-        Op::RemoveDir(r) => r.dir.volume,
-        Op::SymLink(r) => r.dir.volume,
-        Op::SetAcl(r) => r.dir.volume,
-    }
-}
-
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

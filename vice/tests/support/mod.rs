@@ -313,18 +313,8 @@ impl World {
 
     /// A direct (connected) update: the statuses it answers.
     pub fn mutate(&mut self, c: &mut Client, op: Op) -> Result<Vec<Status>, Errno> {
-        let opcode = match &op {
-            Op::Store(_) => panic!("use store()"),
-            Op::SetAttr(_) => op::SET_ATTR,
-            Op::Create(_) => op::CREATE,
-            Op::Remove(_) => op::REMOVE,
-            Op::Link(_) => op::LINK,
-            Op::Rename(_) => op::RENAME,
-            Op::MakeDir(_) => op::MAKE_DIR,
-            Op::RemoveDir(_) => op::REMOVE_DIR,
-            Op::SymLink(_) => op::SYMLINK,
-            Op::SetAcl(_) => op::SET_ACL,
-        };
+        assert!(!matches!(op, Op::Store(_)), "use store()");
+        let opcode = vice::direct_opcode(&op);
         let rec = c.record(op);
         self.vice::<MutateReply>(c, opcode, &rec)
             .map(|r| r.statuses)
