@@ -112,7 +112,7 @@ impl Venus {
     }
 
     /// The next event of a stream begun with `Request::Events`.
-    pub fn next(&mut self) -> Result<Option<Reply>> {
+    pub fn next_event(&mut self) -> Result<Option<Reply>> {
         Ok(control::receive(&mut self.stream)?)
     }
 

@@ -232,9 +232,7 @@ fn list_cache(v: &Venus, mount: &Path, within: Option<u64>) -> Vec<CacheEntry> {
         let mut parts = Vec::new();
         let mut at = fid;
         while at != v.root {
-            let Some((dir, name)) = names.get(&at) else {
-                return None;
-            };
+            let (dir, name) = names.get(&at)?;
             parts.push(*name);
             at = *dir;
             if parts.len() > 4096 {

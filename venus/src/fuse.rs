@@ -88,6 +88,14 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// Answers a request that returns nothing but success or an error.
+fn done(reply: ReplyEmpty, r: Result<(), fuser::Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
 fn name(n: &OsStr) -> Result<&str, fuser::Errno> {
     n.to_str().ok_or(fuser::Errno::EINVAL)
 }
@@ -238,17 +246,17 @@ impl Filesystem for Fuse {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        match name(n).and_then(|n| self.with(|v| v.unlink(req.uid(), parent.0, n))) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(
+            reply,
+            name(n).and_then(|n| self.with(|v| v.unlink(req.uid(), parent.0, n))),
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        match name(n).and_then(|n| self.with(|v| v.rmdir(req.uid(), parent.0, n))) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(
+            reply,
+            name(n).and_then(|n| self.with(|v| v.rmdir(req.uid(), parent.0, n))),
+        );
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, n: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -277,10 +285,7 @@ impl Filesystem for Fuse {
             let nn = name(newname)?;
             self.with(|v| v.rename(req.uid(), parent.0, n, newparent.0, nn))
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, r);
     }
 
     fn link(
@@ -359,10 +364,7 @@ impl Filesystem for Fuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.with(|v| v.flush(fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.with(|v| v.flush(fh.0)));
     }
 
     fn fsync(
@@ -373,10 +375,7 @@ impl Filesystem for Fuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.with(|v| v.flush(fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.with(|v| v.flush(fh.0)));
     }
 
     fn release(
@@ -399,10 +398,7 @@ impl Filesystem for Fuse {
         if self.fallback.lock().unwrap().remove(&fh.0).is_none() {
             self.drop_backing(ino.0);
         }
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, r);
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -519,10 +515,7 @@ impl Filesystem for Fuse {
             mask.contains(fuser::AccessFlags::W_OK),
             mask.contains(fuser::AccessFlags::X_OK),
         );
-        match self.with(|v| v.access(req.uid(), ino.0, r, w, x)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.with(|v| v.access(req.uid(), ino.0, r, w, x)));
     }
 
     /// Tools find the Venus behind any path by this attribute.

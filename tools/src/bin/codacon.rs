@@ -17,7 +17,7 @@ struct Args {
 fn run(args: Args) -> Result<()> {
     let mut venus = Venus::find(&args.mount, None)?;
     venus.ask(&Request::Events(()))?;
-    while let Some(r) = venus.next()? {
+    while let Some(r) = venus.next_event()? {
         let Reply::Event(e) = r else {
             return Err(unexpected(r));
         };
