@@ -73,48 +73,35 @@ impl Link {
         body: Bytes,
         side_effect: Option<SideEffect>,
     ) -> Answer {
-        let retry = side_effect.is_none();
-        let conn = self.conn(addr, who, creds)?;
-        let error = match self
-            .ct
-            .call_blocking(conn, subsystem, opcode, body.clone(), side_effect)
-        {
-            Ok(r) => return Ok(r),
-            Err(error) => error,
-        };
-        let err = LinkError { addr, error };
-        if err.rebound()
-            || matches!(
+        // A repeat needs the side effect again, and it went with the first try.
+        let mut tries = if side_effect.is_none() { 2 } else { 1 };
+        let mut side_effect = side_effect;
+        loop {
+            tries -= 1;
+            let conn = self.conn(addr, who, creds)?;
+            let err = match self.ct.call_blocking(
+                conn,
+                subsystem,
+                opcode,
+                body.clone(),
+                side_effect.take(),
+            ) {
+                Ok(r) => return Ok(r),
+                Err(error) => LinkError { addr, error },
+            };
+            let gone = matches!(
                 err.error,
                 coda_rpc2::Error::Timeout | coda_rpc2::Error::Closed
-            )
-        {
-            self.forget(addr, who);
-            self.lost.fetch_add(1, Ordering::Relaxed);
-        }
-        if err.rebound() && retry {
-            tracing::info!("{err}; binding again");
-            return self.call_once(addr, who, creds, subsystem, opcode, body);
-        }
-        Err(err)
-    }
-
-    fn call_once(
-        &self,
-        addr: SocketAddr,
-        who: Principal,
-        creds: Option<&Credentials>,
-        subsystem: u16,
-        opcode: u16,
-        body: Bytes,
-    ) -> Answer {
-        let conn = self.conn(addr, who, creds)?;
-        self.ct
-            .call_blocking(conn, subsystem, opcode, body, None)
-            .map_err(|error| {
+            );
+            if err.rebound() || gone {
                 self.forget(addr, who);
-                LinkError { addr, error }
-            })
+                self.lost.fetch_add(1, Ordering::Relaxed);
+            }
+            if !err.rebound() || tries == 0 {
+                return Err(err);
+            }
+            tracing::info!("{err}; binding again");
+        }
     }
 
     /// Calls and decodes the reply body; a non-zero code is the error.
