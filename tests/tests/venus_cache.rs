@@ -640,3 +640,126 @@ fn a_file_renamed_or_linked_while_open_keeps_its_data() {
         began.elapsed()
     );
 }
+
+/// Lists every name under `dir` with its attributes, through the mount.
+fn stat_tree(v: &Venus, rel: &str) -> usize {
+    let names = fsx::read_dir_names(v.path(rel)).unwrap();
+    for n in &names {
+        fsx::metadata(v.path(format!("{rel}/{n}"))).unwrap();
+    }
+    names.len()
+}
+
+#[test]
+fn a_volume_stamp_vouches_for_a_restarted_cache() {
+    use coda_proto::vice::op::{GET_ATTR, GET_VOLUME_INFO, VALIDATE_ATTRS};
+    let srv = Server::start(1);
+    let d = dirs();
+    // More objects than one validation call carries (a thousand), so a
+    // cache validated object by object needs two calls; one by the stamp.
+    const FILES: usize = 1100;
+    let v = Venus::start_with(&srv.addr, &d.cache, &d.mount);
+    v.clog_admin();
+    let out = v.sh(
+        "mkdir many && cd many && for i in $(seq 1 1100); do : > f$i; done && echo one > f1",
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stat_tree(&v, "many"), FILES);
+
+    let count = |v: Venus, what: &str| -> (Venus, BTreeMap<u16, u64>) {
+        assert!(v.stop().success());
+        let before = server_calls(&srv.addr);
+        let v = Venus::start_with(&srv.addr, &d.cache, &d.mount);
+        v.clog_admin();
+        assert_eq!(stat_tree(&v, "many"), FILES, "{what}");
+        let calls = delta(&before, &server_calls(&srv.addr));
+        eprintln!("{what}: calls by opcode {calls:?}");
+        (v, calls)
+    };
+    let n = |c: &BTreeMap<u16, u64>, op| c.get(&op).copied().unwrap_or(0);
+
+    // The first restart checks every object (our own updates moved the
+    // stamp on), taking the stamp first; no object is asked for alone.
+    let (v, first) = count(v, "first restart");
+    assert!(n(&first, VALIDATE_ATTRS) >= 2, "{first:?}");
+    assert!(n(&first, GET_ATTR) <= 2, "{first:?}");
+    // The second restart: nothing changed, so the stamp vouches for all.
+    let (v, second) = count(v, "second restart");
+    assert_eq!(
+        n(&second, VALIDATE_ATTRS),
+        1,
+        "{second:?}\n{}",
+        v.log_tail()
+    );
+    assert_eq!(n(&second, GET_VOLUME_INFO), 0, "{second:?}");
+    assert!(n(&second, GET_ATTR) <= 2, "{second:?}");
+
+    // A change made by another client while this one is down moves the
+    // stamp: the restarted client checks object by object and sees it.
+    assert!(v.stop().success());
+    let w = Venus::start(&srv.addr);
+    w.clog_admin();
+    fsx::write(w.path("many/f1"), "changed elsewhere").unwrap();
+    drop(w);
+    let v = Venus::start_with(&srv.addr, &d.cache, &d.mount);
+    v.clog_admin();
+    assert_eq!(
+        fsx::read_to_string(v.path("many/f1")).unwrap(),
+        "changed elsewhere"
+    );
+    assert_eq!(stat_tree(&v, "many"), FILES);
+}
+
+/// Bytes of file data the cache holds now (its container files).
+fn container_bytes(cache: &Path) -> u64 {
+    std::fs::read_dir(cache.join("containers"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn the_cache_limit_evicts_the_least_recently_used_files() {
+    const MIB: usize = 1 << 20;
+    const LIMIT: u64 = 24 << 20;
+    let srv = Server::start(1);
+    let d = dirs();
+    let v = Venus::start_with_args(&srv.addr, &d.cache, &d.mount, &["--cache-size", "24M"]);
+    v.clog_admin();
+    let files: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| (format!("f{i}"), pattern(6 * MIB, 300 + i)))
+        .collect();
+    // Written data counts against the limit: after each close the cache
+    // is back under it, with the newest files kept.
+    for (rel, data) in &files {
+        fsx::write(v.path(rel), data).unwrap();
+        let held = container_bytes(&d.cache);
+        assert!(held <= LIMIT, "{held} bytes cached after writing {rel}");
+    }
+    let fetched = |rel: &str| {
+        let before = fetches(&srv.addr);
+        let got = fsx::read(v.path(rel)).unwrap();
+        let want = &files.iter().find(|f| f.0 == rel).unwrap().1;
+        assert!(got == *want, "{rel} read back wrong");
+        let held = container_bytes(&d.cache);
+        assert!(held <= LIMIT, "{held} bytes cached after reading {rel}");
+        fetches(&srv.addr) - before
+    };
+    // Four fit: f4..f7 are cached, f0 is not.
+    assert_eq!(fetched("f7"), 0, "the newest file was evicted");
+    assert_eq!(fetched("f0"), 1, "an evicted file must be fetched");
+    // f0 pushed out the least recently used (f4), not f5.
+    assert_eq!(fetched("f5"), 0, "f5 was used after f4, yet evicted first");
+    assert_eq!(fetched("f4"), 1, "f4 was the least recently used");
+
+    // An open file is never evicted, even when the limit is passed.
+    let held_open = fsx::open(v.path("f1")).unwrap();
+    for rel in ["f2", "f3", "f6", "f7", "f0"] {
+        fetched(rel);
+    }
+    let (f, data) = fsx::read_handle(held_open);
+    assert!(data.unwrap() == files[1].1, "an open file lost its data");
+    fsx::close(f);
+    eprintln!("calls: {:?}", server_calls(&srv.addr));
+}

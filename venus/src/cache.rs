@@ -31,6 +31,8 @@ pub enum CacheError {
     Io(#[from] std::io::Error),
     #[error("record at {at}: {reason}")]
     Corrupt { at: u64, reason: String },
+    #[error("the cache is of format {found}, this venus keeps format {want}; start with an empty --cache directory")]
+    Format { found: u32, want: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +62,7 @@ codec_struct! {
     }
 }
 
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 pub struct Cache {
     rvm: Rvm,
@@ -174,7 +176,18 @@ impl Cache {
         let (objs, volumes) = (&mut self.objs, &mut self.volumes);
         record::scan(&self.heap, &view, |f| -> Result<(), CacheError> {
             match f.kind {
-                k if k == Kind::Meta as u8 => meta = Some(decode::<Meta>(f.slot.at, f.body)?),
+                k if k == Kind::Meta as u8 => {
+                    // The header is the heap's first record: a cache of
+                    // another format is refused before its records are read.
+                    let m = decode::<Meta>(f.slot.at, f.body)?;
+                    if m.format != FORMAT {
+                        return Err(CacheError::Format {
+                            found: m.format,
+                            want: FORMAT,
+                        });
+                    }
+                    meta = Some(m);
+                }
                 k if k == Kind::Obj as u8 => {
                     let rec: ObjRecord = decode(f.slot.at, f.body)?;
                     objs.insert(rec.fid, FsObj::from_record(rec, Some(f.slot)));

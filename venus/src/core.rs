@@ -157,13 +157,18 @@ impl Venus {
             session_key: grant.session_key,
         };
         let who = Principal::User(grant.user_id);
+        let grant_user = grant.user_id;
         self.link.forget_principal(who);
         self.emit(
             "token",
             format!("uid {uid} is {} until {}", grant.user, grant.expires_at),
         );
-        self.tokens.insert(uid, Token { grant, creds });
-        self.forget_rights(Some(who));
+        // A new token replacing one held may carry new group memberships,
+        // so the user's rights are asked again (as AFS does); the first
+        // token after a start keeps the rights the cache kept.
+        if self.tokens.insert(uid, Token { grant, creds }).is_some() {
+            self.forget_rights(Some(Some(grant_user)));
+        }
     }
 
     pub fn tokens(&self, uid: u32) -> Vec<TokenGrant> {
@@ -176,19 +181,23 @@ impl Venus {
 
     pub fn unlog(&mut self, uid: u32) {
         if let Some(t) = self.tokens.remove(&uid) {
-            let who = Principal::User(t.grant.user_id);
-            self.link.forget_principal(who);
-            self.forget_rights(Some(who));
+            self.link.forget_principal(Principal::User(t.grant.user_id));
+            self.forget_rights(Some(Some(t.grant.user_id)));
         }
     }
 
-    fn forget_rights(&mut self, who: Option<Principal>) {
-        let key = match who {
-            Some(Principal::User(u)) => Some(u),
-            _ => None,
-        };
-        for o in self.cache.objs.values_mut() {
-            o.rights.remove(&key);
+    /// Forgets cached rights: of one user (`Some(key)`) or of everyone.
+    fn forget_rights(&mut self, who: Option<Option<i32>>) {
+        let changed: Vec<Fid> = self
+            .cache
+            .objs
+            .values_mut()
+            .filter_map(|o| o.forget_rights(who).then_some(o.fid()))
+            .collect();
+        for fid in changed {
+            if let Err(e) = self.cache.save(fid) {
+                tracing::error!("cache: {e}");
+            }
         }
     }
 
@@ -232,9 +241,15 @@ impl Venus {
         Ok(addr)
     }
 
+    /// Records where a volume is served. What the cache keeps as its stamp
+    /// stays: a stamp vouches for the cache only once everything cached of
+    /// the volume was found current at it.
     fn put_volume(&mut self, mut info: VolumeInfo) -> Result<()> {
-        // A stamp vouches for the cache only once everything is validated.
-        info.stamp = volume::UNTRUSTED;
+        info.stamp = self
+            .cache
+            .volumes
+            .get(&info.id)
+            .map_or(volume::UNTRUSTED, |(_, v)| v.stamp);
         Ok(self.cache.put_volume(info)?)
     }
 
@@ -385,39 +400,38 @@ impl Venus {
         }
     }
 
-    /// Validates what is cached of `vol` in one call per thousand objects
-    /// (and by the volume's stamp, when it can vouch for all of it).
+    /// Validates what is cached of `vol` in one call per thousand objects,
+    /// or in one call by the volume's stamp when that vouches for it all.
     fn validate_volume(&mut self, uid: u32, vol: VolumeId) -> Result<()> {
         let stamp = self
             .cache
             .volumes
             .get(&vol)
             .map_or(volume::UNTRUSTED, |(_, v)| v.stamp);
-        let stale: Vec<(Fid, StoreId)> = self
+        let cached: Vec<(Fid, StoreId, bool)> = self
             .cache
             .objs
             .values()
-            .filter(|o| o.fid().volume == vol && !o.valid)
-            .filter_map(|o| o.rec.status.as_ref().map(|s| (o.fid(), s.vv.store_id)))
+            .filter(|o| o.fid().volume == vol)
+            .filter_map(|o| {
+                let s = o.rec.status.as_ref()?;
+                Some((o.fid(), s.vv.store_id, o.valid))
+            })
             .collect();
-        if stale.is_empty() {
+        let stale = cached.iter().filter(|c| !c.2).count();
+        if stale == 0 {
             return Ok(());
         }
-        let mut first = true;
-        for chunk in stale.chunks(VALIDATE_BATCH) {
+        if stamp != volume::UNTRUSTED {
             let req = ValidateAttrs {
-                volumes: if first && stamp != volume::UNTRUSTED {
-                    vec![(vol, stamp)]
-                } else {
-                    Vec::new()
-                },
-                fids: chunk.to_vec(),
+                volumes: vec![(vol, stamp)],
+                fids: Vec::new(),
             };
             let (reply, _): (ValidateAttrsReply, _) =
                 self.call_retry(uid, vol, op::VALIDATE_ATTRS, codec::to_bytes(&req), |_| {
                     Ok(None)
                 })?;
-            if first && reply.volumes.first() == Some(&true) {
+            if reply.volumes.first() == Some(&true) {
                 for o in self.cache.objs.values_mut() {
                     if o.fid().volume == vol && o.rec.status.is_some() {
                         o.valid = true;
@@ -425,12 +439,78 @@ impl Venus {
                 }
                 return Ok(());
             }
-            first = false;
-            for ((fid, _), ok) in chunk.iter().zip(reply.fids) {
+            self.untrust(vol);
+        }
+        // When most of the volume is stale (contact broke, or Venus
+        // restarted), everything is checked, so that a stamp taken before
+        // the check can vouch for the volume from then on: if it is still
+        // the server's at the last call, nothing changed in between.
+        let whole = stale * 2 >= cached.len();
+        let candidate = if whole {
+            Some(self.fresh_stamp(uid, vol)?)
+        } else {
+            None
+        };
+        let check: Vec<(Fid, StoreId)> = cached
+            .iter()
+            .filter(|c| whole || !c.2)
+            .map(|c| (c.0, c.1))
+            .collect();
+        let chunks = check.len().div_ceil(VALIDATE_BATCH);
+        let mut all_valid = true;
+        for (i, chunk) in check.chunks(VALIDATE_BATCH).enumerate() {
+            let last = i + 1 == chunks;
+            let req = ValidateAttrs {
+                volumes: match candidate {
+                    Some(c) if last => vec![(vol, c)],
+                    _ => Vec::new(),
+                },
+                fids: chunk.to_vec(),
+            };
+            let (reply, _): (ValidateAttrsReply, _) =
+                self.call_retry(uid, vol, op::VALIDATE_ATTRS, codec::to_bytes(&req), |_| {
+                    Ok(None)
+                })?;
+            for ((fid, _), ok) in chunk.iter().zip(&reply.fids) {
+                all_valid &= *ok;
                 if let Some(o) = self.cache.objs.get_mut(fid) {
-                    o.valid = ok;
+                    o.valid = *ok;
                 }
             }
+            all_valid &= reply.fids.len() == chunk.len();
+            if let (Some(c), true, Some(true)) = (candidate, last, reply.volumes.first()) {
+                if all_valid {
+                    self.trust(vol, c)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The volume's current stamp, and where it is served now.
+    fn fresh_stamp(&mut self, uid: u32, vol: VolumeId) -> Result<u64> {
+        let (info, _): (VolumeInfo, _) = self.call_retry(
+            uid,
+            vol,
+            op::GET_VOLUME_INFO,
+            codec::to_bytes(&VolumeRef::Id(vol)),
+            |_| Ok(None),
+        )?;
+        let stamp = info.stamp;
+        self.put_volume(info)?;
+        Ok(stamp)
+    }
+
+    /// Everything cached of `vol` was found current at `stamp`.
+    fn trust(&mut self, vol: VolumeId, stamp: u64) -> Result<()> {
+        if let Some((_, info)) = self.cache.volumes.get(&vol) {
+            let mut info = info.clone();
+            info.stamp = stamp;
+            self.cache.put_volume(info)?;
+            self.emit(
+                "validate",
+                format!("volume {vol:#x} vouched for by stamp {stamp}"),
+            );
         }
         Ok(())
     }
@@ -442,7 +522,7 @@ impl Venus {
             v.cache
                 .objs
                 .get(&fid)
-                .is_none_or(|o| !o.valid || o.rec.status.is_none() || !o.rights.contains_key(&key))
+                .is_none_or(|o| !o.valid || o.rec.status.is_none() || o.rights_of(key).is_none())
         };
         if self
             .cache
@@ -471,7 +551,7 @@ impl Venus {
     pub(crate) fn refresh(&mut self, uid: u32, fid: Fid) -> Result<()> {
         if let Some(o) = self.cache.objs.get_mut(&fid) {
             o.valid = false;
-            o.rights.clear();
+            o.forget_rights(None);
         }
         self.status(uid, fid).map(|_| ())
     }
@@ -480,9 +560,7 @@ impl Venus {
     pub(crate) fn take_status(&mut self, fid: Fid, status: Status, key: Option<i32>) -> Result<()> {
         let root = fid == self.root;
         let o = self.cache.obj_or_new(fid, status.kind, root);
-        let changed = o.rec.status.as_ref() != Some(&status);
-        o.take_status(status, key);
-        if changed {
+        if o.take_status(status, key) {
             self.cache.save(fid)?;
         }
         Ok(())
@@ -491,11 +569,7 @@ impl Venus {
     fn rights(&mut self, uid: u32, fid: Fid) -> Result<(Status, Rights)> {
         let s = self.status(uid, fid)?;
         let key = self.rights_key(uid);
-        let r = self.cache.objs[&fid]
-            .rights
-            .get(&key)
-            .copied()
-            .unwrap_or(Rights::NONE);
+        let r = self.cache.objs[&fid].rights_of(key).unwrap_or(Rights::NONE);
         Ok((s, r))
     }
 
@@ -1359,9 +1433,7 @@ impl Venus {
         }
         crate::cml::mutate(self, uid, Op::SetAcl(cml::SetAcl { dir, acl }))?;
         // Everyone's rights below may have changed.
-        for o in self.cache.objs.values_mut() {
-            o.rights.clear();
-        }
+        self.forget_rights(None);
         Ok(())
     }
 

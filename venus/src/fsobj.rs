@@ -1,7 +1,5 @@
 //! Cached file-system objects: what Venus knows of one fid.
 
-use std::collections::HashMap;
-
 use coda_proto::acl::Rights;
 use coda_proto::{Fid, Status, StoreId, VnodeKind};
 use coda_rpc2::codec_struct;
@@ -25,6 +23,9 @@ codec_struct! {
         /// directory entries, symlink target) is of, if it is cached.
         pub data: Option<StoreId>,
         pub target: String,
+        /// Rights of each principal (a user id; `None` for anyone) as the
+        /// server last told them; kept, so a restart need not ask again.
+        pub rights: Vec<(Option<i32>, Rights)>,
     }
 }
 
@@ -36,9 +37,6 @@ pub struct FsObj {
     /// A callback promise holds (or the object was validated since the last
     /// break); cleared by breaks and at every start.
     pub valid: bool,
-    /// Rights of each principal (a user id; `None` for anyone) as the
-    /// server last told them.
-    pub rights: HashMap<Option<i32>, Rights>,
     pub last_used: u64,
     /// Open file handles, and how many of them may write.
     pub opens: u32,
@@ -58,6 +56,7 @@ impl FsObj {
                 container: container::NONE,
                 data: None,
                 target: String::new(),
+                rights: Vec::new(),
             },
             None,
         )
@@ -68,7 +67,6 @@ impl FsObj {
             rec,
             slot,
             valid: false,
-            rights: HashMap::new(),
             last_used: 0,
             opens: 0,
             writers: 0,
@@ -89,12 +87,34 @@ impl FsObj {
     }
 
     /// Takes a status from the server: new rights for `who`, and a new
-    /// version leaves the cached data behind (refetched on use).
-    pub fn take_status(&mut self, status: Status, who: Option<i32>) {
-        self.rights.insert(who, status.my_rights);
-        self.rights.insert(None, status.any_rights);
+    /// version leaves the cached data behind (refetched on use). Returns
+    /// whether the record changed.
+    pub fn take_status(&mut self, status: Status, who: Option<i32>) -> bool {
+        let before = self.rec.clone();
+        self.set_rights(who, status.my_rights);
+        self.set_rights(None, status.any_rights);
         self.rec.kind = status.kind;
         self.rec.status = Some(status);
         self.valid = true;
+        self.rec != before
+    }
+
+    pub fn rights_of(&self, who: Option<i32>) -> Option<Rights> {
+        self.rec.rights.iter().find(|r| r.0 == who).map(|r| r.1)
+    }
+
+    fn set_rights(&mut self, who: Option<i32>, rights: Rights) {
+        match self.rec.rights.iter_mut().find(|r| r.0 == who) {
+            Some(r) => r.1 = rights,
+            None => self.rec.rights.push((who, rights)),
+        }
+    }
+
+    /// Forgets the rights of `who` (of everyone if `None`); returns
+    /// whether there were any.
+    pub fn forget_rights(&mut self, who: Option<Option<i32>>) -> bool {
+        let n = self.rec.rights.len();
+        self.rec.rights.retain(|r| who.is_some_and(|w| w != r.0));
+        self.rec.rights.len() != n
     }
 }
