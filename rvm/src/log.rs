@@ -48,6 +48,9 @@ pub(crate) struct LogState {
     pub pending: VecDeque<Group>,
     pub pending_bytes: u64,
     pub last_commit: u64,
+    /// Written to the log file (in the kernel's cache: it outlives the
+    /// process) but not yet synced past `durable_commit`.
+    pub written_commit: u64,
     pub durable_commit: u64,
     pub flushing: bool,
     /// Set by the first failed write or sync; every later call reports it.
@@ -74,6 +77,7 @@ impl LogState {
             pending: VecDeque::new(),
             pending_bytes: 0,
             last_commit: 0,
+            written_commit: 0,
             durable_commit: 0,
             flushing: false,
             failed: None,
@@ -94,8 +98,15 @@ impl LogState {
         circular_distance(self.head.offset, self.tail.offset, self.area_len)
     }
 
-    /// Takes as many pending groups as fit before the head. `None` when not even the
-    /// first fits: truncation must free space first.
+    /// Whether a flush has anything to do: buffered groups to write, or written
+    /// ones to sync.
+    pub fn has_work(&self) -> bool {
+        !self.pending.is_empty() || self.written_commit > self.durable_commit
+    }
+
+    /// Takes as many pending groups as fit before the head (none, to sync what was
+    /// written already). `None` when not even the first fits: truncation must free
+    /// space first.
     pub fn prepare_flush(&mut self) -> Option<FlushBatch> {
         let area = self.area_len;
         let mut used = self.used();
@@ -104,7 +115,7 @@ impl LogState {
         let mut run = Vec::new();
         let mut run_start = pos.offset;
         let mut taken = 0usize;
-        let mut last_commit = self.durable_commit;
+        let mut last_commit = self.written_commit;
         let mut records = 0;
         for group in &self.pending {
             let len = group.map.record_bytes();
@@ -155,7 +166,7 @@ impl LogState {
             records += 1;
             last_commit = group.last_commit;
         }
-        if taken == 0 {
+        if taken == 0 && !self.pending.is_empty() {
             return None;
         }
         if !run.is_empty() {
@@ -180,14 +191,18 @@ impl LogState {
         }
     }
 
-    /// Records that a batch from [`prepare_flush`](Self::prepare_flush) is durable.
-    pub fn complete_flush(&mut self, batch: &FlushBatch) {
+    /// Records that a batch from [`prepare_flush`](Self::prepare_flush) is written,
+    /// and durable if it was `synced` (with everything written before it).
+    pub fn complete_flush(&mut self, batch: &FlushBatch, synced: bool) {
         assert!(
-            batch.last_commit >= self.durable_commit,
+            batch.last_commit >= self.written_commit && batch.last_commit >= self.durable_commit,
             "durability only moves forward"
         );
         self.tail = batch.end;
-        self.durable_commit = batch.last_commit;
+        self.written_commit = batch.last_commit;
+        if synced {
+            self.durable_commit = batch.last_commit;
+        }
         self.stats.flushes += 1;
         self.stats.records_written += batch.records;
         self.stats.bytes_written += batch

@@ -155,7 +155,7 @@ impl FlushJob {
             .batch
             .take()
             .expect("an unfinished job holds its batch");
-        self.inner.end_flush(&batch, written)
+        self.inner.end_flush(&batch, written, true)
     }
 }
 
@@ -688,11 +688,16 @@ impl Inner {
         let id = log.last_commit;
         if declared.is_empty() {
             // Nothing to log: durable as soon as everything before it is.
-            let flushing = log.flushing;
+            // Behind unsynced writes, "durable" must wait for their sync.
+            let behind = log.flushing || log.written_commit != log.durable_commit;
             match log.pending.back_mut() {
                 Some(g) => g.last_commit = id,
-                None if !flushing => log.durable_commit = id,
-                // Behind a flush in flight: an empty record marks the point.
+                None if !behind => {
+                    log.written_commit = id;
+                    log.durable_commit = id;
+                }
+                // Behind a flush in flight or a write not synced: an empty
+                // record marks the point.
                 None => {
                     let group = Group {
                         last_commit: id,
@@ -733,9 +738,23 @@ impl Inner {
     /// Waits until commit `id` is durable, writing the log itself when no other thread
     /// is: everything buffered by then goes in one write and one sync (group commit).
     pub(crate) fn wait_durable(&self, id: CommitId) -> Result<()> {
+        self.wait(id, true)
+    }
+
+    /// Waits until commit `id` is written to the log file (synced or not).
+    pub(crate) fn wait_written(&self, id: CommitId) -> Result<()> {
+        self.wait(id, false)
+    }
+
+    fn wait(&self, id: CommitId, sync: bool) -> Result<()> {
         let mut log = lock(&self.log);
         loop {
-            if log.durable_commit >= id.0 {
+            let reached = if sync {
+                log.durable_commit
+            } else {
+                log.written_commit
+            };
+            if reached >= id.0 {
                 return Ok(());
             }
             log.check()?;
@@ -757,8 +776,8 @@ impl Inner {
                 }
                 Claim::Write(batch) => {
                     drop(log);
-                    let written = self.write_batch(&batch);
-                    self.end_flush(&batch, written)?;
+                    let written = self.write_batch(&batch, sync);
+                    self.end_flush(&batch, written, sync)?;
                     log = lock(&self.log);
                 }
             }
@@ -768,7 +787,7 @@ impl Inner {
     /// The next step towards making buffered commits durable; `Write` claims the
     /// flush until [`end_flush`](Self::end_flush) or [`abandon_flush`](Self::abandon_flush).
     fn claim_flush(&self, log: &mut LogState) -> Result<Claim> {
-        if log.flushing || log.pending.is_empty() {
+        if log.flushing || !log.has_work() {
             return Ok(Claim::Idle);
         }
         if let Some(batch) = log.prepare_flush() {
@@ -793,13 +812,18 @@ impl Inner {
         self.log_changed.notify_all();
     }
 
-    fn end_flush(&self, batch: &FlushBatch, written: std::io::Result<()>) -> Result<()> {
+    fn end_flush(
+        &self,
+        batch: &FlushBatch,
+        written: std::io::Result<()>,
+        synced: bool,
+    ) -> Result<()> {
         let mut log = lock(&self.log);
         assert!(log.flushing, "end_flush without a claimed flush");
         log.flushing = false;
         let result = match written {
             Ok(()) => {
-                log.complete_flush(batch);
+                log.complete_flush(batch, synced);
                 Ok(())
             }
             Err(source) => {
@@ -824,11 +848,14 @@ impl Inner {
         result
     }
 
-    fn write_batch(&self, batch: &FlushBatch) -> std::io::Result<()> {
+    fn write_batch(&self, batch: &FlushBatch, sync: bool) -> std::io::Result<()> {
         for (offset, bytes) in &batch.writes {
             self.log_store.write_at(*offset, bytes)?;
         }
-        self.log_store.sync()
+        if sync {
+            self.log_store.sync()?;
+        }
+        Ok(())
     }
 
     /// Applies durable records to the segment file, syncs it, then moves the head.

@@ -23,6 +23,9 @@ pub enum Durability {
     /// Durable at the next flush: far cheaper, and after a crash each such
     /// transaction is wholly present or wholly absent, in commit order.
     NoFlush,
+    /// Written to the log file when `commit` returns, not synced: it outlives
+    /// the process (a kill), not the machine, until the next flush.
+    Written,
 }
 
 /// The number a commit gets; commits are durable in this order.
@@ -122,6 +125,8 @@ impl<'a> Transaction<'a> {
         drop(seg);
         if durability == Durability::Flush || (must_flush && !self.inner.flush_by_driver) {
             self.inner.wait_durable(id)?;
+        } else if durability == Durability::Written {
+            self.inner.wait_written(id)?;
         }
         Ok(id)
     }

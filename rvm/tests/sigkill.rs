@@ -1,4 +1,4 @@
-//! Committed flush transactions survive SIGKILL at random moments of heavy work,
+//! Committed flush (and written) transactions survive SIGKILL at random moments of heavy work,
 //! including in the middle of truncation; no-flush transactions after the last flush
 //! are wholly present or absent, in order.
 //!
@@ -30,13 +30,22 @@ fn kills() -> u64 {
 
 #[test]
 fn acknowledged_flush_commits_survive_hundreds_of_sigkills() {
+    survive_sigkills(&[], kills());
+}
+
+/// Written (not synced) commits outlive the process too: the kernel keeps them.
+#[test]
+fn acknowledged_written_commits_survive_sigkills() {
+    survive_sigkills(&["--written"], kills() / 3);
+}
+
+fn survive_sigkills(extra: &[&str], rounds: u64) {
     let dir = tempfile::tempdir().unwrap();
     let basher = env!("CARGO_BIN_EXE_rvm-basher");
     let data_len = workload::data_len(SLOTS);
     let mut model = vec![0u8; data_len as usize];
     let mut applied = 0u64;
     let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
-    let rounds = kills();
     let mut survived_acks = 0;
     for round in 0..rounds {
         let mut child = Command::new(basher)
@@ -47,6 +56,7 @@ fn acknowledged_flush_commits_survive_hundreds_of_sigkills() {
                 &SEED.to_string(),
             ])
             .args(["--slots", &SLOTS.to_string(), "--log-kib", "256"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

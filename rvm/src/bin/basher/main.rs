@@ -3,7 +3,9 @@
 //! Opens (recovering) or creates an RVM in `--dir`; with `--verify`, checks that the
 //! segment holds exactly the first `n` transactions of the seeded workload. Then runs transactions
 //! `n..`, printing `n` on stdout each time a flush commit of transaction `n - 1`
-//! returns. A crash test kills it at random and checks every printed number survives.
+//! returns (with `--written`, each time any commit returns, the others being
+//! written-not-synced). A crash test kills it at random and checks every printed
+//! number survives.
 
 mod workload;
 
@@ -20,6 +22,7 @@ struct Args {
     transactions: u64,
     log_kib: u64,
     verify: bool,
+    written: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -30,6 +33,7 @@ fn parse() -> Result<Args, String> {
         transactions: u64::MAX,
         log_kib: 256,
         verify: false,
+        written: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -42,8 +46,9 @@ fn parse() -> Result<Args, String> {
             "--transactions" => args.transactions = number(value()?)?,
             "--log-kib" => args.log_kib = number(value()?)?,
             "--verify" => args.verify = true,
+            "--written" => args.written = true,
             "--help" | "-h" => {
-                println!("usage: rvm-basher [--dir DIR] [--seed N] [--slots N] [--transactions N] [--log-kib N] [--verify]");
+                println!("usage: rvm-basher [--dir DIR] [--seed N] [--slots N] [--transactions N] [--log-kib N] [--verify] [--written]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),
@@ -97,13 +102,13 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         }
         tx.write_u64(0, i + 1).map_err(|e| e.to_string())?;
-        let durability = if plan.flush {
-            Durability::Flush
-        } else {
-            Durability::NoFlush
+        let durability = match (plan.flush, args.written) {
+            (true, _) => Durability::Flush,
+            (false, true) => Durability::Written,
+            (false, false) => Durability::NoFlush,
         };
         tx.commit(durability).map_err(|e| e.to_string())?;
-        if plan.flush {
+        if durability != Durability::NoFlush {
             writeln!(out, "{}", i + 1)
                 .and_then(|_| out.flush())
                 .map_err(|e| e.to_string())?;
