@@ -352,7 +352,7 @@ macro_rules! codec_struct {
             }
         }
         impl $crate::codec::Decode for $name {
-            fn decode(r: &mut $crate::codec::Reader<'_>) -> Result<Self, $crate::codec::DecodeError> {
+            fn decode(r: &mut $crate::codec::Reader<'_>) -> ::core::result::Result<Self, $crate::codec::DecodeError> {
                 Ok(Self { $(
                     $field: $crate::codec::Decode::decode(r).map_err(|e: $crate::codec::DecodeError| {
                         e.in_field(concat!(stringify!($name), ".", stringify!($field)))

@@ -1,12 +1,15 @@
 //! The persistent cache: container files, and in one RVM instance the
-//! metadata — objects (with the inode↔fid map), directory entries and
-//! volume information — as records of the recoverable heap. At start the
-//! heap is walked and the in-memory indexes rebuilt, so RVM is the only
-//! truth. Commits are not flushed one by one: the servers hold the truth
-//! of what was reintegrated, and a crash loses at most the last second of
-//! cache bookkeeping, which revalidation repairs.
+//! metadata — objects (with the inode↔fid map), directory entries, volume
+//! information and the CML — as records of the recoverable heap. At start
+//! the heap is walked and the in-memory indexes rebuilt, so RVM is the only
+//! truth. Every change goes through a [`Tx`], which changes records and
+//! indexes together. Cache bookkeeping is not flushed commit by commit:
+//! the servers hold the truth of what was reintegrated, and a crash loses
+//! at most the last second of it, which revalidation repairs. What only
+//! this client knows (its CML) is written before the call returns.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 
 use coda_proto::vice::{DirEntry, VolumeInfo};
@@ -17,6 +20,7 @@ use rvm::heap::Heap;
 use rvm::record::{self, Slot};
 use rvm::{Durability, Mode, Options, Rvm, Transaction, View};
 
+use crate::cml::LogEntry;
 use crate::container::{self, Containers};
 use crate::fsobj::{FsObj, ObjRecord};
 
@@ -42,6 +46,7 @@ enum Kind {
     Obj = 2,
     Entry = 3,
     Volume = 4,
+    Cml = 5,
 }
 
 codec_struct! {
@@ -62,21 +67,64 @@ codec_struct! {
     }
 }
 
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
-pub struct Cache {
-    rvm: Rvm,
-    heap: Heap,
+/// The in-memory indexes over the cache's records.
+#[derive(Default)]
+pub struct Index {
     pub objs: HashMap<Fid, FsObj>,
     pub inos: HashMap<u64, Fid>,
     /// Cached directory entries, by directory.
     pub dirs: HashMap<Fid, BTreeMap<String, (Slot, Fid)>>,
     pub volumes: HashMap<VolumeId, (Slot, VolumeInfo)>,
-    pub host: u64,
+    /// The client modification log, in order.
+    pub cml: BTreeMap<u64, (Slot, LogEntry)>,
     next_ino: u64,
+}
+
+pub struct Cache {
+    rvm: Rvm,
+    heap: Heap,
+    idx: Index,
+    pub host: u64,
     pub containers: Containers,
     /// Bytes in containers.
     pub bytes: u64,
+}
+
+impl Deref for Cache {
+    type Target = Index;
+    fn deref(&self) -> &Index {
+        &self.idx
+    }
+}
+
+impl DerefMut for Cache {
+    fn deref_mut(&mut self) -> &mut Index {
+        &mut self.idx
+    }
+}
+
+/// One transaction over the cache: records and indexes change together.
+/// Containers it lets go are removed once it commits.
+pub struct Tx<'a> {
+    tx: Transaction<'a>,
+    heap: &'a Heap,
+    idx: &'a mut Index,
+    dropped: Vec<u64>,
+}
+
+impl Deref for Tx<'_> {
+    type Target = Index;
+    fn deref(&self) -> &Index {
+        self.idx
+    }
+}
+
+impl DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut Index {
+        self.idx
+    }
 }
 
 fn put<T: Encode>(
@@ -138,12 +186,11 @@ impl Cache {
         let mut cache = Cache {
             rvm,
             heap,
-            objs: HashMap::new(),
-            inos: HashMap::new(),
-            dirs: HashMap::new(),
-            volumes: HashMap::new(),
+            idx: Index {
+                next_ino: ROOT_INO + 1,
+                ..Index::default()
+            },
             host: 0,
-            next_ino: ROOT_INO + 1,
             containers: Containers::open(&dir.join("containers"))?,
             bytes: 0,
         };
@@ -155,12 +202,15 @@ impl Cache {
             .filter(|&c| c != container::NONE)
             .collect();
         let swept = cache.containers.sweep(&live)?;
-        for o in cache.objs.values() {
-            if o.rec.container != container::NONE {
-                cache.bytes += std::fs::metadata(cache.containers.path(o.rec.container))
-                    .map_or(0, |m| m.len());
-            }
-        }
+        cache.bytes = cache
+            .idx
+            .objs
+            .values()
+            .filter(|o| o.rec.container != container::NONE)
+            .map(|o| {
+                std::fs::metadata(cache.containers.path(o.rec.container)).map_or(0, |m| m.len())
+            })
+            .sum();
         tracing::info!(
             "cache: {} objects, {} bytes of data, {swept} stray containers removed",
             cache.objs.len(),
@@ -173,7 +223,9 @@ impl Cache {
         let view = self.rvm.read()?;
         let mut entries = Vec::new();
         let mut meta = None;
-        let (objs, volumes) = (&mut self.objs, &mut self.volumes);
+        let Index {
+            objs, volumes, cml, ..
+        } = &mut self.idx;
         record::scan(&self.heap, &view, |f| -> Result<(), CacheError> {
             match f.kind {
                 k if k == Kind::Meta as u8 => {
@@ -199,6 +251,10 @@ impl Cache {
                     let v: VolumeInfo = decode(f.slot.at, f.body)?;
                     volumes.insert(v.id, (f.slot, v));
                 }
+                k if k == Kind::Cml as u8 => {
+                    let e: LogEntry = decode(f.slot.at, f.body)?;
+                    cml.insert(e.seq, (f.slot, e));
+                }
                 k => {
                     return Err(CacheError::Corrupt {
                         at: f.slot.at,
@@ -213,12 +269,13 @@ impl Cache {
             reason: "no cache header".into(),
         })?;
         self.host = meta.host;
-        for o in self.objs.values() {
-            self.inos.insert(o.rec.ino, o.rec.fid);
-            self.next_ino = self.next_ino.max(o.rec.ino + 1);
+        let idx = &mut self.idx;
+        for o in idx.objs.values() {
+            idx.inos.insert(o.rec.ino, o.rec.fid);
+            idx.next_ino = idx.next_ino.max(o.rec.ino + 1);
         }
         for (slot, e) in entries {
-            self.dirs
+            idx.dirs
                 .entry(e.dir)
                 .or_default()
                 .insert(e.name, (slot, e.fid));
@@ -231,52 +288,47 @@ impl Cache {
         Ok(self.rvm.flush()?)
     }
 
-    /// The object for `fid`, made (known only by name, with a new inode
-    /// number) if it is not cached yet. The root of the mount is `root`.
-    pub fn obj_or_new(&mut self, fid: Fid, kind: VnodeKind, root: bool) -> &mut FsObj {
-        if !self.objs.contains_key(&fid) {
-            let ino = if root {
-                ROOT_INO
-            } else {
-                self.next_ino += 1;
-                self.next_ino - 1
+    /// Runs `f` as one transaction, committed with `durability`.
+    pub fn update<R>(
+        &mut self,
+        durability: Durability,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, CacheError>,
+    ) -> Result<R, CacheError> {
+        let dropped = {
+            let mut t = Tx {
+                tx: self.rvm.begin(Mode::NoRestore)?,
+                heap: &self.heap,
+                idx: &mut self.idx,
+                dropped: Vec::new(),
             };
-            if let Some(old) = self.inos.insert(ino, fid) {
-                // The root moved to another fid (a new cell at the same cache).
-                self.objs.remove(&old);
+            match f(&mut t) {
+                Ok(r) => {
+                    t.tx.commit(durability)?;
+                    (r, t.dropped)
+                }
+                Err(e) => {
+                    // Nothing written aborts cleanly; a half-made change
+                    // stops the RVM, which is what it should do.
+                    t.tx.abort()?;
+                    return Err(e);
+                }
             }
-            self.objs.insert(fid, FsObj::new(fid, ino, kind));
+        };
+        let (r, dropped) = dropped;
+        for id in dropped {
+            self.drop_container(id);
         }
-        self.objs.get_mut(&fid).expect("just made")
+        Ok(r)
     }
 
     /// Writes `fid`'s record.
     pub fn save(&mut self, fid: Fid) -> Result<(), CacheError> {
-        let Some(o) = self.objs.get_mut(&fid) else {
-            return Ok(());
-        };
-        let mut tx = self.rvm.begin(Mode::NoRestore)?;
-        o.slot = Some(put(&self.heap, &mut tx, o.slot, Kind::Obj, &o.rec)?);
-        tx.commit(Durability::NoFlush)?;
-        Ok(())
+        self.update(Durability::NoFlush, |t| t.save(fid))
     }
 
     /// Forgets `fid` altogether: record, container, entries, inode.
     pub fn drop_obj(&mut self, fid: Fid) -> Result<(), CacheError> {
-        let Some(o) = self.objs.remove(&fid) else {
-            return Ok(());
-        };
-        self.inos.remove(&o.rec.ino);
-        let mut tx = self.rvm.begin(Mode::NoRestore)?;
-        if let Some(s) = o.slot {
-            record::remove(&self.heap, &mut tx, s)?;
-        }
-        for (_, (slot, _)) in self.dirs.remove(&fid).unwrap_or_default() {
-            record::remove(&self.heap, &mut tx, slot)?;
-        }
-        tx.commit(Durability::NoFlush)?;
-        self.drop_container(o.rec.container);
-        Ok(())
+        self.update(Durability::NoFlush, |t| t.drop_obj(fid))
     }
 
     /// Removes a container that no object refers to any more.
@@ -295,42 +347,113 @@ impl Cache {
         dir: Fid,
         listing: &[DirEntry],
     ) -> Result<Vec<String>, CacheError> {
-        let old = self.dirs.remove(&dir).unwrap_or_default();
+        self.update(Durability::NoFlush, |t| t.set_entries(dir, listing))
+    }
+
+    /// Binds `name` in `dir` to `fid` (replacing what it named).
+    pub fn add_entry(&mut self, dir: Fid, name: &str, fid: Fid) -> Result<(), CacheError> {
+        self.update(Durability::NoFlush, |t| t.add_entry(dir, name, fid))
+    }
+
+    pub fn remove_entry(&mut self, dir: Fid, name: &str) -> Result<(), CacheError> {
+        self.update(Durability::NoFlush, |t| t.remove_entry(dir, name))
+    }
+
+    pub fn put_volume(&mut self, info: VolumeInfo) -> Result<(), CacheError> {
+        self.update(Durability::NoFlush, |t| t.put_volume(info))
+    }
+
+    pub fn close(self) -> Result<(), CacheError> {
+        self.rvm.flush()?;
+        Ok(self.rvm.close()?)
+    }
+}
+
+impl Index {
+    /// The object for `fid`, made (known only by name, with a new inode
+    /// number) if it is not cached yet. The root of the mount is `root`.
+    pub fn obj_or_new(&mut self, fid: Fid, kind: VnodeKind, root: bool) -> &mut FsObj {
+        if !self.objs.contains_key(&fid) {
+            let ino = if root {
+                ROOT_INO
+            } else {
+                self.next_ino += 1;
+                self.next_ino - 1
+            };
+            if let Some(old) = self.inos.insert(ino, fid) {
+                // The root moved to another fid (a new cell at the same cache).
+                self.objs.remove(&old);
+            }
+            self.objs.insert(fid, FsObj::new(fid, ino, kind));
+        }
+        self.objs.get_mut(&fid).expect("just made")
+    }
+}
+
+impl Tx<'_> {
+    /// Writes `fid`'s record.
+    pub fn save(&mut self, fid: Fid) -> Result<(), CacheError> {
+        let Some(o) = self.idx.objs.get_mut(&fid) else {
+            return Ok(());
+        };
+        o.slot = Some(put(self.heap, &mut self.tx, o.slot, Kind::Obj, &o.rec)?);
+        Ok(())
+    }
+
+    /// Forgets `fid` altogether: record, container, entries, inode.
+    pub fn drop_obj(&mut self, fid: Fid) -> Result<(), CacheError> {
+        let Some(o) = self.idx.objs.remove(&fid) else {
+            return Ok(());
+        };
+        self.idx.inos.remove(&o.rec.ino);
+        if let Some(s) = o.slot {
+            record::remove(self.heap, &mut self.tx, s)?;
+        }
+        for (_, (slot, _)) in self.idx.dirs.remove(&fid).unwrap_or_default() {
+            record::remove(self.heap, &mut self.tx, slot)?;
+        }
+        self.dropped.push(o.rec.container);
+        Ok(())
+    }
+
+    /// Lets go of a container once this transaction commits.
+    pub fn drop_container(&mut self, id: u64) {
+        self.dropped.push(id);
+    }
+
+    /// Replaces a directory's cached entries by a fresh listing; returns
+    /// the names that changed (gone or bound to another object).
+    pub fn set_entries(
+        &mut self,
+        dir: Fid,
+        listing: &[DirEntry],
+    ) -> Result<Vec<String>, CacheError> {
+        let mut old = self.idx.dirs.remove(&dir).unwrap_or_default();
         let mut fresh = BTreeMap::new();
         let mut changed = Vec::new();
-        let mut tx = self.rvm.begin(Mode::NoRestore)?;
-        let mut old = old;
         for e in listing {
+            let rec = EntryRecord {
+                dir,
+                name: e.name.clone(),
+                fid: e.fid,
+            };
             let slot = match old.remove(&e.name) {
                 Some((slot, fid)) if fid == e.fid => slot,
                 Some((slot, _)) => {
                     changed.push(e.name.clone());
-                    let rec = EntryRecord {
-                        dir,
-                        name: e.name.clone(),
-                        fid: e.fid,
-                    };
-                    put(&self.heap, &mut tx, Some(slot), Kind::Entry, &rec)?
+                    put(self.heap, &mut self.tx, Some(slot), Kind::Entry, &rec)?
                 }
-                None => {
-                    let rec = EntryRecord {
-                        dir,
-                        name: e.name.clone(),
-                        fid: e.fid,
-                    };
-                    put(&self.heap, &mut tx, None, Kind::Entry, &rec)?
-                }
+                None => put(self.heap, &mut self.tx, None, Kind::Entry, &rec)?,
             };
             fresh.insert(e.name.clone(), (slot, e.fid));
         }
         for (name, (slot, _)) in old {
-            record::remove(&self.heap, &mut tx, slot)?;
+            record::remove(self.heap, &mut self.tx, slot)?;
             changed.push(name);
         }
-        tx.commit(Durability::NoFlush)?;
-        self.dirs.insert(dir, fresh);
+        self.idx.dirs.insert(dir, fresh);
         for e in listing {
-            let o = self.obj_or_new(e.fid, e.kind, false);
+            let o = self.idx.obj_or_new(e.fid, e.kind, false);
             if o.slot.is_none() {
                 self.save(e.fid)?;
             }
@@ -338,9 +461,10 @@ impl Cache {
         Ok(changed)
     }
 
-    /// Binds `name` in `dir` to `fid` (replacing what it named).
+    /// Binds `name` in `dir` to `fid` (replacing what it named), if the
+    /// directory's entries are cached.
     pub fn add_entry(&mut self, dir: Fid, name: &str, fid: Fid) -> Result<(), CacheError> {
-        let Some(entries) = self.dirs.get_mut(&dir) else {
+        let Some(entries) = self.idx.dirs.get_mut(&dir) else {
             return Ok(());
         };
         let rec = EntryRecord {
@@ -348,35 +472,39 @@ impl Cache {
             name: name.to_string(),
             fid,
         };
-        let mut tx = self.rvm.begin(Mode::NoRestore)?;
         let old = entries.get(name).map(|(s, _)| *s);
-        let slot = put(&self.heap, &mut tx, old, Kind::Entry, &rec)?;
-        tx.commit(Durability::NoFlush)?;
+        let slot = put(self.heap, &mut self.tx, old, Kind::Entry, &rec)?;
         entries.insert(name.to_string(), (slot, fid));
         Ok(())
     }
 
     pub fn remove_entry(&mut self, dir: Fid, name: &str) -> Result<(), CacheError> {
-        let Some((slot, _)) = self.dirs.get_mut(&dir).and_then(|e| e.remove(name)) else {
+        let Some((slot, _)) = self.idx.dirs.get_mut(&dir).and_then(|e| e.remove(name)) else {
             return Ok(());
         };
-        let mut tx = self.rvm.begin(Mode::NoRestore)?;
-        record::remove(&self.heap, &mut tx, slot)?;
-        tx.commit(Durability::NoFlush)?;
+        record::remove(self.heap, &mut self.tx, slot)?;
         Ok(())
     }
 
     pub fn put_volume(&mut self, info: VolumeInfo) -> Result<(), CacheError> {
-        let old = self.volumes.get(&info.id).map(|(s, _)| *s);
-        let mut tx = self.rvm.begin(Mode::NoRestore)?;
-        let slot = put(&self.heap, &mut tx, old, Kind::Volume, &info)?;
-        tx.commit(Durability::NoFlush)?;
-        self.volumes.insert(info.id, (slot, info));
+        let old = self.idx.volumes.get(&info.id).map(|(s, _)| *s);
+        let slot = put(self.heap, &mut self.tx, old, Kind::Volume, &info)?;
+        self.idx.volumes.insert(info.id, (slot, info));
         Ok(())
     }
 
-    pub fn close(self) -> Result<(), CacheError> {
-        self.rvm.flush()?;
-        Ok(self.rvm.close()?)
+    /// Appends a record to the CML (or rewrites one already there).
+    pub fn put_cml(&mut self, entry: LogEntry) -> Result<(), CacheError> {
+        let old = self.idx.cml.get(&entry.seq).map(|(s, _)| *s);
+        let slot = put(self.heap, &mut self.tx, old, Kind::Cml, &entry)?;
+        self.idx.cml.insert(entry.seq, (slot, entry));
+        Ok(())
+    }
+
+    pub fn remove_cml(&mut self, seq: u64) -> Result<(), CacheError> {
+        if let Some((slot, _)) = self.idx.cml.remove(&seq) {
+            record::remove(self.heap, &mut self.tx, slot)?;
+        }
+        Ok(())
     }
 }

@@ -9,11 +9,22 @@ use std::fs::File;
 use coda_proto::cml::{self, CmlRecord, Op, Store};
 use coda_proto::vice::{direct_opcode, MutateReply};
 use coda_proto::{Errno, Fid, Status, Timestamp, VnodeKind};
-use coda_rpc2::codec;
 use coda_rpc2::endpoint::SideEffect;
 use coda_rpc2::Source;
+use coda_rpc2::{codec, codec_struct};
 
 use crate::core::{hash_file, Result, Venus};
+
+codec_struct! {
+    /// One record of the persistent CML: the update, in log order, and the
+    /// local user it is reintegrated for.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct LogEntry {
+        pub seq: u64,
+        pub uid: u32,
+        pub record: CmlRecord,
+    }
+}
 
 /// Makes `op` a record, ships it, and applies it to the cache. Returns the
 /// real fid of an object it created.
