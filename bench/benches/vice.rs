@@ -192,6 +192,7 @@ async fn create(ep: &UdpEndpoint, c: &mut Conn, name: String) -> Status {
         name,
         fid,
         mode: 0o644,
+        group: 0,
     }));
     let r: MutateReply = call(
         ep,
@@ -282,6 +283,7 @@ fn setup(cores: u32, conns: usize) -> (Srv, Client) {
                     name: format!("dir{i}"),
                     fid,
                     mode: 0o755,
+                    group: 0,
                 }));
                 let r: MutateReply = call(
                     &ep,
@@ -420,6 +422,7 @@ async fn staged_batch(ep: &UdpEndpoint, c: &mut Conn, files: u64) -> Bytes {
             name: format!("r{}-{i}", c.next),
             fid,
             mode: 0o644,
+            group: 0,
         }));
         let seen = create.store_id;
         records.push(create);

@@ -32,7 +32,9 @@ codec_struct! {
         pub seen: StoreId,
         pub mode: Option<u32>,
         pub owner: Option<u32>,
+        pub group: Option<u32>,
         pub mtime: Option<Timestamp>,
+        pub atime: Option<Timestamp>,
         pub length: Option<u64>,
     }
 }
@@ -45,6 +47,8 @@ codec_struct! {
         pub name: String,
         pub fid: Fid,
         pub mode: u32,
+        /// The creator's group (a local POSIX gid).
+        pub group: u32,
     }
 }
 
@@ -90,6 +94,8 @@ codec_struct! {
         pub name: String,
         pub fid: Fid,
         pub mode: u32,
+        /// The creator's group (a local POSIX gid).
+        pub group: u32,
     }
 }
 
@@ -110,6 +116,8 @@ codec_struct! {
         pub fid: Fid,
         pub target: String,
         pub mode: u32,
+        /// The creator's group (a local POSIX gid).
+        pub group: u32,
     }
 }
 

@@ -47,12 +47,17 @@ codec_struct! {
         /// Permission bits (the owner's matter for files; directories go by ACL).
         pub mode: u32,
         pub owner: u32,
+        /// The group owner: a local (POSIX) group id the clients keep for
+        /// their users; Coda's rights never depend on it.
+        pub group: u32,
         /// Who made the last change.
         pub author: u32,
         pub link_count: u32,
         pub length: u64,
         pub mtime: Timestamp,
         pub ctime: Timestamp,
+        /// Set only by an explicit utimes (reads do not move it).
+        pub atime: Timestamp,
         /// Bumped by every change of the data.
         pub data_version: u64,
         pub vv: VersionVector,

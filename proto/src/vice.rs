@@ -357,12 +357,14 @@ mod tests {
                 name: "d".into(),
                 fid: local(1),
                 mode: 0,
+                group: 0,
             })),
             rec(Op::Create(Create {
                 dir: local(1),
                 name: "f".into(),
                 fid: local(2),
                 mode: 0,
+                group: 0,
             })),
             rec(Op::Store(Store {
                 fid: local(2),
@@ -376,12 +378,14 @@ mod tests {
                 name: "g".into(),
                 fid: Fid::new(7, 40, 40),
                 mode: 0,
+                group: 0,
             })),
             rec(Op::Create(Create {
                 dir: Fid::root(7),
                 name: "h".into(),
                 fid: local(3),
                 mode: 0,
+                group: 0,
             })),
         ];
         let applied = Applied {

@@ -71,7 +71,9 @@ fn op() -> impl Strategy<Value = Op> {
                     mode,
                     owner,
                     mtime,
-                    length
+                    length,
+                    group: None,
+                    atime: None,
                 }
             )),
         (fid(), name(), fid(), any::<u32>()).prop_map(|(dir, name, fid, mode)| Op::Create(
@@ -79,7 +81,8 @@ fn op() -> impl Strategy<Value = Op> {
                 dir,
                 name,
                 fid,
-                mode
+                mode,
+                group: 0,
             }
         )),
         (fid(), name(), fid(), store_id()).prop_map(|(dir, name, fid, seen)| Op::Remove(
@@ -106,7 +109,8 @@ fn op() -> impl Strategy<Value = Op> {
                 dir,
                 name,
                 fid,
-                mode
+                mode,
+                group: 0,
             }
         )),
         (fid(), name(), fid()).prop_map(|(dir, name, fid)| Op::RemoveDir(cml::RemoveDir {
@@ -120,7 +124,8 @@ fn op() -> impl Strategy<Value = Op> {
                 name,
                 fid,
                 target,
-                mode
+                mode,
+                group: 0,
             })
         ),
         (fid(), acl()).prop_map(|(dir, acl)| Op::SetAcl(cml::SetAcl { dir, acl })),
@@ -151,11 +156,13 @@ fn status() -> impl Strategy<Value = Status> {
                 },
                 mode,
                 owner,
+                group: mode >> 7,
                 author: owner,
                 link_count: 1,
                 length,
                 mtime,
                 ctime: mtime,
+                atime: mtime,
                 data_version: length / 3,
                 vv: VersionVector {
                     slots,
@@ -238,6 +245,7 @@ fn decode_errors_name_the_variant_and_field() {
             name: "a".into(),
             fid: Fid::new(1, 2, 2),
             mode: 0o644,
+            group: 0,
         }),
     };
     let bytes = to_bytes(&Reintegrate {
@@ -247,7 +255,7 @@ fn decode_errors_name_the_variant_and_field() {
     });
     let err = from_bytes::<Reintegrate>(&bytes[..bytes.len() - 1]).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("Create.mode"), "{text}");
+    assert!(text.contains("Create.group"), "{text}");
     // An unknown op tag is refused, not guessed at.
     let mut bad = bytes.to_vec();
     // volume, batch (2), count, store id (2), time (2), then the op's tag.

@@ -767,3 +767,17 @@ mod tests {
         assert_eq!(unescape_mountinfo(b"/a\\04"), b"/a\\04");
     }
 }
+
+/// A cell with one shard and one client logged in as admin. The client is
+/// declared first so it is dropped (unmounted) before the server.
+pub struct Cell {
+    pub v: Venus,
+    pub srv: crate::Server,
+}
+
+pub fn cell() -> Cell {
+    let srv = crate::Server::start(1);
+    let v = Venus::start(&srv.addr);
+    v.clog_admin();
+    Cell { v, srv }
+}

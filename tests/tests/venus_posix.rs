@@ -8,22 +8,8 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use coda_tests::venus::{eventually, fsx, is_mounted, timed_for, Venus};
+use coda_tests::venus::{cell, eventually, fsx, is_mounted, timed_for, Venus};
 use coda_tests::{checksum, pattern, Server};
-
-/// A cell with one shard and one client logged in as admin. The client is
-/// declared first so it is dropped (unmounted) before the server.
-struct Cell {
-    v: Venus,
-    srv: Server,
-}
-
-fn cell() -> Cell {
-    let srv = Server::start(1);
-    let v = Venus::start(&srv.addr);
-    v.clog_admin();
-    Cell { v, srv }
-}
 
 /// The errno of a call that must fail.
 fn errno<T: Debug>(what: &str, r: io::Result<T>) -> i32 {

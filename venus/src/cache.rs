@@ -67,7 +67,7 @@ codec_struct! {
     }
 }
 
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 4;
 
 /// The in-memory indexes over the cache's records.
 #[derive(Default)]

@@ -35,6 +35,10 @@ pub type Result<T> = std::result::Result<T, Errno>;
 /// How many fids one ValidateAttrs call carries.
 const VALIDATE_BATCH: usize = 1000;
 
+/// The longest file: 16 TiB, what ext4 (the usual home of containers, on
+/// clients and servers) takes.
+pub const FILE_BYTES_MAX: u64 = 1 << 44;
+
 /// A directory listing may be this large.
 const LISTING_BYTES_MAX: u64 = 1 << 30;
 
@@ -52,10 +56,26 @@ pub struct Attr {
     pub kind: VnodeKind,
     pub mode: u32,
     pub uid: u32,
+    pub gid: u32,
     pub size: u64,
     pub mtime: Timestamp,
     pub ctime: Timestamp,
+    pub atime: Timestamp,
     pub nlink: u32,
+}
+
+/// What a setattr asks to change.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttrs {
+    pub mode: Option<u32>,
+    pub owner: Option<u32>,
+    /// A new group, and whether the caller belongs to it.
+    pub group: Option<(u32, bool)>,
+    pub length: Option<u64>,
+    pub mtime: Option<Timestamp>,
+    pub atime: Option<Timestamp>,
+    /// The times are "now" (utimes(NULL)), which write access allows.
+    pub times_now: bool,
 }
 
 /// A user's token, as `clog` handed it over.
@@ -101,6 +121,25 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// A local file's error as the program should see it.
+fn io_errno(e: std::io::Error) -> Errno {
+    match e.raw_os_error() {
+        Some(libc::EFBIG | libc::EINVAL) => Errno::EFBIG,
+        Some(libc::ENOSPC | libc::EDQUOT) => Errno::ENOSPC,
+        _ => Errno::EIO,
+    }
+}
+
+fn system_time(t: Timestamp) -> std::time::SystemTime {
+    let base = std::time::UNIX_EPOCH;
+    let nanos = std::time::Duration::from_nanos(t.nanos as u64);
+    if t.secs >= 0 {
+        base + std::time::Duration::from_secs(t.secs as u64) + nanos
+    } else {
+        base - std::time::Duration::from_secs(t.secs.unsigned_abs()) + nanos
+    }
 }
 
 fn ts_of(secs: i64, nanos: i64) -> Timestamp {
@@ -703,16 +742,20 @@ impl Venus {
             kind: s.kind,
             mode: s.mode & 0o7777,
             uid: s.owner,
+            gid: s.group,
             size: s.length,
             mtime: s.mtime,
             ctime: s.ctime,
-            nlink: s.link_count.max(1),
+            atime: s.atime,
+            // Unlinked while open: no name holds it any more.
+            nlink: if o.orphan { 0 } else { s.link_count.max(1) },
         };
         if o.writers > 0 && o.rec.container != container::NONE {
             // Writes go straight to the container: it is the truth now.
             if let Ok(m) = std::fs::metadata(self.cache.containers.path(o.rec.container)) {
                 a.size = m.len();
                 a.mtime = ts_of(m.mtime(), m.mtime_nsec());
+                a.ctime = a.ctime.max(ts_of(m.ctime(), m.ctime_nsec()));
             }
         }
         if s.kind == VnodeKind::Directory {
@@ -818,6 +861,18 @@ impl Venus {
         write: bool,
         truncate: bool,
     ) -> Result<(u64, Arc<File>)> {
+        self.open_as(uid, ino, write, truncate, false)
+    }
+
+    /// Opens; a file's `creator` may write it whatever its mode bits say.
+    fn open_as(
+        &mut self,
+        uid: u32,
+        ino: u64,
+        write: bool,
+        truncate: bool,
+        creator: bool,
+    ) -> Result<(u64, Arc<File>)> {
         let fid = self.fid_of(ino)?;
         let s = self.status(uid, fid)?;
         match s.kind {
@@ -825,7 +880,7 @@ impl Venus {
             VnodeKind::Symlink => return Err(Errno::ELOOP),
             VnodeKind::File => {}
         }
-        if write {
+        if write && !creator {
             self.may_write(uid, fid)?;
         }
         let open_already = self.cache.objs[&fid].opens > 0;
@@ -898,7 +953,8 @@ impl Venus {
         let Some(h) = self.handles.get(&fh) else {
             return Ok(());
         };
-        if !h.writable {
+        if !h.writable || self.cache.objs.get(&h.fid).is_none_or(|o| o.orphan) {
+            // Nothing to store: unchanged, or no name holds it any more.
             return Ok(());
         }
         let m = h.file.metadata().map_err(|_| Errno::EIO)?;
@@ -935,40 +991,62 @@ impl Venus {
         Ok(())
     }
 
+    /// Makes a file and opens it for writing (whatever its mode says: its
+    /// creator may write it).
     pub fn create(
         &mut self,
         uid: u32,
+        gid: u32,
         parent: u64,
         name: &str,
         mode: u32,
     ) -> Result<(Attr, u64, Arc<File>)> {
-        let fid = self.make(uid, parent, name, |dir, name, fid| {
+        let attr = self.mknod(uid, gid, parent, name, mode)?;
+        let (fh, file) = self.open_as(uid, attr.ino, true, false, true)?;
+        Ok((attr, fh, file))
+    }
+
+    /// Makes an empty file.
+    pub fn mknod(
+        &mut self,
+        uid: u32,
+        gid: u32,
+        parent: u64,
+        name: &str,
+        mode: u32,
+    ) -> Result<Attr> {
+        let fid = self.make(uid, gid, parent, name, |dir, name, fid, group, _| {
             Op::Create(cml::Create {
                 dir,
                 name,
                 fid,
                 mode: mode & 0o7777,
+                group,
             })
         })?;
         self.empty_container(fid)?;
-        let attr = self.attr(fid)?;
-        let (fh, file) = self.open(uid, attr.ino, true, false)?;
-        Ok((attr, fh, file))
+        self.attr(fid)
     }
 
     /// Makes a new object named `name` in `parent` by the record `op`
     /// builds (from the directory, the name and a made-up fid); its real fid.
+    /// The new object's group is the creator's `gid`, or its directory's
+    /// when that is set-group-id (whose bit new directories inherit).
     fn make(
         &mut self,
         uid: u32,
+        gid: u32,
         parent: u64,
         name: &str,
-        op: impl FnOnce(Fid, String, Fid) -> Op,
+        op: impl FnOnce(Fid, String, Fid, u32, bool) -> Op,
     ) -> Result<Fid> {
         let dir = self.fid_of(parent)?;
         self.check_new_name(uid, dir, name)?;
+        let d = self.status(uid, dir)?;
+        let setgid = d.mode & 0o2000 != 0;
+        let group = if setgid { d.group } else { gid };
         let fid = self.local_fid(dir.volume);
-        crate::cml::mutate(self, uid, op(dir, name.into(), fid))?.ok_or(Errno::EIO)
+        crate::cml::mutate(self, uid, op(dir, name.into(), fid, group, setgid))?.ok_or(Errno::EIO)
     }
 
     /// The directory exists and is current, and `name` is a valid new name.
@@ -980,13 +1058,21 @@ impl Venus {
         }
     }
 
-    pub fn mkdir(&mut self, uid: u32, parent: u64, name: &str, mode: u32) -> Result<Attr> {
-        let fid = self.make(uid, parent, name, |dir, name, fid| {
+    pub fn mkdir(
+        &mut self,
+        uid: u32,
+        gid: u32,
+        parent: u64,
+        name: &str,
+        mode: u32,
+    ) -> Result<Attr> {
+        let fid = self.make(uid, gid, parent, name, |dir, name, fid, group, setgid| {
             Op::MakeDir(cml::MakeDir {
                 dir,
                 name,
                 fid,
-                mode: mode & 0o7777,
+                mode: (mode & 0o7777) | if setgid { 0o2000 } else { 0 },
+                group,
             })
         })?;
         // A new directory is empty: nothing to fetch.
@@ -997,14 +1083,22 @@ impl Venus {
         self.attr(fid)
     }
 
-    pub fn symlink(&mut self, uid: u32, parent: u64, name: &str, target: &str) -> Result<Attr> {
-        let fid = self.make(uid, parent, name, |dir, name, fid| {
+    pub fn symlink(
+        &mut self,
+        uid: u32,
+        gid: u32,
+        parent: u64,
+        name: &str,
+        target: &str,
+    ) -> Result<Attr> {
+        let fid = self.make(uid, gid, parent, name, |dir, name, fid, group, _| {
             Op::SymLink(cml::SymLink {
                 dir,
                 name,
                 fid,
                 target: target.into(),
                 mode: 0o777,
+                group,
             })
         })?;
         let o = self.cache.objs.get_mut(&fid).expect("made");
@@ -1128,57 +1222,96 @@ impl Venus {
     }
 
     /// Changes attributes; a length truncates or extends the cached copy too.
-    pub fn setattr(
-        &mut self,
-        uid: u32,
-        ino: u64,
-        mode: Option<u32>,
-        owner: Option<u32>,
-        length: Option<u64>,
-        mtime: Option<Timestamp>,
-    ) -> Result<Attr> {
+    /// Changes attributes. Refusals of ownership, mode and explicit times
+    /// are EPERM, as POSIX has them.
+    pub fn setattr(&mut self, uid: u32, ino: u64, ch: SetAttrs) -> Result<Attr> {
         let fid = self.fid_of(ino)?;
         let s = self.status(uid, fid)?;
-        if length.is_some() && s.kind == VnodeKind::Directory {
+        if ch.length.is_some() && s.kind == VnodeKind::Directory {
             return Err(Errno::EISDIR);
         }
-        if mode.is_none() && owner.is_none() && length.is_none() && mtime.is_none() {
+        if ch.length.is_some_and(|l| l > FILE_BYTES_MAX) {
+            return Err(Errno::EFBIG);
+        }
+        let caller_owns = self.rights_key(uid) == Some(s.owner as i32);
+        let owner = ch.owner.filter(|&o| o != s.owner);
+        let group = match ch.group {
+            Some((g, _)) if g == s.group => None,
+            // Root gives any group; an owner only one they belong to.
+            Some((g, member)) if uid == 0 || (caller_owns && member) => Some(g),
+            Some(_) => return Err(Errno::EPERM),
+            None => None,
+        };
+        if owner.is_some() && uid != 0 {
+            return Err(Errno::EPERM);
+        }
+        // A chown's mode is the kernel clearing set-id bits, and this
+        // kernel's FUSE clears the sticky bit with them: it stays.
+        let mode = match ch.mode {
+            Some(m) if ch.owner.is_some() || ch.group.is_some() => Some(m | (s.mode & 0o1000)),
+            m => m,
+        };
+        let ch = SetAttrs { mode, ..ch };
+        if ch.mode.is_none()
+            && owner.is_none()
+            && group.is_none()
+            && ch.length.is_none()
+            && ch.mtime.is_none()
+            && ch.atime.is_none()
+        {
             return self.attr(fid);
         }
-        let writers = self.cache.objs[&fid].writers;
-        if let (Some(len), true) = (length, writers > 0) {
-            // Open for writing: the container is the truth, stored at close.
-            if mode.is_none() && owner.is_none() && mtime.is_none() {
-                let o = &self.cache.objs[&fid];
-                let f = self
-                    .cache
-                    .containers
-                    .open_rw(o.rec.container)
-                    .map_err(|_| Errno::EIO)?;
-                f.set_len(len).map_err(|_| Errno::EIO)?;
-                for h in self
-                    .handles
-                    .values_mut()
-                    .filter(|h| h.fid == fid && h.writable)
-                {
-                    h.dirty = true;
-                }
+        let o = &self.cache.objs[&fid];
+        let open_for_writing = o.writers > 0 && o.rec.container != container::NONE;
+        if open_for_writing {
+            // The container is the truth until close stores it: cut it
+            // here, and give it the times asked for, which that store keeps.
+            let f = self
+                .cache
+                .containers
+                .open_rw(o.rec.container)
+                .map_err(|_| Errno::EIO)?;
+            if let Some(len) = ch.length {
+                f.set_len(len).map_err(io_errno)?;
+            }
+            if let Some(t) = ch.mtime {
+                f.set_modified(system_time(t)).map_err(io_errno)?;
+            }
+            for h in self
+                .handles
+                .values_mut()
+                .filter(|h| h.fid == fid && h.writable)
+            {
+                h.dirty = true;
+            }
+            let rest =
+                ch.mode.is_some() || owner.is_some() || group.is_some() || ch.atime.is_some();
+            if !rest && ch.mtime.is_none() {
                 return self.attr(fid);
             }
         }
-        crate::cml::mutate(
+        let explicit = ch.mode.is_some() || owner.is_some() || group.is_some();
+        let result = crate::cml::mutate(
             self,
             uid,
             Op::SetAttr(cml::SetAttr {
                 fid,
                 seen: s.vv.store_id,
-                mode: mode.map(|m| m & 0o7777),
+                mode: ch.mode.map(|m| m & 0o7777),
                 owner,
-                mtime,
-                length,
+                group,
+                mtime: ch.mtime,
+                atime: ch.atime,
+                length: if open_for_writing { None } else { ch.length },
             }),
-        )?;
-        self.attr(fid)
+        );
+        match result {
+            Err(Errno::EACCES) if explicit || (ch.mtime.is_some() && !ch.times_now) => {
+                Err(Errno::EPERM)
+            }
+            Err(e) => Err(e),
+            Ok(_) => self.attr(fid),
+        }
     }
 
     /// access(2) by Coda's rights: reading a file needs `r` (and the owner

@@ -18,7 +18,7 @@ use fuser::{
 };
 
 use crate::control;
-use crate::core::{Attr, Venus};
+use crate::core::{Attr, SetAttrs, Venus};
 
 /// How long the kernel may answer from its own caches. Callback breaks
 /// invalidate what changed at once (`callback`), so this can be long.
@@ -73,7 +73,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: time(a.mtime),
+        atime: time(a.atime),
         mtime: time(a.mtime),
         ctime: time(a.ctime),
         crtime: time(a.ctime),
@@ -81,11 +81,30 @@ fn file_attr(a: &Attr) -> FileAttr {
         perm: a.mode as u16,
         nlink: a.nlink,
         uid: a.uid,
-        gid: 0,
+        gid: a.gid,
         rdev: 0,
         blksize: 4096,
         flags: 0,
     }
+}
+
+/// Whether the process making `req` belongs to group `gid` (its file
+/// system gid or a supplementary group), as /proc tells.
+fn in_group(req: &Request, gid: u32) -> bool {
+    if req.gid() == gid {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid())) else {
+        return false;
+    };
+    status.lines().any(|l| {
+        let ids = match l.split_once(':') {
+            Some(("Gid", ids)) => ids.split_whitespace().nth(3),
+            Some(("Groups", ids)) => return ids.split_whitespace().any(|g| g == gid.to_string()),
+            _ => None,
+        };
+        ids == Some(&gid.to_string())
+    })
 }
 
 /// Answers a request that returns nothing but success or an error.
@@ -203,9 +222,9 @@ impl Filesystem for Fuse {
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
-        _gid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
@@ -215,11 +234,20 @@ impl Filesystem for Fuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let mtime = mtime.map(|t| match t {
+        let at = |t: TimeOrNow| match t {
             TimeOrNow::SpecificTime(t) => timestamp(t),
             TimeOrNow::Now => Timestamp::now(),
-        });
-        match self.with(|v| v.setattr(req.uid(), ino.0, mode, uid, size, mtime)) {
+        };
+        let ch = SetAttrs {
+            mode,
+            owner: uid,
+            group: gid.map(|g| (g, in_group(req, g))),
+            length: size,
+            times_now: matches!(mtime, Some(TimeOrNow::Now)),
+            mtime: mtime.map(at),
+            atime: atime.map(at),
+        };
+        match self.with(|v| v.setattr(req.uid(), ino.0, ch)) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(e),
         }
@@ -241,7 +269,34 @@ impl Filesystem for Fuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = name(n).and_then(|n| self.with(|v| v.mkdir(req.uid(), parent.0, n, mode & !umask)));
+        let r = name(n)
+            .and_then(|n| self.with(|v| v.mkdir(req.uid(), req.gid(), parent.0, n, mode & !umask)));
+        self.entry(reply, r);
+    }
+
+    /// Regular files only: Coda keeps no devices, FIFOs or sockets.
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = name(n).and_then(|n| {
+            self.with(|v| {
+                if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+                    return match v.lookup(req.uid(), parent.0, n) {
+                        Ok(_) => Err(CodaErrno::EEXIST),
+                        Err(CodaErrno::ENOENT) => Err(CodaErrno::EPERM),
+                        Err(e) => Err(e),
+                    };
+                }
+                v.mknod(req.uid(), req.gid(), parent.0, n, mode & !umask & 0o7777)
+            })
+        });
         self.entry(reply, r);
     }
 
@@ -262,7 +317,7 @@ impl Filesystem for Fuse {
     fn symlink(&self, req: &Request, parent: INodeNo, n: &OsStr, target: &Path, reply: ReplyEntry) {
         let r = name(n).and_then(|n| {
             let t = target.to_str().ok_or(fuser::Errno::EINVAL)?;
-            self.with(|v| v.symlink(req.uid(), parent.0, n, t))
+            self.with(|v| v.symlink(req.uid(), req.gid(), parent.0, n, t))
         });
         self.entry(reply, r);
     }
@@ -475,8 +530,9 @@ impl Filesystem for Fuse {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let made =
-            name(n).and_then(|n| self.with(|v| v.create(req.uid(), parent.0, n, mode & !umask)));
+        let made = name(n).and_then(|n| {
+            self.with(|v| v.create(req.uid(), req.gid(), parent.0, n, mode & !umask))
+        });
         let (attr, fh, file) = match made {
             Ok(x) => x,
             Err(e) => return reply.error(e),

@@ -356,17 +356,24 @@ impl<'t, 'a> Apply<'t, 'a> {
                 if chown {
                     self.need(&dir, Rights::ADMINISTER)?;
                 }
+                // The group is the owner's to give (the client checks the
+                // owner belongs to it), else an administrator's.
+                let chgrp = r.group.is_some_and(|g| g != v.group);
+                if chgrp && !owner {
+                    self.need(&dir, Rights::ADMINISTER)?;
+                }
                 if r.mode.is_some() && !owner {
                     self.need(&dir, Rights::WRITE)?;
                 }
-                if r.mtime.is_some() || r.length.is_some() {
+                let times = r.mtime.is_some() || r.atime.is_some();
+                if times && !owner || r.length.is_some() {
                     self.need_file_write(&v)?;
                 }
                 // A SetAttr asking for none of the above (every field None,
                 // or the owner it has already) still bumps the version,
                 // ctime and author and breaks callbacks: like a utimes it
                 // needs 'w', unless the caller owns the object.
-                let guarded = chown || r.mode.is_some() || r.mtime.is_some() || r.length.is_some();
+                let guarded = chown || chgrp || r.mode.is_some() || times || r.length.is_some();
                 if !guarded && !owner {
                     self.need(&dir, Rights::WRITE)?;
                 }
@@ -392,14 +399,29 @@ impl<'t, 'a> Apply<'t, 'a> {
                 if let Some(o) = r.owner {
                     v.owner = o;
                 }
+                if let Some(g) = r.group {
+                    v.group = g;
+                }
                 if let Some(m) = r.mtime {
                     v.mtime = m;
+                }
+                if let Some(a) = r.atime {
+                    v.atime = a;
                 }
                 let fid = v.fid;
                 self.put(v)?;
                 Ok(vec![fid])
             }
-            Op::Create(r) => self.make(sid, t, r.dir, &r.name, r.fid, VnodeKind::File, r.mode, ""),
+            Op::Create(r) => self.make(
+                sid,
+                t,
+                r.dir,
+                &r.name,
+                r.fid,
+                VnodeKind::File,
+                (r.mode, r.group),
+                "",
+            ),
             Op::MakeDir(r) => self.make(
                 sid,
                 t,
@@ -407,7 +429,7 @@ impl<'t, 'a> Apply<'t, 'a> {
                 &r.name,
                 r.fid,
                 VnodeKind::Directory,
-                r.mode,
+                (r.mode, r.group),
                 "",
             ),
             Op::SymLink(r) => {
@@ -424,7 +446,7 @@ impl<'t, 'a> Apply<'t, 'a> {
                     &r.name,
                     r.fid,
                     VnodeKind::Symlink,
-                    0o777,
+                    (0o777, r.group),
                     &r.target,
                 )
             }
@@ -536,7 +558,7 @@ impl<'t, 'a> Apply<'t, 'a> {
         name: &str,
         asked: Fid,
         kind: VnodeKind,
-        mode: u32,
+        (mode, group): (u32, u32),
         target: &str,
     ) -> OpResult<Vec<Fid>> {
         let mut d = self.dir(dir)?;
@@ -551,11 +573,13 @@ impl<'t, 'a> Apply<'t, 'a> {
             kind,
             mode: mode & 0o7777,
             owner: self.caller.user as u32,
+            group,
             author: self.caller.user as u32,
             link_count: if is_dir { 2 } else { 1 },
             length: target.len() as u64,
             mtime: t,
             ctime: t,
+            atime: t,
             data_version: 1,
             vv,
             content_hash: if target.is_empty() {

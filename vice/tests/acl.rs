@@ -59,6 +59,8 @@ fn set_attr(
             owner,
             mtime,
             length,
+            group: None,
+            atime: None,
         }),
     )
     .map(|s| s[0].clone())
@@ -73,6 +75,7 @@ fn create_mode(w: &mut World, c: &mut Client, dir: Fid, name: &str, mode: u32) -
             name: name.into(),
             fid,
             mode,
+            group: 0,
         }),
     )
     .unwrap()[0]
@@ -95,6 +98,7 @@ fn symlink(
             fid,
             target: target.into(),
             mode: 0o777,
+            group: 0,
         }),
     )
     .map(|s| s[0].clone())
@@ -696,6 +700,8 @@ fn a_setattr_that_changes_nothing_still_needs_rights() {
             owner: None,
             mtime: None,
             length: None,
+            group: None,
+            atime: None,
         }),
     );
     assert_eq!(stale.err(), Some(Errno::EACCES));

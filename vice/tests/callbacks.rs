@@ -173,6 +173,7 @@ fn a_reintegrated_batch_breaks_promises_like_direct_updates() {
             name: "from-batch".into(),
             fid: local,
             mode: 0o644,
+            group: 0,
         })),
         b.record(Op::SetAttr(cml::SetAttr {
             fid: f,
@@ -181,6 +182,8 @@ fn a_reintegrated_batch_breaks_promises_like_direct_updates() {
             owner: None,
             mtime: None,
             length: None,
+            group: None,
+            atime: None,
         })),
     ];
     let r: ReintegrateReply = w

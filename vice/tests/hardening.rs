@@ -102,6 +102,7 @@ fn a_batch_sent_again_is_answered_only_once_durable() {
             name: "f".into(),
             fid: Fid::new(root.volume, coda_proto::fid::LOCAL_VNODE_BASE + 1, 1),
             mode: 0o644,
+            group: 0,
         }),
     };
     let body = codec::to_bytes(&Reintegrate {
@@ -414,6 +415,7 @@ fn volume_stamps_are_not_reused_after_a_crash() {
             name: name.into(),
             fid: Fid::new(root.volume, coda_proto::fid::LOCAL_VNODE_BASE + n, n),
             mode: 0o644,
+            group: 0,
         }),
     };
     let info = |svc: &mut coda_vice::service::Service, seq| {
@@ -519,6 +521,7 @@ fn allocated_fids_belong_to_the_user_they_were_given_to() {
             name: name.into(),
             fid,
             mode: 0o644,
+            group: 0,
         }))
     };
     // Bob may not take Alice's fids, nor make one up.

@@ -45,6 +45,7 @@ fn a_directory_of_a_million_entries_survives_a_restart() {
                         name,
                         fid,
                         mode: 0o644,
+                        group: 0,
                     }),
                 )
             })
@@ -111,6 +112,7 @@ fn acls_of_hundreds_of_entries_and_long_names_are_kept() {
                     name: long.clone(),
                     fid: Fid::new(vol, LOCAL_VNODE_BASE + 1, 1),
                     mode: 0o755,
+                    group: 0,
                 }),
             ),
         ],

@@ -126,6 +126,7 @@ fn symlinks_links_renames_and_attributes() {
                 fid,
                 target: "/etc/passwd".into(),
                 mode: 0o777,
+                group: 0,
             }),
         )
         .unwrap();
@@ -156,6 +157,8 @@ fn symlinks_links_renames_and_attributes() {
         owner: None,
         mtime: None,
         length: Some(4),
+        group: None,
+        atime: None,
     });
     let st = w.mutate(&mut a, trunc).unwrap();
     assert_eq!((st[0].length, st[0].mode), (4, 0o600));

@@ -79,6 +79,7 @@ fn a_mixed_batch_is_applied_whole_with_every_local_fid_remapped() {
         name: "new".into(),
         fid: new_dir,
         mode: 0o755,
+        group: 0,
     }));
     let (create, file) = create_rec(&mut a, new_dir, "file");
     let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
@@ -90,6 +91,7 @@ fn a_mixed_batch_is_applied_whole_with_every_local_fid_remapped() {
         fid: link,
         target: "file".into(),
         mode: 0o777,
+        group: 0,
     }));
     let rename = a.record(Op::Rename(cml::Rename {
         from_dir: d,
@@ -112,6 +114,8 @@ fn a_mixed_batch_is_applied_whole_with_every_local_fid_remapped() {
         owner: None,
         mtime: None,
         length: None,
+        group: None,
+        atime: None,
     }));
     let records = vec![mkdir, create, store, symlink, rename, remove, setattr];
     let got = applied(reintegrate(&mut w, &a, batch, records.clone()));
@@ -197,6 +201,7 @@ fn remaps_hold_around_preallocated_fids_and_objects_gone_again() {
         name: "pre".into(),
         fid: pre,
         mode: 0o644,
+        group: 0,
     }));
     let (tmp, tmp_local) = create_rec(&mut a, d, "tmp");
     let rm_tmp = a.record(Op::Remove(cml::Remove {
@@ -211,6 +216,7 @@ fn remaps_hold_around_preallocated_fids_and_objects_gone_again() {
         name: "sub".into(),
         fid: sub_local,
         mode: 0o755,
+        group: 0,
     }));
     let (deep, deep_local) = create_rec(&mut a, sub_local, "deep");
     let records = vec![first, pre_rec, tmp, rm_tmp, sub, deep];
@@ -476,6 +482,7 @@ fn a_batch_sent_again_after_a_restart_is_still_recognised() {
             name: "sub".into(),
             fid,
             mode: 0o755,
+            group: 0,
         }));
         (rec, fid)
     };

@@ -110,6 +110,7 @@ impl Session {
             name: name.into(),
             fid,
             mode: 0o644,
+            group: 0,
         }));
         let r: MutateReply = call(&self.ct, self.conn, vice::SUBSYSTEM, op::CREATE, &rec)?;
         Ok(r.statuses[0].clone())

@@ -337,6 +337,7 @@ impl World {
                 name: name.into(),
                 fid,
                 mode: 0o644,
+                group: 0,
             }),
         )
         .map(|s| s[0].clone())
@@ -351,6 +352,7 @@ impl World {
                 name: name.into(),
                 fid,
                 mode: 0o755,
+                group: 0,
             }),
         )
         .map(|s| s[0].clone())
@@ -591,6 +593,7 @@ pub fn create_rec(c: &mut Client, dir: Fid, name: &str) -> (CmlRecord, Fid) {
         name: name.into(),
         fid,
         mode: 0o644,
+        group: 0,
     }));
     (rec, fid)
 }
@@ -633,6 +636,7 @@ pub fn creates(
                     name: name(i),
                     fid,
                     mode: 0o644,
+                    group: 0,
                 }),
             )
         })
