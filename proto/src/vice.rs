@@ -75,6 +75,9 @@ codec_struct! {
     pub struct NewConnect {
         /// Stable across the client's restarts: its store ids' host part.
         pub host: u64,
+        /// New at each start of the client: connections of the same host
+        /// from an earlier incarnation are gone, with their promises.
+        pub incarnation: u64,
         pub name: String,
     }
 }

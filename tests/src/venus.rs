@@ -724,6 +724,20 @@ pub mod fsx {
     }
 }
 
+/// A cell with one shard and one client logged in as admin. The client is
+/// declared first so it is dropped (unmounted) before the server.
+pub struct Cell {
+    pub v: Venus,
+    pub srv: crate::Server,
+}
+
+pub fn cell() -> Cell {
+    let srv = crate::Server::start(1);
+    let v = Venus::start(&srv.addr);
+    v.clog_admin();
+    Cell { v, srv }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,18 +780,4 @@ mod tests {
         assert_eq!(unescape_mountinfo(b"/a\\040b"), b"/a b");
         assert_eq!(unescape_mountinfo(b"/a\\04"), b"/a\\04");
     }
-}
-
-/// A cell with one shard and one client logged in as admin. The client is
-/// declared first so it is dropped (unmounted) before the server.
-pub struct Cell {
-    pub v: Venus,
-    pub srv: crate::Server,
-}
-
-pub fn cell() -> Cell {
-    let srv = crate::Server::start(1);
-    let v = Venus::start(&srv.addr);
-    v.clog_admin();
-    Cell { v, srv }
 }

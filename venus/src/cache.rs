@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use coda_proto::vice::{DirEntry, VolumeInfo};
 use coda_proto::{Fid, VnodeKind, VolumeId};
@@ -69,11 +70,16 @@ codec_struct! {
 
 const FORMAT: u32 = 4;
 
+/// Each cached object's inode number, readable without the core: a
+/// callback break tells the kernel to forget an inode before it is answered.
+pub type KernelInos = Arc<Mutex<HashMap<Fid, u64>>>;
+
 /// The in-memory indexes over the cache's records.
 #[derive(Default)]
 pub struct Index {
     pub objs: HashMap<Fid, FsObj>,
     pub inos: HashMap<u64, Fid>,
+    pub kernel_inos: KernelInos,
     /// Cached directory entries, by directory.
     pub dirs: HashMap<Fid, BTreeMap<String, (Slot, Fid)>>,
     pub volumes: HashMap<VolumeId, (Slot, VolumeInfo)>,
@@ -270,10 +276,13 @@ impl Cache {
         })?;
         self.host = meta.host;
         let idx = &mut self.idx;
+        let mut kernel = idx.kernel_inos.lock().unwrap_or_else(|p| p.into_inner());
         for o in idx.objs.values() {
             idx.inos.insert(o.rec.ino, o.rec.fid);
+            kernel.insert(o.rec.fid, o.rec.ino);
             idx.next_ino = idx.next_ino.max(o.rec.ino + 1);
         }
+        drop(kernel);
         for (slot, e) in entries {
             idx.dirs
                 .entry(e.dir)
@@ -380,10 +389,14 @@ impl Index {
                 self.next_ino += 1;
                 self.next_ino - 1
             };
+            let mut kernel = self.kernel_inos.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(old) = self.inos.insert(ino, fid) {
                 // The root moved to another fid (a new cell at the same cache).
                 self.objs.remove(&old);
+                kernel.remove(&old);
             }
+            kernel.insert(fid, ino);
+            drop(kernel);
             self.objs.insert(fid, FsObj::new(fid, ino, kind));
         }
         self.objs.get_mut(&fid).expect("just made")
@@ -406,6 +419,11 @@ impl Tx<'_> {
             return Ok(());
         };
         self.idx.inos.remove(&o.rec.ino);
+        self.idx
+            .kernel_inos
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fid);
         if let Some(s) = o.slot {
             record::remove(self.heap, &mut self.tx, s)?;
         }

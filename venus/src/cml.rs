@@ -8,7 +8,7 @@ use std::fs::File;
 
 use coda_proto::cml::{self, CmlRecord, Op, Store};
 use coda_proto::vice::{direct_opcode, MutateReply};
-use coda_proto::{Errno, Fid, Status, Timestamp, VnodeKind};
+use coda_proto::{Errno, Fid, Status, StoreId, Timestamp, VnodeKind};
 use coda_rpc2::endpoint::SideEffect;
 use coda_rpc2::Source;
 use coda_rpc2::{codec, codec_struct};
@@ -38,31 +38,62 @@ pub fn mutate(v: &mut Venus, uid: u32, op: Op) -> Result<Option<Fid>> {
     apply(v, uid, &record, statuses)
 }
 
-/// Stores a file's new contents from its container (on close).
-pub fn store(v: &mut Venus, uid: u32, fid: Fid, file: &File, mtime: Timestamp) -> Result<()> {
-    let len = file.metadata().map_err(|_| Errno::EIO)?.len();
-    let content_hash = hash_file(file, len).map_err(|_| Errno::EIO)?;
-    let o = v.cache.objs.get(&fid).ok_or(Errno::ENOENT)?;
-    let status = o.rec.status.as_ref().ok_or(Errno::EIO)?;
-    if status.length == len && status.content_hash == content_hash && status.mtime == mtime {
-        return Ok(());
+/// What a container held when it was last the server's version: a store
+/// from it names that version, so one made on top of another client's is a
+/// conflict the server finds, and an unchanged one is not sent at all.
+#[derive(Debug, Clone)]
+pub struct Base {
+    pub seen: StoreId,
+    pub length: u64,
+    pub hash: [u8; 32],
+    pub mtime: Timestamp,
+}
+
+impl Base {
+    /// The version a cached object's status describes.
+    pub fn of(status: &Status) -> Base {
+        Base {
+            seen: status.vv.store_id,
+            length: status.length,
+            hash: status.content_hash,
+            mtime: status.mtime,
+        }
     }
-    // The version this copy was made from: a store on top of another
-    // client's is a conflict the server finds.
-    let seen = o.rec.data.unwrap_or(status.vv.store_id);
+}
+
+/// Stores a file's new contents from its container (on close), unless they
+/// are what `base` has; returns the new base if it stored.
+pub fn store(
+    v: &mut Venus,
+    uid: u32,
+    fid: Fid,
+    file: &File,
+    mtime: Timestamp,
+    base: &Base,
+) -> Result<Option<Base>> {
+    let length = file.metadata().map_err(|_| Errno::EIO)?.len();
+    let hash = hash_file(file, length).map_err(|_| Errno::EIO)?;
+    if base.length == length && base.hash == hash && base.mtime == mtime {
+        return Ok(None);
+    }
     let record = CmlRecord {
         store_id: v.store_id(),
         time: mtime,
         op: Op::Store(Store {
             fid,
-            seen,
-            length: len,
-            content_hash,
+            seen: base.seen,
+            length,
+            content_hash: hash,
         }),
     };
     let statuses = ship(v, uid, &record, Some(file))?;
     apply(v, uid, &record, statuses)?;
-    Ok(())
+    Ok(Some(Base {
+        seen: record.store_id,
+        length,
+        hash,
+        mtime,
+    }))
 }
 
 /// Sends one record by its direct call; the statuses of what it touched.

@@ -10,9 +10,10 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use coda_proto::acl::{Acl, AclEntry, Rights};
+use coda_proto::callback::Break;
 use coda_proto::cml::{self, Op};
 use coda_proto::control::{self, AclLine, Event, NamedAcl, ServerState, TokenGrant};
 use coda_proto::fid::LOCAL_VNODE_BASE;
@@ -94,8 +95,17 @@ pub struct Handle {
     /// Changed through this handle in user space (passthrough writes are
     /// found by comparing the container with `opened`).
     pub dirty: bool,
-    /// The container's length and mtime when opened.
+    /// Mapped by this process when closed: writes through the mapping may
+    /// come after close (the kernel hands the mapping to the container and
+    /// says nothing more) and change neither length nor mtime, so the file
+    /// is stored again, if it differs, once the process unmaps it.
+    pub mapped: Option<u32>,
+    /// The container's length and mtime when opened (or last stored).
     opened: (u64, i64),
+    /// The container it reads and writes, and the server's version that
+    /// container last held.
+    container: u64,
+    base: crate::cml::Base,
 }
 
 /// The cache manager.
@@ -115,7 +125,28 @@ pub struct Venus {
     listeners: Vec<std::sync::mpsc::Sender<Event>>,
     /// Whole-object fetches from servers, for tests and `cfs`.
     pub fetches: u64,
+    /// Breaks answered but not yet applied: seen before any status is
+    /// trusted again.
+    pub breaks: PendingBreaks,
+    /// Inodes and directories broken since the callback thread last saw.
+    inos_broken: Vec<u64>,
+    dirs_broken: Vec<Fid>,
+    mappings: Vec<Mapping>,
 }
+
+/// A written file a process still maps after closing it.
+struct Mapping {
+    fid: Fid,
+    ino: u64,
+    uid: u32,
+    pid: u32,
+    file: Arc<File>,
+    container: u64,
+    base: crate::cml::Base,
+}
+
+/// Callback breaks the callback thread has answered, for the core.
+pub type PendingBreaks = Arc<Mutex<Vec<Break>>>;
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -171,7 +202,12 @@ impl Venus {
             next_fh: 1,
             listeners: Vec::new(),
             fetches: 0,
+            breaks: PendingBreaks::default(),
+            inos_broken: Vec::new(),
+            dirs_broken: Vec::new(),
+            mappings: Vec::new(),
         };
+        v.link.set_host(v.cache.host);
         let addr = *v.servers.first().ok_or(Errno::EINVAL)?;
         let info: VolumeInfo = v.link.call_decode(
             addr,
@@ -554,8 +590,30 @@ impl Venus {
         Ok(())
     }
 
+    /// Applies the breaks answered since the last call (the kernel forgot
+    /// their attributes already). Returns the inodes whose cached pages the
+    /// kernel should drop and the directories to refetch, broken since the
+    /// last call.
+    pub fn apply_breaks(&mut self) -> (Vec<u64>, Vec<Fid>) {
+        self.note_breaks();
+        (
+            std::mem::take(&mut self.inos_broken),
+            std::mem::take(&mut self.dirs_broken),
+        )
+    }
+
+    fn note_breaks(&mut self) {
+        let breaks = std::mem::take(&mut *self.breaks.lock().unwrap_or_else(|p| p.into_inner()));
+        for b in breaks {
+            let (inos, dirs) = self.broken(&b.fids, &b.volumes);
+            self.inos_broken.extend(inos);
+            self.dirs_broken.extend(dirs);
+        }
+    }
+
     /// The object's status, current (validated or fetched) for `uid`.
     fn status(&mut self, uid: u32, fid: Fid) -> Result<Status> {
+        self.note_breaks();
         let key = self.rights_key(uid);
         let need = |v: &Venus| {
             v.cache
@@ -659,6 +717,7 @@ impl Venus {
                 let len = std::fs::metadata(self.cache.containers.path(id)).map_or(0, |m| m.len());
                 if len != status.length {
                     // A short transfer: never cache a partial file.
+                    tracing::warn!("{fid}: fetched {len} bytes of {}", status.length);
                     self.cache.drop_container(id);
                     return Err(Errno::EIO);
                 }
@@ -670,7 +729,9 @@ impl Venus {
                 o.rec.data = Some(sid);
                 self.cache.save(fid)?;
                 self.cache.drop_container(old);
-                self.evict()?;
+                // Not the file just fetched: it is about to be used, even
+                // if it alone is more than the cache holds.
+                self.evict(Some(fid))?;
             }
             VnodeKind::Directory | VnodeKind::Symlink => {
                 let (status, reply) =
@@ -709,7 +770,7 @@ impl Venus {
 
     /// Evicts the least recently used clean, closed files until the cache
     /// fits its limit.
-    fn evict(&mut self) -> Result<()> {
+    fn evict(&mut self, keep: Option<Fid>) -> Result<()> {
         if self.cache.bytes <= self.cache_limit {
             return Ok(());
         }
@@ -718,6 +779,7 @@ impl Venus {
             .objs
             .values()
             .filter(|o| o.rec.container != container::NONE && o.opens == 0)
+            .filter(|o| Some(o.fid()) != keep)
             .map(|o| (o.last_used, o.fid()))
             .collect();
         victims.sort();
@@ -750,8 +812,9 @@ impl Venus {
             // Unlinked while open: no name holds it any more.
             nlink: if o.orphan { 0 } else { s.link_count.max(1) },
         };
-        if o.writers > 0 && o.rec.container != container::NONE {
-            // Writes go straight to the container: it is the truth now.
+        if o.writers > 0 && o.rec.container != container::NONE && o.has_data() {
+            // Writes go straight to the container: it is the truth now
+            // (unless the server has a newer version than it holds).
             if let Ok(m) = std::fs::metadata(self.cache.containers.path(o.rec.container)) {
                 a.size = m.len();
                 a.mtime = ts_of(m.mtime(), m.mtime_nsec());
@@ -854,14 +917,25 @@ impl Venus {
 
     /// Opens a file: fetched whole if absent or stale. Returns the handle
     /// and the container for the kernel.
+    /// Opens a file. With `keep`, a file open here already keeps the
+    /// version it has even if the server has a newer one (the kernel
+    /// cannot take the newer one while the older is open).
     pub fn open(
         &mut self,
         uid: u32,
         ino: u64,
         write: bool,
         truncate: bool,
+        keep: bool,
     ) -> Result<(u64, Arc<File>)> {
-        self.open_as(uid, ino, write, truncate, false)
+        self.open_as(uid, ino, write, truncate, false, keep)
+    }
+
+    /// Whether the cached data of a file is the server's version.
+    pub fn current(&mut self, uid: u32, ino: u64) -> Result<bool> {
+        let fid = self.fid_of(ino)?;
+        self.status(uid, fid)?;
+        Ok(self.cache.objs[&fid].has_data())
     }
 
     /// Opens; a file's `creator` may write it whatever its mode bits say.
@@ -872,6 +946,7 @@ impl Venus {
         write: bool,
         truncate: bool,
         creator: bool,
+        keep: bool,
     ) -> Result<(u64, Arc<File>)> {
         let fid = self.fid_of(ino)?;
         let s = self.status(uid, fid)?;
@@ -883,17 +958,44 @@ impl Venus {
         if write && !creator {
             self.may_write(uid, fid)?;
         }
-        let open_already = self.cache.objs[&fid].opens > 0;
-        if !(open_already && self.cache.objs[&fid].rec.container != container::NONE) {
-            // Open files keep the version they opened (session semantics).
-            if truncate && write && !self.cache.objs[&fid].has_data() {
+        let o = &self.cache.objs[&fid];
+        let held = o.opens > 0 && o.rec.container != container::NONE;
+        let overwrite = truncate && write;
+        if keep && held {
+            // The kernel holds this container for the inode (an open or a
+            // mapping outlives its close): the newer version goes into it,
+            // unless it has changes not stored yet, which stay (their store
+            // meets the newer version as a conflict).
+            if !o.has_data() && !overwrite && self.container_clean(fid) {
+                self.data_in_place(uid, fid)?;
+            }
+        } else if !(held && o.has_data()) {
+            // A file open here is shared by its opens while it is current;
+            // a newer version gets a container of its own, and the handles
+            // open already keep theirs (session semantics).
+            if overwrite && !o.has_data() {
                 self.empty_container(fid)?;
             } else {
                 self.data(uid, fid)?;
             }
         }
-        let id = self.cache.objs[&fid].rec.container;
-        let file = self.cache.containers.open_rw(id).map_err(|_| Errno::EIO)?;
+        let o = &self.cache.objs[&fid];
+        let id = o.rec.container;
+        // A container open already holds the version its handles know; one
+        // being overwritten replaces the version the server has.
+        let status = o.rec.status.as_ref().ok_or(Errno::EIO)?;
+        let base = match self
+            .handles
+            .values()
+            .find(|h| h.fid == fid && h.container == id)
+        {
+            Some(h) if !overwrite => h.base.clone(),
+            _ => crate::cml::Base::of(status),
+        };
+        let file = self.cache.containers.open_rw(id).map_err(|e| {
+            tracing::warn!("{fid}: container {id}: {e}");
+            Errno::EIO
+        })?;
         if truncate && write {
             file.set_len(0).map_err(|_| Errno::EIO)?;
         }
@@ -915,10 +1017,86 @@ impl Venus {
                 uid,
                 writable: write,
                 dirty: truncate && write,
+                mapped: None,
                 opened: (m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000),
+                container: id,
+                base,
             },
         );
         Ok((fh, file))
+    }
+
+    /// Whether the container the handles of `fid` share still holds the
+    /// version they know (nothing written since it was fetched or stored).
+    fn container_clean(&self, fid: Fid) -> bool {
+        let id = self.cache.objs[&fid].rec.container;
+        let known = self
+            .handles
+            .values()
+            .filter(|h| h.fid == fid && h.container == id)
+            .map(|h| (&h.base, &h.file))
+            .chain(
+                self.mappings
+                    .iter()
+                    .filter(|m| m.fid == fid && m.container == id)
+                    .map(|m| (&m.base, &m.file)),
+            )
+            .next();
+        let Some((base, file)) = known else {
+            return true;
+        };
+        let len = file.metadata().map_or(u64::MAX, |m| m.len());
+        len == base.length && hash_file(file, len).is_ok_and(|h| h == base.hash)
+    }
+
+    /// Fetches the newer version of `fid` into the container the kernel
+    /// holds (so its handles and mappings see it too).
+    fn data_in_place(&mut self, uid: u32, fid: Fid) -> Result<()> {
+        let held = self.cache.objs[&fid].rec.container;
+        let target = self.cache.containers.open_rw(held).map_err(io_errno)?;
+        // Fetched into a fresh container first, which then stands aside.
+        self.cache.objs.get_mut(&fid).expect("cached").rec.container = container::NONE;
+        let fetched = self.data(uid, fid);
+        let o = self.cache.objs.get_mut(&fid).expect("cached");
+        let fresh = std::mem::replace(&mut o.rec.container, held);
+        if let Err(e) = fetched {
+            o.rec.data = None;
+            self.cache.save(fid)?;
+            return Err(e);
+        }
+        let copied = (|| {
+            let source = self.cache.containers.open_rw(fresh)?;
+            target.set_len(0)?;
+            std::io::copy(&mut &source, &mut &target)?;
+            Ok::<_, std::io::Error>(())
+        })();
+        self.cache.save(fid)?;
+        self.cache.drop_container(fresh);
+        if let Err(e) = copied {
+            self.cache.objs.get_mut(&fid).expect("cached").rec.data = None;
+            self.cache.save(fid)?;
+            return Err(io_errno(e));
+        }
+        let o = &self.cache.objs[&fid];
+        let base = crate::cml::Base::of(o.rec.status.as_ref().ok_or(Errno::EIO)?);
+        let m = target.metadata().map_err(io_errno)?;
+        let now = (m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000);
+        for h in self
+            .handles
+            .values_mut()
+            .filter(|h| h.fid == fid && h.container == held)
+        {
+            h.base = base.clone();
+            h.opened = now;
+        }
+        for m in self
+            .mappings
+            .iter_mut()
+            .filter(|m| m.fid == fid && m.container == held)
+        {
+            m.base = base.clone();
+        }
+        Ok(())
     }
 
     /// Gives a file an empty container (its old contents are not needed:
@@ -959,25 +1137,91 @@ impl Venus {
         }
         let m = h.file.metadata().map_err(|_| Errno::EIO)?;
         let now = (m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000);
-        if !h.dirty && now == h.opened {
+        if !h.dirty && h.mapped.is_none() && now == h.opened {
             return Ok(());
         }
         let (fid, uid, file, before) = (h.fid, h.uid, h.file.clone(), h.opened.0);
-        let result = crate::cml::store(self, uid, fid, &file, ts_of(m.mtime(), m.mtime_nsec()));
+        let (container, base) = (h.container, h.base.clone());
+        let mtime = ts_of(m.mtime(), m.mtime_nsec());
+        let result = crate::cml::store(self, uid, fid, &file, mtime, &base);
         if let Some(h) = self.handles.get_mut(&fh) {
             h.dirty = false;
             h.opened = now;
         }
+        if let Ok(Some(stored)) = &result {
+            self.stored(fid, container, stored);
+        }
+        let result = result.map(|_| ());
         // Written data counts against the cache limit like fetched data.
         self.cache.bytes = (self.cache.bytes + now.0).saturating_sub(before);
-        self.evict()?;
+        self.evict(None)?;
         result
+    }
+
+    /// Every handle on `container` now holds the version `base` stored.
+    fn stored(&mut self, fid: Fid, container: u64, base: &crate::cml::Base) {
+        for h in self
+            .handles
+            .values_mut()
+            .filter(|h| h.fid == fid && h.container == container)
+        {
+            h.base = base.clone();
+        }
+    }
+
+    /// Process `pid` maps the open file (see [`Handle::mapped`]).
+    pub fn mapped(&mut self, fh: u64, pid: u32) {
+        if let Some(h) = self.handles.get_mut(&fh) {
+            h.mapped = Some(pid);
+        }
+    }
+
+    /// Stores the files whose mappings outlived their close, once unmapped
+    /// (called every second).
+    /// The files stored once unmapped: (process, inode) of each. Whether
+    /// each is still mapped is asked of /proc without the core's lock (a
+    /// process's maps wait on its faults, which may wait on this client).
+    pub fn watched_mappings(&self) -> Vec<(u32, u64)> {
+        self.mappings.iter().map(|m| (m.pid, m.ino)).collect()
+    }
+
+    /// Stores the files of `unmapped` (from [`Venus::watched_mappings`]).
+    pub fn store_unmapped(&mut self, unmapped: &[(u32, u64)]) {
+        let (done, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.mappings)
+            .into_iter()
+            .partition(|m| unmapped.contains(&(m.pid, m.ino)));
+        self.mappings = wait;
+        for m in done {
+            let orphan = self.cache.objs.get(&m.fid).is_none_or(|o| o.orphan);
+            let Ok(meta) = m.file.metadata() else {
+                continue;
+            };
+            let mtime = ts_of(meta.mtime(), meta.mtime_nsec());
+            if !orphan {
+                match crate::cml::store(self, m.uid, m.fid, &m.file, mtime, &m.base) {
+                    Ok(Some(stored)) => self.stored(m.fid, m.container, &stored),
+                    Ok(None) => {}
+                    Err(e) => self.emit("store", format!("{}: after unmap: {e}", m.fid)),
+                }
+            }
+        }
     }
 
     pub fn release(&mut self, fh: u64) -> Result<()> {
         let Some(h) = self.handles.remove(&fh) else {
             return Ok(());
         };
+        if let (Some(pid), true) = (h.mapped, h.writable) {
+            self.mappings.push(Mapping {
+                fid: h.fid,
+                ino: h.ino,
+                uid: h.uid,
+                pid,
+                file: h.file.clone(),
+                container: h.container,
+                base: h.base.clone(),
+            });
+        }
         let Some(o) = self.cache.objs.get_mut(&h.fid) else {
             return Ok(());
         };
@@ -1002,7 +1246,7 @@ impl Venus {
         mode: u32,
     ) -> Result<(Attr, u64, Arc<File>)> {
         let attr = self.mknod(uid, gid, parent, name, mode)?;
-        let (fh, file) = self.open_as(uid, attr.ino, true, false, true)?;
+        let (fh, file) = self.open_as(uid, attr.ino, true, false, true, false)?;
         Ok((attr, fh, file))
     }
 

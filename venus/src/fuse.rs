@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coda_proto::{Errno as CodaErrno, Timestamp, VnodeKind};
@@ -19,6 +19,7 @@ use fuser::{
 
 use crate::control;
 use crate::core::{Attr, SetAttrs, Venus};
+use crate::mapping;
 
 /// How long the kernel may answer from its own caches. Callback breaks
 /// invalidate what changed at once (`callback`), so this can be long.
@@ -26,11 +27,15 @@ const TTL: Duration = Duration::from_secs(60);
 
 pub struct Fuse {
     pub venus: Arc<Mutex<Venus>>,
+    mount: std::path::PathBuf,
     /// The control socket's path, answered as [`control::XATTR`].
     control: Vec<u8>,
     passthrough: AtomicBool,
     /// The kernel's backing file of each open inode, shared by its handles.
-    backings: Mutex<HashMap<u64, (BackingId, u32)>>,
+    /// How each open inode's handles are served.
+    backings: Mutex<HashMap<u64, Backing>>,
+    /// Notified when a handle of an inode is released.
+    released: Condvar,
     /// Handles served in user space.
     fallback: Mutex<HashMap<u64, ()>>,
 }
@@ -107,6 +112,16 @@ fn in_group(req: &Request, gid: u32) -> bool {
     })
 }
 
+/// How an open file's reads and writes are served.
+enum Served {
+    /// By the kernel, from the container (FUSE passthrough).
+    Passthrough,
+    /// By Venus.
+    Here,
+    /// Not at all: the kernel holds another version for the inode.
+    Refused,
+}
+
 /// Answers a request that returns nothing but success or an error.
 fn done(reply: ReplyEmpty, r: Result<(), fuser::Errno>) {
     match r {
@@ -120,12 +135,14 @@ fn name(n: &OsStr) -> Result<&str, fuser::Errno> {
 }
 
 impl Fuse {
-    pub fn new(venus: Arc<Mutex<Venus>>, control: &Path) -> Fuse {
+    pub fn new(venus: Arc<Mutex<Venus>>, control: &Path, mount: &Path) -> Fuse {
         Fuse {
             venus,
+            mount: mount.to_path_buf(),
             control: control.as_os_str().as_encoded_bytes().to_vec(),
             passthrough: AtomicBool::new(false),
             backings: Mutex::new(HashMap::new()),
+            released: Condvar::new(),
             fallback: Mutex::new(HashMap::new()),
         }
     }
@@ -152,37 +169,77 @@ impl Fuse {
         ino: u64,
         file: &std::fs::File,
         open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
-    ) -> bool {
+    ) -> Served {
+        use std::os::unix::fs::MetadataExt;
         if !self.passthrough.load(Ordering::Relaxed) {
-            return false;
+            return Served::Here;
         }
+        let Ok(m) = file.metadata() else {
+            return Served::Here;
+        };
+        let of = (m.dev(), m.ino());
         let mut b = self.backings.lock().unwrap();
-        if let Some((_, n)) = b.get_mut(&ino) {
-            *n += 1;
-            return true;
-        }
-        match open_backing(file) {
-            Ok(id) => {
-                b.insert(ino, (id, 1));
-                true
+        match b.get_mut(&ino) {
+            Some(e) if e.of == of => {
+                e.handles += 1;
+                Served::Passthrough
             }
-            Err(e) => {
-                tracing::warn!("passthrough refused ({e}); serving reads and writes here");
-                self.passthrough.store(false, Ordering::Relaxed);
-                false
-            }
+            // Another thread attached another version meanwhile: the kernel
+            // refuses a second backing file for one inode.
+            Some(_) => Served::Refused,
+            None => match open_backing(file) {
+                Ok(id) => {
+                    b.insert(ino, Backing { id, handles: 1, of });
+                    Served::Passthrough
+                }
+                Err(err) => {
+                    tracing::warn!("passthrough refused ({err}); serving reads and writes here");
+                    self.passthrough.store(false, Ordering::Relaxed);
+                    Served::Here
+                }
+            },
         }
+    }
+
+    /// Waits (a while) until no version of `ino` is attached to the kernel
+    /// any more; false if one still is.
+    fn wait_detached(&self, ino: u64) -> bool {
+        let deadline = std::time::Instant::now() + RELEASE_WAIT;
+        let mut b = self.backings.lock().unwrap();
+        while b.contains_key(&ino) {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            b = self.released.wait_timeout(b, deadline - now).unwrap().0;
+        }
+        true
     }
 
     fn drop_backing(&self, ino: u64) {
         let mut b = self.backings.lock().unwrap();
-        if let Some((_, n)) = b.get_mut(&ino) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(e) = b.get_mut(&ino) {
+            e.handles -= 1;
+            if e.handles == 0 {
                 b.remove(&ino);
             }
         }
+        self.released.notify_all();
     }
+}
+
+/// How long an open of a newer version waits for the handles of the one
+/// the kernel holds to be released (closed handles are released a moment
+/// after close returns) before it shares that version instead.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// A container the kernel reads and writes for an inode (FUSE passthrough
+/// takes one backing file per inode, whatever its handles).
+struct Backing {
+    id: BackingId,
+    handles: u32,
+    /// The container's (device, inode).
+    of: (u64, u64),
 }
 
 impl Filesystem for Fuse {
@@ -358,20 +415,34 @@ impl Filesystem for Fuse {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != fuser::OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        let (fh, file) = match self.with(|v| v.open(req.uid(), ino.0, write, truncate)) {
+        // A newer version than the one the kernel holds for this inode can
+        // be handed over only once that one's handles are released.
+        let attached = self.backings.lock().unwrap().contains_key(&ino.0);
+        let stale = attached && self.with(|v| v.current(req.uid(), ino.0)) == Ok(false);
+        let keep = stale && !self.wait_detached(ino.0);
+        if keep {
+            tracing::warn!(
+                "inode {}: an older version is still open; this open shares it",
+                ino.0
+            );
+        }
+        let opened = self.with(|v| v.open(req.uid(), ino.0, write, truncate, keep));
+        let (fh, file) = match opened {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        let passed = self.backing(ino.0, &file, |f| reply.open_backing(f));
-        match passed {
-            true => {
+        match self.backing(ino.0, &file, |f| reply.open_backing(f)) {
+            Served::Passthrough => {
                 let b = self.backings.lock().unwrap();
-                let (id, _) = &b[&ino.0];
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b[&ino.0].id);
             }
-            false => {
+            Served::Here => {
                 self.fallback.lock().unwrap().insert(fh, ());
                 reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Served::Refused => {
+                let _ = self.with(|v| v.release(fh));
+                reply.error(fuser::Errno::EBUSY);
             }
         }
     }
@@ -413,13 +484,25 @@ impl Filesystem for Fuse {
 
     fn flush(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        done(reply, self.with(|v| v.flush(fh.0)));
+        // The closing process's maps are read without the core's lock: they
+        // wait on its page faults, which may wait on this client.
+        let writable = self.with(|v| Ok(v.handle(fh.0)?.writable));
+        let mapped = writable == Ok(true) && mapping::mapped_by(req.pid(), &self.mount, ino.0);
+        done(
+            reply,
+            self.with(|v| {
+                if mapped {
+                    v.mapped(fh.0, req.pid());
+                }
+                v.flush(fh.0)
+            }),
+        );
     }
 
     fn fsync(
@@ -538,11 +621,10 @@ impl Filesystem for Fuse {
             Err(e) => return reply.error(e),
         };
         let fa = file_attr(&attr);
-        let passed = self.backing(attr.ino, &file, |f| reply.open_backing(f));
-        match passed {
-            true => {
+        match self.backing(attr.ino, &file, |f| reply.open_backing(f)) {
+            Served::Passthrough => {
                 let b = self.backings.lock().unwrap();
-                let (id, _) = &b[&attr.ino];
+                let id = &b[&attr.ino].id;
                 reply.created_passthrough(
                     &TTL,
                     &fa,
@@ -552,7 +634,8 @@ impl Filesystem for Fuse {
                     id,
                 );
             }
-            false => {
+            // A new inode has no backing yet: never refused.
+            Served::Here | Served::Refused => {
                 self.fallback.lock().unwrap().insert(fh, ());
                 reply.created(
                     &TTL,

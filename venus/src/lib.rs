@@ -6,7 +6,8 @@
 //! - [`core`]: the file-system calls as a Rust API.
 //! - [`cml`]: the one write path — updates as CML records.
 //! - [`callback`]: breaks from servers, passed on to the kernel.
-//! - [`fuse`]: the FUSE adapter; [`control`]: the tools' local socket.
+//! - [`fuse`]: the FUSE adapter; [`control`]: the tools' local socket;
+//!   [`mapping`]: files processes still map.
 
 pub mod cache;
 pub mod callback;
@@ -17,4 +18,5 @@ pub mod core;
 pub mod fsobj;
 pub mod fuse;
 pub mod link;
+pub mod mapping;
 pub mod volume;

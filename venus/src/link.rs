@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
+use coda_proto::vice::{self, NewConnect};
 use coda_proto::Errno;
 use coda_rpc2::codec::{self, Decode, Encode};
 use coda_rpc2::endpoint::{Auth, ConnId, Reply, SideEffect};
@@ -33,6 +34,10 @@ pub struct LinkError {
 
 pub struct Link {
     ct: ClientThread,
+    /// This client's host id (the cache's), and this start's incarnation:
+    /// told to each server on every new connection.
+    host: AtomicU64,
+    incarnation: u64,
     conns: Mutex<HashMap<(SocketAddr, Principal), ConnId>>,
     /// Connections lost (timed out, or forgotten by a restarted server):
     /// each loss means the promises made on it are gone.
@@ -51,8 +56,12 @@ impl Link {
                 ..Config::default()
             },
         )?;
+        let mut incarnation = [0u8; 8];
+        coda_rpc2::udp::getrandom_fill(&mut incarnation)?;
         Ok(Link {
             ct,
+            host: AtomicU64::new(0),
+            incarnation: u64::from_le_bytes(incarnation),
             conns: Mutex::new(HashMap::new()),
             lost: AtomicU64::new(0),
         })
@@ -145,8 +154,27 @@ impl Link {
             .ct
             .connect_blocking(addr, auth)
             .map_err(|error| LinkError { addr, error })?;
+        let hello = NewConnect {
+            host: self.host.load(Ordering::Relaxed),
+            incarnation: self.incarnation,
+            name: "venus".into(),
+        };
+        self.ct
+            .call_blocking(
+                conn,
+                vice::SUBSYSTEM,
+                vice::op::NEW_CONNECT,
+                codec::to_bytes(&hello),
+                None,
+            )
+            .map_err(|error| LinkError { addr, error })?;
         self.conns.lock().unwrap().insert((addr, who), conn);
         Ok(conn)
+    }
+
+    /// Sets the host id servers know this client by.
+    pub fn set_host(&self, host: u64) {
+        self.host.store(host, Ordering::Relaxed);
     }
 
     /// How many connections were lost so far.

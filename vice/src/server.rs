@@ -423,30 +423,66 @@ async fn run_shard(s: ShardStart) {
 }
 
 /// Carries out the service's actions; transfers and calls run as tasks.
+/// A reply waits until the callback breaks its request caused were answered
+/// (or failed, which drops that client's promises): once an update returns,
+/// no other client still trusts what it replaced (close-to-open).
 fn dispatch(ctx: &Rc<Ctx>, actions: Vec<Action>) {
+    let mut breaks = Vec::new();
+    let mut rest = Vec::with_capacity(actions.len());
     for a in actions {
+        match a {
+            Action::Break { conn, body } => {
+                let c = ctx.clone();
+                breaks.push(
+                    glommio::spawn_local(async move {
+                        let r =
+                            c.ep.call(conn, BREAK_CALL.0, BREAK_CALL.1, body, None)
+                                .await;
+                        if r.is_err() {
+                            let mut out = Vec::new();
+                            c.service.borrow_mut().break_failed(conn, &mut out);
+                            dispatch(&c, out);
+                        }
+                    })
+                    .detach(),
+                );
+            }
+            a => rest.push(a),
+        }
+    }
+    for a in rest {
         let c = ctx.clone();
         match a {
             Action::Reply {
                 id,
                 code,
                 body,
-                after: Some(_),
-            } => {
-                ctx.durable.borrow_mut().push(Waiter::Reply(id, code, body));
-                let _ = ctx.kick.try_send(());
+                after,
+            } if !breaks.is_empty() => {
+                let answered = std::mem::take(&mut breaks);
+                drop(
+                    glommio::spawn_local(async move {
+                        // A client that does not answer soon is not waited
+                        // for longer: its break goes on, and if it fails the
+                        // client loses every promise and its connection.
+                        let all = async {
+                            for b in answered {
+                                b.await;
+                            }
+                        };
+                        future::or(all, glommio::timer::sleep(BREAK_WAIT)).await;
+                        reply(&c, id, code, body, after.is_some());
+                    })
+                    .detach(),
+                )
             }
             Action::Reply {
                 id,
                 code,
                 body,
-                after: None,
-            } => drop(
-                glommio::spawn_local(async move {
-                    let _ = c.ep.reply(id, code, body).await;
-                })
-                .detach(),
-            ),
+                after,
+            } => reply(&c, id, code, body, after.is_some()),
+            Action::Break { .. } => unreachable!("breaks were sent above"),
             Action::Push { id, source, offset } => drop(
                 glommio::spawn_local(async move {
                     let r = c.ep.sftp_send(id, source, offset).await;
@@ -462,19 +498,6 @@ fn dispatch(ctx: &Rc<Ctx>, actions: Vec<Action>) {
                     let mut out = Vec::new();
                     c.service.borrow_mut().sftp_done(id, r, &mut out);
                     dispatch(&c, out);
-                })
-                .detach(),
-            ),
-            Action::Break { conn, body } => drop(
-                glommio::spawn_local(async move {
-                    let r =
-                        c.ep.call(conn, BREAK_CALL.0, BREAK_CALL.1, body, None)
-                            .await;
-                    if r.is_err() {
-                        let mut out = Vec::new();
-                        c.service.borrow_mut().break_failed(conn, &mut out);
-                        dispatch(&c, out);
-                    }
                 })
                 .detach(),
             ),
@@ -503,6 +526,25 @@ fn dispatch(ctx: &Rc<Ctx>, actions: Vec<Action>) {
                 .detach(),
             ),
         }
+    }
+}
+
+/// How long an update's reply waits for the breaks it caused to be answered.
+const BREAK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Answers a call: once its commit is durable, if it made one.
+fn reply(c: &Rc<Ctx>, id: IncomingId, code: u16, body: Bytes, durable: bool) {
+    if durable {
+        c.durable.borrow_mut().push(Waiter::Reply(id, code, body));
+        let _ = c.kick.try_send(());
+    } else {
+        let c = c.clone();
+        drop(
+            glommio::spawn_local(async move {
+                let _ = c.ep.reply(id, code, body).await;
+            })
+            .detach(),
+        );
     }
 }
 

@@ -180,6 +180,8 @@ pub struct Service {
     pub shard: Shard,
     pub callbacks: Callbacks,
     clients: HashMap<ConnId, Client>,
+    /// Each connection's client (host, incarnation), as NewConnect said.
+    hosts: HashMap<ConnId, (u64, u64)>,
     transfers: HashMap<IncomingId, Transfer>,
     staged: HashMap<StoreId, Staged>,
     /// [`STAGED_TTL`], or shorter in tests.
@@ -228,6 +230,7 @@ impl Service {
             shard,
             callbacks: Callbacks::default(),
             clients: HashMap::new(),
+            hosts: HashMap::new(),
             transfers: HashMap::new(),
             staged: HashMap::new(),
             staged_ttl: STAGED_TTL,
@@ -269,6 +272,7 @@ impl Service {
     pub fn client_lost(&mut self, conn: ConnId) {
         self.callbacks.drop_client(conn);
         self.clients.remove(&conn);
+        self.hosts.remove(&conn);
     }
 
     fn caller(&mut self, conn: ConnId, identity: Identity) -> Caller {
@@ -359,7 +363,20 @@ impl Service {
         let now = |a: Answer| a.map(|b| Some((b, None)));
         match opcode {
             op::NEW_CONNECT => {
-                let _: NewConnect = decode(body)?;
+                let r: NewConnect = decode(body)?;
+                // A client that restarted will not answer for its earlier
+                // self: breaking that one's promises would only wait out
+                // a timeout while the writer waits.
+                let gone: Vec<ConnId> = self
+                    .hosts
+                    .iter()
+                    .filter(|(_, &(h, i))| h == r.host && i != r.incarnation)
+                    .map(|(&c, _)| c)
+                    .collect();
+                for conn in gone {
+                    self.break_failed(conn, out);
+                }
+                self.hosts.insert(id.conn, (r.host, r.incarnation));
                 now(ok(&NewConnectReply {
                     server_time: Timestamp::now(),
                 }))

@@ -10,7 +10,7 @@ use coda_venus::cache::Cache;
 use coda_venus::core::Venus;
 use coda_venus::fuse::Fuse;
 use coda_venus::link::Link;
-use coda_venus::{callback, control};
+use coda_venus::{callback, control, mapping};
 
 /// Mounts the cell's name space, backed by a persistent whole-file cache.
 #[derive(Parser)]
@@ -95,7 +95,7 @@ fn main() {
     let venus = Arc::new(Mutex::new(venus));
 
     let listener = control::bind(&cache_dir).unwrap_or_else(|e| fail("control socket", e));
-    let fs = Fuse::new(venus.clone(), &control::socket_path(&cache_dir));
+    let fs = Fuse::new(venus.clone(), &control::socket_path(&cache_dir), &mount);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("coda".into()),
@@ -118,10 +118,18 @@ fn main() {
         std::thread::spawn(move || control::serve(listener, venus, mount));
     }
     {
-        let venus = venus.clone();
+        let (venus, mount) = (venus.clone(), mount.clone());
         std::thread::spawn(move || loop {
+            let lock = || venus.lock().unwrap_or_else(|p| p.into_inner());
             std::thread::sleep(Duration::from_secs(1));
-            if let Err(e) = venus.lock().unwrap_or_else(|p| p.into_inner()).sync() {
+            let watched = lock().watched_mappings();
+            let unmapped: Vec<(u32, u64)> = watched
+                .into_iter()
+                .filter(|&(pid, ino)| !mapping::mapped_by(pid, &mount, ino))
+                .collect();
+            let mut v = lock();
+            v.store_unmapped(&unmapped);
+            if let Err(e) = v.sync() {
                 tracing::error!("cache flush: {e}");
             }
         });
