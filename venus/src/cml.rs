@@ -223,6 +223,7 @@ fn apply(
             let o = v.cache.objs.get_mut(&fid).expect("still cached");
             o.rec.data = o.rec.status.as_ref().map(|s| s.vv.store_id);
             v.cache.save(fid)?;
+            v.rebase(fid);
         }
     }
     v.untrust(record.op.volume());

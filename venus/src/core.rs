@@ -1158,6 +1158,28 @@ impl Venus {
         result
     }
 
+    /// The object's cached data took its new version (a rename, link or
+    /// attribute change left the contents alone): so did the handles on
+    /// its container, whatever they wrote and have not stored yet.
+    pub(crate) fn rebase(&mut self, fid: Fid) {
+        let Some(o) = self.cache.objs.get(&fid) else {
+            return;
+        };
+        let Some(status) = o.rec.status.as_ref() else {
+            return;
+        };
+        let base = crate::cml::Base::of(status);
+        let id = o.rec.container;
+        self.stored(fid, id, &base);
+        for m in self
+            .mappings
+            .iter_mut()
+            .filter(|m| m.fid == fid && m.container == id)
+        {
+            m.base = base.clone();
+        }
+    }
+
     /// Every handle on `container` now holds the version `base` stored.
     fn stored(&mut self, fid: Fid, container: u64, base: &crate::cml::Base) {
         for h in self

@@ -19,7 +19,6 @@ use fuser::{
 
 use crate::control;
 use crate::core::{Attr, SetAttrs, Venus};
-use crate::mapping;
 
 /// How long the kernel may answer from its own caches. Callback breaks
 /// invalidate what changed at once (`callback`), so this can be long.
@@ -27,7 +26,6 @@ const TTL: Duration = Duration::from_secs(60);
 
 pub struct Fuse {
     pub venus: Arc<Mutex<Venus>>,
-    mount: std::path::PathBuf,
     /// The control socket's path, answered as [`control::XATTR`].
     control: Vec<u8>,
     passthrough: AtomicBool,
@@ -135,10 +133,9 @@ fn name(n: &OsStr) -> Result<&str, fuser::Errno> {
 }
 
 impl Fuse {
-    pub fn new(venus: Arc<Mutex<Venus>>, control: &Path, mount: &Path) -> Fuse {
+    pub fn new(venus: Arc<Mutex<Venus>>, control: &Path) -> Fuse {
         Fuse {
             venus,
-            mount: mount.to_path_buf(),
             control: control.as_os_str().as_encoded_bytes().to_vec(),
             passthrough: AtomicBool::new(false),
             backings: Mutex::new(HashMap::new()),
@@ -485,15 +482,15 @@ impl Filesystem for Fuse {
     fn flush(
         &self,
         req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // The closing process's maps are read without the core's lock: they
-        // wait on its page faults, which may wait on this client.
-        let writable = self.with(|v| Ok(v.handle(fh.0)?.writable));
-        let mapped = writable == Ok(true) && mapping::mapped_by(req.pid(), &self.mount, ino.0);
+        // Which process still maps the file is not asked here: reading a
+        // process's maps from inside its own close can wait on its page
+        // faults forever (lld's output). See `Venus::mapped`.
+        let mapped = false;
         done(
             reply,
             self.with(|v| {

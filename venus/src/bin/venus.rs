@@ -95,7 +95,7 @@ fn main() {
     let venus = Arc::new(Mutex::new(venus));
 
     let listener = control::bind(&cache_dir).unwrap_or_else(|e| fail("control socket", e));
-    let fs = Fuse::new(venus.clone(), &control::socket_path(&cache_dir), &mount);
+    let fs = Fuse::new(venus.clone(), &control::socket_path(&cache_dir));
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("coda".into()),
