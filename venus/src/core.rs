@@ -95,11 +95,6 @@ pub struct Handle {
     /// Changed through this handle in user space (passthrough writes are
     /// found by comparing the container with `opened`).
     pub dirty: bool,
-    /// Mapped by this process when closed: writes through the mapping may
-    /// come after close (the kernel hands the mapping to the container and
-    /// says nothing more) and change neither length nor mtime, so the file
-    /// is stored again, if it differs, once the process unmaps it.
-    pub mapped: Option<u32>,
     /// The container's length and mtime when opened (or last stored).
     opened: (u64, i64),
     /// The container it reads and writes, and the server's version that
@@ -131,18 +126,6 @@ pub struct Venus {
     /// Inodes and directories broken since the callback thread last saw.
     inos_broken: Vec<u64>,
     dirs_broken: Vec<Fid>,
-    mappings: Vec<Mapping>,
-}
-
-/// A written file a process still maps after closing it.
-struct Mapping {
-    fid: Fid,
-    ino: u64,
-    uid: u32,
-    pid: u32,
-    file: Arc<File>,
-    container: u64,
-    base: crate::cml::Base,
 }
 
 /// Callback breaks the callback thread has answered, for the core.
@@ -205,7 +188,6 @@ impl Venus {
             breaks: PendingBreaks::default(),
             inos_broken: Vec::new(),
             dirs_broken: Vec::new(),
-            mappings: Vec::new(),
         };
         v.link.set_host(v.cache.host);
         let addr = *v.servers.first().ok_or(Errno::EINVAL)?;
@@ -1017,7 +999,6 @@ impl Venus {
                 uid,
                 writable: write,
                 dirty: truncate && write,
-                mapped: None,
                 opened: (m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000),
                 container: id,
                 base,
@@ -1035,12 +1016,6 @@ impl Venus {
             .values()
             .filter(|h| h.fid == fid && h.container == id)
             .map(|h| (&h.base, &h.file))
-            .chain(
-                self.mappings
-                    .iter()
-                    .filter(|m| m.fid == fid && m.container == id)
-                    .map(|m| (&m.base, &m.file)),
-            )
             .next();
         let Some((base, file)) = known else {
             return true;
@@ -1050,7 +1025,7 @@ impl Venus {
     }
 
     /// Fetches the newer version of `fid` into the container the kernel
-    /// holds (so its handles and mappings see it too).
+    /// holds (so its handles, and mappings of them, see it too).
     fn data_in_place(&mut self, uid: u32, fid: Fid) -> Result<()> {
         let held = self.cache.objs[&fid].rec.container;
         let target = self.cache.containers.open_rw(held).map_err(io_errno)?;
@@ -1081,20 +1056,13 @@ impl Venus {
         let base = crate::cml::Base::of(o.rec.status.as_ref().ok_or(Errno::EIO)?);
         let m = target.metadata().map_err(io_errno)?;
         let now = (m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000);
+        self.stored(fid, held, &base);
         for h in self
             .handles
             .values_mut()
             .filter(|h| h.fid == fid && h.container == held)
         {
-            h.base = base.clone();
             h.opened = now;
-        }
-        for m in self
-            .mappings
-            .iter_mut()
-            .filter(|m| m.fid == fid && m.container == held)
-        {
-            m.base = base.clone();
         }
         Ok(())
     }
@@ -1137,7 +1105,7 @@ impl Venus {
         }
         let m = h.file.metadata().map_err(|_| Errno::EIO)?;
         let now = (m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000);
-        if !h.dirty && h.mapped.is_none() && now == h.opened {
+        if !h.dirty && now == h.opened {
             return Ok(());
         }
         let (fid, uid, file, before) = (h.fid, h.uid, h.file.clone(), h.opened.0);
@@ -1171,13 +1139,6 @@ impl Venus {
         let base = crate::cml::Base::of(status);
         let id = o.rec.container;
         self.stored(fid, id, &base);
-        for m in self
-            .mappings
-            .iter_mut()
-            .filter(|m| m.fid == fid && m.container == id)
-        {
-            m.base = base.clone();
-        }
     }
 
     /// Every handle on `container` now holds the version `base` stored.
@@ -1191,59 +1152,10 @@ impl Venus {
         }
     }
 
-    /// Process `pid` maps the open file (see [`Handle::mapped`]).
-    pub fn mapped(&mut self, fh: u64, pid: u32) {
-        if let Some(h) = self.handles.get_mut(&fh) {
-            h.mapped = Some(pid);
-        }
-    }
-
-    /// Stores the files whose mappings outlived their close, once unmapped
-    /// (called every second).
-    /// The files stored once unmapped: (process, inode) of each. Whether
-    /// each is still mapped is asked of /proc without the core's lock (a
-    /// process's maps wait on its faults, which may wait on this client).
-    pub fn watched_mappings(&self) -> Vec<(u32, u64)> {
-        self.mappings.iter().map(|m| (m.pid, m.ino)).collect()
-    }
-
-    /// Stores the files of `unmapped` (from [`Venus::watched_mappings`]).
-    pub fn store_unmapped(&mut self, unmapped: &[(u32, u64)]) {
-        let (done, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.mappings)
-            .into_iter()
-            .partition(|m| unmapped.contains(&(m.pid, m.ino)));
-        self.mappings = wait;
-        for m in done {
-            let orphan = self.cache.objs.get(&m.fid).is_none_or(|o| o.orphan);
-            let Ok(meta) = m.file.metadata() else {
-                continue;
-            };
-            let mtime = ts_of(meta.mtime(), meta.mtime_nsec());
-            if !orphan {
-                match crate::cml::store(self, m.uid, m.fid, &m.file, mtime, &m.base) {
-                    Ok(Some(stored)) => self.stored(m.fid, m.container, &stored),
-                    Ok(None) => {}
-                    Err(e) => self.emit("store", format!("{}: after unmap: {e}", m.fid)),
-                }
-            }
-        }
-    }
-
     pub fn release(&mut self, fh: u64) -> Result<()> {
         let Some(h) = self.handles.remove(&fh) else {
             return Ok(());
         };
-        if let (Some(pid), true) = (h.mapped, h.writable) {
-            self.mappings.push(Mapping {
-                fid: h.fid,
-                ino: h.ino,
-                uid: h.uid,
-                pid,
-                file: h.file.clone(),
-                container: h.container,
-                base: h.base.clone(),
-            });
-        }
         let Some(o) = self.cache.objs.get_mut(&h.fid) else {
             return Ok(());
         };

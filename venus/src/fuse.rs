@@ -481,25 +481,13 @@ impl Filesystem for Fuse {
 
     fn flush(
         &self,
-        req: &Request,
+        _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Which process still maps the file is not asked here: reading a
-        // process's maps from inside its own close can wait on its page
-        // faults forever (lld's output). See `Venus::mapped`.
-        let mapped = false;
-        done(
-            reply,
-            self.with(|v| {
-                if mapped {
-                    v.mapped(fh.0, req.pid());
-                }
-                v.flush(fh.0)
-            }),
-        );
+        done(reply, self.with(|v| v.flush(fh.0)));
     }
 
     fn fsync(

@@ -6,8 +6,7 @@
 //! - [`core`]: the file-system calls as a Rust API.
 //! - [`cml`]: the one write path — updates as CML records.
 //! - [`callback`]: breaks from servers, passed on to the kernel.
-//! - [`fuse`]: the FUSE adapter; [`control`]: the tools' local socket;
-//!   [`mapping`]: files processes still map.
+//! - [`fuse`]: the FUSE adapter; [`control`]: the tools' local socket.
 
 pub mod cache;
 pub mod callback;
@@ -18,5 +17,4 @@ pub mod core;
 pub mod fsobj;
 pub mod fuse;
 pub mod link;
-pub mod mapping;
 pub mod volume;

@@ -10,7 +10,7 @@ use coda_venus::cache::Cache;
 use coda_venus::core::Venus;
 use coda_venus::fuse::Fuse;
 use coda_venus::link::Link;
-use coda_venus::{callback, control, mapping};
+use coda_venus::{callback, control};
 
 /// Mounts the cell's name space, backed by a persistent whole-file cache.
 #[derive(Parser)]
@@ -118,18 +118,10 @@ fn main() {
         std::thread::spawn(move || control::serve(listener, venus, mount));
     }
     {
-        let (venus, mount) = (venus.clone(), mount.clone());
+        let venus = venus.clone();
         std::thread::spawn(move || loop {
-            let lock = || venus.lock().unwrap_or_else(|p| p.into_inner());
             std::thread::sleep(Duration::from_secs(1));
-            let watched = lock().watched_mappings();
-            let unmapped: Vec<(u32, u64)> = watched
-                .into_iter()
-                .filter(|&(pid, ino)| !mapping::mapped_by(pid, &mount, ino))
-                .collect();
-            let mut v = lock();
-            v.store_unmapped(&unmapped);
-            if let Err(e) = v.sync() {
+            if let Err(e) = venus.lock().unwrap_or_else(|p| p.into_inner()).sync() {
                 tracing::error!("cache flush: {e}");
             }
         });
