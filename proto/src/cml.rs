@@ -194,4 +194,34 @@ impl Op {
             Op::SetAcl(r) => vec![r.dir],
         }
     }
+
+    /// Renames the objects a record names (local fids the server gave real
+    /// ones, at reintegration).
+    pub fn map_fids(&mut self, mut f: impl FnMut(Fid) -> Fid) {
+        match self {
+            Op::Store(r) => r.fid = f(r.fid),
+            Op::SetAttr(r) => r.fid = f(r.fid),
+            Op::Create(r) => (r.dir, r.fid) = (f(r.dir), f(r.fid)),
+            Op::Remove(r) => (r.dir, r.fid) = (f(r.dir), f(r.fid)),
+            Op::Link(r) => (r.dir, r.fid) = (f(r.dir), f(r.fid)),
+            Op::Rename(r) => {
+                (r.from_dir, r.to_dir, r.fid) = (f(r.from_dir), f(r.to_dir), f(r.fid));
+                r.replaced = r.replaced.map(&mut f);
+            }
+            Op::MakeDir(r) => (r.dir, r.fid) = (f(r.dir), f(r.fid)),
+            Op::RemoveDir(r) => (r.dir, r.fid) = (f(r.dir), f(r.fid)),
+            Op::SymLink(r) => (r.dir, r.fid) = (f(r.dir), f(r.fid)),
+            Op::SetAcl(r) => r.dir = f(r.dir),
+        }
+    }
+
+    /// The version a record names as last seen of `fid`, if it names one.
+    pub fn seen_mut(&mut self, fid: Fid) -> Option<&mut StoreId> {
+        match self {
+            Op::Store(r) if r.fid == fid => Some(&mut r.seen),
+            Op::SetAttr(r) if r.fid == fid => Some(&mut r.seen),
+            Op::Remove(r) if r.fid == fid => Some(&mut r.seen),
+            _ => None,
+        }
+    }
 }

@@ -60,6 +60,8 @@ codec_struct! {
         pub state: String,
         pub cml_records: u64,
         pub cml_bytes: u64,
+        /// The log waits for a token of this local user to be reintegrated.
+        pub waits_for_token_of_uid: Option<u32>,
     }
 }
 
@@ -146,6 +148,12 @@ codec_union! {
         MakeMount(MakeMount) = 13,
         RemoveMount(String) = 14,
         Events(()) = 15,
+        /// `cfs disconnect` / `cfs reconnect`.
+        Disconnect(()) = 16,
+        Reconnect(()) = 17,
+        /// `cfs writedisconnect` / `cfs writereconnect` (and `cfs strong`).
+        WriteDisconnect(()) = 18,
+        WriteReconnect(()) = 19,
     }
 }
 

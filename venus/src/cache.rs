@@ -22,6 +22,7 @@ use rvm::record::{self, Slot};
 use rvm::{Durability, Mode, Options, Rvm, Transaction, View};
 
 use crate::cml::LogEntry;
+use crate::conflict::Conflict;
 use crate::container::{self, Containers};
 use crate::fsobj::{FsObj, ObjRecord};
 
@@ -48,6 +49,7 @@ enum Kind {
     Entry = 3,
     Volume = 4,
     Cml = 5,
+    Conflict = 6,
 }
 
 codec_struct! {
@@ -68,7 +70,7 @@ codec_struct! {
     }
 }
 
-const FORMAT: u32 = 4;
+const FORMAT: u32 = 5;
 
 /// Each cached object's inode number, readable without the core: a
 /// callback break tells the kernel to forget an inode before it is answered.
@@ -85,6 +87,8 @@ pub struct Index {
     pub volumes: HashMap<VolumeId, (Slot, VolumeInfo)>,
     /// The client modification log, in order.
     pub cml: BTreeMap<u64, (Slot, LogEntry)>,
+    /// Objects in conflict, with the records the server refused.
+    pub conflicts: HashMap<Fid, (Slot, Conflict)>,
     next_ino: u64,
 }
 
@@ -230,7 +234,11 @@ impl Cache {
         let mut entries = Vec::new();
         let mut meta = None;
         let Index {
-            objs, volumes, cml, ..
+            objs,
+            volumes,
+            cml,
+            conflicts,
+            ..
         } = &mut self.idx;
         record::scan(&self.heap, &view, |f| -> Result<(), CacheError> {
             match f.kind {
@@ -260,6 +268,10 @@ impl Cache {
                 k if k == Kind::Cml as u8 => {
                     let e: LogEntry = decode(f.slot.at, f.body)?;
                     cml.insert(e.seq, (f.slot, e));
+                }
+                k if k == Kind::Conflict as u8 => {
+                    let c: Conflict = decode(f.slot.at, f.body)?;
+                    conflicts.insert(c.fid, (f.slot, c));
                 }
                 k => {
                     return Err(CacheError::Corrupt {
@@ -522,6 +534,83 @@ impl Tx<'_> {
     pub fn remove_cml(&mut self, seq: u64) -> Result<(), CacheError> {
         if let Some((slot, _)) = self.idx.cml.remove(&seq) {
             record::remove(self.heap, &mut self.tx, slot)?;
+        }
+        Ok(())
+    }
+
+    pub fn put_conflict(&mut self, c: Conflict) -> Result<(), CacheError> {
+        let old = self.idx.conflicts.get(&c.fid).map(|(s, _)| *s);
+        let slot = put(self.heap, &mut self.tx, old, Kind::Conflict, &c)?;
+        self.idx.conflicts.insert(c.fid, (slot, c));
+        Ok(())
+    }
+
+    pub fn remove_conflict(&mut self, fid: Fid) -> Result<(), CacheError> {
+        if let Some((slot, _)) = self.idx.conflicts.remove(&fid) {
+            record::remove(self.heap, &mut self.tx, slot)?;
+        }
+        Ok(())
+    }
+
+    /// An object made here under a local fid got its real one: its record,
+    /// inode, names, and (a directory) its entries and children follow.
+    pub fn remap(&mut self, local: Fid, real: Fid) -> Result<(), CacheError> {
+        let Some(mut o) = self.idx.objs.remove(&local) else {
+            return Ok(());
+        };
+        o.rec.fid = real;
+        let parent = o.rec.status.as_mut().map(|s| {
+            s.fid = real;
+            s.parent
+        });
+        self.idx.inos.insert(o.rec.ino, real);
+        {
+            let mut kernel = self
+                .idx
+                .kernel_inos
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            kernel.remove(&local);
+            kernel.insert(real, o.rec.ino);
+        }
+        self.idx.objs.insert(real, o);
+        self.save(real)?;
+        // Its names (hard links stay in one directory).
+        if let Some(entries) = parent.and_then(|p| self.idx.dirs.get_mut(&p)) {
+            let names: Vec<String> = entries
+                .iter()
+                .filter(|(_, (_, f))| *f == local)
+                .map(|(n, _)| n.clone())
+                .collect();
+            let dir = parent.expect("found");
+            for name in names {
+                self.add_entry(dir, &name, real)?;
+            }
+        }
+        // Its entries, and its children's parent.
+        if let Some(entries) = self.idx.dirs.remove(&local) {
+            let mut fresh = BTreeMap::new();
+            for (name, (slot, fid)) in entries {
+                let rec = EntryRecord {
+                    dir: real,
+                    name: name.clone(),
+                    fid,
+                };
+                let slot = put(self.heap, &mut self.tx, Some(slot), Kind::Entry, &rec)?;
+                fresh.insert(name, (slot, fid));
+                if let Some(s) = self
+                    .idx
+                    .objs
+                    .get_mut(&fid)
+                    .and_then(|c| c.rec.status.as_mut())
+                {
+                    if s.parent == local {
+                        s.parent = real;
+                        self.save(fid)?;
+                    }
+                }
+            }
+            self.idx.dirs.insert(real, fresh);
         }
         Ok(())
     }

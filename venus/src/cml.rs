@@ -1,8 +1,9 @@
 //! The one write path: every update is a CML record. Strongly connected,
 //! a record is shipped to its volume's server before the call returns and,
 //! once the server applied it, the same change is made to the cache.
-//! (Disconnected operation logs the records instead and reintegrates them
-//! later; the records and their local effects are the same.)
+//! Disconnected (or while a volume's log is not empty) the record is made
+//! locally instead and appended to the log (`emulate`), to be reintegrated
+//! later (`reint`): the records and their effects are the same.
 
 use std::fs::File;
 
@@ -23,19 +24,34 @@ codec_struct! {
         pub seq: u64,
         pub uid: u32,
         pub record: CmlRecord,
+        /// The version each object the record changed had before it: a
+        /// record cancelled later hands these back to the records after it.
+        pub before: Vec<(Fid, StoreId)>,
+        /// On the last record of a batch sent and not yet answered: the
+        /// batch's id. The records up to it are frozen until the answer.
+        pub ends_batch: Option<StoreId>,
     }
 }
 
-/// Makes `op` a record, ships it, and applies it to the cache. Returns the
-/// real fid of an object it created.
+/// Makes `op` a record, ships it (or logs it), and applies it to the
+/// cache. Returns the fid of an object it created (a local one if logged).
 pub fn mutate(v: &mut Venus, uid: u32, op: Op) -> Result<Option<Fid>> {
     let record = CmlRecord {
         store_id: v.store_id(),
         time: Timestamp::now(),
         op,
     };
-    let statuses = ship(v, uid, &record, None)?;
-    apply(v, uid, &record, statuses)
+    let vol = record.op.volume();
+    if !v.logging(vol) {
+        match ship(v, uid, &record, None) {
+            Ok(statuses) => return apply(v, uid, &record, statuses),
+            // The server went away: the update is logged instead, and the
+            // program never hears of it.
+            Err(Errno::ETIMEDOUT) if v.disconnected(vol) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    crate::emulate::log(v, uid, record)
 }
 
 /// What a container held when it was last the server's version: a store
@@ -86,8 +102,20 @@ pub fn store(
             content_hash: hash,
         }),
     };
-    let statuses = ship(v, uid, &record, Some(file))?;
-    apply(v, uid, &record, statuses)?;
+    let vol = fid.volume;
+    let mut logged = v.logging(vol);
+    if !logged {
+        match ship(v, uid, &record, Some(file)) {
+            Ok(statuses) => {
+                apply(v, uid, &record, statuses)?;
+            }
+            Err(Errno::ETIMEDOUT) if v.disconnected(vol) => logged = true,
+            Err(e) => return Err(e),
+        }
+    }
+    if logged {
+        crate::emulate::log(v, uid, record.clone())?;
+    }
     Ok(Some(Base {
         seen: record.store_id,
         length,

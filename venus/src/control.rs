@@ -86,6 +86,7 @@ fn below<'a>(mount: &Path, path: &'a str) -> Result<&'a Path, String> {
         .map_err(|_| format!("{path}: not in the Coda mount {}", mount.display()))
 }
 
+/// Tools name objects in conflict too (`repair` must).
 fn resolve(v: &mut Venus, uid: u32, mount: &Path, path: &str) -> Result<Fid, String> {
     let rel = below(mount, path)?;
     v.resolve(uid, rel).map_err(|e| format!("{path}: {e}"))
@@ -111,6 +112,13 @@ fn parent_and_name(
 }
 
 fn answer(v: &mut Venus, uid: u32, mount: &Path, req: Request) -> Result<Reply, String> {
+    v.repairing = true;
+    let r = answer_tool(v, uid, mount, req);
+    v.repairing = false;
+    r
+}
+
+fn answer_tool(v: &mut Venus, uid: u32, mount: &Path, req: Request) -> Result<Reply, String> {
     let fail = |what: &str, e: Errno| format!("{what}: {e}");
     Ok(match req {
         Request::SetToken(g) => {
@@ -140,17 +148,48 @@ fn answer(v: &mut Venus, uid: u32, mount: &Path, req: Request) -> Result<Reply, 
                 })
                 .collect(),
         ),
-        Request::CheckServers(()) => Reply::Servers(v.probe_servers()),
+        Request::CheckServers(()) => {
+            let states = v.probe_servers();
+            crate::reint::reintegrate_all(v);
+            Reply::Servers(states)
+        }
+        Request::Disconnect(()) => {
+            v.set_forced(true);
+            Reply::Ok(())
+        }
+        Request::Reconnect(()) => {
+            v.set_forced(false);
+            v.probe_servers();
+            crate::reint::reintegrate_all(v);
+            Reply::Ok(())
+        }
+        Request::WriteDisconnect(()) => {
+            v.write_disconnected = true;
+            v.emit("state", "write-disconnected: updates are logged".into());
+            Reply::Ok(())
+        }
+        Request::WriteReconnect(()) => {
+            v.write_disconnected = false;
+            crate::reint::reintegrate_all(v);
+            v.emit("state", "write-through".into());
+            Reply::Ok(())
+        }
         Request::ListVol(path) => {
             let fid = resolve(v, uid, mount, &path)?;
-            let info = v.volume_info(fid.volume).map_err(|e| fail(&path, e))?;
+            let info = match v.volume_info(fid.volume) {
+                Ok(info) => info,
+                // Emulated: what the cache knows.
+                Err(e) => v.cached_volume(fid.volume).ok_or_else(|| fail(&path, e))?,
+            };
+            let (cml_records, cml_bytes) = v.cml_records(info.id);
             Reply::Volume(VolumeState {
                 id: info.id,
                 name: info.name,
                 servers: info.servers,
-                state: "connected".into(),
-                cml_records: 0,
-                cml_bytes: 0,
+                state: v.volume_state(info.id).name().into(),
+                cml_records,
+                cml_bytes,
+                waits_for_token_of_uid: v.waiting.get(&info.id).copied(),
             })
         }
         Request::GetFid(path) => Reply::Fid(resolve(v, uid, mount, &path)?),

@@ -6,7 +6,7 @@
 //! (strongly connected): directory operations at once, a file's new
 //! contents when it is closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -28,6 +28,7 @@ use coda_rpc2::{Credentials, Sink};
 
 use crate::cache::{Cache, CacheError, ROOT_INO};
 use crate::container;
+use crate::emulate::LogIndex;
 use crate::link::{decode_reply, Link, LinkError, Principal};
 use crate::volume;
 
@@ -126,6 +127,22 @@ pub struct Venus {
     /// Inodes and directories broken since the callback thread last saw.
     inos_broken: Vec<u64>,
     dirs_broken: Vec<Fid>,
+    /// The CML's indexes (the records are in the cache).
+    pub cml: LogIndex,
+    /// Servers that stopped answering: their volumes are emulated until a
+    /// probe finds them again.
+    pub down: HashSet<SocketAddr>,
+    /// `cfs disconnect`: every volume emulated until `cfs reconnect`.
+    pub forced: bool,
+    /// `cfs writedisconnect`: updates logged, reintegrated in the background.
+    pub write_disconnected: bool,
+    /// The volume being reintegrated now.
+    pub reintegrating: Option<VolumeId>,
+    pub bandwidth: crate::reint::Bandwidth,
+    /// Set while a tool names objects: those in conflict are shown to it.
+    pub repairing: bool,
+    /// Volumes whose log waits for a user's token, and whose.
+    pub waiting: HashMap<VolumeId, u32>,
 }
 
 /// Callback breaks the callback thread has answered, for the core.
@@ -138,7 +155,7 @@ fn unix_now() -> u64 {
 }
 
 /// A local file's error as the program should see it.
-fn io_errno(e: std::io::Error) -> Errno {
+pub(crate) fn io_errno(e: std::io::Error) -> Errno {
     match e.raw_os_error() {
         Some(libc::EFBIG | libc::EINVAL) => Errno::EFBIG,
         Some(libc::ENOSPC | libc::EDQUOT) => Errno::ENOSPC,
@@ -188,21 +205,44 @@ impl Venus {
             breaks: PendingBreaks::default(),
             inos_broken: Vec::new(),
             dirs_broken: Vec::new(),
+            cml: LogIndex::default(),
+            down: HashSet::new(),
+            forced: false,
+            write_disconnected: false,
+            reintegrating: None,
+            bandwidth: Default::default(),
+            repairing: false,
+            waiting: HashMap::new(),
         };
+        v.cml = LogIndex::build(&v.cache.cml);
         v.link.set_host(v.cache.host);
         let addr = *v.servers.first().ok_or(Errno::EINVAL)?;
-        let info: VolumeInfo = v.link.call_decode(
+        let found: Result<VolumeInfo> = v.link.call_decode(
             addr,
             Principal::Anyone,
             None,
             vice::SUBSYSTEM,
             op::GET_ROOT_VOLUME,
             &(),
-        )?;
-        v.root = info.root;
-        v.cache.obj_or_new(info.root, VnodeKind::Directory, true);
-        v.put_volume(info)?;
-        v.emit("connect", format!("root volume at {addr}"));
+        );
+        match (found, v.cache.inos.get(&ROOT_INO).copied()) {
+            (Ok(info), _) => {
+                v.root = info.root;
+                v.cache.obj_or_new(info.root, VnodeKind::Directory, true);
+                v.put_volume(info)?;
+                v.emit("connect", format!("root volume at {addr}"));
+            }
+            // No server: a cache that knows the name space starts disconnected.
+            (Err(Errno::ETIMEDOUT), Some(root)) => {
+                v.root = root;
+                v.down.extend(v.servers.iter().copied());
+                v.emit(
+                    "disconnect",
+                    format!("{addr} does not answer; starting disconnected"),
+                );
+            }
+            (Err(e), _) => return Err(e),
+        }
         Ok(v)
     }
 
@@ -285,6 +325,9 @@ impl Venus {
             return volume::server(info);
         }
         let addr = *self.servers.first().ok_or(Errno::EINVAL)?;
+        if self.forced || self.down.contains(&addr) {
+            return Err(Errno::ETIMEDOUT);
+        }
         let info: VolumeInfo = self.link.call_decode(
             addr,
             Principal::Anyone,
@@ -321,6 +364,9 @@ impl Venus {
         side_effect: Option<SideEffect>,
     ) -> Result<coda_rpc2::endpoint::Reply> {
         let addr = self.server_of(vol)?;
+        if self.forced || self.down.contains(&addr) {
+            return Err(Errno::ETIMEDOUT);
+        }
         let (who, creds) = self.who(uid);
         let creds = creds.cloned();
         let rebinds = self.link.rebinds();
@@ -344,15 +390,112 @@ impl Venus {
         result.map_err(|e| self.lost(e))
     }
 
-    /// Contact with a server broke: its promises are gone.
+    /// Contact with a server broke: its promises are gone, and a server
+    /// that stopped answering has its volumes emulated from now on.
     fn lost(&mut self, e: LinkError) -> Errno {
         tracing::warn!("{e}");
-        self.emit("disconnect", e.to_string());
         self.invalidate_all();
         if e.rebound() {
-            Errno::EAGAIN
+            self.emit("disconnect", e.to_string());
+            return Errno::EAGAIN;
+        }
+        let errno = e.errno();
+        if errno == Errno::ETIMEDOUT && self.down.insert(e.addr) {
+            self.emit(
+                "disconnect",
+                format!("{}: {}; its volumes are disconnected", e.addr, e.error),
+            );
+        }
+        errno
+    }
+
+    /// Whether the cache holds the only copy of a change to `fid` (in the
+    /// log, or in conflict): never validated, refetched or evicted.
+    pub fn held(&self, fid: Fid) -> bool {
+        self.cml.dirty(fid) || self.cache.conflicts.contains_key(&fid)
+    }
+
+    /// Whether `uid` has a token that has not expired.
+    pub fn has_token(&self, uid: u32) -> bool {
+        self.who(uid).1.is_some()
+    }
+
+    /// Where a cached object is named: its directory and a name.
+    pub fn name_of(&self, fid: Fid) -> Option<(Fid, String)> {
+        let parent = self.cache.objs.get(&fid)?.rec.status.as_ref()?.parent;
+        let entries = self.cache.dirs.get(&parent)?;
+        let (name, _) = entries.iter().find(|(_, (_, f))| *f == fid)?;
+        Some((parent, name.clone()))
+    }
+
+    /// Objects made here took real fids: so do their open handles.
+    pub fn remapped(&mut self, remaps: &HashMap<Fid, Fid>) {
+        for h in self.handles.values_mut() {
+            if let Some(real) = remaps.get(&h.fid) {
+                h.fid = *real;
+            }
+        }
+    }
+
+    /// Objects whose status a cancelled record turned back are asked for
+    /// again once their volume is reintegrated.
+    pub fn refresh_stale(&mut self, vol: VolumeId) {
+        let stale: Vec<Fid> = self
+            .cml
+            .stale
+            .iter()
+            .copied()
+            .filter(|f| f.volume == vol && !f.is_local())
+            .collect();
+        for fid in stale {
+            self.cml.stale.remove(&fid);
+            if self.cache.objs.contains_key(&fid) {
+                if let Err(e) = self.refresh(0, fid) {
+                    tracing::debug!("{fid}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Whether `vol` is emulated: its server is out of reach (or
+    /// disconnection is forced).
+    pub fn disconnected(&self, vol: VolumeId) -> bool {
+        if self.forced {
+            return true;
+        }
+        match self.cache.volumes.get(&vol) {
+            Some((_, info)) => volume::server(info).is_ok_and(|a| self.down.contains(&a)),
+            None => self.servers.iter().all(|a| self.down.contains(a)),
+        }
+    }
+
+    /// Whether updates to `vol` are logged rather than shipped: it is
+    /// emulated or write-disconnected, or its log is not empty yet.
+    pub fn logging(&self, vol: VolumeId) -> bool {
+        self.write_disconnected || self.disconnected(vol) || self.cml_records(vol).0 > 0
+    }
+
+    /// How many records of `vol` the CML holds, and their encoded bytes.
+    pub fn cml_records(&self, vol: VolumeId) -> (u64, u64) {
+        self.cache
+            .cml
+            .values()
+            .filter(|(_, e)| e.record.op.volume() == vol)
+            .fold((0, 0), |(n, b), (_, e)| {
+                (n + 1, b + codec::to_bytes(&e.record).len() as u64)
+            })
+    }
+
+    /// A volume's state as `cfs listvol` shows it.
+    pub fn volume_state(&self, vol: VolumeId) -> volume::State {
+        if self.reintegrating == Some(vol) {
+            volume::State::Reintegrating
+        } else if self.disconnected(vol) {
+            volume::State::Emulating
+        } else if self.write_disconnected {
+            volume::State::WriteDisconnected
         } else {
-            e.errno()
+            volume::State::Hoarding
         }
     }
 
@@ -469,7 +612,8 @@ impl Venus {
             .cache
             .objs
             .values()
-            .filter(|o| o.fid().volume == vol)
+            // Objects changed in the log are the log's until reintegrated.
+            .filter(|o| o.fid().volume == vol && !o.fid().is_local() && !self.held(o.fid()))
             .filter_map(|o| {
                 let s = o.rec.status.as_ref()?;
                 Some((o.fid(), s.vv.store_id, o.valid))
@@ -593,9 +737,32 @@ impl Venus {
         }
     }
 
-    /// The object's status, current (validated or fetched) for `uid`.
+    /// The object's status, current (validated or fetched) for `uid`; or
+    /// as cached, while its volume is emulated or the log holds changes to
+    /// it the server has not seen.
     fn status(&mut self, uid: u32, fid: Fid) -> Result<Status> {
         self.note_breaks();
+        let local = |v: &Venus| {
+            let o = v.cache.objs.get(&fid)?;
+            let s = o.rec.status.as_ref()?;
+            (v.disconnected(fid.volume) || v.held(fid)).then(|| s.clone())
+        };
+        if self.cache.conflicts.contains_key(&fid) && !self.repairing {
+            // Until `repair` settles which version it is.
+            return Err(Errno::EIO);
+        }
+        if let Some(s) = local(self) {
+            self.touch(fid);
+            return Ok(s);
+        }
+        match self.status_from_server(uid, fid) {
+            // The server just went away: what is cached serves.
+            Err(Errno::ETIMEDOUT) => local(self).ok_or(Errno::ETIMEDOUT),
+            r => r,
+        }
+    }
+
+    fn status_from_server(&mut self, uid: u32, fid: Fid) -> Result<Status> {
         let key = self.rights_key(uid);
         let need = |v: &Venus| {
             v.cache
@@ -648,7 +815,12 @@ impl Venus {
     fn rights(&mut self, uid: u32, fid: Fid) -> Result<(Status, Rights)> {
         let s = self.status(uid, fid)?;
         let key = self.rights_key(uid);
-        let r = self.cache.objs[&fid].rights_of(key).unwrap_or(Rights::NONE);
+        let o = &self.cache.objs[&fid];
+        // Emulated, rights never asked for are anyone's.
+        let r = o
+            .rights_of(key)
+            .or_else(|| o.rights_of(None))
+            .unwrap_or(Rights::NONE);
         Ok((s, r))
     }
 
@@ -674,6 +846,10 @@ impl Venus {
         let status = self.may_read(uid, fid)?;
         if self.cache.objs[&fid].has_data() {
             return Ok(());
+        }
+        if self.held(fid) {
+            // The server's version is older than the logged change.
+            return Err(Errno::ETIMEDOUT);
         }
         let key = self.rights_key(uid);
         let req = codec::to_bytes(&vice::Fetch { fid, offset: 0 });
@@ -750,6 +926,19 @@ impl Venus {
         Ok(())
     }
 
+    /// Logged updates need room in the cache (they cannot be evicted until
+    /// reintegrated): a new one is refused when it is full.
+    fn room(&mut self, vol: VolumeId) -> Result<()> {
+        if !self.logging(vol) {
+            return Ok(());
+        }
+        self.evict(None)?;
+        if self.cache.bytes >= self.cache_limit {
+            return Err(Errno::ENOSPC);
+        }
+        Ok(())
+    }
+
     /// Evicts the least recently used clean, closed files until the cache
     /// fits its limit.
     fn evict(&mut self, keep: Option<Fid>) -> Result<()> {
@@ -761,7 +950,7 @@ impl Venus {
             .objs
             .values()
             .filter(|o| o.rec.container != container::NONE && o.opens == 0)
-            .filter(|o| Some(o.fid()) != keep)
+            .filter(|o| Some(o.fid()) != keep && !self.held(o.fid()))
             .map(|o| (o.last_used, o.fid()))
             .collect();
         victims.sort();
@@ -939,6 +1128,7 @@ impl Venus {
         }
         if write && !creator {
             self.may_write(uid, fid)?;
+            self.room(fid.volume)?;
         }
         let o = &self.cache.objs[&fid];
         let held = o.opens > 0 && o.rec.container != container::NONE;
@@ -1220,6 +1410,7 @@ impl Venus {
     ) -> Result<Fid> {
         let dir = self.fid_of(parent)?;
         self.check_new_name(uid, dir, name)?;
+        self.room(dir.volume)?;
         let d = self.status(uid, dir)?;
         let setgid = d.mode & 0o2000 != 0;
         let group = if setgid { d.group } else { gid };
@@ -1612,11 +1803,12 @@ impl Venus {
 
     /// Drops an object's cached data (`cfs flushobject`); open files keep theirs.
     pub fn flush_object(&mut self, fid: Fid) -> Result<()> {
+        let held = self.held(fid);
         let Some(o) = self.cache.objs.get_mut(&fid) else {
             return Ok(());
         };
         o.valid = false;
-        if o.opens > 0 {
+        if o.opens > 0 || held {
             return Err(Errno::EBUSY);
         }
         o.rec.data = None;
@@ -1644,29 +1836,89 @@ impl Venus {
             .unwrap_or_default()
     }
 
-    /// Asks every server whether it answers.
+    /// Asks every server (those volumes are served by too) whether it
+    /// answers; those that do are connected again (unless disconnection
+    /// is forced), those that do not are disconnected.
     pub fn probe_servers(&mut self) -> Vec<ServerState> {
-        let servers = self.servers.clone();
+        let mut servers = self.servers.clone();
+        for (_, info) in self.cache.volumes.values() {
+            if let Ok(a) = volume::server(info) {
+                if !servers.contains(&a) {
+                    servers.push(a);
+                }
+            }
+        }
         servers
             .into_iter()
             .map(|addr| {
-                let up = self
-                    .link
-                    .call_decode::<VolumeInfo>(
-                        addr,
-                        Principal::Anyone,
-                        None,
-                        vice::SUBSYSTEM,
-                        op::GET_ROOT_VOLUME,
-                        &(),
-                    )
-                    .is_ok();
+                let answer = self.link.call_decode::<VolumeInfo>(
+                    addr,
+                    Principal::Anyone,
+                    None,
+                    vice::SUBSYSTEM,
+                    op::GET_ROOT_VOLUME,
+                    &(),
+                );
+                let up = !matches!(answer, Err(Errno::ETIMEDOUT));
+                if up && self.down.remove(&addr) {
+                    self.invalidate_all();
+                    self.emit("connect", format!("{addr} answers again"));
+                } else if !up && self.down.insert(addr) {
+                    self.invalidate_all();
+                    self.emit(
+                        "disconnect",
+                        format!("{addr} does not answer; its volumes are disconnected"),
+                    );
+                }
                 ServerState {
                     addr: addr.to_string(),
                     up,
                 }
             })
             .collect()
+    }
+
+    /// `cfs disconnect` (true) and `cfs reconnect` (false).
+    pub fn set_forced(&mut self, on: bool) {
+        if self.forced != on {
+            self.forced = on;
+            self.invalidate_all();
+            self.emit(
+                if on { "disconnect" } else { "connect" },
+                if on {
+                    "forced: every volume is disconnected".into()
+                } else {
+                    "forced disconnection ended".into()
+                },
+            );
+        }
+    }
+
+    /// What the cache knows of a volume.
+    pub fn cached_volume(&self, vol: VolumeId) -> Option<VolumeInfo> {
+        self.cache.volumes.get(&vol).map(|(_, i)| i.clone())
+    }
+
+    /// The volumes with records in the log.
+    pub fn logged_volumes(&self) -> Vec<VolumeId> {
+        let mut vols: Vec<VolumeId> = self
+            .cache
+            .cml
+            .values()
+            .map(|(_, e)| e.record.op.volume())
+            .collect();
+        vols.sort_unstable();
+        vols.dedup();
+        vols
+    }
+
+    /// When `vol`'s oldest logged record was made.
+    pub fn oldest_record(&self, vol: VolumeId) -> Option<Timestamp> {
+        self.cache
+            .cml
+            .values()
+            .find(|(_, e)| e.record.op.volume() == vol)
+            .map(|(_, e)| e.record.time)
     }
 
     fn acl(&mut self, uid: u32, dir: Fid) -> Result<Acl> {

@@ -4,17 +4,21 @@
 //! - [`cache`]: the persistent cache — RVM metadata and [`container`] files.
 //! - [`fsobj`]: a cached object; [`volume`]: where volumes live.
 //! - [`core`]: the file-system calls as a Rust API.
-//! - [`cml`]: the one write path — updates as CML records.
+//! - [`cml`]: the one write path — updates as CML records; [`emulate`]:
+//!   logged while disconnected; [`reint`]: reintegrated on reconnection.
 //! - [`callback`]: breaks from servers, passed on to the kernel.
 //! - [`fuse`]: the FUSE adapter; [`control`]: the tools' local socket.
 
 pub mod cache;
 pub mod callback;
 pub mod cml;
+pub mod conflict;
 pub mod container;
 pub mod control;
 pub mod core;
+pub mod emulate;
 pub mod fsobj;
 pub mod fuse;
 pub mod link;
+pub mod reint;
 pub mod volume;

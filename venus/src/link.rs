@@ -48,11 +48,12 @@ pub struct Link {
 pub type Answer = Result<Reply, LinkError>;
 
 impl Link {
-    pub fn new() -> std::io::Result<Link> {
+    /// A link whose calls give a silent server `timeout` to answer.
+    pub fn new(timeout: Duration) -> std::io::Result<Link> {
         let ct = ClientThread::spawn(
             "0.0.0.0:0".parse().expect("an address"),
             Config {
-                peer_timeout: Duration::from_secs(15),
+                peer_timeout: timeout,
                 ..Config::default()
             },
         )?;

@@ -28,3 +28,28 @@ pub fn kind_name(info: &VolumeInfo) -> &'static str {
         Replicated => "replicated",
     }
 }
+
+/// What Venus does with a volume's updates (Coda's volume states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Connected: updates go to the server as they are made.
+    Hoarding,
+    /// Disconnected: updates are made in the cache and logged.
+    Emulating,
+    /// Connected, updates logged and reintegrated in the background.
+    WriteDisconnected,
+    /// The log is being sent.
+    Reintegrating,
+}
+
+impl State {
+    /// The name `cfs listvol` and `codacon` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Hoarding => "connected",
+            State::Emulating => "disconnected",
+            State::WriteDisconnected => "write-disconnected",
+            State::Reintegrating => "reintegrating",
+        }
+    }
+}

@@ -19,9 +19,21 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Probe the servers now.
+    /// Probe the servers now; reconnect what answers.
     #[command(visible_alias = "cs")]
     Checkservers,
+    /// Force disconnected operation: updates are logged.
+    Disconnect,
+    /// End forced disconnection; the logs are reintegrated.
+    Reconnect,
+    /// Write-through: reintegrate what is logged, then ship every update.
+    Strong,
+    /// Log updates and reintegrate them in the background.
+    #[command(visible_alias = "wd")]
+    Writedisconnect,
+    /// Back to write-through after reintegrating.
+    #[command(visible_alias = "wr")]
+    Writereconnect,
     /// A volume's name, id, servers, state and CML.
     #[command(visible_alias = "lv")]
     Listvol { path: PathBuf },
@@ -67,7 +79,12 @@ impl Cmd {
     /// The path that names the Venus to ask.
     fn path(&self) -> Option<&Path> {
         match self {
-            Cmd::Checkservers => None,
+            Cmd::Checkservers
+            | Cmd::Disconnect
+            | Cmd::Reconnect
+            | Cmd::Strong
+            | Cmd::Writedisconnect
+            | Cmd::Writereconnect => None,
             Cmd::Listvol { path }
             | Cmd::Listacl { path }
             | Cmd::Setacl { path, .. }
@@ -106,19 +123,35 @@ fn run(args: Args) -> Result<()> {
             }
             r => return Err(unexpected(r)),
         },
+        Cmd::Disconnect => {
+            v.ask(&Request::Disconnect(()))?;
+        }
+        Cmd::Reconnect => {
+            v.ask(&Request::Reconnect(()))?;
+        }
+        Cmd::Writedisconnect => {
+            v.ask(&Request::WriteDisconnect(()))?;
+        }
+        Cmd::Strong | Cmd::Writereconnect => {
+            v.ask(&Request::WriteReconnect(()))?;
+        }
         Cmd::Listvol { path } => match v.ask(&Request::ListVol(v.path(&path)?))? {
             Reply::Volume(s) => {
                 if json {
                     println!(
                         "{}",
                         json!({"name": s.name, "id": format!("{:x}", s.id), "servers": s.servers,
-                               "state": s.state, "cml_records": s.cml_records, "cml_bytes": s.cml_bytes})
+                               "state": s.state, "cml_records": s.cml_records, "cml_bytes": s.cml_bytes,
+                               "waits_for_token_of_uid": s.waits_for_token_of_uid})
                     );
                 } else {
                     println!("Status of volume {:x} (named \"{}\")", s.id, s.name);
                     println!("  servers: {}", s.servers.join(" "));
                     println!("  state: {}", s.state);
                     println!("  CML: {} records, {} bytes", s.cml_records, s.cml_bytes);
+                    if let Some(uid) = s.waits_for_token_of_uid {
+                        println!("  reintegration waits for a token: uid {uid} should run clog");
+                    }
                 }
             }
             r => return Err(unexpected(r)),

@@ -28,6 +28,10 @@ struct Args {
     /// The cache limit: bytes, or with a K, M or G suffix.
     #[arg(long, default_value = "4G", value_parser = parse_size)]
     cache_size: u64,
+    /// Seconds a server may stay silent before its volumes are taken for
+    /// disconnected.
+    #[arg(long, default_value_t = 15)]
+    timeout: u64,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -89,7 +93,9 @@ fn main() {
         .unwrap_or_else(|e| fail("mount point", e));
 
     let cache = Cache::open(&cache_dir, 1 << 30).unwrap_or_else(|e| fail("cache", e));
-    let link = Arc::new(Link::new().unwrap_or_else(|e| fail("network", e)));
+    let link = Arc::new(
+        Link::new(Duration::from_secs(args.timeout.max(1))).unwrap_or_else(|e| fail("network", e)),
+    );
     let venus = Venus::new(cache, link.clone(), args.server.clone(), args.cache_size)
         .unwrap_or_else(|e| fail(&format!("server {}", args.server[0]), e));
     let venus = Arc::new(Mutex::new(venus));
@@ -119,10 +125,15 @@ fn main() {
     }
     {
         let venus = venus.clone();
-        std::thread::spawn(move || loop {
-            std::thread::sleep(Duration::from_secs(1));
-            if let Err(e) = venus.lock().unwrap_or_else(|p| p.into_inner()).sync() {
-                tracing::error!("cache flush: {e}");
+        std::thread::spawn(move || {
+            let mut last_probe = std::time::Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                let mut v = venus.lock().unwrap_or_else(|p| p.into_inner());
+                coda_venus::reint::background(&mut v, &mut last_probe);
+                if let Err(e) = v.sync() {
+                    tracing::error!("cache flush: {e}");
+                }
             }
         });
     }

@@ -1,0 +1,281 @@
+//! Disconnected operation on real processes and mounts (issue 6):
+//! - `codasrv` stopped under a mounted client: the mount keeps working
+//!   (edit, create, rename, delete, mkdir, rmdir), `cfs listvol` shows the
+//!   volume disconnected with its log, a cache miss is ETIMEDOUT; started
+//!   again, `cfs checkservers` reintegrates and a second client sees it all;
+//! - `venus` SIGKILLed while disconnected with a non-empty log: started
+//!   again, the log is intact, waits for a token (and says so), and
+//!   reintegrates after `clog`;
+//! - a full cache while disconnected: ENOSPC for the new write, and the
+//!   earlier work reaches the server.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use coda_tests::venus::{eventually, fsx, Venus};
+use coda_tests::{pattern, Server};
+
+/// A UDP port nobody uses right now on 127.0.0.1.
+fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+/// A client whose calls give a silent server 2 s.
+fn client(addr: &str, cache: &Path, mount: &Path, extra: &[&str]) -> Venus {
+    let mut args = vec!["--timeout", "2"];
+    args.extend_from_slice(extra);
+    Venus::start_with_args(addr, cache, mount, &args)
+}
+
+/// `cfs listvol` of the root volume as JSON.
+fn listvol(v: &Venus) -> serde_json::Value {
+    let out = v.cfs("listvol", &["--json", v.mount.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "cfs listvol: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("listvol --json")
+}
+
+fn cml_records(v: &Venus) -> u64 {
+    listvol(v)["cml_records"].as_u64().unwrap()
+}
+
+fn state(v: &Venus) -> String {
+    listvol(v)["state"].as_str().unwrap().to_string()
+}
+
+fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+/// The tree every test starts from, made while connected.
+fn connected_tree(v: &Venus) {
+    fsx::create_dir(v.path("d")).unwrap();
+    fsx::create_dir(v.path("d/empty")).unwrap();
+    fsx::write(v.path("d/edit"), b"before\n").unwrap();
+    fsx::write(v.path("d/gone"), b"to be removed").unwrap();
+    fsx::write(v.path("d/moved"), b"to be renamed").unwrap();
+    fsx::write(v.path("uncached"), b"flushed before the disconnection").unwrap();
+}
+
+/// What the work done while disconnected should leave.
+fn disconnected_work(v: &Venus) {
+    fsx::append(v.path("d/edit"), b"after\n").unwrap();
+    fsx::write(v.path("d/new"), pattern(300_000, 7)).unwrap();
+    fsx::rename(v.path("d/moved"), v.path("d/renamed")).unwrap();
+    fsx::remove_file(v.path("d/gone")).unwrap();
+    fsx::remove_dir(v.path("d/empty")).unwrap();
+    fsx::create_dir(v.path("d/sub")).unwrap();
+    fsx::write(v.path("d/sub/inner"), b"in a directory made disconnected").unwrap();
+    fsx::symlink("sub/inner", v.path("d/link")).unwrap();
+    fsx::set_permissions(v.path("d/new"), 0o600).unwrap();
+    // Made and unmade while disconnected: leaves no trace.
+    fsx::write(v.path("d/scratch"), b"temporary").unwrap();
+    fsx::remove_file(v.path("d/scratch")).unwrap();
+    fsx::create_dir(v.path("d/tmpdir")).unwrap();
+    fsx::remove_dir(v.path("d/tmpdir")).unwrap();
+}
+
+/// Checks a client sees exactly the result of `disconnected_work`.
+fn check_result(v: &Venus, who: &str) {
+    let read = |rel: &str| {
+        fsx::read(v.path(rel)).unwrap_or_else(|e| panic!("{who}: {rel}: {e}\n{}", v.log_tail()))
+    };
+    assert_eq!(read("d/edit"), b"before\nafter\n", "{who}");
+    assert_eq!(read("d/new"), pattern(300_000, 7), "{who}");
+    assert_eq!(read("d/renamed"), b"to be renamed", "{who}");
+    assert_eq!(
+        read("d/sub/inner"),
+        b"in a directory made disconnected",
+        "{who}"
+    );
+    assert_eq!(read("d/link"), b"in a directory made disconnected", "{who}");
+    let mut names = fsx::read_dir_names(v.path("d")).unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        ["edit", "link", "new", "renamed", "sub"],
+        "{who}: the directory's names"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &fsx::metadata(v.path("d/new")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{who}: chmod while disconnected");
+}
+
+#[test]
+fn work_done_while_the_server_is_down_reaches_a_second_client() {
+    let began = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("vice");
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let (cache, mount) = (tmp.path().join("cache"), tmp.path().join("mnt"));
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(&mount).unwrap();
+    let srv = Server::start_at(&root, &addr, 1);
+    let v = client(&addr, &cache, &mount, &[]);
+    v.clog_admin();
+    connected_tree(&v);
+    v.cfs_ok("flushobject", &[v.path("uncached").to_str().unwrap()]);
+    assert_eq!(state(&v), "connected");
+
+    drop(srv); // SIGKILL
+    disconnected_work(&v);
+    assert_eq!(state(&v), "disconnected", "{}", v.log_tail());
+    let logged = cml_records(&v);
+    assert!(logged >= 8, "the log holds the work: {logged} records");
+    assert_eq!(
+        errno_of(fsx::read(v.path("uncached"))),
+        Some(libc::ETIMEDOUT),
+        "a cache miss while disconnected"
+    );
+    // The mount serves the work itself.
+    check_result(&v, "the disconnected client");
+
+    let srv = Server::start_at(&root, &addr, 1);
+    v.cfs_ok("checkservers", &[]);
+    assert_eq!(state(&v), "connected", "{}", v.log_tail());
+    assert_eq!(cml_records(&v), 0, "reintegrated\n{}", v.log_tail());
+    check_result(&v, "the reintegrated client");
+    assert_eq!(
+        fsx::read(v.path("uncached")).unwrap(),
+        b"flushed before the disconnection"
+    );
+
+    let other = Venus::start(&srv.addr);
+    other.clog_admin();
+    check_result(&other, "a second client");
+    eprintln!(
+        "work_done_while_the_server_is_down_reaches_a_second_client: {:?}",
+        began.elapsed()
+    );
+}
+
+#[test]
+fn a_log_survives_sigkill_and_waits_for_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, mount) = (tmp.path().join("cache"), tmp.path().join("mnt"));
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(&mount).unwrap();
+    let srv = Server::start(1);
+    let v = client(&srv.addr, &cache, &mount, &[]);
+    v.clog_admin();
+    connected_tree(&v);
+    v.cfs_ok("disconnect", &[]);
+    assert_eq!(state(&v), "disconnected");
+    disconnected_work(&v);
+    let logged = cml_records(&v);
+    assert!(logged >= 8, "{logged} records logged");
+    v.kill();
+
+    // Started again (connected now): the log is there, and waits for its
+    // user's token.
+    let v = client(&srv.addr, &cache, &mount, &[]);
+    assert_eq!(
+        cml_records(&v),
+        logged,
+        "the log after SIGKILL and a restart"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || listvol(&v)
+            ["waits_for_token_of_uid"]
+            == serde_json::json!(0)),
+        "the log says it waits for a token: {}",
+        listvol(&v)
+    );
+    assert_eq!(cml_records(&v), logged, "nothing sent without a token");
+    v.clog_admin();
+    assert!(
+        eventually(Duration::from_secs(20), || cml_records(&v) == 0),
+        "reintegrated after clog\n{}",
+        v.log_tail()
+    );
+    check_result(&v, "the restarted client");
+    let other = Venus::start(&srv.addr);
+    other.clog_admin();
+    check_result(&other, "a second client");
+}
+
+#[test]
+fn a_restart_while_the_server_is_down_starts_disconnected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("vice");
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let (cache, mount) = (tmp.path().join("cache"), tmp.path().join("mnt"));
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(&mount).unwrap();
+    let srv = Server::start_at(&root, &addr, 1);
+    let v = client(&addr, &cache, &mount, &[]);
+    v.clog_admin();
+    connected_tree(&v);
+    drop(srv);
+    fsx::write(v.path("d/before-kill"), b"logged, then venus was killed").unwrap();
+    v.kill();
+    let v = client(&addr, &cache, &mount, &[]);
+    assert_eq!(state(&v), "disconnected");
+    assert_eq!(
+        fsx::read(v.path("d/before-kill")).unwrap(),
+        b"logged, then venus was killed"
+    );
+    assert_eq!(fsx::read(v.path("d/edit")).unwrap(), b"before\n");
+    let _srv = Server::start_at(&root, &addr, 1);
+    v.clog_admin();
+    v.cfs_ok("checkservers", &[]);
+    assert!(
+        eventually(Duration::from_secs(20), || cml_records(&v) == 0),
+        "reintegrated\n{}",
+        v.log_tail()
+    );
+    let other = Venus::start(&addr);
+    other.clog_admin();
+    assert_eq!(
+        fsx::read(other.path("d/before-kill")).unwrap(),
+        b"logged, then venus was killed"
+    );
+}
+
+#[test]
+fn a_full_cache_while_disconnected_is_enospc_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, mount) = (tmp.path().join("cache"), tmp.path().join("mnt"));
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(&mount).unwrap();
+    let srv = Server::start(1);
+    let v = client(&srv.addr, &cache, &mount, &["--cache-size", "8M"]);
+    v.clog_admin();
+    fsx::create_dir(v.path("fill")).unwrap();
+    v.cfs_ok("disconnect", &[]);
+    let mut written = Vec::new();
+    let mut refused = None;
+    for i in 0..32 {
+        let data = pattern(1 << 20, i);
+        match fsx::write(v.path(format!("fill/f{i}")), &data) {
+            Ok(()) => written.push((i, data)),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("a full cache refuses a new write");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    assert!(written.len() >= 4, "{} files fit", written.len());
+    for (i, data) in &written {
+        assert_eq!(&fsx::read(v.path(format!("fill/f{i}"))).unwrap(), data);
+    }
+    v.cfs_ok("reconnect", &[]);
+    assert_eq!(cml_records(&v), 0, "{}", v.log_tail());
+    let other = Venus::start(&srv.addr);
+    other.clog_admin();
+    for (i, data) in &written {
+        assert_eq!(
+            &fsx::read(other.path(format!("fill/f{i}"))).unwrap(),
+            data,
+            "f{i} on a second client"
+        );
+    }
+}

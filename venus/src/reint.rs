@@ -1,0 +1,359 @@
+//! Reintegration: a volume's CML sent to its server in batches, each
+//! applied there whole or not at all.
+//!
+//! - A batch is frozen before it is sent (its last record carries the
+//!   batch's id, written to the log), so after an interruption (a lost
+//!   answer, a crash, a server gone) the same batch goes again, and the
+//!   server, which remembers the last batch it applied from this client,
+//!   answers it again without applying anything twice.
+//! - A store's data is staged first, in fragments sized to the bandwidth
+//!   measured so far; an interrupted upload resumes where it stopped.
+//! - Objects made while disconnected get their real fids from the answer
+//!   (`Applied::remaps`): the cache and the records still to send follow.
+//! - A batch waits for a token of its user, and says so.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use coda_proto::cml::Op;
+use coda_proto::vice::{op, Applied, Reintegrate, ReintegrateReply, Stage, StageReply};
+use coda_proto::{Errno, Fid, StoreId, VolumeId};
+use coda_rpc2::codec;
+use coda_rpc2::endpoint::SideEffect;
+use coda_rpc2::Source;
+use rvm::Durability;
+
+use crate::cml::LogEntry;
+use crate::core::{hash_file, Result, Venus};
+
+/// Records per batch: enough that a batch's round trip is small beside
+/// its work, few enough that the server's transaction stays modest.
+pub const BATCH_RECORDS: usize = 4096;
+
+/// A batch this small travels in the call's body; larger ones as its
+/// side effect.
+const INLINE_BYTES_MAX: usize = 1200;
+
+/// Stage fragments: first size, bounds, and the time one should take.
+const FRAGMENT_FIRST: u64 = 1 << 20;
+const FRAGMENT_MAX: u64 = 64 << 20;
+const FRAGMENT_TIME: Duration = Duration::from_secs(2);
+
+/// What is known of the way to the servers, for sizing fragments.
+#[derive(Debug, Default)]
+pub struct Bandwidth {
+    /// Bytes per second of the last fragment staged.
+    pub bytes_per_sec: Option<u64>,
+    /// Bytes each server holds of each store being staged.
+    pub staged: HashMap<StoreId, u64>,
+}
+
+impl Bandwidth {
+    fn fragment(&self) -> u64 {
+        self.bytes_per_sec.map_or(FRAGMENT_FIRST, |b| {
+            (b.saturating_mul(FRAGMENT_TIME.as_millis() as u64) / 1000)
+                .clamp(FRAGMENT_FIRST, FRAGMENT_MAX)
+        })
+    }
+}
+
+/// Sends `vol`'s log until it is empty. An error leaves the rest for
+/// later (the server went away, a token is missing, a file is still open).
+pub fn reintegrate(v: &mut Venus, vol: VolumeId) -> Result<()> {
+    if v.disconnected(vol) {
+        return Err(Errno::ETIMEDOUT);
+    }
+    if v.cml_records(vol).0 == 0 {
+        return Ok(());
+    }
+    v.reintegrating = Some(vol);
+    v.emit("reintegrate", format!("volume {vol:#x}: starting"));
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let result = (|| loop {
+        let batch = next_batch(v, vol);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        send(v, vol, batch, &mut sent)?;
+    })();
+    v.reintegrating = None;
+    match &result {
+        Ok(()) => {
+            v.emit(
+                "reintegrate",
+                format!(
+                    "volume {vol:#x}: {sent} records in {:.3} s",
+                    started.elapsed().as_secs_f64()
+                ),
+            );
+            v.refresh_stale(vol);
+        }
+        Err(e) => v.emit(
+            "reintegrate",
+            format!("volume {vol:#x}: stopped after {sent} records: {e}"),
+        ),
+    }
+    result
+}
+
+/// The records of the next batch: the one in flight, if any, else the
+/// oldest records of one user.
+fn next_batch(v: &Venus, vol: VolumeId) -> Vec<LogEntry> {
+    let frozen = v.cml.frozen.get(&vol).copied();
+    let mut out: Vec<LogEntry> = Vec::new();
+    for (_, e) in v.cache.cml.values() {
+        if e.record.op.volume() != vol {
+            continue;
+        }
+        if let Some(end) = frozen {
+            out.push(e.clone());
+            if e.seq == end {
+                break;
+            }
+            continue;
+        }
+        if out
+            .first()
+            .is_some_and(|f| f.uid != e.uid || out.len() >= BATCH_RECORDS)
+        {
+            break;
+        }
+        out.push(e.clone());
+    }
+    out
+}
+
+fn send(v: &mut Venus, vol: VolumeId, mut batch: Vec<LogEntry>, sent: &mut usize) -> Result<()> {
+    let uid = batch[0].uid;
+    if !v.has_token(uid) {
+        if v.waiting.insert(vol, uid).is_none() {
+            v.emit(
+                "reintegrate",
+                format!("volume {vol:#x} waits for a token: uid {uid} should run clog"),
+            );
+        }
+        return Err(Errno::EACCES);
+    }
+    v.waiting.remove(&vol);
+    // The data of each store, and the record's length and hash as the
+    // container has them now (a later store may not be logged yet: then
+    // the batch waits for the file's close).
+    for e in batch.iter_mut() {
+        if matches!(e.record.op, Op::Store(_)) {
+            stage(v, uid, e)?;
+        }
+    }
+    let last = batch.last().expect("not empty");
+    let id = match last.ends_batch {
+        Some(id) => id,
+        None => {
+            let id = StoreId {
+                host: v.cache.host,
+                unique: last.record.store_id.unique,
+            };
+            let mut frozen = last.clone();
+            frozen.ends_batch = Some(id);
+            v.cache
+                .update(Durability::Written, |t| t.put_cml(frozen.clone()))?;
+            v.cml.add(&frozen);
+            id
+        }
+    };
+    let req = Reintegrate {
+        volume: vol,
+        batch: id,
+        records: batch.iter().map(|e| e.record.clone()).collect(),
+    };
+    let body = codec::to_bytes(&req);
+    let (reply, _): (ReintegrateReply, _) = if body.len() <= INLINE_BYTES_MAX {
+        v.call_retry(uid, vol, op::REINTEGRATE, body, |_| Ok(None))?
+    } else {
+        v.call_retry(uid, vol, op::REINTEGRATE, Bytes::new(), |_| {
+            Ok(Some(SideEffect::Send(Source::Memory(body.clone()))))
+        })?
+    };
+    match reply {
+        ReintegrateReply::Applied(a) => {
+            applied(v, vol, &batch, &a)?;
+            *sent += batch.len();
+            Ok(())
+        }
+        ReintegrateReply::Conflict(c) => {
+            let at = batch.get(c.index as usize).ok_or(Errno::EIO)?.clone();
+            crate::conflict::record_failed(v, vol, &batch, at, Errno(c.code))
+        }
+    }
+}
+
+/// Stages a store's data from its container, in fragments.
+fn stage(v: &mut Venus, uid: u32, e: &mut LogEntry) -> Result<()> {
+    let Op::Store(s) = &mut e.record.op else {
+        return Ok(());
+    };
+    let o = v.cache.objs.get(&s.fid).ok_or(Errno::EIO)?;
+    let writers = o.writers;
+    let file = v
+        .cache
+        .containers
+        .open_rw(o.rec.container)
+        .map_err(|_| Errno::EIO)?;
+    let length = file.metadata().map_err(|_| Errno::EIO)?.len();
+    if length != s.length || hash_file(&file, length).map_err(|_| Errno::EIO)? != s.content_hash {
+        if writers > 0 {
+            // Written since, and still open: its close logs a new store.
+            return Err(Errno::EBUSY);
+        }
+        s.length = length;
+        s.content_hash = hash_file(&file, length).map_err(|_| Errno::EIO)?;
+        let fixed = e.clone();
+        v.cache
+            .update(Durability::Written, |t| t.put_cml(fixed.clone()))?;
+    }
+    let Op::Store(s) = &e.record.op else {
+        unreachable!("a store")
+    };
+    let sid = e.record.store_id;
+    let mut offset = v.bandwidth.staged.get(&sid).copied().unwrap_or(0);
+    loop {
+        let n = v.bandwidth.fragment().min(s.length - offset.min(s.length));
+        let mut buf = vec![0u8; n as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, offset)
+            .map_err(|_| Errno::EIO)?;
+        let req = Stage {
+            store_id: sid,
+            length: s.length,
+            offset,
+        };
+        let began = Instant::now();
+        let buf = Bytes::from(buf);
+        let (reply, _): (StageReply, _) =
+            v.call_retry(uid, s.fid.volume, op::STAGE, codec::to_bytes(&req), |_| {
+                Ok(Some(SideEffect::Send(Source::Memory(buf.clone()))))
+            })?;
+        let took = began.elapsed().as_secs_f64().max(1e-6);
+        if n >= FRAGMENT_FIRST {
+            v.bandwidth.bytes_per_sec = Some((n as f64 / took) as u64);
+        }
+        offset = reply.received;
+        v.bandwidth.staged.insert(sid, offset);
+        if offset >= s.length {
+            return Ok(());
+        }
+        if n == 0 {
+            return Err(Errno::EIO);
+        }
+    }
+}
+
+/// A batch went in: its records leave the log, objects made from local
+/// fids take their real ones (in the cache and in the records still to
+/// send), and what it touched is validated again on next use.
+fn applied(v: &mut Venus, vol: VolumeId, batch: &[LogEntry], a: &Applied) -> Result<()> {
+    let records: Vec<_> = batch.iter().map(|e| e.record.clone()).collect();
+    let remaps: HashMap<Fid, Fid> = a
+        .remaps(&records)
+        .into_iter()
+        .map(|m| (m.local, m.fid))
+        .collect();
+    let real = |f: Fid| remaps.get(&f).copied().unwrap_or(f);
+    let rest: Vec<LogEntry> = v
+        .cache
+        .cml
+        .values()
+        .map(|(_, e)| e)
+        .filter(|e| e.record.op.volume() == vol && !batch.iter().any(|b| b.seq == e.seq))
+        .filter(|e| e.record.op.fids().iter().any(|f| remaps.contains_key(f)))
+        .cloned()
+        .map(|mut e| {
+            e.record.op.map_fids(real);
+            for b in e.before.iter_mut() {
+                b.0 = real(b.0);
+            }
+            e
+        })
+        .collect();
+    v.cache.update(Durability::Written, |t| {
+        for e in batch {
+            t.remove_cml(e.seq)?;
+        }
+        for (local, fid) in &remaps {
+            t.remap(*local, *fid)?;
+        }
+        for e in rest {
+            t.put_cml(e)?;
+        }
+        for r in &records {
+            for f in r.op.fids() {
+                if let Some(o) = t.objs.get_mut(&real(f)) {
+                    o.valid = false;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    for e in batch {
+        if let Op::Store(_) = e.record.op {
+            v.bandwidth.staged.remove(&e.record.store_id);
+        }
+    }
+    v.remapped(&remaps);
+    v.cml.rebuild(&v.cache.cml);
+    v.cml.stale = std::mem::take(&mut v.cml.stale)
+        .into_iter()
+        .map(real)
+        .collect();
+    v.untrust(vol);
+    Ok(())
+}
+
+/// Reintegrates every volume with a log whose server answers.
+pub fn reintegrate_all(v: &mut Venus) {
+    for vol in v.logged_volumes() {
+        if !v.disconnected(vol) {
+            if let Err(e) = reintegrate(v, vol) {
+                tracing::info!("volume {vol:#x}: reintegration stopped: {e}");
+            }
+        }
+    }
+}
+
+/// How long a write-disconnected update waits before it is sent, so that
+/// the log's cancellation rules get to work on it.
+pub const AGING: Duration = Duration::from_secs(3);
+
+/// How often servers that stopped answering are probed.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The background work, run about once a second: probe servers that went
+/// away (every [`PROBE_INTERVAL`]), and reintegrate what is logged on
+/// volumes whose servers answer (write-disconnected: once it has aged).
+pub fn background(v: &mut Venus, last_probe: &mut Instant) {
+    if !v.down.is_empty() && !v.forced && last_probe.elapsed() >= PROBE_INTERVAL {
+        *last_probe = Instant::now();
+        v.probe_servers();
+    }
+    let now = coda_proto::Timestamp::now();
+    for vol in v.logged_volumes() {
+        if v.disconnected(vol) {
+            continue;
+        }
+        if let Some(&uid) = v.waiting.get(&vol) {
+            if !v.has_token(uid) {
+                continue;
+            }
+        }
+        if v.write_disconnected {
+            let aged = v
+                .oldest_record(vol)
+                .is_some_and(|t| now.secs - t.secs >= AGING.as_secs() as i64);
+            if !aged {
+                continue;
+            }
+        }
+        if let Err(e) = reintegrate(v, vol) {
+            tracing::debug!("volume {vol:#x}: reintegration stopped: {e}");
+        }
+    }
+}
