@@ -29,7 +29,7 @@ use coda_rpc2::{Credentials, Sink};
 use crate::cache::{Cache, CacheError, ROOT_INO};
 use crate::container;
 use crate::emulate::LogIndex;
-use crate::link::{decode_reply, Link, LinkError, Principal};
+use crate::link::{call_decode, decode_reply, LinkError, Principal, Transport};
 use crate::volume;
 
 pub type Result<T> = std::result::Result<T, Errno>;
@@ -107,7 +107,7 @@ pub struct Handle {
 /// The cache manager.
 pub struct Venus {
     pub cache: Cache,
-    link: Arc<Link>,
+    link: Arc<dyn Transport>,
     pub servers: Vec<SocketAddr>,
     pub root: Fid,
     tokens: HashMap<u32, Token>,
@@ -184,7 +184,7 @@ impl Venus {
     /// Starts over `cache`, finding the root volume at `servers`.
     pub fn new(
         cache: Cache,
-        link: Arc<Link>,
+        link: Arc<dyn Transport>,
         servers: Vec<SocketAddr>,
         cache_limit: u64,
     ) -> Result<Venus> {
@@ -217,7 +217,8 @@ impl Venus {
         v.cml = LogIndex::build(&v.cache.cml);
         v.link.set_host(v.cache.host);
         let addr = *v.servers.first().ok_or(Errno::EINVAL)?;
-        let found: Result<VolumeInfo> = v.link.call_decode(
+        let found: Result<VolumeInfo> = call_decode(
+            &*v.link,
             addr,
             Principal::Anyone,
             None,
@@ -328,7 +329,8 @@ impl Venus {
         if self.forced || self.down.contains(&addr) {
             return Err(Errno::ETIMEDOUT);
         }
-        let info: VolumeInfo = self.link.call_decode(
+        let info: VolumeInfo = call_decode(
+            &*self.link,
             addr,
             Principal::Anyone,
             None,
@@ -1851,7 +1853,8 @@ impl Venus {
         servers
             .into_iter()
             .map(|addr| {
-                let answer = self.link.call_decode::<VolumeInfo>(
+                let answer = call_decode::<VolumeInfo>(
+                    &*self.link,
                     addr,
                     Principal::Anyone,
                     None,

@@ -47,6 +47,81 @@ pub struct Link {
 /// What a call returned.
 pub type Answer = Result<Reply, LinkError>;
 
+/// How the core reaches servers: RPC2 over UDP ([`Link`]), or a simulated
+/// network, so tests replay failures from a seed.
+pub trait Transport: Send + Sync {
+    /// Calls the server at `addr` for `who` (binding first if needed).
+    #[allow(clippy::too_many_arguments)]
+    fn call(
+        &self,
+        addr: SocketAddr,
+        who: Principal,
+        creds: Option<&Credentials>,
+        subsystem: u16,
+        opcode: u16,
+        body: Bytes,
+        side_effect: Option<SideEffect>,
+    ) -> Answer;
+    /// Sets the host id servers know this client by.
+    fn set_host(&self, host: u64);
+    /// How many connections were lost so far (each loss means the
+    /// promises made on it are gone).
+    fn rebinds(&self) -> u64;
+    /// Drops every connection of `who` (its token changed).
+    fn forget_principal(&self, who: Principal);
+}
+
+/// Calls and decodes the reply body; a non-zero code is the error.
+pub fn call_decode<T: Decode>(
+    t: &dyn Transport,
+    addr: SocketAddr,
+    who: Principal,
+    creds: Option<&Credentials>,
+    subsystem: u16,
+    opcode: u16,
+    req: &impl Encode,
+) -> Result<T, Errno> {
+    let r = t
+        .call(
+            addr,
+            who,
+            creds,
+            subsystem,
+            opcode,
+            codec::to_bytes(req),
+            None,
+        )
+        .map_err(|e| e.errno())?;
+    decode_reply(&r)
+}
+
+impl Transport for Link {
+    fn call(
+        &self,
+        addr: SocketAddr,
+        who: Principal,
+        creds: Option<&Credentials>,
+        subsystem: u16,
+        opcode: u16,
+        body: Bytes,
+        side_effect: Option<SideEffect>,
+    ) -> Answer {
+        Link::call(self, addr, who, creds, subsystem, opcode, body, side_effect)
+    }
+
+    fn set_host(&self, host: u64) {
+        self.host.store(host, Ordering::Relaxed);
+    }
+
+    fn rebinds(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    fn forget_principal(&self, who: Principal) {
+        self.conns.lock().unwrap().retain(|(_, w), _| *w != who);
+    }
+}
+
 impl Link {
     /// A link whose calls give a silent server `timeout` to answer.
     pub fn new(timeout: Duration) -> std::io::Result<Link> {
@@ -114,30 +189,6 @@ impl Link {
         }
     }
 
-    /// Calls and decodes the reply body; a non-zero code is the error.
-    pub fn call_decode<T: Decode>(
-        &self,
-        addr: SocketAddr,
-        who: Principal,
-        creds: Option<&Credentials>,
-        subsystem: u16,
-        opcode: u16,
-        req: &impl Encode,
-    ) -> Result<T, Errno> {
-        let r = self
-            .call(
-                addr,
-                who,
-                creds,
-                subsystem,
-                opcode,
-                codec::to_bytes(req),
-                None,
-            )
-            .map_err(|e| e.errno())?;
-        decode_reply(&r)
-    }
-
     fn conn(
         &self,
         addr: SocketAddr,
@@ -173,24 +224,9 @@ impl Link {
         Ok(conn)
     }
 
-    /// Sets the host id servers know this client by.
-    pub fn set_host(&self, host: u64) {
-        self.host.store(host, Ordering::Relaxed);
-    }
-
-    /// How many connections were lost so far.
-    pub fn rebinds(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
-    }
-
     /// Drops a connection (a token changed, or the server forgot it).
     pub fn forget(&self, addr: SocketAddr, who: Principal) {
         self.conns.lock().unwrap().remove(&(addr, who));
-    }
-
-    /// Drops every connection of `who`.
-    pub fn forget_principal(&self, who: Principal) {
-        self.conns.lock().unwrap().retain(|(_, w), _| *w != who);
     }
 
     /// Calls servers make of Venus (callback breaks).
