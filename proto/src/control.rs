@@ -129,6 +129,64 @@ codec_struct! {
     }
 }
 
+codec_struct! {
+    /// An object in conflict, for `repair list`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ConflictLine {
+        pub path: String,
+        pub fid: Fid,
+        /// Why the server refused the update (an errno name).
+        pub reason: String,
+        /// The refused updates, one line each.
+        pub records: Vec<String>,
+    }
+}
+
+codec_struct! {
+    /// One version of an object in conflict.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Version {
+        pub exists: bool,
+        pub kind: String,
+        pub length: u64,
+        /// UNIX seconds.
+        pub mtime: i64,
+        pub mode: u32,
+        /// BLAKE3 of the contents, hex.
+        pub hash: String,
+    }
+}
+
+codec_struct! {
+    /// `repair show`: both versions.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ConflictDetail {
+        pub conflict: ConflictLine,
+        pub local: Version,
+        pub server: Version,
+    }
+}
+
+codec_union! {
+    /// How `repair` settles a conflict.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Resolution {
+        KeepLocal(()) = 1,
+        KeepServer(()) = 2,
+        /// The server's version keeps the name; the local one is kept
+        /// beside it (as `NAME.local`, or `NAME.local.N` if taken).
+        KeepBoth(()) = 3,
+    }
+}
+
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Repair {
+        pub path: String,
+        pub resolution: Resolution,
+    }
+}
+
 codec_union! {
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub enum Request {
@@ -154,6 +212,10 @@ codec_union! {
         /// `cfs writedisconnect` / `cfs writereconnect` (and `cfs strong`).
         WriteDisconnect(()) = 18,
         WriteReconnect(()) = 19,
+        /// `repair list` / `repair show PATH` / `repair keep-*`.
+        ListConflicts(()) = 20,
+        ShowConflict(String) = 21,
+        Repair(Repair) = 22,
     }
 }
 
@@ -171,6 +233,10 @@ codec_union! {
         WhereIs(Vec<String>) = 8,
         Acl(NamedAcl) = 9,
         Event(Event) = 10,
+        Conflicts(Vec<ConflictLine>) = 11,
+        Conflict(ConflictDetail) = 12,
+        /// What a repair did, one line each.
+        Repaired(Vec<String>) = 13,
     }
 }
 

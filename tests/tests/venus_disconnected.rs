@@ -60,6 +60,7 @@ fn connected_tree(v: &Venus) {
     fsx::write(v.path("d/gone"), b"to be removed").unwrap();
     fsx::write(v.path("d/moved"), b"to be renamed").unwrap();
     fsx::write(v.path("uncached"), b"flushed before the disconnection").unwrap();
+    fsx::write(v.path("d/emptied"), b"emptied while disconnected").unwrap();
 }
 
 /// What the work done while disconnected should leave.
@@ -73,6 +74,7 @@ fn disconnected_work(v: &Venus) {
     fsx::write(v.path("d/sub/inner"), b"in a directory made disconnected").unwrap();
     fsx::symlink("sub/inner", v.path("d/link")).unwrap();
     fsx::set_permissions(v.path("d/new"), 0o600).unwrap();
+    fsx::write(v.path("d/emptied"), b"").unwrap();
     // Made and unmade while disconnected: leaves no trace.
     fsx::write(v.path("d/scratch"), b"temporary").unwrap();
     fsx::remove_file(v.path("d/scratch")).unwrap();
@@ -94,11 +96,12 @@ fn check_result(v: &Venus, who: &str) {
         "{who}"
     );
     assert_eq!(read("d/link"), b"in a directory made disconnected", "{who}");
+    assert_eq!(read("d/emptied"), b"", "{who}");
     let mut names = fsx::read_dir_names(v.path("d")).unwrap();
     names.sort();
     assert_eq!(
         names,
-        ["edit", "link", "new", "renamed", "sub"],
+        ["edit", "emptied", "link", "new", "renamed", "sub"],
         "{who}: the directory's names"
     );
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -276,6 +279,133 @@ fn a_full_cache_while_disconnected_is_enospc_and_loses_nothing() {
             &fsx::read(other.path(format!("fill/f{i}"))).unwrap(),
             data,
             "f{i} on a second client"
+        );
+    }
+}
+
+/// `repair SUB ARGS...` on `v`'s mount; its stdout, asserting success.
+fn repair(v: &Venus, args: &[&str]) -> String {
+    let mut all = vec!["--mount", v.mount.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = v.tool("repair", &all, "");
+    assert!(
+        out.status.success(),
+        "repair {args:?}: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        v.log_tail()
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn conflicts(v: &Venus) -> Vec<serde_json::Value> {
+    let out = repair(v, &["--json", "list"]);
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn two_disconnected_clients_conflict_only_on_the_same_file() {
+    let srv = Server::start(1);
+    let a = Venus::start(&srv.addr);
+    let b = Venus::start(&srv.addr);
+    a.clog_admin();
+    b.clog_admin();
+    fsx::create_dir(a.path("shared")).unwrap();
+    fsx::write(a.path("shared/doc"), b"original\n").unwrap();
+    fsx::write(a.path("shared/same"), b"original\n").unwrap();
+    // b caches it all.
+    assert_eq!(fsx::read(b.path("shared/doc")).unwrap(), b"original\n");
+    assert_eq!(fsx::read(b.path("shared/same")).unwrap(), b"original\n");
+    a.cfs_ok("disconnect", &[]);
+    b.cfs_ok("disconnect", &[]);
+    fsx::write(a.path("shared/from-a"), b"a's new file").unwrap();
+    fsx::write(b.path("shared/from-b"), b"b's new file").unwrap();
+    fsx::write(a.path("shared/doc"), b"a's edit\n").unwrap();
+    fsx::write(b.path("shared/doc"), b"b's edit\n").unwrap();
+    // The same change on both sides is no conflict.
+    fsx::write(a.path("shared/same"), b"both made this\n").unwrap();
+    fsx::write(b.path("shared/same"), b"both made this\n").unwrap();
+
+    a.cfs_ok("reconnect", &[]);
+    assert_eq!(cml_records(&a), 0, "{}", a.log_tail());
+    assert!(conflicts(&a).is_empty());
+    b.cfs_ok("reconnect", &[]);
+    assert_eq!(cml_records(&b), 0, "{}", b.log_tail());
+    let found = conflicts(&b);
+    assert_eq!(found.len(), 1, "exactly one conflict: {found:?}");
+    assert!(
+        found[0]["path"].as_str().unwrap().ends_with("shared/doc"),
+        "{found:?}"
+    );
+    assert_eq!(
+        errno_of(fsx::read(b.path("shared/doc"))),
+        Some(libc::EIO),
+        "a program gets EIO on an object in conflict"
+    );
+    // Distinct names in one directory: both on the server, both clients.
+    for v in [&a, &b] {
+        assert_eq!(fsx::read(v.path("shared/from-a")).unwrap(), b"a's new file");
+        assert_eq!(fsx::read(v.path("shared/from-b")).unwrap(), b"b's new file");
+        assert_eq!(
+            fsx::read(v.path("shared/same")).unwrap(),
+            b"both made this\n"
+        );
+    }
+    let shown = repair(&b, &["show", b.path("shared/doc").to_str().unwrap()]);
+    assert!(shown.contains("local"), "{shown}");
+    repair(&b, &["keep-both", b.path("shared/doc").to_str().unwrap()]);
+    assert!(conflicts(&b).is_empty());
+    for v in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(10), || fsx::read(v.path("shared/doc"))
+                .is_ok_and(|d| d == b"a's edit\n")),
+            "the server's version keeps the name"
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || fsx::read(
+                v.path("shared/doc.local")
+            )
+            .is_ok_and(|d| d == b"b's edit\n")),
+            "the local version beside it"
+        );
+    }
+}
+
+#[test]
+fn repair_keep_local_and_keep_server() {
+    let srv = Server::start(1);
+    let a = Venus::start(&srv.addr);
+    let b = Venus::start(&srv.addr);
+    a.clog_admin();
+    b.clog_admin();
+    for name in ["one", "two"] {
+        fsx::write(a.path(name), b"original").unwrap();
+        assert_eq!(fsx::read(b.path(name)).unwrap(), b"original");
+    }
+    b.cfs_ok("disconnect", &[]);
+    fsx::write(a.path("one"), b"server side").unwrap();
+    fsx::write(a.path("two"), b"server side").unwrap();
+    fsx::write(b.path("one"), b"local side").unwrap();
+    fsx::write(b.path("two"), b"local side").unwrap();
+    b.cfs_ok("reconnect", &[]);
+    assert_eq!(conflicts(&b).len(), 2, "{}", b.log_tail());
+    repair(&b, &["keep-local", b.path("one").to_str().unwrap()]);
+    repair(&b, &["keep-server", b.path("two").to_str().unwrap()]);
+    assert!(conflicts(&b).is_empty());
+    for v in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(10), || fsx::read(v.path("one"))
+                .is_ok_and(|d| d == b"local side")),
+            "keep-local"
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || fsx::read(v.path("two"))
+                .is_ok_and(|d| d == b"server side")),
+            "keep-server"
         );
     }
 }

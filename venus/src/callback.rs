@@ -49,6 +49,7 @@ pub fn serve(link: Arc<Link>, venus: Arc<Mutex<Venus>>, kernel: impl Invalidate)
         (v.breaks.clone(), v.cache.kernel_inos.clone())
     };
     let (refresh_tx, refresh_rx) = std::sync::mpsc::channel::<()>();
+    venus.lock().unwrap_or_else(|p| p.into_inner()).kick = Some(refresh_tx.clone());
     {
         let kernel = kernel.clone();
         std::thread::spawn(move || {

@@ -6,8 +6,9 @@
 //! server's, or both under two names). Nothing is lost either way.
 
 use coda_proto::cml::Op;
-use coda_proto::{Errno, Fid, VolumeId};
-use coda_rpc2::codec_struct;
+use coda_proto::vice::{self, op};
+use coda_proto::{Errno, Fid, Status, VolumeId};
+use coda_rpc2::{codec, codec_struct};
 use rvm::Durability;
 
 use crate::cml::LogEntry;
@@ -56,6 +57,9 @@ pub fn record_failed(
     code: Errno,
 ) -> Result<()> {
     let fid = subject(&failed.record.op);
+    if same_contents(v, vol, &failed)? {
+        return Ok(());
+    }
     let (dir, name) = v.name_of(fid).unwrap_or((fid, String::new()));
     let records: Vec<LogEntry> = v
         .cache
@@ -102,4 +106,61 @@ pub fn record_failed(
         ),
     );
     Ok(())
+}
+
+/// A refused store of contents the server has already (both clients made
+/// the same change): no conflict. The record goes, and the server's version
+/// is the cache's, as the records after it now say.
+fn same_contents(v: &mut Venus, vol: VolumeId, failed: &LogEntry) -> Result<bool> {
+    let Op::Store(s) = &failed.record.op else {
+        return Ok(false);
+    };
+    let req = codec::to_bytes(&vice::GetAttr { fid: s.fid });
+    let server: Status = match v.call_retry(failed.uid, vol, op::GET_ATTR, req, |_| Ok(None)) {
+        Ok((status, _)) => status,
+        Err(_) => return Ok(false),
+    };
+    if server.length != s.length || server.content_hash != s.content_hash {
+        return Ok(false);
+    }
+    let (fid, sid, prev) = (s.fid, failed.record.store_id, server.vv.store_id);
+    let later: Vec<LogEntry> = v
+        .cache
+        .cml
+        .values()
+        .map(|(_, e)| e)
+        .filter(|e| e.seq > failed.seq && e.record.op.fids().contains(&fid))
+        .cloned()
+        .map(|mut e| {
+            crate::emulate::hand_back(&mut e, fid, sid, prev);
+            e
+        })
+        .collect();
+    let key = v.rights_key_of(failed.uid);
+    let superseded = v
+        .cache
+        .objs
+        .get(&fid)
+        .and_then(|o| o.rec.status.as_ref())
+        .is_some_and(|st| st.vv.store_id == sid);
+    v.cache.update(Durability::Written, |t| {
+        t.remove_cml(failed.seq)?;
+        for e in later {
+            t.put_cml(e)?;
+        }
+        if superseded {
+            // Nothing later changed it here: the server's status is ours.
+            let o = t.obj_or_new(fid, server.kind, false);
+            o.rec.data = Some(prev);
+            o.take_status(server.clone(), key);
+            t.save(fid)?;
+        }
+        Ok(())
+    })?;
+    v.cml.rebuild(&v.cache.cml);
+    v.emit(
+        "conflict",
+        format!("{fid}: the same contents on both sides; resolved by itself"),
+    );
+    Ok(true)
 }

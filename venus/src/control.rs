@@ -255,6 +255,19 @@ fn answer_tool(v: &mut Venus, uid: u32, mount: &Path, req: Request) -> Result<Re
             v.set_acl(uid, fid, &s).map_err(|e| fail(&s.path, e))?;
             Reply::Ok(())
         }
+        Request::ListConflicts(()) => Reply::Conflicts(crate::repair::list(v, mount)),
+        Request::ShowConflict(path) => {
+            let rel = below(mount, &path)?;
+            let fid = crate::repair::find(v, uid, rel).map_err(|e| fail(&path, e))?;
+            Reply::Conflict(crate::repair::show(v, uid, mount, fid).map_err(|e| fail(&path, e))?)
+        }
+        Request::Repair(r) => {
+            let rel = below(mount, &r.path)?;
+            let fid = crate::repair::find(v, uid, rel).map_err(|e| fail(&r.path, e))?;
+            let done =
+                crate::repair::settle(v, uid, fid, r.resolution).map_err(|e| fail(&r.path, e))?;
+            Reply::Repaired(done)
+        }
         Request::Events(()) => unreachable!("handled by the session"),
     })
 }

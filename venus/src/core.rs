@@ -141,6 +141,8 @@ pub struct Venus {
     pub bandwidth: crate::reint::Bandwidth,
     /// Set while a tool names objects: those in conflict are shown to it.
     pub repairing: bool,
+    /// Wakes the callback thread to pass queued breaks to the kernel.
+    pub kick: Option<std::sync::mpsc::Sender<()>>,
     /// Volumes whose log waits for a user's token, and whose.
     pub waiting: HashMap<VolumeId, u32>,
 }
@@ -212,6 +214,7 @@ impl Venus {
             reintegrating: None,
             bandwidth: Default::default(),
             repairing: false,
+            kick: None,
             waiting: HashMap::new(),
         };
         v.cml = LogIndex::build(&v.cache.cml);
@@ -428,6 +431,36 @@ impl Venus {
         let entries = self.cache.dirs.get(&parent)?;
         let (name, _) = entries.iter().find(|(_, (_, f))| *f == fid)?;
         Some((parent, name.clone()))
+    }
+
+    /// A cached object's path below the mount, as far as the cache knows.
+    pub fn path_of(&self, fid: Fid) -> Option<std::path::PathBuf> {
+        let mut names = Vec::new();
+        let mut at = fid;
+        while at != self.root {
+            let (dir, name) = self.name_of(at)?;
+            names.push(name);
+            at = dir;
+            if names.len() > 4096 {
+                return None;
+            }
+        }
+        Some(names.iter().rev().collect())
+    }
+
+    /// Has the kernel forget what it cached of these objects (a repair
+    /// replaced them): queued as a break, for the callback thread.
+    pub fn kernel_forget(&mut self, fids: &[Fid]) {
+        self.breaks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Break {
+                fids: fids.to_vec(),
+                volumes: Vec::new(),
+            });
+        if let Some(k) = &self.kick {
+            let _ = k.send(());
+        }
     }
 
     /// Objects made here took real fids: so do their open handles.
@@ -1261,7 +1294,7 @@ impl Venus {
 
     /// Gives a file an empty container (its old contents are not needed:
     /// it is being truncated, or was just made).
-    fn empty_container(&mut self, fid: Fid) -> Result<()> {
+    pub(crate) fn empty_container(&mut self, fid: Fid) -> Result<()> {
         let (id, _) = self.cache.containers.create().map_err(|_| Errno::EIO)?;
         let o = self.cache.objs.get_mut(&fid).ok_or(Errno::ENOENT)?;
         let old = std::mem::replace(&mut o.rec.container, id);

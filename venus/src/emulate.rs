@@ -735,7 +735,7 @@ impl Cancel {
 }
 
 /// `e` named `sid` as the version of `f`; that version never happened.
-fn hand_back(e: &mut LogEntry, f: Fid, sid: StoreId, prev: StoreId) {
+pub(crate) fn hand_back(e: &mut LogEntry, f: Fid, sid: StoreId, prev: StoreId) {
     if let Some(seen) = e.record.op.seen_mut(f) {
         if *seen == sid {
             *seen = prev;

@@ -21,4 +21,5 @@ pub mod fsobj;
 pub mod fuse;
 pub mod link;
 pub mod reint;
+pub mod repair;
 pub mod volume;

@@ -181,6 +181,11 @@ fn send(v: &mut Venus, vol: VolumeId, mut batch: Vec<LogEntry>, sent: &mut usize
             Ok(())
         }
         ReintegrateReply::Conflict(c) => {
+            // Nothing went in: what was staged for it is staged again
+            // (the server may have let it go).
+            for e in &batch {
+                v.bandwidth.staged.remove(&e.record.store_id);
+            }
             let at = batch.get(c.index as usize).ok_or(Errno::EIO)?.clone();
             crate::conflict::record_failed(v, vol, &batch, at, Errno(c.code))
         }
@@ -216,6 +221,9 @@ fn stage(v: &mut Venus, uid: u32, e: &mut LogEntry) -> Result<()> {
     };
     let sid = e.record.store_id;
     let mut offset = v.bandwidth.staged.get(&sid).copied().unwrap_or(0);
+    if offset >= s.length && s.length > 0 {
+        return Ok(());
+    }
     loop {
         let n = v.bandwidth.fragment().min(s.length - offset.min(s.length));
         let mut buf = vec![0u8; n as usize];
@@ -274,6 +282,7 @@ fn applied(v: &mut Venus, vol: VolumeId, batch: &[LogEntry], a: &Applied) -> Res
             e
         })
         .collect();
+    let mut dirs = Vec::new();
     v.cache.update(Durability::Written, |t| {
         for e in batch {
             t.remove_cml(e.seq)?;
@@ -288,11 +297,23 @@ fn applied(v: &mut Venus, vol: VolumeId, batch: &[LogEntry], a: &Applied) -> Res
             for f in r.op.fids() {
                 if let Some(o) = t.objs.get_mut(&real(f)) {
                     o.valid = false;
+                    // The server changed its names on top of others'
+                    // changes it may hold: the listing is asked for again.
+                    if o.rec.kind == coda_proto::VnodeKind::Directory && o.rec.data.is_some() {
+                        o.rec.data = None;
+                        dirs.push(o.fid());
+                    }
                 }
             }
         }
+        for d in &dirs {
+            t.save(*d)?;
+        }
         Ok(())
     })?;
+    dirs.sort_unstable();
+    dirs.dedup();
+    v.kernel_forget(&dirs);
     for e in batch {
         if let Op::Store(_) = e.record.op {
             v.bandwidth.staged.remove(&e.record.store_id);

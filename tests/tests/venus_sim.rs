@@ -1,0 +1,1011 @@
+//! Deterministic simulation of Venus's disconnected operation: the client
+//! core (`coda_venus::core::Venus`) in process, over the simulated RPC2
+//! network (`coda_rpc2::sim`) with a real server (`coda_vice::service`),
+//! every run decided by its seed.
+//!
+//! - `random_ops_one_client`: random operations on a small name space,
+//!   interleaved with random disconnections (`cfs disconnect`, network
+//!   partitions, a server that crashes while the client is cut off),
+//!   reconnections with reintegration, client restarts (the cache closed
+//!   and opened again by a new Venus) and server crashes (now and then in
+//!   the middle of a call), against an in-memory model of the tree. Each
+//!   operation must do what the model says (or fail as it says); while
+//!   cut off, a cache miss may be ETIMEDOUT (then nothing happened). After
+//!   each reconnection the log must be empty, nothing in conflict, and the
+//!   client's view the model; at the end so must be the server's tree as a
+//!   client with an empty cache reads it.
+//! - `two_clients_*`: both disconnected; distinct files in one directory
+//!   reintegrate without conflict; the same file is one conflict, on the
+//!   client that reintegrates second, with both versions kept.
+//! - `cancellation_*`: the CML's record counts follow Coda's rules (a later
+//!   store cancels earlier ones, attribute changes merge, an object created
+//!   and removed in the log leaves nothing), and the server ends right.
+//!
+//! Reproduce a failure from the seed it prints:
+//! `SIM_SEED=<seed> cargo test --release -p coda-tests --test venus_sim -- <test> --exact`
+//! (`SIM_SEEDS=<k>` runs k seeds, `SIM_TRACE=1` prints every step, and
+//! `SIM_OPS=<n>` sets the random test's length).
+
+mod support_sim;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use coda_proto::Errno;
+use coda_rpc2::sim::NetConfig;
+use coda_venus::core::{SetAttrs, Venus};
+use support_sim::*;
+
+// ---------------------------------------------------------------------------
+// The model: a plain tree.
+
+#[derive(Clone, Debug)]
+enum MKind {
+    File(Vec<u8>),
+    Dir(BTreeMap<String, u64>),
+    Symlink(String),
+}
+
+#[derive(Clone, Debug)]
+struct MNode {
+    kind: MKind,
+    mode: u32,
+    /// Its directory (hard links stay in one, as in Coda).
+    parent: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Model {
+    nodes: BTreeMap<u64, MNode>,
+    next: u64,
+}
+
+const ROOT: u64 = 0;
+
+/// What an operation shows (reads), or Nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Obs {
+    Nothing,
+    Obj(Seen),
+    Names(Vec<String>),
+    /// Not compared.
+    Skip,
+}
+
+#[derive(Clone)]
+enum FsOp {
+    Create(Path_, Vec<u8>),
+    Write(Path_, Vec<u8>),
+    Append(Path_, Vec<u8>),
+    Truncate(Path_, u64),
+    Chmod(Path_, u32),
+    Unlink(Path_),
+    Mkdir(Path_),
+    Rmdir(Path_),
+    Symlink(Path_, String),
+    Link(Path_, Path_),
+    Rename(Path_, Path_),
+    Read(Path_),
+    List(Path_),
+    /// `cfs flushobject`: the cached copy dropped (refused if it is dirty).
+    Flush(Path_),
+}
+
+impl fmt::Debug for FsOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = |data: &Vec<u8>| format!("{} bytes #{}", data.len(), blake3_short(data));
+        match self {
+            FsOp::Create(p, x) => write!(f, "create {} ({})", show(p), d(x)),
+            FsOp::Write(p, x) => write!(f, "write {} ({})", show(p), d(x)),
+            FsOp::Append(p, x) => write!(f, "append {} ({})", show(p), d(x)),
+            FsOp::Truncate(p, n) => write!(f, "truncate {} {n}", show(p)),
+            FsOp::Chmod(p, m) => write!(f, "chmod {} {m:o}", show(p)),
+            FsOp::Unlink(p) => write!(f, "unlink {}", show(p)),
+            FsOp::Mkdir(p) => write!(f, "mkdir {}", show(p)),
+            FsOp::Rmdir(p) => write!(f, "rmdir {}", show(p)),
+            FsOp::Symlink(p, t) => write!(f, "symlink {} -> {t}", show(p)),
+            FsOp::Link(a, b) => write!(f, "link {} {}", show(a), show(b)),
+            FsOp::Rename(a, b) => write!(f, "rename {} {}", show(a), show(b)),
+            FsOp::Read(p) => write!(f, "read {}", show(p)),
+            FsOp::List(p) => write!(f, "list {}", show(p)),
+            FsOp::Flush(p) => write!(f, "flushobject {}", show(p)),
+        }
+    }
+}
+
+fn split(p: &[String]) -> (&[String], &str) {
+    let (dir, name) = p.split_at(p.len() - 1);
+    (dir, &name[0])
+}
+
+impl Model {
+    fn new() -> Model {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            ROOT,
+            MNode {
+                kind: MKind::Dir(BTreeMap::new()),
+                mode: 0o755,
+                parent: ROOT,
+            },
+        );
+        Model { nodes, next: 1 }
+    }
+
+    fn entries(&self, dir: u64) -> Option<&BTreeMap<String, u64>> {
+        match &self.nodes[&dir].kind {
+            MKind::Dir(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn entries_mut(&mut self, dir: u64) -> &mut BTreeMap<String, u64> {
+        match &mut self.nodes.get_mut(&dir).unwrap().kind {
+            MKind::Dir(e) => e,
+            _ => panic!("not a directory"),
+        }
+    }
+
+    fn is_dir(&self, id: u64) -> bool {
+        matches!(self.nodes[&id].kind, MKind::Dir(_))
+    }
+
+    /// The node `p` names, walked as lookups do.
+    fn walk(&self, p: &[String]) -> Result<u64, Errno> {
+        let mut at = ROOT;
+        for c in p {
+            at = *self
+                .entries(at)
+                .ok_or(Errno::ENOTDIR)?
+                .get(c)
+                .ok_or(Errno::ENOENT)?;
+        }
+        Ok(at)
+    }
+
+    /// The directory `p` would be in (ENOTDIR if its parent is not one).
+    fn parent_dir(&self, p: &[String]) -> Result<u64, Errno> {
+        let d = self.walk(split(p).0)?;
+        if !self.is_dir(d) {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(d)
+    }
+
+    fn lookup(&self, p: &[String]) -> Result<u64, Errno> {
+        let d = self.parent_dir(p)?;
+        self.entries(d)
+            .unwrap()
+            .get(split(p).1)
+            .copied()
+            .ok_or(Errno::ENOENT)
+    }
+
+    fn nlink(&self, id: u64) -> u32 {
+        let parent = self.nodes[&id].parent;
+        self.entries(parent)
+            .map_or(0, |e| e.values().filter(|&&x| x == id).count() as u32)
+    }
+
+    fn add(&mut self, dir: u64, name: &str, kind: MKind, mode: u32) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.nodes.insert(
+            id,
+            MNode {
+                kind,
+                mode,
+                parent: dir,
+            },
+        );
+        self.entries_mut(dir).insert(name.into(), id);
+        id
+    }
+
+    /// Drops the name `name` of `dir`; the object goes with its last name.
+    fn unbind(&mut self, dir: u64, name: &str) {
+        let id = self.entries_mut(dir).remove(name).unwrap();
+        if self.nlink(id) == 0 || self.is_dir(id) {
+            self.nodes.remove(&id);
+        }
+    }
+
+    fn file_mut(&mut self, id: u64) -> &mut Vec<u8> {
+        match &mut self.nodes.get_mut(&id).unwrap().kind {
+            MKind::File(d) => d,
+            _ => panic!("not a file"),
+        }
+    }
+
+    fn seen(&self, id: u64) -> Seen {
+        let n = &self.nodes[&id];
+        match &n.kind {
+            MKind::File(d) => Seen::File {
+                data: Digest(d.clone()),
+                mode: n.mode,
+                nlink: self.nlink(id),
+            },
+            MKind::Dir(_) => Seen::Dir { mode: n.mode },
+            MKind::Symlink(t) => Seen::Symlink(t.clone()),
+        }
+    }
+
+    /// Whether `a` is `b` or above it.
+    fn encloses(&self, a: u64, mut b: u64) -> bool {
+        loop {
+            if a == b {
+                return true;
+            }
+            if b == ROOT {
+                return false;
+            }
+            b = self.nodes[&b].parent;
+        }
+    }
+
+    /// Applies `op` if it succeeds (as Venus and the server must have
+    /// it); the error it fails with otherwise (the model unchanged).
+    fn apply(&mut self, op: &FsOp) -> Result<Obs, Errno> {
+        match op {
+            FsOp::Create(p, data) => {
+                let d = self.parent_dir(p)?;
+                if self.entries(d).unwrap().contains_key(split(p).1) {
+                    return Err(Errno::EEXIST);
+                }
+                self.add(d, split(p).1, MKind::File(data.clone()), 0o644);
+            }
+            FsOp::Write(p, data) | FsOp::Append(p, data) => {
+                let id = self.lookup(p)?;
+                match &self.nodes[&id].kind {
+                    MKind::Dir(_) => return Err(Errno::EISDIR),
+                    MKind::Symlink(_) => return Err(Errno::ELOOP),
+                    MKind::File(_) => {}
+                }
+                let f = self.file_mut(id);
+                if matches!(op, FsOp::Write(..)) {
+                    f.clear();
+                }
+                f.extend_from_slice(data);
+            }
+            FsOp::Truncate(p, len) => {
+                let id = self.lookup(p)?;
+                match &self.nodes[&id].kind {
+                    MKind::Dir(_) => return Err(Errno::EISDIR),
+                    MKind::Symlink(_) => return Err(Errno::EINVAL),
+                    MKind::File(_) => self.file_mut(id).resize(*len as usize, 0),
+                }
+            }
+            FsOp::Chmod(p, mode) => {
+                let id = self.lookup(p)?;
+                self.nodes.get_mut(&id).unwrap().mode = *mode;
+            }
+            FsOp::Unlink(p) => {
+                let id = self.lookup(p)?;
+                if self.is_dir(id) {
+                    return Err(Errno::EISDIR);
+                }
+                let d = self.parent_dir(p)?;
+                self.unbind(d, split(p).1);
+            }
+            FsOp::Mkdir(p) => {
+                let d = self.parent_dir(p)?;
+                if self.entries(d).unwrap().contains_key(split(p).1) {
+                    return Err(Errno::EEXIST);
+                }
+                self.add(d, split(p).1, MKind::Dir(BTreeMap::new()), 0o755);
+            }
+            FsOp::Rmdir(p) => {
+                let id = self.lookup(p)?;
+                match self.entries(id) {
+                    None => return Err(Errno::ENOTDIR),
+                    Some(e) if !e.is_empty() => return Err(Errno::ENOTEMPTY),
+                    Some(_) => {}
+                }
+                let d = self.parent_dir(p)?;
+                self.unbind(d, split(p).1);
+            }
+            FsOp::Symlink(p, target) => {
+                let d = self.parent_dir(p)?;
+                if self.entries(d).unwrap().contains_key(split(p).1) {
+                    return Err(Errno::EEXIST);
+                }
+                self.add(d, split(p).1, MKind::Symlink(target.clone()), 0o777);
+            }
+            FsOp::Link(src, dst) => {
+                let s = self.lookup(src)?;
+                let d = self.parent_dir(dst)?;
+                if self.entries(d).unwrap().contains_key(split(dst).1) {
+                    return Err(Errno::EEXIST);
+                }
+                if self.is_dir(s) {
+                    return Err(Errno::EPERM);
+                }
+                if self.nodes[&s].parent != d {
+                    return Err(Errno::EXDEV);
+                }
+                self.entries_mut(d).insert(split(dst).1.into(), s);
+            }
+            FsOp::Rename(src, dst) => {
+                let a = self.walk(split(src).0)?;
+                let b = self.walk(split(dst).0)?;
+                let s = *self
+                    .entries(a)
+                    .ok_or(Errno::ENOTDIR)?
+                    .get(split(src).1)
+                    .ok_or(Errno::ENOENT)?;
+                let r = self
+                    .entries(b)
+                    .ok_or(Errno::ENOTDIR)?
+                    .get(split(dst).1)
+                    .copied();
+                if r == Some(s) {
+                    return Ok(Obs::Nothing);
+                }
+                let s_dir = self.is_dir(s);
+                if let Some(r) = r {
+                    match (s_dir, self.is_dir(r)) {
+                        (true, false) => return Err(Errno::ENOTDIR),
+                        (false, true) => return Err(Errno::EISDIR),
+                        _ => {}
+                    }
+                }
+                let across = a != b;
+                if across && !s_dir && self.nlink(s) > 1 {
+                    return Err(Errno::EXDEV);
+                }
+                if across && s_dir && self.encloses(s, b) {
+                    return Err(Errno::EINVAL);
+                }
+                if let Some(r) = r {
+                    if self.entries(r).is_some_and(|e| !e.is_empty()) {
+                        return Err(Errno::ENOTEMPTY);
+                    }
+                    self.unbind(b, split(dst).1);
+                }
+                self.entries_mut(a).remove(split(src).1);
+                self.entries_mut(b).insert(split(dst).1.into(), s);
+                self.nodes.get_mut(&s).unwrap().parent = b;
+            }
+            FsOp::Read(p) => {
+                let id = self.lookup(p)?;
+                return Ok(Obs::Obj(self.seen(id)));
+            }
+            FsOp::List(p) => {
+                let id = self.walk(p)?;
+                return Ok(match self.entries(id) {
+                    Some(e) => Obs::Names(e.keys().cloned().collect()),
+                    None => Obs::Skip,
+                });
+            }
+            FsOp::Flush(_) => return Ok(Obs::Skip),
+        }
+        Ok(Obs::Nothing)
+    }
+
+    fn paths(&self) -> Vec<(Path_, u64)> {
+        let mut out = Vec::new();
+        let mut todo = vec![(ROOT, Vec::new())];
+        while let Some((dir, p)) = todo.pop() {
+            for (name, &id) in self.entries(dir).unwrap() {
+                let mut q: Path_ = p.clone();
+                q.push(name.clone());
+                if self.is_dir(id) {
+                    todo.push((id, q.clone()));
+                }
+                out.push((q, id));
+            }
+        }
+        out
+    }
+
+    fn tree(&self) -> Tree {
+        let mut t = Tree::default();
+        let mut by_id: BTreeMap<u64, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for (p, id) in self.paths() {
+            if matches!(self.nodes[&id].kind, MKind::File(_)) {
+                by_id.entry(id).or_default().insert(show(&p));
+            }
+            t.objs.insert(show(&p), self.seen(id));
+        }
+        t.same = by_id.into_values().filter(|s| s.len() > 1).collect();
+        t
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Operations on Venus.
+
+/// How an operation failed on Venus.
+#[derive(Debug)]
+enum Fail {
+    /// Before it could have changed anything.
+    Before(Errno),
+    /// After part of it was done (a file made, then its write failed).
+    After(Errno),
+    /// It did not show what the model has.
+    Wrong(String),
+}
+
+fn before(e: Errno) -> Fail {
+    Fail::Before(e)
+}
+
+/// Writes through an open handle, stores it (close), and releases it.
+fn finish_write(v: &mut Venus, fh: u64, offset: u64, data: &[u8]) -> Result<Obs, Fail> {
+    let r = (|| {
+        if !data.is_empty() {
+            v.write(fh, offset, data)?;
+        }
+        v.flush(fh)
+    })();
+    let released = v.release(fh);
+    r.and(released).map_err(Fail::After)?;
+    Ok(Obs::Nothing)
+}
+
+fn resolve_attr(v: &mut Venus, p: &[String]) -> Result<coda_venus::core::Attr, Errno> {
+    let (dir, name) = split(p);
+    let d = resolve(v, dir)?;
+    v.lookup(UID, d, name)
+}
+
+/// Does `op` on Venus; `model` is the state before it (for checks).
+fn exec(v: &mut Venus, op: &FsOp, model: &Model) -> Result<Obs, Fail> {
+    match op {
+        FsOp::Create(p, data) => {
+            let (dir, name) = split(p);
+            let parent = resolve(v, dir).map_err(before)?;
+            let (_, fh, _) = v.create(UID, GID, parent, name, 0o644).map_err(before)?;
+            finish_write(v, fh, 0, data)
+        }
+        FsOp::Write(p, data) => {
+            let ino = resolve(v, p).map_err(before)?;
+            let (fh, _) = v.open(UID, ino, true, true, false).map_err(before)?;
+            finish_write(v, fh, 0, data)
+        }
+        FsOp::Append(p, data) => {
+            let ino = resolve(v, p).map_err(before)?;
+            let (fh, file) = v.open(UID, ino, true, false, false).map_err(before)?;
+            let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+            let want = match model.lookup(p).map(|id| &model.nodes[&id].kind) {
+                Ok(MKind::File(d)) => d.len() as u64,
+                _ => u64::MAX,
+            };
+            if len != want {
+                let _ = v.release(fh);
+                return Err(Fail::Wrong(format!(
+                    "opened for append with {len} bytes, the model has {want}"
+                )));
+            }
+            finish_write(v, fh, len, data)
+        }
+        FsOp::Truncate(p, len) => {
+            let ino = resolve(v, p).map_err(before)?;
+            v.setattr(
+                UID,
+                ino,
+                SetAttrs {
+                    length: Some(*len),
+                    ..Default::default()
+                },
+            )
+            .map_err(before)?;
+            Ok(Obs::Nothing)
+        }
+        FsOp::Chmod(p, mode) => {
+            chmod(v, p, *mode).map_err(before)?;
+            Ok(Obs::Nothing)
+        }
+        FsOp::Unlink(p) => {
+            let (dir, name) = split(p);
+            let parent = resolve(v, dir).map_err(before)?;
+            v.unlink(UID, parent, name).map_err(before)?;
+            Ok(Obs::Nothing)
+        }
+        FsOp::Mkdir(p) => {
+            let (dir, name) = split(p);
+            let parent = resolve(v, dir).map_err(before)?;
+            v.mkdir(UID, GID, parent, name, 0o755).map_err(before)?;
+            Ok(Obs::Nothing)
+        }
+        FsOp::Rmdir(p) => {
+            let (dir, name) = split(p);
+            let parent = resolve(v, dir).map_err(before)?;
+            v.rmdir(UID, parent, name).map_err(before)?;
+            Ok(Obs::Nothing)
+        }
+        FsOp::Symlink(p, target) => {
+            let (dir, name) = split(p);
+            let parent = resolve(v, dir).map_err(before)?;
+            v.symlink(UID, GID, parent, name, target).map_err(before)?;
+            Ok(Obs::Nothing)
+        }
+        FsOp::Link(src, dst) => {
+            let ino = resolve(v, src).map_err(before)?;
+            let (dir, name) = split(dst);
+            let parent = resolve(v, dir).map_err(before)?;
+            v.link(UID, ino, parent, name).map_err(before)?;
+            Ok(Obs::Nothing)
+        }
+        FsOp::Rename(src, dst) => {
+            let (sdir, sname) = split(src);
+            let (ddir, dname) = split(dst);
+            let sp = resolve(v, sdir).map_err(before)?;
+            let dp = resolve(v, ddir).map_err(before)?;
+            v.rename(UID, sp, sname, dp, dname).map_err(before)?;
+            Ok(Obs::Nothing)
+        }
+        FsOp::Read(p) => {
+            let a = resolve_attr(v, p).map_err(before)?;
+            let seen = match a.kind {
+                coda_proto::VnodeKind::File => Seen::File {
+                    data: Digest(read_ino(v, a.ino).map_err(before)?),
+                    mode: a.mode & 0o7777,
+                    nlink: a.nlink,
+                },
+                coda_proto::VnodeKind::Directory => Seen::Dir {
+                    mode: a.mode & 0o7777,
+                },
+                coda_proto::VnodeKind::Symlink => {
+                    Seen::Symlink(v.readlink(UID, a.ino).map_err(before)?)
+                }
+            };
+            Ok(Obs::Obj(seen))
+        }
+        FsOp::List(p) => {
+            let ino = resolve(v, p).map_err(before)?;
+            let mut names: Vec<String> = v
+                .readdir(UID, ino)
+                .map_err(before)?
+                .into_iter()
+                .map(|e| e.0)
+                .filter(|n| n != "." && n != "..")
+                .collect();
+            names.sort();
+            Ok(Obs::Names(names))
+        }
+        FsOp::Flush(p) => {
+            if let Ok(ino) = resolve(v, p) {
+                if let Ok(fid) = v.fid_of(ino) {
+                    let _ = v.flush_object(fid);
+                }
+            }
+            Ok(Obs::Skip)
+        }
+    }
+}
+
+/// Does `op` on `c` and on the model, and checks they agree. Returns
+/// whether it was done (false: refused, or not done for a cache miss
+/// while cut off).
+fn step(c: &mut SimClient, model: &mut Model, op: &FsOp, log: &OpLog) -> bool {
+    let mut next = model.clone();
+    let want = next.apply(op);
+    let got = exec(c.v(), op, model);
+    let cut = c.may_be_cut();
+    let line = format!("{}: {op:?}", c.name);
+    match (want, got) {
+        (_, Err(Fail::Wrong(m))) => {
+            log.push(format!("{line} -> WRONG: {m}"));
+            panic!("{op:?}: {m}");
+        }
+        (w, Err(Fail::After(e))) => {
+            log.push(format!("{line} -> failed half done: {e} (model: {w:?})"));
+            panic!("{op:?} failed after it had begun: {e} (the model says {w:?})");
+        }
+        (w, Err(Fail::Before(Errno::ETIMEDOUT))) if cut => {
+            log.push(format!("{line} -> ETIMEDOUT while cut off (model: {w:?})"));
+            false
+        }
+        (Ok(w), Ok(g)) => {
+            if w != Obs::Skip && g != Obs::Skip && w != g {
+                log.push(format!("{line} -> saw {g:?}, model {w:?}"));
+                panic!("{op:?}: Venus shows {g:?}, the model {w:?}");
+            }
+            log.push(format!("{line} -> ok"));
+            *model = next;
+            true
+        }
+        (Err(we), Err(Fail::Before(ge))) if we == ge => {
+            log.push(format!("{line} -> {ge} (as the model says)"));
+            false
+        }
+        (w, g) => {
+            log.push(format!("{line} -> {g:?}, model {w:?}"));
+            panic!("{op:?}: Venus {g:?}, the model {w:?} (client cut off: {cut})");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Random operations.
+
+const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
+const MODES: [u32; 6] = [0o644, 0o600, 0o640, 0o755, 0o444, 0o700];
+
+fn data(rng: &mut Rng) -> Vec<u8> {
+    let n = match rng.below(100) {
+        0..=54 => rng.below(200),
+        55..=89 => rng.range(200, 8000),
+        90..=98 => rng.range(8000, 70_000),
+        _ => rng.range(200_000, 600_000),
+    };
+    rng.bytes(n as usize)
+}
+
+struct Gen<'a> {
+    rng: &'a mut Rng,
+    model: &'a Model,
+    all: Vec<(Path_, u64)>,
+}
+
+impl Gen<'_> {
+    fn of_kind(&mut self, want: impl Fn(&MKind) -> bool) -> Option<Path_> {
+        let found: Vec<&Path_> = self
+            .all
+            .iter()
+            .filter(|(_, id)| want(&self.model.nodes[id].kind))
+            .map(|(p, _)| p)
+            .collect();
+        if found.is_empty() {
+            None
+        } else {
+            Some(self.rng.pick(&found).to_vec())
+        }
+    }
+
+    fn file(&mut self) -> Option<Path_> {
+        self.of_kind(|k| matches!(k, MKind::File(_)))
+    }
+
+    fn dir(&mut self) -> Option<Path_> {
+        self.of_kind(|k| matches!(k, MKind::Dir(_)))
+    }
+
+    /// A directory (the root included) not too deep.
+    fn some_dir(&mut self) -> Path_ {
+        let mut dirs: Vec<Path_> = vec![Vec::new()];
+        dirs.extend(
+            self.all
+                .iter()
+                .filter(|(p, id)| p.len() < 3 && self.model.is_dir(*id))
+                .map(|(p, _)| p.clone()),
+        );
+        self.rng.pick(&dirs).clone()
+    }
+
+    /// A path that may not exist yet.
+    fn new_path(&mut self) -> Path_ {
+        let mut p = self.some_dir();
+        p.push(self.rng.pick(&NAMES).to_string());
+        p
+    }
+
+    /// Anything: existing, new, or through something that is not a
+    /// directory or not there.
+    fn any(&mut self) -> Path_ {
+        match self.rng.below(10) {
+            0..=4 if !self.all.is_empty() => self.rng.pick(&self.all).0.clone(),
+            9 => {
+                let mut p = self.new_path();
+                p.push(self.rng.pick(&NAMES).to_string());
+                p
+            }
+            _ => self.new_path(),
+        }
+    }
+
+    fn mostly(&mut self, pct: u64, p: Option<Path_>) -> Path_ {
+        match p {
+            Some(p) if self.rng.pct(pct) => p,
+            _ => self.any(),
+        }
+    }
+
+    fn kind_at(&self, p: &[String]) -> Option<&MKind> {
+        self.model
+            .lookup(p)
+            .ok()
+            .map(|id| &self.model.nodes[&id].kind)
+    }
+
+    fn op(&mut self) -> FsOp {
+        let weights = [14, 10, 8, 5, 5, 8, 8, 6, 4, 4, 12, 10, 4, 3];
+        match self.rng.weighted(&weights) {
+            0 => {
+                let p = if self.rng.pct(80) {
+                    self.new_path()
+                } else {
+                    self.any()
+                };
+                FsOp::Create(p, data(self.rng))
+            }
+            1 => {
+                let f = self.file();
+                FsOp::Write(self.mostly(80, f), data(self.rng))
+            }
+            2 => {
+                let f = self.file();
+                FsOp::Append(self.mostly(80, f), data(self.rng))
+            }
+            3 | 4 => {
+                let f = self.file();
+                let p = self.mostly(85, f);
+                if matches!(self.kind_at(&p), Some(MKind::Symlink(_))) {
+                    return FsOp::Read(p);
+                }
+                if self.rng.below(2) == 0 {
+                    let len = match self.rng.below(4) {
+                        0 => 0,
+                        1 => self.rng.below(100),
+                        _ => self.rng.below(20_000),
+                    };
+                    FsOp::Truncate(p, len)
+                } else {
+                    FsOp::Chmod(p, *self.rng.pick(&MODES))
+                }
+            }
+            5 => {
+                let f = self.of_kind(|k| !matches!(k, MKind::Dir(_)));
+                FsOp::Unlink(self.mostly(75, f))
+            }
+            6 => {
+                let p = if self.rng.pct(80) {
+                    self.new_path()
+                } else {
+                    self.any()
+                };
+                FsOp::Mkdir(p)
+            }
+            7 => {
+                let d = self.dir();
+                FsOp::Rmdir(self.mostly(70, d))
+            }
+            8 => {
+                let t = format!(
+                    "{}{}",
+                    if self.rng.pct(50) { "../" } else { "" },
+                    self.rng.pick(&NAMES)
+                );
+                FsOp::Symlink(self.new_path(), t)
+            }
+            9 => {
+                let f = self.file();
+                let src = self.mostly(85, f);
+                let dst = if self.rng.pct(70) && src.len() > 0 {
+                    let mut d = split(&src).0.to_vec();
+                    d.push(self.rng.pick(&NAMES).to_string());
+                    d
+                } else {
+                    self.any()
+                };
+                FsOp::Link(src, dst)
+            }
+            10 => {
+                let src = if self.all.is_empty() || self.rng.pct(10) {
+                    self.any()
+                } else {
+                    self.rng.pick(&self.all).0.clone()
+                };
+                let dst = if self.rng.pct(40) && !src.is_empty() {
+                    let mut d = split(&src).0.to_vec();
+                    d.push(self.rng.pick(&NAMES).to_string());
+                    d
+                } else {
+                    self.any()
+                };
+                FsOp::Rename(src, dst)
+            }
+            11 => {
+                let p = if self.all.is_empty() || self.rng.pct(10) {
+                    self.any()
+                } else {
+                    self.rng.pick(&self.all).0.clone()
+                };
+                FsOp::Read(p)
+            }
+            12 => FsOp::List(self.some_dir()),
+            _ => FsOp::Flush(self.any()),
+        }
+    }
+}
+
+/// `SIM_PARANOID=1`: the server's tree is checked after every step.
+fn paranoid() -> bool {
+    std::env::var_os("SIM_PARANOID").is_some()
+}
+
+fn ops_per_run() -> usize {
+    std::env::var("SIM_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(160)
+}
+
+/// The client's whole view must be the model's.
+fn check_view(c: &mut SimClient, model: &Model, when: &str) {
+    let got = read_tree(c.v()).unwrap_or_else(|(p, e)| panic!("{when}: reading {p}: {e}"));
+    let want = model.tree();
+    assert!(
+        got == want,
+        "{when}: {}'s view differs from the model:\n{}",
+        c.name,
+        want.diff(&got, "model", "venus")
+    );
+}
+
+/// Reconnects and checks the log went in whole.
+fn reconnect(c: &mut SimClient, model: &Model, log: &OpLog) {
+    let before = c.cml();
+    c.reconnect();
+    let after = c.cml();
+    let conflicts = c.v().cache.conflicts.len();
+    log.push(format!(
+        "{}: reconnect: {before} records logged, {after} left, {conflicts} in conflict",
+        c.name
+    ));
+    let left: Vec<String> = c
+        .v()
+        .cache
+        .conflicts
+        .values()
+        .map(|(_, k)| format!("{} code {} records {:?}", k.name, k.code, k.records))
+        .collect();
+    assert!(
+        conflicts == 0,
+        "one client can never conflict with itself: {left:#?}"
+    );
+    assert_eq!(after, 0, "the log was reintegrated whole");
+    check_view(c, model, "after reintegration");
+}
+
+#[test]
+fn random_ops_one_client() {
+    for_seeds("random_ops_one_client", 1, 24, |seed, log| {
+        let mut rng = Rng::new(seed);
+        let net = SimNet::start(seed, NetConfig::default());
+        let mut c = SimClient::new(&net, "venus");
+        let mut model = Model::new();
+        let (mut done, mut refused, mut missed) = (0, 0, 0);
+        for _ in 0..ops_per_run() {
+            if rng.pct(9) {
+                // Something happens to the network, the server or the client.
+                if c.cut == Cut::Connected {
+                    match rng.weighted(&[30, 25, 10, 10, 10, 8]) {
+                        0 => {
+                            log.push("cfs disconnect");
+                            c.disconnect(Cut::Forced);
+                        }
+                        1 => {
+                            log.push("partition");
+                            c.disconnect(Cut::Partitioned);
+                        }
+                        2 => {
+                            log.push("partition; the server will crash while cut off");
+                            c.disconnect(Cut::ServerDown);
+                        }
+                        3 => {
+                            log.push("server crash and restart");
+                            net.restart_server();
+                        }
+                        4 => {
+                            let before = c.cml();
+                            log.push("client restart");
+                            c.restart();
+                            assert_eq!(c.cml(), before, "the log survives a restart");
+                        }
+                        _ => {
+                            let after = Duration::from_millis(rng.range(1, 40));
+                            log.push(format!("the server will crash in {after:?}"));
+                            net.crash_server_in(after);
+                        }
+                    }
+                } else {
+                    match rng.weighted(&[60, 20, 10, 10]) {
+                        0 => reconnect(&mut c, &model, log),
+                        1 => {
+                            let before = c.cml();
+                            log.push(format!("client restart ({before} records logged)"));
+                            c.restart();
+                            assert_eq!(c.cml(), before, "the log survives a restart");
+                        }
+                        2 => {
+                            log.push("server crash and restart (client cut off)");
+                            net.restart_server();
+                        }
+                        _ => {
+                            let after = Duration::from_millis(rng.range(1, 40));
+                            log.push(format!("reconnect; the server will crash in {after:?}"));
+                            net.crash_server_in(after);
+                            reconnect(&mut c, &model, log);
+                        }
+                    }
+                }
+                continue;
+            }
+            let op = {
+                let all = model.paths();
+                Gen {
+                    rng: &mut rng,
+                    model: &model,
+                    all,
+                }
+                .op()
+            };
+            let before = model.clone();
+            let did = step(&mut c, &mut model, &op, log);
+            if let Ok(dbg) = std::env::var("SIM_DEBUG_PATH") {
+                let p = path(&dbg);
+                let v = c.v();
+                let fid = model.walk(&p).ok().and_then(|_| {
+                    let mut at = v.root;
+                    for comp in &p {
+                        at = v.cache.dirs.get(&at)?.get(comp)?.1;
+                    }
+                    Some(at)
+                });
+                if let Some(fid) = fid {
+                    let o = v.cache.objs.get(&fid);
+                    let names: Vec<String> = v
+                        .cache
+                        .dirs
+                        .get(&fid)
+                        .map(|e| e.keys().cloned().collect())
+                        .unwrap_or_default();
+                    let has = v.cache.dirs.contains_key(&fid);
+                    log.push(format!(
+                        "    debug {dbg} {fid:?} entries cached {has}: valid {:?} status sid {:?} data {:?} names {names:?}",
+                        o.map(|o| o.valid),
+                        o.and_then(|o| o.rec.status.as_ref().map(|s| s.vv.store_id)),
+                        o.and_then(|o| o.rec.data)
+                    ));
+                }
+            }
+            if paranoid() && c.cut == Cut::Connected {
+                // Debugging: the server must hold the model after every step.
+                let logged = c.cml();
+                let server = server_tree(&net, "paranoid");
+                if logged == 0 && server != model.tree() {
+                    panic!(
+                        "after {op:?}, the server's tree differs from the model:\n{}",
+                        model.tree().diff(&server, "model", "server")
+                    );
+                }
+            }
+            if did {
+                done += 1;
+            } else if before.clone().apply(&op).is_err() {
+                refused += 1;
+            } else {
+                missed += 1;
+            }
+        }
+        if c.cut != Cut::Connected {
+            reconnect(&mut c, &model, log);
+        } else {
+            // A log left from a reconnection that found the server away.
+            c.v().probe_servers();
+            coda_venus::reint::reintegrate_all(c.v());
+            assert_eq!(c.cml(), 0, "the log went in");
+            check_view(&mut c, &model, "at the end");
+        }
+        let server = server_tree(&net, "fresh");
+        let want = model.tree();
+        assert!(
+            server == want,
+            "the server's tree differs from the model:\n{}",
+            want.diff(&server, "model", "server")
+        );
+        let problems = net.fsck();
+        assert!(problems.is_empty(), "server fsck: {problems:#?}");
+        log.push(format!(
+            "end: {done} done, {refused} refused, {missed} missed while cut off; {} objects; {} server crashes",
+            want.objs.len(),
+            net.crashes()
+        ));
+        if tracing() {
+            eprintln!("{}", log.lines().last().unwrap());
+        }
+    });
+}
