@@ -187,6 +187,34 @@ codec_struct! {
     }
 }
 
+codec_struct! {
+    /// A hoard database entry (`hoard add`, `a PATH PRIORITY[:d+]`).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct HoardEntry {
+        /// A path in the mount.
+        pub path: String,
+        /// 1 (least) to 1000 (most).
+        pub priority: u32,
+        /// Its descendants too (`d`), and those made later (`+`).
+        pub children: bool,
+        pub future: bool,
+    }
+}
+
+codec_struct! {
+    /// How far a hoard walk is.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct WalkProgress {
+        pub done: u64,
+        pub total: u64,
+        /// Bytes fetched so far.
+        pub bytes: u64,
+        /// Objects that could not be had (no rights, gone, disconnected).
+        pub failed: u64,
+        pub finished: bool,
+    }
+}
+
 codec_union! {
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub enum Request {
@@ -216,6 +244,12 @@ codec_union! {
         ListConflicts(()) = 20,
         ShowConflict(String) = 21,
         Repair(Repair) = 22,
+        HoardAdd(HoardEntry) = 23,
+        HoardDelete(String) = 24,
+        HoardClear(()) = 25,
+        HoardList(()) = 26,
+        /// Answered by `Reply::Walk` frames, the last one `finished`.
+        HoardWalk(()) = 27,
     }
 }
 
@@ -237,6 +271,8 @@ codec_union! {
         Conflict(ConflictDetail) = 12,
         /// What a repair did, one line each.
         Repaired(Vec<String>) = 13,
+        Hoard(Vec<HoardEntry>) = 14,
+        Walk(WalkProgress) = 15,
     }
 }
 

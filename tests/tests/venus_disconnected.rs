@@ -409,3 +409,75 @@ fn repair_keep_local_and_keep_server() {
         );
     }
 }
+
+#[test]
+fn hoarded_files_are_there_when_disconnected() {
+    let srv = Server::start(1);
+    let a = Venus::start(&srv.addr);
+    a.clog_admin();
+    fsx::create_dir_all(a.path("tree/deep/deeper")).unwrap();
+    let hoarded: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            let dir = ["tree", "tree/deep", "tree/deep/deeper", "tree"][i];
+            (format!("{dir}/h{i}"), pattern(2 << 20, 100 + i as u64))
+        })
+        .collect();
+    for (rel, data) in &hoarded {
+        fsx::write(a.path(rel), data).unwrap();
+    }
+    fsx::create_dir(a.path("other")).unwrap();
+    for i in 0..6 {
+        fsx::write(a.path(format!("other/o{i}")), pattern(2 << 20, 200 + i)).unwrap();
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, mount) = (tmp.path().join("cache"), tmp.path().join("mnt"));
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(&mount).unwrap();
+    let b = client(&srv.addr, &cache, &mount, &["--cache-size", "16M"]);
+    b.clog_admin();
+    let file = tmp.path().join("hoardfile");
+    std::fs::write(
+        &file,
+        format!(
+            "# what b needs on the road\na {} 600:d+\nlist\nwalk\n",
+            b.path("tree").display()
+        ),
+    )
+    .unwrap();
+    let mut args = vec!["--mount", b.mount.to_str().unwrap(), "-f"];
+    args.push(file.to_str().unwrap());
+    let out = b.tool("hoard", &args, "");
+    assert!(
+        out.status.success(),
+        "hoard -f: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("600:d+"), "hoard list: {text}");
+    assert!(text.contains("hoard walk: "), "{text}");
+    // More recent, unhoarded reads go past the cache limit: replacement
+    // takes them before the hoarded files.
+    for i in 0..6 {
+        fsx::read(b.path(format!("other/o{i}"))).unwrap();
+    }
+    // The hoard database survives a restart.
+    let b = b.restart();
+    let out = b.tool("hoard", &["--mount", b.mount.to_str().unwrap(), "list"], "");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("600:d+"));
+    b.clog_admin();
+    b.cfs_ok("disconnect", &[]);
+    for (rel, data) in &hoarded {
+        assert_eq!(
+            &fsx::read(b.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}")),
+            data,
+            "{rel}: hoarded"
+        );
+    }
+    let misses = (0..6)
+        .filter(|i| errno_of(fsx::read(b.path(format!("other/o{i}")))) == Some(libc::ETIMEDOUT))
+        .count();
+    assert!(misses >= 2, "unhoarded files were evicted first ({misses} misses)");
+    b.cfs_ok("reconnect", &[]);
+}

@@ -576,14 +576,29 @@ fn exec(v: &mut Venus, op: &FsOp, model: &Model) -> Result<Obs, Fail> {
     }
 }
 
+/// Venus holding the server for gone while the harness has it connected
+/// is right only after a server crash.
+fn notice_down(c: &mut SimClient, crashed: bool, log: &OpLog) {
+    if c.cut == Cut::Connected && c.sees_server_down() {
+        log.push(format!("{}: holds the server for gone", c.name));
+        assert!(crashed, "Venus holds the server for gone, with no outage");
+        c.cut = Cut::Noticed;
+    }
+}
+
 /// Does `op` on `c` and on the model, and checks they agree. Returns
 /// whether it was done (false: refused, or not done for a cache miss
 /// while cut off).
 fn step(c: &mut SimClient, model: &mut Model, op: &FsOp, log: &OpLog) -> bool {
     let mut next = model.clone();
     let want = next.apply(op);
+    let crashes = c.net.crashes();
     let got = exec(c.v(), op, model);
-    let cut = c.may_be_cut();
+    // A server crash in the middle of a call may cut a bind short: the
+    // client then holds the server for gone, as after a timeout.
+    let crashed = c.net.crashes() != crashes;
+    let cut = c.may_be_cut() || crashed;
+    notice_down(c, crashed, log);
     let line = format!("{}: {op:?}", c.name);
     match (want, got) {
         (_, Err(Fail::Wrong(m))) => {
@@ -610,6 +625,28 @@ fn step(c: &mut SimClient, model: &mut Model, op: &FsOp, log: &OpLog) -> bool {
         (Err(we), Err(Fail::Before(ge))) if we == ge => {
             log.push(format!("{line} -> {ge} (as the model says)"));
             false
+        }
+        // The server crashed after it applied the update and before its
+        // answer left: the call, repeated on a new connection, fails as a
+        // second application would (reduced_update_repeated_after_a_server_crash).
+        (Ok(_), Err(Fail::Before(ge))) if crashed && !known_bugs() && {
+            // (A create is its file made, empty: the write never came.)
+            let mut once = model.clone();
+            let made = match op {
+                FsOp::Create(p, _) => FsOp::Create(p.clone(), Vec::new()),
+                _ => op.clone(),
+            };
+            once.apply(&made).is_ok() && once.clone().apply(&made) == Err(ge) && {
+                next = once;
+                true
+            }
+        } =>
+        {
+            log.push(format!(
+                "{line} -> {ge}, yet done: repeated after a server crash (known bug)"
+            ));
+            *model = next;
+            true
         }
         (w, g) => {
             log.push(format!("{line} -> {g:?}, model {w:?}"));
@@ -811,6 +848,52 @@ impl Gen<'_> {
     }
 }
 
+/// `SIM_KNOWN_BUGS=1`: the random test stops stepping around the product
+/// bugs it found (see the reduced cases at the end), so they show again.
+fn known_bugs() -> bool {
+    std::env::var_os("SIM_KNOWN_BUGS").is_some()
+}
+
+/// Restarts the client. Unless SIM_KNOWN_BUGS is set, empty directory
+/// listings are dropped from the cache first (`cfs flushobject`): the
+/// listing of an empty directory does not survive a restart while its
+/// data stays marked current (`reduced_empty_directory_listing_survives_a_restart`).
+fn restart_client(c: &mut SimClient, log: &OpLog) {
+    if !known_bugs() {
+        let v = c.v();
+        let held = v
+            .cache
+            .dirs
+            .iter()
+            .any(|(f, e)| e.is_empty() && v.held(*f));
+        if held {
+            log.push("(workaround) no client restart: an empty directory is in the log");
+            return;
+        }
+    }
+    if !known_bugs() {
+        let v = c.v();
+        let empty: Vec<coda_proto::Fid> = v
+            .cache
+            .dirs
+            .iter()
+            .filter(|(_, e)| e.is_empty())
+            .map(|(f, _)| *f)
+            .collect();
+        for fid in empty {
+            let r = v.flush_object(fid);
+            log.push(format!("  (workaround) flushobject of empty directory {fid:?}: {r:?}"));
+        }
+    }
+    let before = c.cml();
+    log.push(format!("client restart ({before} records logged)"));
+    let crashes = c.net.crashes();
+    c.restart();
+    assert_eq!(c.cml(), before, "the log survives a restart");
+    let crashed = c.net.crashes() != crashes;
+    notice_down(c, crashed, log);
+}
+
 /// `SIM_PARANOID=1`: the server's tree is checked after every step.
 fn paranoid() -> bool {
     std::env::var_os("SIM_PARANOID").is_some()
@@ -838,7 +921,13 @@ fn check_view(c: &mut SimClient, model: &Model, when: &str) {
 /// Reconnects and checks the log went in whole.
 fn reconnect(c: &mut SimClient, model: &Model, log: &OpLog) {
     let before = c.cml();
-    c.reconnect();
+    for l in cml_lines(c.v()) {
+        log.push(format!("  log: {l}"));
+    }
+    for r in c.reconnect() {
+        log.push(format!("  {r}"));
+    }
+    assert!(!c.sees_server_down(), "the server is back");
     let after = c.cml();
     let conflicts = c.v().cache.conflicts.len();
     log.push(format!(
@@ -889,12 +978,7 @@ fn random_ops_one_client() {
                             log.push("server crash and restart");
                             net.restart_server();
                         }
-                        4 => {
-                            let before = c.cml();
-                            log.push("client restart");
-                            c.restart();
-                            assert_eq!(c.cml(), before, "the log survives a restart");
-                        }
+                        4 => restart_client(&mut c, log),
                         _ => {
                             let after = Duration::from_millis(rng.range(1, 40));
                             log.push(format!("the server will crash in {after:?}"));
@@ -904,12 +988,7 @@ fn random_ops_one_client() {
                 } else {
                     match rng.weighted(&[60, 20, 10, 10]) {
                         0 => reconnect(&mut c, &model, log),
-                        1 => {
-                            let before = c.cml();
-                            log.push(format!("client restart ({before} records logged)"));
-                            c.restart();
-                            assert_eq!(c.cml(), before, "the log survives a restart");
-                        }
+                        1 => restart_client(&mut c, log),
                         2 => {
                             log.push("server crash and restart (client cut off)");
                             net.restart_server();
@@ -981,15 +1060,8 @@ fn random_ops_one_client() {
                 missed += 1;
             }
         }
-        if c.cut != Cut::Connected {
-            reconnect(&mut c, &model, log);
-        } else {
-            // A log left from a reconnection that found the server away.
-            c.v().probe_servers();
-            coda_venus::reint::reintegrate_all(c.v());
-            assert_eq!(c.cml(), 0, "the log went in");
-            check_view(&mut c, &model, "at the end");
-        }
+        // Connected again (a log left while connected goes in too).
+        reconnect(&mut c, &model, log);
         let server = server_tree(&net, "fresh");
         let want = model.tree();
         assert!(
@@ -1008,4 +1080,30 @@ fn random_ops_one_client() {
             eprintln!("{}", log.lines().last().unwrap());
         }
     });
+}
+
+// ---------------------------------------------------------------------------
+// Reduced cases of failures the random runs found.
+
+/// Found by `random_ops_one_client` (seed 1). An empty directory's listing
+/// is cached with no entry records; after a restart the cache has no
+/// listing for it, yet its data is still marked current: a name added to
+/// it afterwards never shows on this client.
+#[test]
+fn reduced_empty_directory_listing_survives_a_restart() {
+    let net = SimNet::start(1, NetConfig::default());
+    let mut c = SimClient::new(&net, "venus");
+    let v = c.v();
+    v.mkdir(UID, GID, coda_venus::cache::ROOT_INO, "d", 0o755)
+        .unwrap();
+    c.restart();
+    let v = c.v();
+    let d = resolve(v, &path("d")).unwrap();
+    v.mkdir(UID, GID, d, "a", 0o755).unwrap();
+    assert!(
+        resolve(v, &path("d/a")).is_ok(),
+        "a directory made in an empty directory after a restart is found"
+    );
+    let names: Vec<String> = v.readdir(UID, d).unwrap().into_iter().map(|e| e.0).collect();
+    assert!(names.contains(&"a".to_string()), "readdir: {names:?}");
 }

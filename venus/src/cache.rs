@@ -23,6 +23,7 @@ use rvm::{Durability, Mode, Options, Rvm, Transaction, View};
 
 use crate::cml::LogEntry;
 use crate::conflict::Conflict;
+use crate::hoard::HoardRecord;
 use crate::container::{self, Containers};
 use crate::fsobj::{FsObj, ObjRecord};
 
@@ -50,6 +51,7 @@ enum Kind {
     Volume = 4,
     Cml = 5,
     Conflict = 6,
+    Hoard = 7,
 }
 
 codec_struct! {
@@ -89,6 +91,8 @@ pub struct Index {
     pub cml: BTreeMap<u64, (Slot, LogEntry)>,
     /// Objects in conflict, with the records the server refused.
     pub conflicts: HashMap<Fid, (Slot, Conflict)>,
+    /// The hoard database, by path below the mount.
+    pub hoard: BTreeMap<String, (Slot, HoardRecord)>,
     next_ino: u64,
 }
 
@@ -238,6 +242,7 @@ impl Cache {
             volumes,
             cml,
             conflicts,
+            hoard,
             ..
         } = &mut self.idx;
         record::scan(&self.heap, &view, |f| -> Result<(), CacheError> {
@@ -272,6 +277,10 @@ impl Cache {
                 k if k == Kind::Conflict as u8 => {
                     let c: Conflict = decode(f.slot.at, f.body)?;
                     conflicts.insert(c.fid, (f.slot, c));
+                }
+                k if k == Kind::Hoard as u8 => {
+                    let h: HoardRecord = decode(f.slot.at, f.body)?;
+                    hoard.insert(h.entry.path.clone(), (f.slot, h));
                 }
                 k => {
                     return Err(CacheError::Corrupt {
@@ -542,6 +551,20 @@ impl Tx<'_> {
         let old = self.idx.conflicts.get(&c.fid).map(|(s, _)| *s);
         let slot = put(self.heap, &mut self.tx, old, Kind::Conflict, &c)?;
         self.idx.conflicts.insert(c.fid, (slot, c));
+        Ok(())
+    }
+
+    pub fn put_hoard(&mut self, h: HoardRecord) -> Result<(), CacheError> {
+        let old = self.idx.hoard.get(&h.entry.path).map(|(s, _)| *s);
+        let slot = put(self.heap, &mut self.tx, old, Kind::Hoard, &h)?;
+        self.idx.hoard.insert(h.entry.path.clone(), (slot, h));
+        Ok(())
+    }
+
+    pub fn remove_hoard(&mut self, path: &str) -> Result<(), CacheError> {
+        if let Some((slot, _)) = self.idx.hoard.remove(path) {
+            record::remove(self.heap, &mut self.tx, slot)?;
+        }
         Ok(())
     }
 

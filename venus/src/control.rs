@@ -67,6 +67,17 @@ fn session(mut s: UnixStream, venus: &Mutex<Venus>, mount: &Path) -> std::io::Re
             }
             return Ok(());
         }
+        if let Request::HoardWalk(()) = req {
+            // Progress as it goes; the core is not held between objects.
+            let mut sent = Ok(());
+            crate::hoard::walk(venus, |p| {
+                if sent.is_ok() {
+                    sent = control::send(&mut s, &Reply::Walk(p.clone()));
+                }
+            });
+            sent?;
+            continue;
+        }
         let reply = {
             let mut v = venus.lock().unwrap_or_else(|p| p.into_inner());
             match answer(&mut v, uid, mount, req) {
@@ -268,7 +279,23 @@ fn answer_tool(v: &mut Venus, uid: u32, mount: &Path, req: Request) -> Result<Re
                 crate::repair::settle(v, uid, fid, r.resolution).map_err(|e| fail(&r.path, e))?;
             Reply::Repaired(done)
         }
-        Request::Events(()) => unreachable!("handled by the session"),
+        Request::HoardAdd(e) => {
+            let rel = below(mount, &e.path)?.to_path_buf();
+            let path = e.path.clone();
+            crate::hoard::add(v, uid, &rel, e).map_err(|err| fail(&path, err))?;
+            Reply::Ok(())
+        }
+        Request::HoardDelete(path) => {
+            let rel = below(mount, &path)?;
+            crate::hoard::delete(v, rel).map_err(|e| fail(&path, e))?;
+            Reply::Ok(())
+        }
+        Request::HoardClear(()) => {
+            crate::hoard::clear(v, uid).map_err(|e| fail("clear", e))?;
+            Reply::Ok(())
+        }
+        Request::HoardList(()) => Reply::Hoard(crate::hoard::list(v, mount)),
+        Request::Events(()) | Request::HoardWalk(()) => unreachable!("handled by the session"),
     })
 }
 

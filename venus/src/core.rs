@@ -961,6 +961,55 @@ impl Venus {
         Ok(())
     }
 
+    /// Gives the objects a hoard walk covers their priorities (and takes
+    /// them from those it no longer covers).
+    pub fn set_hoard_priorities(&mut self, wanted: &HashMap<Fid, (u32, u32)>) {
+        let changed: Vec<Fid> = self
+            .cache
+            .objs
+            .values_mut()
+            .filter_map(|o| {
+                let p = wanted.get(&o.fid()).map_or(0, |w| w.0);
+                (o.rec.hoard != p).then(|| {
+                    o.rec.hoard = p;
+                    o.fid()
+                })
+            })
+            .collect();
+        for fid in changed {
+            if let Err(e) = self.cache.save(fid) {
+                tracing::error!("cache: {e}");
+            }
+        }
+    }
+
+    /// Makes an object's status and data current (a hoard walk); the
+    /// bytes fetched.
+    pub fn make_current(&mut self, uid: u32, fid: Fid) -> Result<u64> {
+        let before = self.cache.bytes;
+        self.status(uid, fid)?;
+        self.data(uid, fid)?;
+        Ok(self.cache.bytes.saturating_sub(before))
+    }
+
+    /// A directory's entries (made current): fid and kind.
+    pub fn children(&mut self, uid: u32, dir: Fid) -> Result<Vec<(Fid, VnodeKind)>> {
+        if self.status(uid, dir)?.kind != VnodeKind::Directory {
+            return Ok(Vec::new());
+        }
+        self.data(uid, dir)?;
+        Ok(self
+            .cache
+            .dirs
+            .get(&dir)
+            .map(|e| {
+                e.values()
+                    .filter_map(|(_, f)| Some((*f, self.cache.objs.get(f)?.rec.kind)))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// Logged updates need room in the cache (they cannot be evicted until
     /// reintegrated): a new one is refused when it is full.
     fn room(&mut self, vol: VolumeId) -> Result<()> {
@@ -980,13 +1029,20 @@ impl Venus {
         if self.cache.bytes <= self.cache_limit {
             return Ok(());
         }
+        // Coda's replacement priority: three parts hoard priority, one
+        // part recent use; the lowest goes first.
+        let tick = self.tick.max(1) as f64;
         let mut victims: Vec<(u64, Fid)> = self
             .cache
             .objs
             .values()
             .filter(|o| o.rec.container != container::NONE && o.opens == 0)
             .filter(|o| Some(o.fid()) != keep && !self.held(o.fid()))
-            .map(|o| (o.last_used, o.fid()))
+            .map(|o| {
+                let hoard = f64::from(o.rec.hoard) / f64::from(crate::hoard::PRIORITY_MAX);
+                let recent = o.last_used as f64 / tick;
+                ((1e9 * (0.75 * hoard + 0.25 * recent)) as u64, o.fid())
+            })
             .collect();
         victims.sort();
         for (_, fid) in victims {

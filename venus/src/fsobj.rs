@@ -26,6 +26,8 @@ codec_struct! {
         /// Rights of each principal (a user id; `None` for anyone) as the
         /// server last told them; kept, so a restart need not ask again.
         pub rights: Vec<(Option<i32>, Rights)>,
+        /// Its hoard priority (0: not hoarded), from the last walk.
+        pub hoard: u32,
     }
 }
 
@@ -57,6 +59,7 @@ impl FsObj {
                 data: None,
                 target: String::new(),
                 rights: Vec::new(),
+                hoard: 0,
             },
             None,
         )

@@ -7,6 +7,8 @@
 //! - [`cml`]: the one write path — updates as CML records; [`emulate`]:
 //!   logged while disconnected; [`reint`]: reintegrated on reconnection.
 //! - [`callback`]: breaks from servers, passed on to the kernel.
+//! - [`conflict`], [`repair`]: refused updates and their settling;
+//!   [`hoard`]: what to keep cached for disconnection.
 //! - [`fuse`]: the FUSE adapter; [`control`]: the tools' local socket.
 
 pub mod cache;
@@ -19,6 +21,7 @@ pub mod core;
 pub mod emulate;
 pub mod fsobj;
 pub mod fuse;
+pub mod hoard;
 pub mod link;
 pub mod reint;
 pub mod repair;

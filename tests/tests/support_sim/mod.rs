@@ -742,6 +742,9 @@ pub enum Cut {
     Partitioned,
     /// Partitioned, and the server crashes before the network comes back.
     ServerDown,
+    /// Venus found the server gone by itself (a server crash cut a bind
+    /// short): it probes again to come back.
+    Noticed,
 }
 
 pub struct SimClient {
@@ -821,18 +824,20 @@ impl SimClient {
     pub fn disconnect(&mut self, how: Cut) {
         assert_eq!(self.cut, Cut::Connected);
         match how {
-            Cut::Connected => {}
+            Cut::Connected | Cut::Noticed => {}
             Cut::Forced => self.v().set_forced(true),
             Cut::Partitioned | Cut::ServerDown => self.net.partition(self.node),
         }
         self.cut = how;
     }
 
-    /// Ends the cut, then what `cfs checkservers` does: servers probed,
-    /// logs reintegrated.
-    pub fn reconnect(&mut self) {
+    /// Ends the cut, then what `cfs checkservers` and the background
+    /// thread do: servers probed, logs reintegrated, again (a few times)
+    /// while the server is not back or the log not empty (a server crash
+    /// may stop a reintegration). Returns what each round did.
+    pub fn reconnect(&mut self) -> Vec<String> {
         match self.cut {
-            Cut::Connected => {}
+            Cut::Connected | Cut::Noticed => {}
             Cut::Forced => self.v().set_forced(false),
             Cut::Partitioned => self.net.heal(self.node),
             Cut::ServerDown => {
@@ -841,8 +846,37 @@ impl SimClient {
             }
         }
         self.cut = Cut::Connected;
-        self.v().probe_servers();
-        coda_venus::reint::reintegrate_all(self.v());
+        let mut rounds = Vec::new();
+        for _ in 0..8 {
+            let v = self.v();
+            let states = v.probe_servers();
+            let mut round = format!(
+                "probe: {}",
+                states
+                    .iter()
+                    .map(|s| format!("{} {}", s.addr, if s.up { "up" } else { "down" }))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for vol in v.logged_volumes() {
+                if !v.disconnected(vol) {
+                    let n = v.cml_records(vol).0;
+                    let r = coda_venus::reint::reintegrate(v, vol);
+                    round.push_str(&format!("; reintegrate {n} records: {r:?}"));
+                }
+            }
+            rounds.push(round);
+            let v = self.v();
+            if v.down.is_empty() && v.logged_volumes().is_empty() {
+                break;
+            }
+        }
+        rounds
+    }
+
+    /// Whether Venus holds the server for gone.
+    pub fn sees_server_down(&mut self) -> bool {
+        !self.v().down.is_empty()
     }
 
     /// Whether the server may be out of this client's reach now.
@@ -1053,4 +1087,78 @@ pub fn server_tree(net: &Arc<SimNet>, name: &str) -> Tree {
 pub fn fid_of(v: &mut Venus, p: &[String]) -> Result<Fid, Errno> {
     let ino = resolve(v, p)?;
     v.fid_of(ino)
+}
+
+/// A short form of a fid: its vnode (local fids by their low bits).
+pub fn short_fid(f: &Fid) -> String {
+    if f.is_local() {
+        format!("L{:x}", f.vnode & 0xffff)
+    } else {
+        format!("{}", f.vnode)
+    }
+}
+
+fn short_sid(s: &coda_proto::StoreId) -> String {
+    format!("{:x}", s.unique & 0xfffff)
+}
+
+/// The log, one line a record (for reports).
+pub fn cml_lines(v: &Venus) -> Vec<String> {
+    use coda_proto::cml::Op;
+    v.cache
+        .cml
+        .values()
+        .map(|(_, e)| {
+            let r = &e.record;
+            let what = match &r.op {
+                Op::Store(s) => format!(
+                    "store {} seen {} len {}",
+                    short_fid(&s.fid),
+                    short_sid(&s.seen),
+                    s.length
+                ),
+                Op::SetAttr(a) => format!(
+                    "setattr {} seen {} mode {:?} len {:?}",
+                    short_fid(&a.fid),
+                    short_sid(&a.seen),
+                    a.mode.map(|m| format!("{m:o}")),
+                    a.length
+                ),
+                Op::Create(c) => format!("create {}/{} = {}", short_fid(&c.dir), c.name, short_fid(&c.fid)),
+                Op::Remove(c) => format!(
+                    "remove {}/{} = {} seen {}",
+                    short_fid(&c.dir),
+                    c.name,
+                    short_fid(&c.fid),
+                    short_sid(&c.seen)
+                ),
+                Op::Link(c) => format!("link {}/{} = {}", short_fid(&c.dir), c.name, short_fid(&c.fid)),
+                Op::Rename(c) => format!(
+                    "rename {}/{} -> {}/{} ({}, replacing {:?})",
+                    short_fid(&c.from_dir),
+                    c.from_name,
+                    short_fid(&c.to_dir),
+                    c.to_name,
+                    short_fid(&c.fid),
+                    c.replaced.as_ref().map(short_fid)
+                ),
+                Op::MakeDir(c) => format!("mkdir {}/{} = {}", short_fid(&c.dir), c.name, short_fid(&c.fid)),
+                Op::RemoveDir(c) => format!("rmdir {}/{} = {}", short_fid(&c.dir), c.name, short_fid(&c.fid)),
+                Op::SymLink(c) => format!("symlink {}/{} = {}", short_fid(&c.dir), c.name, short_fid(&c.fid)),
+                Op::SetAcl(c) => format!("setacl {}", short_fid(&c.dir)),
+            };
+            let before: Vec<String> = e
+                .before
+                .iter()
+                .map(|(f, s)| format!("{}@{}", short_fid(f), short_sid(s)))
+                .collect();
+            format!(
+                "#{} sid {} {what} (before {}){}",
+                e.seq,
+                short_sid(&r.store_id),
+                before.join(" "),
+                if e.ends_batch.is_some() { " [ends batch]" } else { "" }
+            )
+        })
+        .collect()
 }

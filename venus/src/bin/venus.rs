@@ -127,12 +127,19 @@ fn main() {
         let venus = venus.clone();
         std::thread::spawn(move || {
             let mut last_probe = std::time::Instant::now();
+            let mut last_walk = std::time::Instant::now();
             loop {
                 std::thread::sleep(Duration::from_secs(1));
-                let mut v = venus.lock().unwrap_or_else(|p| p.into_inner());
-                coda_venus::reint::background(&mut v, &mut last_probe);
-                if let Err(e) = v.sync() {
-                    tracing::error!("cache flush: {e}");
+                {
+                    let mut v = venus.lock().unwrap_or_else(|p| p.into_inner());
+                    coda_venus::reint::background(&mut v, &mut last_probe);
+                    if let Err(e) = v.sync() {
+                        tracing::error!("cache flush: {e}");
+                    }
+                }
+                if last_walk.elapsed() >= coda_venus::hoard::WALK_INTERVAL {
+                    last_walk = std::time::Instant::now();
+                    coda_venus::hoard::walk(&venus, |_| {});
                 }
             }
         });
