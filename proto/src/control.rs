@@ -250,6 +250,9 @@ codec_union! {
         HoardList(()) = 26,
         /// Answered by `Reply::Walk` frames, the last one `finished`.
         HoardWalk(()) = 27,
+        /// `cfs checkpointml PATH OUT`: answered by `Reply::Data` frames
+        /// of a tar archive, then `Reply::Ok`.
+        CheckpointMl(String) = 28,
     }
 }
 
@@ -273,6 +276,7 @@ codec_union! {
         Repaired(Vec<String>) = 13,
         Hoard(Vec<HoardEntry>) = 14,
         Walk(WalkProgress) = 15,
+        Data(Vec<u8>) = 16,
     }
 }
 

@@ -138,6 +138,36 @@ fn work_done_while_the_server_is_down_reaches_a_second_client() {
     );
     // The mount serves the work itself.
     check_result(&v, "the disconnected client");
+    // The log and its data, as a tar archive.
+    let archive = tmp.path().join("cml.tar");
+    v.cfs_ok(
+        "checkpointml",
+        &[v.mount.to_str().unwrap(), archive.to_str().unwrap()],
+    );
+    let listing = std::process::Command::new("tar")
+        .arg("tvf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(listing.status.success(), "tar reads the checkpoint");
+    let names = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        names.contains("cml.txt") && names.contains("cml.bin"),
+        "{names}"
+    );
+    let stores = names.lines().filter(|l| l.contains("data/")).count();
+    assert!(stores >= 3, "the stores' data is in the archive:\n{names}");
+    let text = std::process::Command::new("tar")
+        .args(["xOf", archive.to_str().unwrap(), "cml.txt"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.lines().count() as u64, logged, "{text}");
+    assert!(text.contains("mkdir sub"), "{text}");
+    assert!(
+        !text.contains("scratch"),
+        "cancelled records are gone: {text}"
+    );
 
     let srv = Server::start_at(&root, &addr, 1);
     v.cfs_ok("checkservers", &[]);
@@ -478,6 +508,42 @@ fn hoarded_files_are_there_when_disconnected() {
     let misses = (0..6)
         .filter(|i| errno_of(fsx::read(b.path(format!("other/o{i}")))) == Some(libc::ETIMEDOUT))
         .count();
-    assert!(misses >= 2, "unhoarded files were evicted first ({misses} misses)");
+    assert!(
+        misses >= 2,
+        "unhoarded files were evicted first ({misses} misses)"
+    );
     b.cfs_ok("reconnect", &[]);
+}
+
+#[test]
+fn write_disconnected_updates_trickle_to_the_server() {
+    let srv = Server::start(1);
+    let a = Venus::start(&srv.addr);
+    let b = Venus::start(&srv.addr);
+    a.clog_admin();
+    b.clog_admin();
+    a.cfs_ok("writedisconnect", &[]);
+    assert_eq!(state(&a), "write-disconnected");
+    fsx::write(a.path("wd-file"), b"logged first").unwrap();
+    fsx::create_dir(a.path("wd-dir")).unwrap();
+    assert!(cml_records(&a) >= 2, "updates are logged, not shipped");
+    // They reach the server after aging, without anyone asking.
+    assert!(
+        eventually(Duration::from_secs(30), || fsx::read(b.path("wd-file"))
+            .is_ok_and(|d| d == b"logged first")),
+        "the log trickles to the server\n{}",
+        a.log_tail()
+    );
+    assert!(eventually(Duration::from_secs(10), || cml_records(&a) == 0));
+    fsx::write(a.path("wd-file2"), b"then write-through").unwrap();
+    a.cfs_ok("wr", &[]);
+    assert_eq!(state(&a), "connected");
+    assert_eq!(cml_records(&a), 0);
+    fsx::write(a.path("strong"), b"shipped at once").unwrap();
+    assert_eq!(cml_records(&a), 0, "write-through again");
+    assert_eq!(
+        fsx::read(b.path("wd-file2")).unwrap(),
+        b"then write-through"
+    );
+    assert_eq!(fsx::read(b.path("strong")).unwrap(), b"shipped at once");
 }

@@ -23,9 +23,9 @@ use rvm::{Durability, Mode, Options, Rvm, Transaction, View};
 
 use crate::cml::LogEntry;
 use crate::conflict::Conflict;
-use crate::hoard::HoardRecord;
 use crate::container::{self, Containers};
 use crate::fsobj::{FsObj, ObjRecord};
+use crate::hoard::HoardRecord;
 
 /// The root directory of the mount.
 pub const ROOT_INO: u64 = 1;

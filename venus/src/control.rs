@@ -67,6 +67,33 @@ fn session(mut s: UnixStream, venus: &Mutex<Venus>, mount: &Path) -> std::io::Re
             }
             return Ok(());
         }
+        if let Request::CheckpointMl(path) = &req {
+            let vol = {
+                let mut v = venus.lock().unwrap_or_else(|p| p.into_inner());
+                below(mount, path).and_then(|rel| {
+                    v.repairing = true;
+                    let r = crate::checkpoint::volume_of(&mut v, uid, rel)
+                        .map_err(|e| format!("{path}: {e}"));
+                    v.repairing = false;
+                    r
+                })
+            };
+            match vol {
+                Ok(vol) => {
+                    let mut frames = Frames {
+                        s: &mut s,
+                        buf: Vec::new(),
+                    };
+                    let written = crate::checkpoint::write(venus, vol, &mut frames);
+                    match written {
+                        Ok(_) => control::send(&mut s, &Reply::Ok(()))?,
+                        Err(e) => control::send(&mut s, &Reply::Error(format!("{path}: {e}")))?,
+                    }
+                }
+                Err(e) => control::send(&mut s, &Reply::Error(e))?,
+            }
+            continue;
+        }
         if let Request::HoardWalk(()) = req {
             // Progress as it goes; the core is not held between objects.
             let mut sent = Ok(());
@@ -88,6 +115,30 @@ fn session(mut s: UnixStream, venus: &Mutex<Venus>, mount: &Path) -> std::io::Re
         control::send(&mut s, &reply)?;
     }
     Ok(())
+}
+
+/// Bytes for the tool, sent as `Reply::Data` frames of up to 1 MiB.
+struct Frames<'a> {
+    s: &'a mut UnixStream,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for Frames<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::take(&mut self.buf);
+            control::send(self.s, &Reply::Data(chunk))?;
+        }
+        Ok(())
+    }
 }
 
 /// A path the tool named, below the mount.
@@ -295,7 +346,9 @@ fn answer_tool(v: &mut Venus, uid: u32, mount: &Path, req: Request) -> Result<Re
             Reply::Ok(())
         }
         Request::HoardList(()) => Reply::Hoard(crate::hoard::list(v, mount)),
-        Request::Events(()) | Request::HoardWalk(()) => unreachable!("handled by the session"),
+        Request::Events(()) | Request::HoardWalk(()) | Request::CheckpointMl(_) => {
+            unreachable!("handled by the session")
+        }
     })
 }
 

@@ -63,7 +63,8 @@ pub fn delete(v: &mut Venus, rel: &Path) -> Result<()> {
     if !v.cache.hoard.contains_key(&path) {
         return Err(Errno::ENOENT);
     }
-    Ok(v.cache.update(Durability::Flush, |t| t.remove_hoard(&path))?)
+    Ok(v.cache
+        .update(Durability::Flush, |t| t.remove_hoard(&path))?)
 }
 
 /// Drops `uid`'s entries.
@@ -103,7 +104,12 @@ pub fn list(v: &Venus, mount: &Path) -> Vec<HoardEntry> {
 /// locked one object at a time, so the mount stays usable meanwhile.
 pub fn walk(venus: &Mutex<Venus>, mut progress: impl FnMut(&WalkProgress)) -> WalkProgress {
     let lock = || venus.lock().unwrap_or_else(|p| p.into_inner());
-    let mut records: Vec<HoardRecord> = lock().cache.hoard.values().map(|(_, r)| r.clone()).collect();
+    let mut records: Vec<HoardRecord> = lock()
+        .cache
+        .hoard
+        .values()
+        .map(|(_, r)| r.clone())
+        .collect();
     records.sort_by(|a, b| b.entry.priority.cmp(&a.entry.priority));
     lock().emit("hoard", format!("walk of {} entries", records.len()));
     // What each entry covers, with the priority it gives.
@@ -120,7 +126,10 @@ pub fn walk(venus: &Mutex<Venus>, mut progress: impl FnMut(&WalkProgress)) -> Wa
                 if !r.entry.future && r.horizon.is_empty() && !horizon.is_empty() {
                     let mut rec = r.clone();
                     rec.horizon = horizon;
-                    if let Err(e) = lock().cache.update(Durability::NoFlush, |t| t.put_hoard(rec)) {
+                    if let Err(e) = lock()
+                        .cache
+                        .update(Durability::NoFlush, |t| t.put_hoard(rec))
+                    {
                         tracing::error!("hoard: {e}");
                     }
                 }

@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod callback;
+pub mod checkpoint;
 pub mod cml;
 pub mod conflict;
 pub mod container;

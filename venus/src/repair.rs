@@ -46,7 +46,7 @@ fn line(v: &Venus, mount: &Path, c: &Conflict) -> ConflictLine {
 }
 
 /// One line for a record.
-fn describe(op: &Op) -> String {
+pub(crate) fn describe(op: &Op) -> String {
     match op {
         Op::Store(s) => format!("store {} bytes", s.length),
         Op::SetAttr(a) => {

@@ -293,6 +293,10 @@ pub struct World {
     /// middle of whatever call is running then.
     pub crash_at: Option<Time>,
     pub crashes: u64,
+    /// The server crashes as its next reply to this node leaves (the reply
+    /// is lost with it): set by `crash_on_reply`, taken by the filter.
+    reply_crash: Rc<std::cell::Cell<Option<NodeId>>>,
+    reply_crashed: Rc<std::cell::Cell<bool>>,
 }
 
 impl World {
@@ -318,6 +322,23 @@ impl World {
         svc.shard.flush().unwrap();
         let service = Rc::new(RefCell::new(svc));
         coda_vice::sim::serve(&mut sim, server, service.clone());
+        let reply_crash: Rc<std::cell::Cell<Option<NodeId>>> = Default::default();
+        let reply_crashed: Rc<std::cell::Cell<bool>> = Default::default();
+        {
+            let (armed, crashed) = (reply_crash.clone(), reply_crashed.clone());
+            sim.set_filter(move |from, to, data| {
+                use coda_rpc2::packet::{Header, Kind};
+                if from != server || armed.get() != Some(to) {
+                    return true;
+                }
+                if !matches!(Header::peek(data), Ok((Kind::Reply, _))) {
+                    return true;
+                }
+                armed.set(None);
+                crashed.set(true);
+                false
+            });
+        }
         World {
             sim,
             server,
@@ -328,7 +349,14 @@ impl World {
             delivered: HashMap::new(),
             crash_at: None,
             crashes: 0,
+            reply_crash,
+            reply_crashed,
         }
+    }
+
+    /// The server crashes as its next reply to `node` leaves.
+    pub fn crash_on_reply(&mut self, node: NodeId) {
+        self.reply_crash.set(Some(node));
     }
 
     pub fn server_addr(&self) -> SocketAddr {
@@ -432,6 +460,7 @@ impl World {
         let mut found = None;
         loop {
             let crash_at = self.crash_at;
+            let crashed = self.reply_crashed.clone();
             let left = HANG.saturating_sub(self.sim.now.since(start));
             self.sim.run_until(left, |s| {
                 while found.is_none() {
@@ -440,14 +469,21 @@ impl World {
                     };
                     found = pick(e);
                 }
-                found.is_some() || crash_at.is_some_and(|t| s.now >= t)
+                found.is_some() || crash_at.is_some_and(|t| s.now >= t) || crashed.get()
             });
+            let reply_crash = self.reply_crashed.replace(false);
+            if reply_crash {
+                self.restart_server();
+            }
             if let Some(x) = found {
                 return x;
             }
             if self.crash_at.is_some_and(|t| self.sim.now >= t) {
                 self.crash_at = None;
                 self.restart_server();
+                continue;
+            }
+            if reply_crash {
                 continue;
             }
             panic!(
@@ -514,6 +550,9 @@ pub struct SimNet {
     pub server_addr: SocketAddr,
     pub root: VolumeId,
     incarnations: AtomicU64,
+    /// The server crashes right after it answered a call of this opcode
+    /// (once).
+    crash_after: Mutex<Option<u16>>,
 }
 
 impl SimNet {
@@ -538,6 +577,7 @@ impl SimNet {
             server_addr,
             root,
             incarnations: AtomicU64::new(1),
+            crash_after: Mutex::new(None),
         })
     }
 
@@ -585,6 +625,38 @@ impl SimNet {
     /// The server will crash `after` (simulated) into the next calls.
     pub fn crash_server_in(&self, after: Duration) {
         self.with(move |w| w.crash_at = Some(w.sim.now + after))
+    }
+
+    /// The server will crash right after it answers the next call of
+    /// `opcode` (a Vice opcode).
+    pub fn crash_after_reply(&self, opcode: u16) {
+        *self.crash_after.lock().unwrap() = Some(opcode);
+    }
+
+    /// Called after each answered call: the crash asked for, if due.
+    fn answered(&self, subsystem: u16, opcode: u16) {
+        let due = {
+            let mut c = self.crash_after.lock().unwrap();
+            let due = subsystem == vice::SUBSYSTEM && *c == Some(opcode);
+            if due {
+                *c = None;
+            }
+            due
+        };
+        if due {
+            self.restart_server();
+        }
+    }
+
+    /// The server will crash as its next reply to `node` leaves (after it
+    /// applied and committed the call), the reply lost with it.
+    pub fn crash_on_reply(&self, node: NodeId) {
+        self.with(move |w| w.crash_on_reply(node))
+    }
+
+    /// Calls off a crash asked for by `crash_server_in`; whether one was.
+    pub fn disarm_crash(&self) -> bool {
+        self.with(|w| w.crash_at.take().is_some())
     }
 
     pub fn crashes(&self) -> u64 {
@@ -699,7 +771,10 @@ impl Transport for SimTransport {
                 .net
                 .with(move |w| w.call(node, conn, subsystem, opcode, body, side))
             {
-                Ok(r) => return Ok(r),
+                Ok(r) => {
+                    self.net.answered(subsystem, opcode);
+                    return Ok(r);
+                }
                 Err(error) => LinkError { addr, error },
             };
             let gone = matches!(
@@ -1124,7 +1199,12 @@ pub fn cml_lines(v: &Venus) -> Vec<String> {
                     a.mode.map(|m| format!("{m:o}")),
                     a.length
                 ),
-                Op::Create(c) => format!("create {}/{} = {}", short_fid(&c.dir), c.name, short_fid(&c.fid)),
+                Op::Create(c) => format!(
+                    "create {}/{} = {}",
+                    short_fid(&c.dir),
+                    c.name,
+                    short_fid(&c.fid)
+                ),
                 Op::Remove(c) => format!(
                     "remove {}/{} = {} seen {}",
                     short_fid(&c.dir),
@@ -1132,7 +1212,12 @@ pub fn cml_lines(v: &Venus) -> Vec<String> {
                     short_fid(&c.fid),
                     short_sid(&c.seen)
                 ),
-                Op::Link(c) => format!("link {}/{} = {}", short_fid(&c.dir), c.name, short_fid(&c.fid)),
+                Op::Link(c) => format!(
+                    "link {}/{} = {}",
+                    short_fid(&c.dir),
+                    c.name,
+                    short_fid(&c.fid)
+                ),
                 Op::Rename(c) => format!(
                     "rename {}/{} -> {}/{} ({}, replacing {:?})",
                     short_fid(&c.from_dir),
@@ -1142,9 +1227,24 @@ pub fn cml_lines(v: &Venus) -> Vec<String> {
                     short_fid(&c.fid),
                     c.replaced.as_ref().map(short_fid)
                 ),
-                Op::MakeDir(c) => format!("mkdir {}/{} = {}", short_fid(&c.dir), c.name, short_fid(&c.fid)),
-                Op::RemoveDir(c) => format!("rmdir {}/{} = {}", short_fid(&c.dir), c.name, short_fid(&c.fid)),
-                Op::SymLink(c) => format!("symlink {}/{} = {}", short_fid(&c.dir), c.name, short_fid(&c.fid)),
+                Op::MakeDir(c) => format!(
+                    "mkdir {}/{} = {}",
+                    short_fid(&c.dir),
+                    c.name,
+                    short_fid(&c.fid)
+                ),
+                Op::RemoveDir(c) => format!(
+                    "rmdir {}/{} = {}",
+                    short_fid(&c.dir),
+                    c.name,
+                    short_fid(&c.fid)
+                ),
+                Op::SymLink(c) => format!(
+                    "symlink {}/{} = {}",
+                    short_fid(&c.dir),
+                    c.name,
+                    short_fid(&c.fid)
+                ),
                 Op::SetAcl(c) => format!("setacl {}", short_fid(&c.dir)),
             };
             let before: Vec<String> = e
@@ -1157,7 +1257,11 @@ pub fn cml_lines(v: &Venus) -> Vec<String> {
                 e.seq,
                 short_sid(&r.store_id),
                 before.join(" "),
-                if e.ends_batch.is_some() { " [ends batch]" } else { "" }
+                if e.ends_batch.is_some() {
+                    " [ends batch]"
+                } else {
+                    ""
+                }
             )
         })
         .collect()

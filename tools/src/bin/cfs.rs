@@ -34,6 +34,9 @@ enum Cmd {
     /// Back to write-through after reintegrating.
     #[command(visible_alias = "wr")]
     Writereconnect,
+    /// Write the volume's CML and the data it refers to as a tar archive.
+    #[command(visible_alias = "ck")]
+    Checkpointml { path: PathBuf, out: PathBuf },
     /// A volume's name, id, servers, state and CML.
     #[command(visible_alias = "lv")]
     Listvol { path: PathBuf },
@@ -86,6 +89,7 @@ impl Cmd {
             | Cmd::Writedisconnect
             | Cmd::Writereconnect => None,
             Cmd::Listvol { path }
+            | Cmd::Checkpointml { path, .. }
             | Cmd::Listacl { path }
             | Cmd::Setacl { path, .. }
             | Cmd::Makemount { path, .. }
@@ -134,6 +138,27 @@ fn run(args: Args) -> Result<()> {
         }
         Cmd::Strong | Cmd::Writereconnect => {
             v.ask(&Request::WriteReconnect(()))?;
+        }
+        Cmd::Checkpointml { path, out } => {
+            let mut file = std::fs::File::create(&out)?;
+            let mut reply = v.ask(&Request::CheckpointMl(v.path(&path)?))?;
+            loop {
+                match reply {
+                    Reply::Data(bytes) => std::io::Write::write_all(&mut file, &bytes)?,
+                    Reply::Ok(()) => break,
+                    r => return Err(unexpected(r)),
+                }
+                reply = match v.next_event()? {
+                    Some(Reply::Error(e)) => return Err(coda_tools::ToolError::Usage(e)),
+                    Some(r) => r,
+                    None => {
+                        return Err(coda_tools::ToolError::Usage(
+                            "Venus closed the connection".into(),
+                        ))
+                    }
+                };
+            }
+            file.sync_all()?;
         }
         Cmd::Listvol { path } => match v.ask(&Request::ListVol(v.path(&path)?))? {
             Reply::Volume(s) => {

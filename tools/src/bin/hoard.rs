@@ -119,8 +119,10 @@ fn run_one(v: &mut Venus, cmd: Cmd, json: bool) -> Result<()> {
                 if json {
                     let l: Vec<_> = entries
                         .iter()
-                        .map(|e| json!({"path": e.path, "priority": e.priority,
-                                        "children": e.children, "future": e.future}))
+                        .map(|e| {
+                            json!({"path": e.path, "priority": e.priority,
+                                        "children": e.children, "future": e.future})
+                        })
                         .collect();
                     println!("{}", serde_json::Value::Array(l));
                 }
