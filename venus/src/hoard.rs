@@ -110,7 +110,7 @@ pub fn walk(venus: &Mutex<Venus>, mut progress: impl FnMut(&WalkProgress)) -> Wa
         .values()
         .map(|(_, r)| r.clone())
         .collect();
-    records.sort_by(|a, b| b.entry.priority.cmp(&a.entry.priority));
+    records.sort_by_key(|r| std::cmp::Reverse(r.entry.priority));
     lock().emit("hoard", format!("walk of {} entries", records.len()));
     // What each entry covers, with the priority it gives.
     let mut wanted: HashMap<Fid, (u32, u32)> = HashMap::new();

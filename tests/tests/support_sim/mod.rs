@@ -159,6 +159,7 @@ pub fn for_seeds(test: &str, first: u64, default: u64, run: impl Fn(u64, &OpLog)
         Some(s) => vec![s],
         None => {
             let n = env_u64("SIM_SEEDS").unwrap_or(default);
+            let first = env_u64("SIM_FIRST").unwrap_or(first);
             (first..first + n).collect()
         }
     };
