@@ -576,6 +576,19 @@ fn exec(v: &mut Venus, op: &FsOp, model: &Model) -> Result<Obs, Fail> {
     }
 }
 
+/// After an update that was done though Venus said it failed (a known
+/// bug), the client's cache may not know it was: the client reconnects
+/// and reads the whole tree (revalidating it) before the run goes on, so
+/// the rest of the run is not derailed by it.
+fn resync(c: &mut SimClient, model: &Model, log: &OpLog) {
+    log.push("  (workaround) revalidating the whole cache after the known bug");
+    if c.cut == Cut::Noticed {
+        reconnect(c, model, log);
+    } else if c.cut == Cut::Connected {
+        check_view(c, model, "revalidating after a known bug");
+    }
+}
+
 /// Venus holding the server for gone while the harness has it connected
 /// is right only after a server crash.
 fn notice_down(c: &mut SimClient, crashed: bool, log: &OpLog) {
@@ -651,6 +664,7 @@ fn step(c: &mut SimClient, model: &mut Model, op: &FsOp, log: &OpLog) -> bool {
                 "{line} -> {ge}, yet done: repeated after a server crash (known bug)"
             ));
             *model = next;
+            resync(c, model, log);
             true
         }
         // The same for a store: its repeat meets its own version.
@@ -663,6 +677,7 @@ fn step(c: &mut SimClient, model: &mut Model, op: &FsOp, log: &OpLog) -> bool {
                 "{line} -> conflict on close, yet stored: repeated after a server crash (known bug)"
             ));
             *model = next;
+            resync(c, model, log);
             true
         }
         (Ok(_), Err(Fail::Before(Errno::CONFLICT)))
@@ -672,6 +687,7 @@ fn step(c: &mut SimClient, model: &mut Model, op: &FsOp, log: &OpLog) -> bool {
                 "{line} -> conflict, yet done: repeated after a server crash (known bug)"
             ));
             *model = next;
+            resync(c, model, log);
             true
         }
         (w, Err(Fail::After(e))) => {
@@ -1023,6 +1039,11 @@ fn random_ops_one_client() {
                             c.disconnect(Cut::ServerDown);
                         }
                         3 => {
+                            if !known_bugs() && net.disarm_crash() {
+                                // Two crashes in one call surface EAGAIN
+                                // from close (see the report).
+                                log.push("  (workaround) the crash asked for is called off");
+                            }
                             log.push("server crash and restart");
                             net.restart_server();
                         }
@@ -1038,6 +1059,9 @@ fn random_ops_one_client() {
                         0 => reconnect(&mut c, &model, log),
                         1 => restart_client(&mut c, log),
                         2 => {
+                            if !known_bugs() && net.disarm_crash() {
+                                log.push("  (workaround) the crash asked for is called off");
+                            }
                             log.push("server crash and restart (client cut off)");
                             net.restart_server();
                         }
@@ -1510,5 +1534,254 @@ fn two_clients_distinct_files_no_conflict() {
 fn two_clients_same_file_one_conflict() {
     for_seeds("two_clients_same_file_one_conflict", 1, 12, |seed, log| {
         two_clients(seed, true, log)
+    });
+}
+
+// ---------------------------------------------------------------------------
+// The log's cancellation rules.
+
+/// One scenario of `cancellation`: ops on objects of its own, done while
+/// disconnected, and how many records they must leave in the log.
+struct Scenario {
+    name: &'static str,
+    /// Made while connected first.
+    setup: Vec<FsOp>,
+    /// Done while disconnected, each with the log's growth expected
+    /// after it (None: not checked there).
+    steps: Vec<(FsOp, Option<i64>)>,
+    /// The records left when the scenario is done.
+    records: i64,
+}
+
+fn scenarios(rng: &mut Rng) -> Vec<Scenario> {
+    let mut bytes = |rng: &mut Rng| {
+        let n = rng.range(1, 20_000) as usize;
+        rng.bytes(n)
+    };
+    let k = |rng: &mut Rng| rng.range(2, 6) as usize;
+    let mut out = Vec::new();
+
+    // Made and removed in the log: nothing left.
+    let mut steps = vec![(FsOp::Create(path("c/t1"), bytes(rng)), Some(2))];
+    for _ in 0..rng.below(3) {
+        steps.push((FsOp::Write(path("c/t1"), bytes(rng)), Some(2)));
+    }
+    if rng.pct(50) {
+        steps.push((FsOp::Chmod(path("c/t1"), 0o600), Some(3)));
+    }
+    steps.push((FsOp::Unlink(path("c/t1")), Some(0)));
+    out.push(Scenario {
+        name: "create, write, remove",
+        setup: vec![],
+        steps,
+        records: 0,
+    });
+
+    out.push(Scenario {
+        name: "mkdir, rmdir",
+        setup: vec![],
+        steps: vec![
+            (FsOp::Mkdir(path("c/t2")), Some(1)),
+            (FsOp::Rmdir(path("c/t2")), Some(0)),
+        ],
+        records: 0,
+    });
+
+    out.push(Scenario {
+        name: "mkdir, a file in it, both removed",
+        setup: vec![],
+        steps: vec![
+            (FsOp::Mkdir(path("c/t3")), Some(1)),
+            (FsOp::Create(path("c/t3/x"), bytes(rng)), Some(3)),
+            (FsOp::Unlink(path("c/t3/x")), Some(1)),
+            (FsOp::Rmdir(path("c/t3")), Some(0)),
+        ],
+        records: 0,
+    });
+
+    let n = k(rng);
+    out.push(Scenario {
+        name: "repeated chmods merge",
+        setup: vec![FsOp::Create(path("c/g"), bytes(rng))],
+        steps: (0..n)
+            .map(|i| (FsOp::Chmod(path("c/g"), MODES[i % MODES.len()]), Some(1)))
+            .collect(),
+        records: 1,
+    });
+
+    let n = k(rng);
+    out.push(Scenario {
+        name: "a later store cancels earlier ones",
+        setup: vec![FsOp::Create(path("c/h"), bytes(rng))],
+        steps: (0..n)
+            .map(|_| {
+                let op = if rng.pct(50) {
+                    FsOp::Write(path("c/h"), bytes(rng))
+                } else {
+                    FsOp::Append(path("c/h"), bytes(rng))
+                };
+                (op, Some(1))
+            })
+            .collect(),
+        records: 1,
+    });
+
+    out.push(Scenario {
+        name: "store, chmod, store",
+        setup: vec![FsOp::Create(path("c/k"), bytes(rng))],
+        steps: vec![
+            (FsOp::Write(path("c/k"), bytes(rng)), Some(1)),
+            (FsOp::Chmod(path("c/k"), 0o640), Some(2)),
+            (FsOp::Append(path("c/k"), bytes(rng)), Some(2)),
+        ],
+        records: 2,
+    });
+
+    let len = rng.below(5000);
+    out.push(Scenario {
+        name: "a store cancels the truncation before it",
+        setup: vec![FsOp::Create(path("c/t"), bytes(rng))],
+        steps: vec![
+            (FsOp::Truncate(path("c/t"), len), Some(1)),
+            (FsOp::Append(path("c/t"), bytes(rng)), Some(1)),
+        ],
+        records: 1,
+    });
+
+    out.push(Scenario {
+        name: "stores of a file removed go with it",
+        setup: vec![FsOp::Create(path("c/r"), bytes(rng))],
+        steps: vec![
+            (FsOp::Write(path("c/r"), bytes(rng)), Some(1)),
+            (FsOp::Write(path("c/r"), bytes(rng)), Some(1)),
+            (FsOp::Chmod(path("c/r"), 0o600), Some(2)),
+            (FsOp::Unlink(path("c/r")), Some(1)),
+        ],
+        records: 1,
+    });
+
+    out.push(Scenario {
+        name: "made, renamed, written, removed",
+        setup: vec![],
+        steps: vec![
+            (FsOp::Create(path("c/n1"), bytes(rng)), Some(2)),
+            (FsOp::Rename(path("c/n1"), path("c/n2")), Some(3)),
+            (FsOp::Write(path("c/n2"), bytes(rng)), Some(3)),
+            (FsOp::Unlink(path("c/n2")), Some(0)),
+        ],
+        records: 0,
+    });
+
+    out.push(Scenario {
+        name: "rename, then store (nothing cancels)",
+        setup: vec![FsOp::Create(path("c/m"), bytes(rng))],
+        steps: vec![
+            (FsOp::Rename(path("c/m"), path("c/m2")), Some(1)),
+            (FsOp::Append(path("c/m2"), bytes(rng)), Some(2)),
+        ],
+        records: 2,
+    });
+
+    out.push(Scenario {
+        name: "rename over a file made in the log",
+        setup: vec![FsOp::Create(path("c/e1"), bytes(rng))],
+        steps: vec![
+            (FsOp::Create(path("c/q"), bytes(rng)), Some(2)),
+            (FsOp::Rename(path("c/e1"), path("c/q")), Some(1)),
+        ],
+        records: 1,
+    });
+
+    out.push(Scenario {
+        name: "a file made in the log renamed over one the server has",
+        setup: vec![FsOp::Create(path("c/e2"), bytes(rng))],
+        steps: vec![
+            (FsOp::Create(path("c/q3"), bytes(rng)), Some(2)),
+            (FsOp::Rename(path("c/q3"), path("c/e2")), Some(3)),
+        ],
+        records: 3,
+    });
+
+    out.push(Scenario {
+        name: "a directory made in the log, filled, renamed",
+        setup: vec![],
+        steps: vec![
+            (FsOp::Mkdir(path("c/dd")), Some(1)),
+            (FsOp::Create(path("c/dd/f"), bytes(rng)), Some(3)),
+            (FsOp::Rename(path("c/dd"), path("c/dd2")), Some(4)),
+        ],
+        records: 4,
+    });
+
+    out.push(Scenario {
+        name: "made, chmod twice",
+        setup: vec![],
+        steps: vec![
+            (FsOp::Create(path("c/p"), bytes(rng)), Some(2)),
+            (FsOp::Chmod(path("c/p"), 0o600), Some(3)),
+            (FsOp::Chmod(path("c/p"), 0o640), Some(3)),
+        ],
+        records: 3,
+    });
+    out
+}
+
+#[test]
+fn cancellation_follows_codas_rules() {
+    for_seeds("cancellation_follows_codas_rules", 1, 16, |seed, log| {
+        let mut rng = Rng::new(seed);
+        let net = SimNet::start(seed, NetConfig::default());
+        let mut c = SimClient::new(&net, "venus");
+        let mut model = Model::new();
+        let mut all = scenarios(&mut rng);
+        // A seeded order.
+        for i in (1..all.len()).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            all.swap(i, j);
+        }
+        run_ops(&mut c, &mut model, &[FsOp::Mkdir(path("c"))], log);
+        for s in &all {
+            run_ops(&mut c, &mut model, &s.setup, log);
+        }
+        cut_off(&mut c, &mut rng, log);
+        let mut total = 0i64;
+        for s in &all {
+            log.push(format!("scenario: {}", s.name));
+            let base = c.cml() as i64;
+            for (op, grown) in &s.steps {
+                run_ops(&mut c, &mut model, std::slice::from_ref(op), log);
+                if let Some(g) = grown {
+                    let now = c.cml() as i64;
+                    assert_eq!(
+                        now - base,
+                        *g,
+                        "{}: after {op:?} the log grew by {} (want {g}):\n{}",
+                        s.name,
+                        now - base,
+                        cml_lines(c.v()).join("\n")
+                    );
+                }
+            }
+            total += s.records;
+            assert_eq!(c.cml() as i64, total, "{}: records in the log", s.name);
+        }
+        // The log survives a restart as it is.
+        if rng.pct(50) {
+            log.push("client restart");
+            c.restart();
+            assert_eq!(c.cml() as i64, total, "the log after a restart");
+        }
+        for r in c.reconnect() {
+            log.push(format!("  {r}"));
+        }
+        assert_eq!(c.cml(), 0, "reintegrated");
+        assert!(conflict_list(&mut c).is_empty(), "no conflicts");
+        let server = server_tree(&net, "fresh");
+        assert!(
+            server == model.tree(),
+            "the server:\n{}",
+            model.tree().diff(&server, "model", "server")
+        );
+        check_view(&mut c, &model, "after reintegration");
     });
 }

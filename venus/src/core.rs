@@ -147,6 +147,14 @@ pub struct Venus {
     pub waiting: HashMap<VolumeId, u32>,
 }
 
+/// Where and as whom calls for a volume go, for calls made off the core
+/// (several at once).
+pub struct Route {
+    pub addr: SocketAddr,
+    pub who: Principal,
+    pub creds: Option<Credentials>,
+}
+
 /// Callback breaks the callback thread has answered, for the core.
 pub type PendingBreaks = Arc<Mutex<Vec<Break>>>;
 
@@ -420,6 +428,24 @@ impl Venus {
         self.cml.dirty(fid) || self.cache.conflicts.contains_key(&fid)
     }
 
+    /// Where calls of `uid` for `vol` go.
+    pub fn route(&mut self, uid: u32, vol: VolumeId) -> Result<Route> {
+        let addr = self.server_of(vol)?;
+        if self.forced || self.down.contains(&addr) {
+            return Err(Errno::ETIMEDOUT);
+        }
+        let (who, creds) = self.who(uid);
+        Ok(Route {
+            addr,
+            who,
+            creds: creds.cloned(),
+        })
+    }
+
+    pub fn transport(&self) -> Arc<dyn Transport> {
+        self.link.clone()
+    }
+
     /// Whether `uid` has a token that has not expired.
     pub fn has_token(&self, uid: u32) -> bool {
         self.who(uid).1.is_some()
@@ -507,7 +533,7 @@ impl Venus {
     /// Whether updates to `vol` are logged rather than shipped: it is
     /// emulated or write-disconnected, or its log is not empty yet.
     pub fn logging(&self, vol: VolumeId) -> bool {
-        self.write_disconnected || self.disconnected(vol) || self.cml_records(vol).0 > 0
+        self.write_disconnected || self.disconnected(vol) || self.cml.records.contains_key(&vol)
     }
 
     /// How many records of `vol` the CML holds, and their encoded bytes.
@@ -1993,14 +2019,8 @@ impl Venus {
 
     /// The volumes with records in the log.
     pub fn logged_volumes(&self) -> Vec<VolumeId> {
-        let mut vols: Vec<VolumeId> = self
-            .cache
-            .cml
-            .values()
-            .map(|(_, e)| e.record.op.volume())
-            .collect();
+        let mut vols: Vec<VolumeId> = self.cml.records.keys().copied().collect();
         vols.sort_unstable();
-        vols.dedup();
         vols
     }
 
@@ -2112,7 +2132,8 @@ impl Venus {
 /// BLAKE3 of a file's first `len` bytes.
 pub fn hash_file(file: &File, len: u64) -> std::io::Result<[u8; 32]> {
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
+    // Small files (most of them) need no megabyte of zeros.
+    let mut buf = vec![0u8; len.min(1 << 20) as usize];
     let mut off = 0u64;
     while off < len {
         let n = ((len - off) as usize).min(buf.len());

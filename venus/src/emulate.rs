@@ -533,6 +533,8 @@ pub struct LogIndex {
     pub by_fid: HashMap<Fid, BTreeSet<u64>>,
     /// The last record of each volume's batch in flight.
     pub frozen: HashMap<coda_proto::VolumeId, u64>,
+    /// How many records each volume has in the log.
+    pub records: HashMap<coda_proto::VolumeId, u64>,
     /// Objects whose cached status a cancellation turned back to a version
     /// the server has, with other times: asked for again once reintegrated.
     pub stale: HashSet<Fid>,
@@ -557,6 +559,7 @@ impl LogIndex {
         let fresh = LogIndex::build(cml);
         self.by_fid = fresh.by_fid;
         self.frozen = fresh.frozen;
+        self.records = fresh.records;
         self.next = self.next.max(fresh.next);
     }
 
@@ -565,7 +568,11 @@ impl LogIndex {
         self.next
     }
 
-    pub fn add(&mut self, e: &LogEntry) {
+    /// Indexes a record appended (or rewritten: `fresh` is false).
+    fn index(&mut self, e: &LogEntry, fresh: bool) {
+        if fresh {
+            *self.records.entry(e.record.op.volume()).or_default() += 1;
+        }
         for f in e.record.op.fids() {
             self.by_fid.entry(f).or_default().insert(e.seq);
         }
@@ -574,7 +581,24 @@ impl LogIndex {
         }
     }
 
+    /// Indexes a record appended.
+    pub fn add(&mut self, e: &LogEntry) {
+        self.index(e, true);
+    }
+
+    /// Indexes a record rewritten in place (a batch frozen).
+    pub fn rewrote(&mut self, e: &LogEntry) {
+        self.index(e, false);
+    }
+
     pub fn remove(&mut self, e: &LogEntry) {
+        let vol = e.record.op.volume();
+        if let Some(n) = self.records.get_mut(&vol) {
+            *n -= 1;
+            if *n == 0 {
+                self.records.remove(&vol);
+            }
+        }
         for f in e.record.op.fids() {
             if let Some(s) = self.by_fid.get_mut(&f) {
                 s.remove(&e.seq);

@@ -25,7 +25,9 @@ use coda_rpc2::Source;
 use rvm::Durability;
 
 use crate::cml::LogEntry;
-use crate::core::{hash_file, Result, Venus};
+use crate::core::{hash_file, Result, Route, Venus};
+use crate::link::{decode_reply, Transport};
+use std::sync::Mutex;
 
 /// Records per batch: enough that a batch's round trip is small beside
 /// its work, few enough that the server's transaction stays modest.
@@ -64,7 +66,7 @@ pub fn reintegrate(v: &mut Venus, vol: VolumeId) -> Result<()> {
     if v.disconnected(vol) {
         return Err(Errno::ETIMEDOUT);
     }
-    if v.cml_records(vol).0 == 0 {
+    if !v.cml.records.contains_key(&vol) {
         return Ok(());
     }
     v.reintegrating = Some(vol);
@@ -140,11 +142,7 @@ fn send(v: &mut Venus, vol: VolumeId, mut batch: Vec<LogEntry>, sent: &mut usize
     // The data of each store, and the record's length and hash as the
     // container has them now (a later store may not be logged yet: then
     // the batch waits for the file's close).
-    for e in batch.iter_mut() {
-        if matches!(e.record.op, Op::Store(_)) {
-            stage(v, uid, e)?;
-        }
-    }
+    stage_all(v, uid, &mut batch)?;
     let last = batch.last().expect("not empty");
     let id = match last.ends_batch {
         Some(id) => id,
@@ -157,7 +155,7 @@ fn send(v: &mut Venus, vol: VolumeId, mut batch: Vec<LogEntry>, sent: &mut usize
             frozen.ends_batch = Some(id);
             v.cache
                 .update(Durability::Written, |t| t.put_cml(frozen.clone()))?;
-            v.cml.add(&frozen);
+            v.cml.rewrote(&frozen);
             id
         }
     };
@@ -192,10 +190,101 @@ fn send(v: &mut Venus, vol: VolumeId, mut batch: Vec<LogEntry>, sent: &mut usize
     }
 }
 
-/// Stages a store's data from its container, in fragments.
-fn stage(v: &mut Venus, uid: u32, e: &mut LogEntry) -> Result<()> {
+/// How many small stores are staged at once: their round trips overlap,
+/// and so do the server's syncs of their containers.
+const STAGE_PARALLEL: usize = 16;
+
+/// Stages the data of every store in a batch: small ones several at a
+/// time, large ones alone in fragments (and whatever failed in the first
+/// way, again the second).
+fn stage_all(v: &mut Venus, uid: u32, batch: &mut [LogEntry]) -> Result<()> {
+    let mut small = Vec::new();
+    let mut large = Vec::new();
+    for (i, e) in batch.iter_mut().enumerate() {
+        let Some((file, length)) = check(v, e)? else {
+            continue;
+        };
+        let sid = e.record.store_id;
+        let offset = v.bandwidth.staged.get(&sid).copied().unwrap_or(0);
+        if offset >= length && length > 0 {
+            continue;
+        }
+        if length <= FRAGMENT_FIRST && offset == 0 {
+            small.push((i, sid, length, file));
+        } else {
+            large.push(i);
+        }
+    }
+    if let Some(&(first, ..)) = small.first() {
+        let vol = batch[first].record.op.volume();
+        let route = v.route(uid, vol)?;
+        let link = v.transport();
+        let failed = Mutex::new(Vec::new());
+        // The first alone, so that one connection is bound for them all.
+        let (i, sid, length, file) = small.remove(0);
+        if upload_whole(&*link, &route, sid, length, &file).is_err() {
+            failed.lock().expect("failed").push(i);
+        }
+        let queue = Mutex::new(small.into_iter());
+        std::thread::scope(|scope| {
+            for _ in 0..STAGE_PARALLEL {
+                scope.spawn(|| loop {
+                    let Some((i, sid, length, file)) = queue.lock().expect("queue").next() else {
+                        return;
+                    };
+                    if upload_whole(&*link, &route, sid, length, &file).is_err() {
+                        failed.lock().expect("failed").push(i);
+                    }
+                });
+            }
+        });
+        large.extend(failed.into_inner().expect("failed"));
+    }
+    for i in large {
+        stage(v, uid, &mut batch[i])?;
+    }
+    Ok(())
+}
+
+/// Stages a small store whole in one call.
+fn upload_whole(
+    link: &dyn Transport,
+    route: &Route,
+    store_id: StoreId,
+    length: u64,
+    file: &std::fs::File,
+) -> Result<()> {
+    let mut buf = vec![0u8; length as usize];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, 0).map_err(|_| Errno::EIO)?;
+    let req = Stage {
+        store_id,
+        length,
+        offset: 0,
+    };
+    let reply = link
+        .call(
+            route.addr,
+            route.who,
+            route.creds.as_ref(),
+            coda_proto::vice::SUBSYSTEM,
+            op::STAGE,
+            codec::to_bytes(&req),
+            Some(SideEffect::Send(Source::Memory(Bytes::from(buf)))),
+        )
+        .map_err(|e| e.errno())?;
+    let got: StageReply = decode_reply(&reply)?;
+    if got.received != length {
+        return Err(Errno::EIO);
+    }
+    Ok(())
+}
+
+/// A store's container as the record should say it: the record is brought
+/// up to date with the container (unless the file is still open for
+/// writing, when its close logs a newer store). The container and length.
+fn check(v: &mut Venus, e: &mut LogEntry) -> Result<Option<(std::fs::File, u64)>> {
     let Op::Store(s) = &mut e.record.op else {
-        return Ok(());
+        return Ok(None);
     };
     let o = v.cache.objs.get(&s.fid).ok_or(Errno::EIO)?;
     let writers = o.writers;
@@ -216,6 +305,14 @@ fn stage(v: &mut Venus, uid: u32, e: &mut LogEntry) -> Result<()> {
         v.cache
             .update(Durability::Written, |t| t.put_cml(fixed.clone()))?;
     }
+    Ok(Some((file, length)))
+}
+
+/// Stages a store's data from its container, in fragments.
+fn stage(v: &mut Venus, uid: u32, e: &mut LogEntry) -> Result<()> {
+    let Some((file, _)) = check(v, e)? else {
+        return Ok(());
+    };
     let Op::Store(s) = &e.record.op else {
         unreachable!("a store")
     };
@@ -266,12 +363,13 @@ fn applied(v: &mut Venus, vol: VolumeId, batch: &[LogEntry], a: &Applied) -> Res
         .map(|m| (m.local, m.fid))
         .collect();
     let real = |f: Fid| remaps.get(&f).copied().unwrap_or(f);
+    let sent: std::collections::HashSet<u64> = batch.iter().map(|e| e.seq).collect();
     let rest: Vec<LogEntry> = v
         .cache
         .cml
         .values()
         .map(|(_, e)| e)
-        .filter(|e| e.record.op.volume() == vol && !batch.iter().any(|b| b.seq == e.seq))
+        .filter(|e| e.record.op.volume() == vol && !sent.contains(&e.seq))
         .filter(|e| e.record.op.fids().iter().any(|f| remaps.contains_key(f)))
         .cloned()
         .map(|mut e| {

@@ -731,21 +731,23 @@ impl SimTransport {
             name: "venus".into(),
         };
         let node = self.node;
-        let conn = self
-            .net
-            .with(move |w| {
-                let conn = w.connect(node, addr, auth)?;
-                w.call(
-                    node,
-                    conn,
-                    vice::SUBSYSTEM,
-                    vice::op::NEW_CONNECT,
-                    codec::to_bytes(&hello),
-                    None,
-                )?;
-                Ok(conn)
-            })
-            .map_err(|error| LinkError { addr, error })?;
+        let node_ = self.node;
+        let conn = self.net.with(move |w| {
+            let conn = w.connect(node, addr, auth)?;
+            w.call(
+                node,
+                conn,
+                vice::SUBSYSTEM,
+                vice::op::NEW_CONNECT,
+                codec::to_bytes(&hello),
+                None,
+            )?;
+            Ok(conn)
+        });
+        if std::env::var_os("SIM_TRACE_CALLS").is_some() {
+            eprintln!("      node {node_} {who:?} bind: {conn:?}");
+        }
+        let conn = conn.map_err(|error| LinkError { addr, error })?;
         self.conns.lock().unwrap().insert((addr, who), conn);
         Ok(conn)
     }
@@ -768,10 +770,20 @@ impl Transport for SimTransport {
             tries -= 1;
             let conn = self.conn(addr, who, creds)?;
             let (node, body, side) = (self.node, body.clone(), side_effect.take());
-            let err = match self
+            let r = self
                 .net
-                .with(move |w| w.call(node, conn, subsystem, opcode, body, side))
-            {
+                .with(move |w| w.call(node, conn, subsystem, opcode, body, side));
+            if std::env::var_os("SIM_TRACE_CALLS").is_some() {
+                let now = self.net.now();
+                eprintln!(
+                    "      [{}] node {} {who:?} conn {} op {subsystem}/{opcode}: {:?}",
+                    now.as_micros() % 100_000_000,
+                    self.node,
+                    conn.0,
+                    r.as_ref().map(|r| r.code)
+                );
+            }
+            let err = match r {
                 Ok(r) => {
                     self.net.answered(subsystem, opcode);
                     return Ok(r);
