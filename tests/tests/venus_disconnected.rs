@@ -547,3 +547,67 @@ fn write_disconnected_updates_trickle_to_the_server() {
     );
     assert_eq!(fsx::read(b.path("strong")).unwrap(), b"shipped at once");
 }
+
+#[test]
+fn conflict_policies_settle_conflicts_unattended() {
+    let srv = Server::start(1);
+    let a = Venus::start(&srv.addr);
+    a.clog_admin();
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, mount) = (tmp.path().join("cache"), tmp.path().join("mnt"));
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(&mount).unwrap();
+    let both = format!("{}/both=keep-both", mount.display());
+    let b = client(
+        &srv.addr,
+        &cache,
+        &mount,
+        &[
+            "--conflict-policy",
+            "server=server-wins",
+            "--conflict-policy",
+            &both,
+            "--conflict-policy",
+            "client=client-wins",
+        ],
+    );
+    b.clog_admin();
+    for d in ["server", "both", "client", "manual"] {
+        fsx::create_dir(a.path(d)).unwrap();
+        fsx::write(a.path(format!("{d}/f")), b"original").unwrap();
+        assert_eq!(fsx::read(b.path(format!("{d}/f"))).unwrap(), b"original");
+    }
+    b.cfs_ok("disconnect", &[]);
+    for d in ["server", "both", "client", "manual"] {
+        fsx::write(a.path(format!("{d}/f")), b"from the server").unwrap();
+        fsx::write(b.path(format!("{d}/f")), b"from the client").unwrap();
+    }
+    b.cfs_ok("reconnect", &[]);
+    assert!(
+        eventually(Duration::from_secs(20), || cml_records(&b) == 0),
+        "{}",
+        b.log_tail()
+    );
+    let left = conflicts(&b);
+    assert_eq!(left.len(), 1, "only the one no policy covers: {left:?}");
+    assert!(left[0]["path"].as_str().unwrap().ends_with("manual/f"));
+    for v in [&a, &b] {
+        let read = |rel: &str| {
+            let mut got = Vec::new();
+            let ok = eventually(Duration::from_secs(10), || {
+                got = fsx::read(v.path(rel)).unwrap_or_default();
+                !got.is_empty()
+            });
+            assert!(ok, "{rel}");
+            got
+        };
+        assert!(eventually(Duration::from_secs(10), || read("server/f")
+            == b"from the server"));
+        assert!(eventually(Duration::from_secs(10), || read("client/f")
+            == b"from the client"));
+        assert!(eventually(Duration::from_secs(10), || read("both/f")
+            == b"from the server"));
+        assert!(eventually(Duration::from_secs(10), || read("both/f.local")
+            == b"from the client"));
+    }
+}

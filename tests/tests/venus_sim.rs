@@ -938,6 +938,35 @@ fn restart_client(c: &mut SimClient, log: &OpLog) {
     notice_down(c, crashed, log);
 }
 
+/// Steps around a known bug's trigger: a truncation that grows a file
+/// right after a logged one that shrank it
+/// (`reduced_shrink_then_grow_while_disconnected`) becomes a read.
+fn avoid_known_bugs(c: &mut SimClient, op: FsOp, log: &OpLog) -> FsOp {
+    let FsOp::Truncate(p, len) = &op else {
+        return op;
+    };
+    let v = c.v();
+    let Some(fid) = resolve(v, p).ok().and_then(|ino| v.fid_of(ino).ok()) else {
+        return op;
+    };
+    let last = v
+        .cml
+        .by_fid
+        .get(&fid)
+        .and_then(|seqs| seqs.iter().next_back())
+        .and_then(|seq| v.cache.cml.get(seq))
+        .map(|(_, e)| e.record.op.clone());
+    if let Some(coda_proto::cml::Op::SetAttr(a)) = last {
+        if a.length.is_some_and(|l| l < *len) {
+            log.push(format!(
+                "(workaround) {op:?} would grow a file a logged truncation shrank: read instead"
+            ));
+            return FsOp::Read(p.clone());
+        }
+    }
+    op
+}
+
 /// `SIM_PARANOID=1`: the server's tree is checked after every step.
 fn paranoid() -> bool {
     std::env::var_os("SIM_PARANOID").is_some()
@@ -1083,6 +1112,11 @@ fn random_ops_one_client() {
                     all,
                 }
                 .op()
+            };
+            let op = if known_bugs() {
+                op
+            } else {
+                avoid_known_bugs(&mut c, op, log)
             };
             let before = model.clone();
             let did = step(&mut c, &mut model, &op, log);
@@ -1784,4 +1818,45 @@ fn cancellation_follows_codas_rules() {
         );
         check_view(&mut c, &model, "after reintegration");
     });
+}
+
+/// Found by `random_ops_one_client` (seeds 81, 85): two truncations of
+/// a file while disconnected, a shrink then a growth, merge into one
+/// attribute change with the last length; replayed at the server it
+/// grows the file from its old contents, so the bytes the shrink cut
+/// come back instead of zeros (the client's own copy is right).
+#[test]
+fn reduced_shrink_then_grow_while_disconnected() {
+    let net = SimNet::start(81, NetConfig::default());
+    let mut c = SimClient::new(&net, "venus");
+    put(&mut c, "f", &[b'x'; 100]);
+    c.disconnect(Cut::Forced);
+    let ino = resolve(c.v(), &path("f")).unwrap();
+    for len in [10, 100] {
+        c.v()
+            .setattr(
+                UID,
+                ino,
+                SetAttrs {
+                    length: Some(len),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+    let mut want = vec![b'x'; 10];
+    want.resize(100, 0);
+    assert_eq!(get(&mut c, "f").unwrap(), want, "the client's own copy");
+    c.reconnect();
+    assert_eq!(c.cml(), 0);
+    let server = server_tree(&net, "fresh");
+    assert_eq!(
+        server.objs.get("/f"),
+        Some(&Seen::File {
+            data: Digest(want),
+            mode: 0o644,
+            nlink: 1
+        }),
+        "the server's copy"
+    );
 }

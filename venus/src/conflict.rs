@@ -105,7 +105,65 @@ pub fn record_failed(
             c.name
         ),
     );
+    if let Some(how) = policy_for(v, &c) {
+        // An unattended machine: its configuration settles it.
+        match crate::repair::settle(v, failed.uid, fid, how) {
+            Ok(done) => tracing::info!("{}: settled by policy: {}", c.name, done.join("; ")),
+            Err(e) => tracing::warn!("{}: the conflict policy could not settle it: {e}", c.name),
+        }
+    }
     Ok(())
+}
+
+/// A conflict policy (`venus --conflict-policy`): conflicts under a path
+/// below the mount (or in a volume) settled without a person.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// `volume:NAME`, or a path below the mount ("" for all of it).
+    pub scope: String,
+    pub resolution: coda_proto::control::Resolution,
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+
+    /// `SCOPE=server-wins|client-wins|keep-both`.
+    fn from_str(s: &str) -> std::result::Result<Policy, String> {
+        use coda_proto::control::Resolution::*;
+        let (scope, how) = s
+            .rsplit_once('=')
+            .ok_or_else(|| format!("{s:?}: want PATH=POLICY or volume:NAME=POLICY"))?;
+        let resolution = match how {
+            "server-wins" => KeepServer(()),
+            "client-wins" => KeepLocal(()),
+            "keep-both" => KeepBoth(()),
+            _ => {
+                return Err(format!(
+                    "{how:?}: policies are server-wins, client-wins, keep-both"
+                ))
+            }
+        };
+        Ok(Policy {
+            scope: scope.trim_matches('/').to_string(),
+            resolution,
+        })
+    }
+}
+
+/// The policy that covers a conflict: the most specific one.
+fn policy_for(v: &Venus, c: &Conflict) -> Option<coda_proto::control::Resolution> {
+    let path = v.path_of(c.dir).map(|d| d.join(&c.name));
+    let volume = v.cached_volume(c.fid.volume).map(|i| i.name);
+    v.policies
+        .iter()
+        .filter(|p| match p.scope.strip_prefix("volume:") {
+            Some(name) => volume.as_deref() == Some(name),
+            None => path
+                .as_ref()
+                .is_some_and(|path| p.scope.is_empty() || path.starts_with(&p.scope)),
+        })
+        .max_by_key(|p| p.scope.len())
+        .map(|p| p.resolution)
 }
 
 /// A refused store of contents the server has already (both clients made

@@ -141,6 +141,8 @@ pub struct Venus {
     pub bandwidth: crate::reint::Bandwidth,
     /// Set while a tool names objects: those in conflict are shown to it.
     pub repairing: bool,
+    /// How conflicts are settled without a person, where configured.
+    pub policies: Vec<crate::conflict::Policy>,
     /// Wakes the callback thread to pass queued breaks to the kernel.
     pub kick: Option<std::sync::mpsc::Sender<()>>,
     /// Volumes whose log waits for a user's token, and whose.
@@ -223,6 +225,7 @@ impl Venus {
             bandwidth: Default::default(),
             repairing: false,
             kick: None,
+            policies: Vec::new(),
             waiting: HashMap::new(),
         };
         v.cml = LogIndex::build(&v.cache.cml);

@@ -1,7 +1,7 @@
 //! `venus`: mounts a Coda cell's name space (INTERFACE.md).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ struct Args {
     /// disconnected.
     #[arg(long, default_value_t = 15)]
     timeout: u64,
+    /// Settle conflicts under a path below the mount (or `volume:NAME`)
+    /// without a person: PATH=server-wins|client-wins|keep-both. Repeatable.
+    #[arg(long = "conflict-policy")]
+    conflict_policy: Vec<coda_venus::conflict::Policy>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -98,6 +102,20 @@ fn main() {
     );
     let venus = Venus::new(cache, link.clone(), args.server.clone(), args.cache_size)
         .unwrap_or_else(|e| fail(&format!("server {}", args.server[0]), e));
+    let mut venus = venus;
+    venus.policies = args
+        .conflict_policy
+        .iter()
+        .map(|p| {
+            // A path may be given whole, mount point and all.
+            let whole = Path::new("/").join(&p.scope);
+            let scope = match whole.strip_prefix(&mount) {
+                Ok(rel) => rel.to_string_lossy().into_owned(),
+                Err(_) => p.scope.clone(),
+            };
+            coda_venus::conflict::Policy { scope, ..p.clone() }
+        })
+        .collect();
     let venus = Arc::new(Mutex::new(venus));
 
     let listener = control::bind(&cache_dir).unwrap_or_else(|e| fail("control socket", e));
