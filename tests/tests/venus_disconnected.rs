@@ -28,6 +28,15 @@ fn client(addr: &str, cache: &Path, mount: &Path, extra: &[&str]) -> Venus {
     Venus::start_with_args(addr, cache, mount, &args)
 }
 
+/// A cache and a mount point in `tmp`, kept by the test so a restarted
+/// client can resume the cache.
+fn dirs(tmp: &tempfile::TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cache, mount) = (tmp.path().join("cache"), tmp.path().join("mnt"));
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(&mount).unwrap();
+    (cache, mount)
+}
+
 /// `cfs listvol` of the root volume as JSON.
 fn listvol(v: &Venus) -> serde_json::Value {
     let out = v.cfs("listvol", &["--json", v.mount.to_str().unwrap()]);
@@ -116,9 +125,7 @@ fn work_done_while_the_server_is_down_reaches_a_second_client() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("vice");
     let addr = format!("127.0.0.1:{}", free_udp_port());
-    let (cache, mount) = (tmp.path().join("cache"), tmp.path().join("mnt"));
-    std::fs::create_dir_all(&cache).unwrap();
-    std::fs::create_dir_all(&mount).unwrap();
+    let (cache, mount) = dirs(&tmp);
     let srv = Server::start_at(&root, &addr, 1);
     let v = client(&addr, &cache, &mount, &[]);
     v.clog_admin();
@@ -191,9 +198,7 @@ fn work_done_while_the_server_is_down_reaches_a_second_client() {
 #[test]
 fn a_log_survives_sigkill_and_waits_for_a_token() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cache, mount) = (tmp.path().join("cache"), tmp.path().join("mnt"));
-    std::fs::create_dir_all(&cache).unwrap();
-    std::fs::create_dir_all(&mount).unwrap();
+    let (cache, mount) = dirs(&tmp);
     let srv = Server::start(1);
     let v = client(&srv.addr, &cache, &mount, &[]);
     v.clog_admin();
@@ -238,9 +243,7 @@ fn a_restart_while_the_server_is_down_starts_disconnected() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("vice");
     let addr = format!("127.0.0.1:{}", free_udp_port());
-    let (cache, mount) = (tmp.path().join("cache"), tmp.path().join("mnt"));
-    std::fs::create_dir_all(&cache).unwrap();
-    std::fs::create_dir_all(&mount).unwrap();
+    let (cache, mount) = dirs(&tmp);
     let srv = Server::start_at(&root, &addr, 1);
     let v = client(&addr, &cache, &mount, &[]);
     v.clog_admin();
@@ -274,9 +277,7 @@ fn a_restart_while_the_server_is_down_starts_disconnected() {
 #[test]
 fn a_full_cache_while_disconnected_is_enospc_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cache, mount) = (tmp.path().join("cache"), tmp.path().join("mnt"));
-    std::fs::create_dir_all(&cache).unwrap();
-    std::fs::create_dir_all(&mount).unwrap();
+    let (cache, mount) = dirs(&tmp);
     let srv = Server::start(1);
     let v = client(&srv.addr, &cache, &mount, &["--cache-size", "8M"]);
     v.clog_admin();
@@ -326,6 +327,22 @@ fn repair(v: &Venus, args: &[&str]) -> String {
         v.log_tail()
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Waits (10 s at most) for `path` to read `want`: the kernel may hold an
+/// older version until a callback reaches it.
+fn reads_eventually(path: std::path::PathBuf, want: &[u8], what: &str) {
+    let mut got = Vec::new();
+    let ok = eventually(Duration::from_secs(10), || {
+        got = fsx::read(&path).unwrap_or_default();
+        got == want
+    });
+    assert!(
+        ok,
+        "{what}: {} reads {:?}",
+        path.display(),
+        String::from_utf8_lossy(&got)
+    );
 }
 
 fn conflicts(v: &Venus) -> Vec<serde_json::Value> {
@@ -390,17 +407,15 @@ fn two_disconnected_clients_conflict_only_on_the_same_file() {
     repair(&b, &["keep-both", b.path("shared/doc").to_str().unwrap()]);
     assert!(conflicts(&b).is_empty());
     for v in [&a, &b] {
-        assert!(
-            eventually(Duration::from_secs(10), || fsx::read(v.path("shared/doc"))
-                .is_ok_and(|d| d == b"a's edit\n")),
-            "the server's version keeps the name"
+        reads_eventually(
+            v.path("shared/doc"),
+            b"a's edit\n",
+            "the server's version keeps the name",
         );
-        assert!(
-            eventually(Duration::from_secs(10), || fsx::read(
-                v.path("shared/doc.local")
-            )
-            .is_ok_and(|d| d == b"b's edit\n")),
-            "the local version beside it"
+        reads_eventually(
+            v.path("shared/doc.local"),
+            b"b's edit\n",
+            "the local version beside it",
         );
     }
 }
@@ -427,16 +442,8 @@ fn repair_keep_local_and_keep_server() {
     repair(&b, &["keep-server", b.path("two").to_str().unwrap()]);
     assert!(conflicts(&b).is_empty());
     for v in [&a, &b] {
-        assert!(
-            eventually(Duration::from_secs(10), || fsx::read(v.path("one"))
-                .is_ok_and(|d| d == b"local side")),
-            "keep-local"
-        );
-        assert!(
-            eventually(Duration::from_secs(10), || fsx::read(v.path("two"))
-                .is_ok_and(|d| d == b"server side")),
-            "keep-server"
-        );
+        reads_eventually(v.path("one"), b"local side", "keep-local");
+        reads_eventually(v.path("two"), b"server side", "keep-server");
     }
 }
 
@@ -461,9 +468,7 @@ fn hoarded_files_are_there_when_disconnected() {
     }
 
     let tmp = tempfile::tempdir().unwrap();
-    let (cache, mount) = (tmp.path().join("cache"), tmp.path().join("mnt"));
-    std::fs::create_dir_all(&cache).unwrap();
-    std::fs::create_dir_all(&mount).unwrap();
+    let (cache, mount) = dirs(&tmp);
     let b = client(&srv.addr, &cache, &mount, &["--cache-size", "16M"]);
     b.clog_admin();
     let file = tmp.path().join("hoardfile");
@@ -554,9 +559,7 @@ fn conflict_policies_settle_conflicts_unattended() {
     let a = Venus::start(&srv.addr);
     a.clog_admin();
     let tmp = tempfile::tempdir().unwrap();
-    let (cache, mount) = (tmp.path().join("cache"), tmp.path().join("mnt"));
-    std::fs::create_dir_all(&cache).unwrap();
-    std::fs::create_dir_all(&mount).unwrap();
+    let (cache, mount) = dirs(&tmp);
     let both = format!("{}/both=keep-both", mount.display());
     let b = client(
         &srv.addr,
@@ -592,22 +595,9 @@ fn conflict_policies_settle_conflicts_unattended() {
     assert_eq!(left.len(), 1, "only the one no policy covers: {left:?}");
     assert!(left[0]["path"].as_str().unwrap().ends_with("manual/f"));
     for v in [&a, &b] {
-        let read = |rel: &str| {
-            let mut got = Vec::new();
-            let ok = eventually(Duration::from_secs(10), || {
-                got = fsx::read(v.path(rel)).unwrap_or_default();
-                !got.is_empty()
-            });
-            assert!(ok, "{rel}");
-            got
-        };
-        assert!(eventually(Duration::from_secs(10), || read("server/f")
-            == b"from the server"));
-        assert!(eventually(Duration::from_secs(10), || read("client/f")
-            == b"from the client"));
-        assert!(eventually(Duration::from_secs(10), || read("both/f")
-            == b"from the server"));
-        assert!(eventually(Duration::from_secs(10), || read("both/f.local")
-            == b"from the client"));
+        reads_eventually(v.path("server/f"), b"from the server", "server-wins");
+        reads_eventually(v.path("client/f"), b"from the client", "client-wins");
+        reads_eventually(v.path("both/f"), b"from the server", "keep-both");
+        reads_eventually(v.path("both/f.local"), b"from the client", "keep-both");
     }
 }
