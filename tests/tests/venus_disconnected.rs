@@ -76,6 +76,8 @@ fn connected_tree(v: &Venus) {
 fn disconnected_work(v: &Venus) {
     fsx::append(v.path("d/edit"), b"after\n").unwrap();
     fsx::write(v.path("d/new"), pattern(300_000, 7)).unwrap();
+    // Larger than a stage fragment: staged in pieces.
+    fsx::write(v.path("d/big"), pattern((5 << 20) + 5, 8)).unwrap();
     fsx::rename(v.path("d/moved"), v.path("d/renamed")).unwrap();
     fsx::remove_file(v.path("d/gone")).unwrap();
     fsx::remove_dir(v.path("d/empty")).unwrap();
@@ -98,6 +100,7 @@ fn check_result(v: &Venus, who: &str) {
     };
     assert_eq!(read("d/edit"), b"before\nafter\n", "{who}");
     assert_eq!(read("d/new"), pattern(300_000, 7), "{who}");
+    assert!(read("d/big") == pattern((5 << 20) + 5, 8), "{who}: d/big");
     assert_eq!(read("d/renamed"), b"to be renamed", "{who}");
     assert_eq!(
         read("d/sub/inner"),
@@ -110,7 +113,7 @@ fn check_result(v: &Venus, who: &str) {
     names.sort();
     assert_eq!(
         names,
-        ["edit", "emptied", "link", "new", "renamed", "sub"],
+        ["big", "edit", "emptied", "link", "new", "renamed", "sub"],
         "{who}: the directory's names"
     );
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -600,4 +603,97 @@ fn conflict_policies_settle_conflicts_unattended() {
         reads_eventually(v.path("both/f"), b"from the server", "keep-both");
         reads_eventually(v.path("both/f.local"), b"from the client", "keep-both");
     }
+}
+
+#[test]
+fn refusals_that_are_not_conflicts_wait_and_conflicts_take_their_subtree() {
+    let srv = Server::start(1);
+    let a = Venus::start(&srv.addr);
+    let b = Venus::start(&srv.addr);
+    a.clog_admin();
+    b.clog_admin();
+    let long = "l".repeat(250);
+    for name in ["doc", long.as_str()] {
+        fsx::write(a.path(name), b"original").unwrap();
+        assert_eq!(fsx::read(b.path(name)).unwrap(), b"original");
+    }
+    b.cfs_ok("disconnect", &[]);
+    // Made on both sides: the client's directory and what it put in it
+    // are one conflict.
+    fsx::create_dir(a.path("proj")).unwrap();
+    fsx::create_dir(b.path("proj")).unwrap();
+    fsx::write(b.path("proj/notes"), b"b's notes").unwrap();
+    fsx::write(a.path(&long), b"server side").unwrap();
+    fsx::write(b.path(&long), b"local side").unwrap();
+    fsx::write(b.path("doc"), b"b's doc").unwrap();
+    // A file held open for writing holds back only its own store.
+    fsx::write(b.path("held"), b"stored at its first close").unwrap();
+    let held = fsx::open_with(b.path("held"), {
+        let mut o = std::fs::OpenOptions::new();
+        o.append(true);
+        o
+    })
+    .unwrap();
+    let mut held = held;
+    std::io::Write::write_all(&mut held, b", then more").unwrap();
+    fsx::write(b.path("after-held"), b"not held back").unwrap();
+    // The volume is locked (a backup, say) when b comes back: no conflict,
+    // the log waits.
+    let pw = srv.password_file();
+    let volutil = |cmd: &str| {
+        let out = coda_tests::run(
+            "volutil",
+            &[
+                "--server",
+                &srv.addr,
+                "--password-file",
+                pw.to_str().unwrap(),
+                cmd,
+                "coda.root",
+            ],
+            "",
+        );
+        assert!(out.status.success(), "volutil {cmd}: {out:?}");
+    };
+    volutil("lock");
+    b.cfs_ok("reconnect", &[]);
+    assert!(conflicts(&b).is_empty(), "a locked volume is no conflict");
+    assert!(cml_records(&b) > 0, "the log waits");
+    volutil("unlock");
+    assert!(
+        eventually(Duration::from_secs(20), || fsx::read(a.path("after-held"))
+            .is_ok_and(|d| d == b"not held back")),
+        "reintegrated past the open file\n{}",
+        b.log_tail()
+    );
+    assert!(
+        cml_records(&b) > 0,
+        "the open file's store waits for its close"
+    );
+    fsx::close(held);
+    reads_eventually(
+        a.path("held"),
+        b"stored at its first close, then more",
+        "stored at close",
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || cml_records(&b) == 0),
+        "{}",
+        b.log_tail()
+    );
+    let found = conflicts(&b);
+    let paths: Vec<&str> = found.iter().map(|c| c["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        found.len(),
+        2,
+        "proj (with its notes) and the long name: {paths:?}"
+    );
+    // keep-both where NAME.local would be too long: the name is shortened.
+    repair(&b, &["keep-both", b.path(&long).to_str().unwrap()]);
+    let beside = format!("{}.local", &long[..255 - ".local".len()]);
+    reads_eventually(a.path(&beside), b"local side", "keep-both, shortened");
+    reads_eventually(a.path(&long), b"server side", "keep-both");
+    repair(&b, &["keep-server", b.path("proj").to_str().unwrap()]);
+    assert!(conflicts(&b).is_empty());
+    reads_eventually(b.path("doc"), b"b's doc", "an unrelated store");
 }

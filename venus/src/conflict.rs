@@ -61,15 +61,27 @@ pub fn record_failed(
         return Ok(());
     }
     let (dir, name) = v.name_of(fid).unwrap_or((fid, String::new()));
-    let records: Vec<LogEntry> = v
-        .cache
-        .cml
-        .values()
-        .map(|(_, e)| e)
-        .filter(|e| e.record.op.volume() == vol && e.seq >= failed.seq)
-        .filter(|e| e.record.op.fids().contains(&fid))
-        .cloned()
-        .collect();
+    // The records about it, and about whatever they made (a directory's
+    // new contents go with it).
+    let mut about = std::collections::HashSet::from([fid]);
+    let mut records: Vec<LogEntry> = Vec::new();
+    for (_, e) in v.cache.cml.values() {
+        if e.record.op.volume() != vol || e.seq < failed.seq {
+            continue;
+        }
+        if e.record.op.fids().iter().any(|f| about.contains(f)) {
+            if let Op::Create(c) = &e.record.op {
+                about.insert(c.fid);
+            }
+            if let Op::MakeDir(c) = &e.record.op {
+                about.insert(c.fid);
+            }
+            if let Op::SymLink(c) = &e.record.op {
+                about.insert(c.fid);
+            }
+            records.push(e.clone());
+        }
+    }
     let c = Conflict {
         fid,
         dir,

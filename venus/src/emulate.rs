@@ -451,6 +451,21 @@ pub fn log(v: &mut Venus, uid: u32, record: CmlRecord) -> Result<Option<Fid>> {
     );
     let reverted = plan.reverted.clone();
     let statuses = std::mem::take(&mut fx.statuses);
+    // An object gone whose store is in a batch in flight keeps its data
+    // until that batch is answered (it may be sent again).
+    let in_flight: HashSet<Fid> = fx
+        .gone
+        .iter()
+        .copied()
+        .filter(|f| {
+            v.cml.by_fid.get(f).is_some_and(|seqs| {
+                seqs.iter().any(|s| {
+                    !plan.cancelled.contains(s)
+                        && matches!(v.cache.cml[s].1.record.op, Op::Store(_))
+                })
+            })
+        })
+        .collect();
     v.cache.update(Durability::Written, |t| {
         if let Some((fid, kind)) = fx.made {
             t.obj_or_new(fid, kind, false);
@@ -497,7 +512,7 @@ pub fn log(v: &mut Venus, uid: u32, record: CmlRecord) -> Result<Option<Fid>> {
             let Some(o) = t.objs.get_mut(fid) else {
                 continue;
             };
-            if o.opens > 0 {
+            if o.opens > 0 || in_flight.contains(fid) {
                 o.orphan = true;
             } else {
                 t.drop_obj(*fid)?;
@@ -674,7 +689,7 @@ impl Cancel {
             }
             Op::SetAttr(a) => {
                 let last = open(a.fid).last().copied();
-                if let Some(seq) = last {
+                if let Some(seq) = last.filter(|s| record(*s).uid == new.uid) {
                     if let Op::SetAttr(prev) = &record(seq).record.op {
                         if prev.fid == a.fid {
                             a.mode = a.mode.or(prev.mode);

@@ -49,6 +49,8 @@ pub struct Bandwidth {
     pub bytes_per_sec: Option<u64>,
     /// Bytes each server holds of each store being staged.
     pub staged: HashMap<StoreId, u64>,
+    /// Stores staged again after the server had let their data go.
+    pub restaged: std::collections::HashSet<StoreId>,
 }
 
 impl Bandwidth {
@@ -139,9 +141,25 @@ fn send(v: &mut Venus, vol: VolumeId, mut batch: Vec<LogEntry>, sent: &mut usize
         return Err(Errno::EACCES);
     }
     v.waiting.remove(&vol);
+    if batch.last().is_some_and(|e| e.ends_batch.is_none()) {
+        // A file open for writing may have changed since its store was
+        // logged: its store, and what comes after about it, wait for its
+        // close; the rest (about other objects, so independent of it) goes.
+        let mut busy = std::collections::HashSet::new();
+        batch.retain(|e| {
+            if let Op::Store(s) = &e.record.op {
+                if v.cache.objs.get(&s.fid).is_some_and(|o| o.writers > 0) {
+                    busy.insert(s.fid);
+                }
+            }
+            !e.record.op.fids().iter().any(|f| busy.contains(f))
+        });
+        if batch.is_empty() {
+            return Err(Errno::EBUSY);
+        }
+    }
     // The data of each store, and the record's length and hash as the
-    // container has them now (a later store may not be logged yet: then
-    // the batch waits for the file's close).
+    // container has them now.
     stage_all(v, uid, &mut batch)?;
     let last = batch.last().expect("not empty");
     let id = match last.ends_batch {
@@ -153,8 +171,10 @@ fn send(v: &mut Venus, vol: VolumeId, mut batch: Vec<LogEntry>, sent: &mut usize
             };
             let mut frozen = last.clone();
             frozen.ends_batch = Some(id);
+            // Durable before it is sent: after any crash the same batch goes
+            // again, and the server knows it.
             v.cache
-                .update(Durability::Written, |t| t.put_cml(frozen.clone()))?;
+                .update(Durability::Flush, |t| t.put_cml(frozen.clone()))?;
             v.cml.rewrote(&frozen);
             id
         }
@@ -185,9 +205,42 @@ fn send(v: &mut Venus, vol: VolumeId, mut batch: Vec<LogEntry>, sent: &mut usize
                 v.bandwidth.staged.remove(&e.record.store_id);
             }
             let at = batch.get(c.index as usize).ok_or(Errno::EIO)?.clone();
-            crate::conflict::record_failed(v, vol, &batch, at, Errno(c.code))
+            let code = Errno(c.code);
+            if transient(code) {
+                // Not the record's fault: the batch goes again later.
+                v.emit(
+                    "reintegrate",
+                    format!("volume {vol:#x}: the server cannot take it now: {code}"),
+                );
+                return Err(code);
+            }
+            let store = matches!(at.record.op, Op::Store(_));
+            if store && code == Errno::EINVAL && v.bandwidth.restaged.insert(at.record.store_id) {
+                // The server let its staged data go (a restart, or it
+                // waited too long): staged again, once.
+                return Err(Errno::EAGAIN);
+            }
+            crate::conflict::record_failed(v, vol, &batch, at, code)
         }
     }
+}
+
+/// A refusal that says nothing about the record: the volume is locked or
+/// moved, the server is short of space or failed; the batch waits.
+fn transient(code: Errno) -> bool {
+    [
+        Errno::VOLUME_LOCKED,
+        Errno::WRONG_SHARD,
+        Errno::NO_SUCH_VOLUME,
+        Errno::ENOSPC,
+        Errno::EDQUOT,
+        Errno::EIO,
+        Errno::EROFS,
+        Errno::EAGAIN,
+        Errno::ETIMEDOUT,
+        Errno::TOKEN_EXPIRED,
+    ]
+    .contains(&code)
 }
 
 /// How many small stores are staged at once: their round trips overlap,
@@ -301,6 +354,8 @@ fn check(v: &mut Venus, e: &mut LogEntry) -> Result<Option<(std::fs::File, u64)>
         }
         s.length = length;
         s.content_hash = hash_file(&file, length).map_err(|_| Errno::EIO)?;
+        // What was staged of the old contents is of no use.
+        v.bandwidth.staged.remove(&e.record.store_id);
         let fixed = e.clone();
         v.cache
             .update(Durability::Written, |t| t.put_cml(fixed.clone()))?;
@@ -323,19 +378,20 @@ fn stage(v: &mut Venus, uid: u32, e: &mut LogEntry) -> Result<()> {
     }
     loop {
         let n = v.bandwidth.fragment().min(s.length - offset.min(s.length));
-        let mut buf = vec![0u8; n as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, offset)
-            .map_err(|_| Errno::EIO)?;
         let req = Stage {
             store_id: sid,
             length: s.length,
             offset,
         };
         let began = Instant::now();
-        let buf = Bytes::from(buf);
+        // SFTP sends a source from the call's offset on: this fragment is
+        // the container's bytes from `offset` to `offset + n`.
         let (reply, _): (StageReply, _) =
             v.call_retry(uid, s.fid.volume, op::STAGE, codec::to_bytes(&req), |_| {
-                Ok(Some(SideEffect::Send(Source::Memory(buf.clone()))))
+                Ok(Some(SideEffect::Send(Source::File {
+                    file: file.try_clone().map_err(|_| Errno::EIO)?,
+                    len: offset + n,
+                })))
             })?;
         let took = began.elapsed().as_secs_f64().max(1e-6);
         if n >= FRAGMENT_FIRST {
@@ -380,10 +436,43 @@ fn applied(v: &mut Venus, vol: VolumeId, batch: &[LogEntry], a: &Applied) -> Res
             e
         })
         .collect();
+    // Directories the rest of the log still changes keep the listing the
+    // log made: only the server's, with those changes, would be right.
+    let still: std::collections::HashSet<Fid> = v
+        .cache
+        .cml
+        .values()
+        .filter(|(_, e)| !sent.contains(&e.seq))
+        .flat_map(|(_, e)| e.record.op.fids())
+        .map(real)
+        .collect();
+    let conflicts: Vec<crate::conflict::Conflict> = v
+        .cache
+        .conflicts
+        .values()
+        .map(|(_, c)| c)
+        .filter(|c| {
+            c.records
+                .iter()
+                .any(|e| e.record.op.fids().iter().any(|f| remaps.contains_key(f)))
+                || remaps.contains_key(&c.dir)
+        })
+        .cloned()
+        .collect();
     let mut dirs = Vec::new();
-    v.cache.update(Durability::Written, |t| {
+    // Durable at once: the server applied it, and a crash must not send it
+    // again under another batch id.
+    v.cache.update(Durability::Flush, |t| {
         for e in batch {
             t.remove_cml(e.seq)?;
+        }
+        // Conflicts waiting beside the log name the real fids too.
+        for mut c in conflicts {
+            c.dir = real(c.dir);
+            for e in c.records.iter_mut() {
+                e.record.op.map_fids(real);
+            }
+            t.put_conflict(c)?;
         }
         for (local, fid) in &remaps {
             t.remap(*local, *fid)?;
@@ -397,7 +486,10 @@ fn applied(v: &mut Venus, vol: VolumeId, batch: &[LogEntry], a: &Applied) -> Res
                     o.valid = false;
                     // The server changed its names on top of others'
                     // changes it may hold: the listing is asked for again.
-                    if o.rec.kind == coda_proto::VnodeKind::Directory && o.rec.data.is_some() {
+                    if o.rec.kind == coda_proto::VnodeKind::Directory
+                        && o.rec.data.is_some()
+                        && !still.contains(&o.fid())
+                    {
                         o.rec.data = None;
                         dirs.push(o.fid());
                     }
@@ -418,7 +510,24 @@ fn applied(v: &mut Venus, vol: VolumeId, batch: &[LogEntry], a: &Applied) -> Res
         }
     }
     v.remapped(&remaps);
+    // Objects gone here that waited for this batch's answer.
+    let orphans: Vec<Fid> = records
+        .iter()
+        .flat_map(|r| r.op.fids())
+        .map(real)
+        .filter(|f| {
+            v.cache
+                .objs
+                .get(f)
+                .is_some_and(|o| o.orphan && o.opens == 0)
+        })
+        .collect();
     v.cml.rebuild(&v.cache.cml);
+    for f in orphans {
+        if !v.held(f) {
+            v.cache.drop_obj(f)?;
+        }
+    }
     v.cml.stale = std::mem::take(&mut v.cml.stale)
         .into_iter()
         .map(real)

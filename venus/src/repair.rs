@@ -221,13 +221,24 @@ pub fn settle(v: &mut Venus, uid: u32, fid: Fid, how: Resolution) -> Result<Vec<
                 .into_iter()
                 .map(|e| e.name)
                 .collect();
-            let mut name = format!("{}.local", c.name);
+            // The name, shortened where the suffix would make it too long.
+            let beside = |n: u32| {
+                let suffix = if n == 1 {
+                    ".local".to_string()
+                } else {
+                    format!(".local.{n}")
+                };
+                let mut base = c.name.clone();
+                while base.len() + suffix.len() > vice::NAME_BYTES_MAX {
+                    base.pop();
+                }
+                base + &suffix
+            };
             let mut n = 1;
-            while taken.contains(&name) {
+            while taken.contains(&beside(n)) {
                 n += 1;
-                name = format!("{}.local.{n}", c.name);
             }
-            Some(name)
+            Some(beside(n))
         }
     };
     // The local contents, read before the local version is let go.
@@ -247,7 +258,8 @@ pub fn settle(v: &mut Venus, uid: u32, fid: Fid, how: Resolution) -> Result<Vec<
     let target = v.cache.objs.get(&fid).map(|o| o.rec.target.clone());
     let same_object = server.as_ref().is_some_and(|s| s.fid == fid);
     let in_place = matches!(how, Resolution::KeepLocal(())) && same_object && local.is_some();
-    forget_local(v, &c, in_place)?;
+    // The local version is let go only once what keeps it is on the
+    // server: a failure on the way leaves the conflict as it was.
     match (&local, keep_local_copy) {
         (_, None) => done.push(format!("{}: the server's version kept", c.name)),
         (None, Some(_)) => {
@@ -317,6 +329,7 @@ pub fn settle(v: &mut Venus, uid: u32, fid: Fid, how: Resolution) -> Result<Vec<
             }
         }
     }
+    forget_local(v, &c, !in_place)?;
     v.emit(
         "conflict",
         format!("{}: repaired ({})", c.name, done.join("; ")),
@@ -360,20 +373,16 @@ fn make(
 
 /// Lets the local version go: the conflict record, and the object's
 /// cached state (refetched from the server on next use).
-/// With `keep`, the object's container stays (its contents go to the
-/// server next).
-fn forget_local(v: &mut Venus, c: &Conflict, keep: bool) -> Result<()> {
+/// Without `drop`, the object stays as it is (its contents went to the
+/// server over the server's).
+fn forget_local(v: &mut Venus, c: &Conflict, drop: bool) -> Result<()> {
     let fid = c.fid;
-    let opens = v
-        .cache
-        .objs
-        .get(&fid)
-        .map_or(0, |o| o.opens + u32::from(keep));
+    let opens = v.cache.objs.get(&fid).map_or(0, |o| o.opens);
     v.cache.update(Durability::Written, |t| {
         t.remove_conflict(fid)?;
-        if fid.is_local() && opens == 0 {
+        if drop && fid.is_local() && opens == 0 {
             t.drop_obj(fid)?;
-        } else if let Some(o) = t.objs.get_mut(&fid) {
+        } else if let Some(o) = t.objs.get_mut(&fid).filter(|_| drop) {
             o.valid = false;
             o.rec.data = None;
             if opens == 0 {
