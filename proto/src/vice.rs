@@ -258,6 +258,9 @@ codec_struct! {
         pub created: u64,
         /// The volume's version stamp after the batch.
         pub stamp: u64,
+        /// Objects whose create the server had applied already (an answer
+        /// lost on the way): their fids, outside the numbering above.
+        pub found: Vec<FidRemap>,
     }
 }
 
@@ -275,7 +278,11 @@ impl Applied {
             if !made.is_local() || out.iter().any(|m| m.local == made) {
                 continue;
             }
-            let k = out.len() as u64;
+            if let Some(f) = self.found.iter().find(|f| f.local == made) {
+                out.push(*f);
+                continue;
+            }
+            let k = out.iter().filter(|m| !self.found.contains(m)).count() as u64;
             if k >= self.created {
                 break;
             }
@@ -397,6 +404,7 @@ mod tests {
             first_unique: 500,
             created: 3,
             stamp: 9,
+            found: Vec::new(),
         };
         let remaps = applied.remaps(&records);
         assert_eq!(

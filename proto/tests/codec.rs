@@ -3,7 +3,7 @@
 
 use coda_proto::acl::{Acl, AclEntry, Rights};
 use coda_proto::cml::{self, CmlRecord, Op};
-use coda_proto::vice::{Applied, Conflict, Reintegrate, ReintegrateReply};
+use coda_proto::vice::{Applied, Conflict, FidRemap, Reintegrate, ReintegrateReply};
 use coda_proto::{Fid, Status, StoreId, Timestamp, VersionVector, VnodeKind};
 use coda_rpc2::codec::{from_bytes, to_bytes, DecodeError};
 use proptest::prelude::*;
@@ -203,6 +203,7 @@ proptest! {
             first_unique: first.2,
             created: first.3,
             stamp,
+            found: vec![FidRemap { local: f, fid: f }],
         });
         prop_assert_eq!(from_bytes::<ReintegrateReply>(&to_bytes(&applied)), Ok(applied));
         let conflict = ReintegrateReply::Conflict(Conflict { index, code, fid: f });

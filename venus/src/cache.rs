@@ -304,6 +304,13 @@ impl Cache {
             idx.next_ino = idx.next_ino.max(o.rec.ino + 1);
         }
         drop(kernel);
+        // A directory whose entries are cached has a listing even when it
+        // is empty (no entry records say so).
+        for o in idx.objs.values() {
+            if o.rec.kind == VnodeKind::Directory && o.rec.data.is_some() {
+                idx.dirs.entry(o.rec.fid).or_default();
+            }
+        }
         for (slot, e) in entries {
             idx.dirs
                 .entry(e.dir)

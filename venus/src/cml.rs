@@ -45,9 +45,12 @@ pub fn mutate(v: &mut Venus, uid: u32, op: Op) -> Result<Option<Fid>> {
     if !v.logging(vol) {
         match ship(v, uid, &record, None) {
             Ok(statuses) => return apply(v, uid, &record, statuses),
-            // The server went away: the update is logged instead, and the
-            // program never hears of it.
+            // The server went away (or kept forgetting the connection):
+            // the update is logged instead, and the program never hears of
+            // it. Sent again later, the server knows it by its store id if
+            // it did apply it.
             Err(Errno::ETIMEDOUT) if v.disconnected(vol) => {}
+            Err(Errno::EAGAIN) => {}
             Err(e) => return Err(e),
         }
     }
@@ -110,6 +113,7 @@ pub fn store(
                 apply(v, uid, &record, statuses)?;
             }
             Err(Errno::ETIMEDOUT) if v.disconnected(vol) => logged = true,
+            Err(Errno::EAGAIN) => logged = true,
             Err(e) => return Err(e),
         }
     }

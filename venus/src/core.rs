@@ -1960,6 +1960,23 @@ impl Venus {
     /// answers; those that do are connected again (unless disconnection
     /// is forced), those that do not are disconnected.
     pub fn probe_servers(&mut self) -> Vec<ServerState> {
+        let link = self.link.clone();
+        self.probe_targets()
+            .into_iter()
+            .map(|addr| {
+                let (up, restarted) = probe(&*link, addr);
+                self.probed(addr, up, restarted);
+                ServerState {
+                    addr: addr.to_string(),
+                    up,
+                }
+            })
+            .collect()
+    }
+
+    /// The servers to probe: those Venus was started with and those its
+    /// volumes are served by.
+    pub fn probe_targets(&self) -> Vec<SocketAddr> {
         let mut servers = self.servers.clone();
         for (_, info) in self.cache.volumes.values() {
             if let Ok(a) = volume::server(info) {
@@ -1969,34 +1986,24 @@ impl Venus {
             }
         }
         servers
-            .into_iter()
-            .map(|addr| {
-                let answer = call_decode::<VolumeInfo>(
-                    &*self.link,
-                    addr,
-                    Principal::Anyone,
-                    None,
-                    vice::SUBSYSTEM,
-                    op::GET_ROOT_VOLUME,
-                    &(),
-                );
-                let up = !matches!(answer, Err(Errno::ETIMEDOUT));
-                if up && self.down.remove(&addr) {
-                    self.invalidate_all();
-                    self.emit("connect", format!("{addr} answers again"));
-                } else if !up && self.down.insert(addr) {
-                    self.invalidate_all();
-                    self.emit(
-                        "disconnect",
-                        format!("{addr} does not answer; its volumes are disconnected"),
-                    );
-                }
-                ServerState {
-                    addr: addr.to_string(),
-                    up,
-                }
-            })
-            .collect()
+    }
+
+    /// What a probe of `addr` found: it answers or not, and whether it had
+    /// forgotten this client (restarted: its promises are gone).
+    pub fn probed(&mut self, addr: SocketAddr, up: bool, restarted: bool) {
+        if restarted {
+            self.invalidate_all();
+        }
+        if up && self.down.remove(&addr) {
+            self.invalidate_all();
+            self.emit("connect", format!("{addr} answers again"));
+        } else if !up && self.down.insert(addr) {
+            self.invalidate_all();
+            self.emit(
+                "disconnect",
+                format!("{addr} does not answer; its volumes are disconnected"),
+            );
+        }
     }
 
     /// `cfs disconnect` (true) and `cfs reconnect` (false).
@@ -2145,4 +2152,24 @@ pub fn hash_file(file: &File, len: u64) -> std::io::Result<[u8; 32]> {
         off += n as u64;
     }
     Ok(*h.finalize().as_bytes())
+}
+
+/// Asks a server whether it answers (without the core: a silent one takes
+/// the whole timeout). Whether it answered, and whether it had forgotten
+/// this client's connection.
+pub fn probe(link: &dyn Transport, addr: SocketAddr) -> (bool, bool) {
+    let rebinds = link.rebinds();
+    let answer = call_decode::<VolumeInfo>(
+        link,
+        addr,
+        Principal::Anyone,
+        None,
+        vice::SUBSYSTEM,
+        op::GET_ROOT_VOLUME,
+        &(),
+    );
+    (
+        !matches!(answer, Err(Errno::ETIMEDOUT)),
+        link.rebinds() != rebinds,
+    )
 }

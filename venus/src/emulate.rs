@@ -691,7 +691,9 @@ impl Cancel {
                 let last = open(a.fid).last().copied();
                 if let Some(seq) = last.filter(|s| record(*s).uid == new.uid) {
                     if let Op::SetAttr(prev) = &record(seq).record.op {
-                        if prev.fid == a.fid {
+                        // Two lengths do not make one: a cut then an
+                        // extension leaves zeros, not the old bytes.
+                        if prev.fid == a.fid && (prev.length.is_none() || a.length.is_none()) {
                             a.mode = a.mode.or(prev.mode);
                             a.owner = a.owner.or(prev.owner);
                             a.group = a.group.or(prev.group);

@@ -386,13 +386,22 @@ fn stage(v: &mut Venus, uid: u32, e: &mut LogEntry) -> Result<()> {
         let began = Instant::now();
         // SFTP sends a source from the call's offset on: this fragment is
         // the container's bytes from `offset` to `offset + n`.
-        let (reply, _): (StageReply, _) =
+        let staged: Result<(StageReply, _)> =
             v.call_retry(uid, s.fid.volume, op::STAGE, codec::to_bytes(&req), |_| {
                 Ok(Some(SideEffect::Send(Source::File {
                     file: file.try_clone().map_err(|_| Errno::EIO)?,
                     len: offset + n,
                 })))
-            })?;
+            });
+        let reply = match staged {
+            // The server lost what it had (it restarted): from the start.
+            Err(Errno::EINVAL) if offset > 0 => {
+                offset = 0;
+                v.bandwidth.staged.remove(&sid);
+                continue;
+            }
+            r => r?.0,
+        };
         let took = began.elapsed().as_secs_f64().max(1e-6);
         if n >= FRAGMENT_FIRST {
             v.bandwidth.bytes_per_sec = Some((n as f64 / took) as u64);
@@ -551,17 +560,14 @@ pub fn reintegrate_all(v: &mut Venus) {
 /// the log's cancellation rules get to work on it.
 pub const AGING: Duration = Duration::from_secs(3);
 
-/// How often servers that stopped answering are probed.
+/// How often servers are probed (those that went away, for coming back;
+/// the others, for a restart that broke every promise).
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The background work, run about once a second: probe servers that went
-/// away (every [`PROBE_INTERVAL`]), and reintegrate what is logged on
-/// volumes whose servers answer (write-disconnected: once it has aged).
-pub fn background(v: &mut Venus, last_probe: &mut Instant) {
-    if !v.down.is_empty() && !v.forced && last_probe.elapsed() >= PROBE_INTERVAL {
-        *last_probe = Instant::now();
-        v.probe_servers();
-    }
+/// The background work, run about once a second: reintegrate what is
+/// logged on volumes whose servers answer (write-disconnected: once it has
+/// aged).
+pub fn background(v: &mut Venus) {
     let now = coda_proto::Timestamp::now();
     for vol in v.logged_volumes() {
         if v.disconnected(vol) {

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use coda_proto::acl::{Acl, PrincipalId, Rights, ANY_USER};
-use coda_proto::cml::{CmlRecord, Op};
+use coda_proto::cml::{self, CmlRecord, Op};
 use coda_proto::fid::{Fid, StoreId, VolumeId, ROOT_VNODE};
 use coda_proto::status::{Status, Timestamp, VnodeKind};
 use coda_proto::vice::{Applied, FidRemap, VolumeKind, NAME_BYTES_MAX};
@@ -168,6 +168,8 @@ pub struct Apply<'t, 'a> {
     first: (u64, u64),
     /// Locally made-up fids and the real ones given them.
     pub remaps: Vec<FidRemap>,
+    /// Local fids of creates applied before (found, not made again).
+    found: Vec<FidRemap>,
     remap: HashMap<Fid, Fid>,
     /// Every object changed, for callbacks.
     pub changed: Vec<Fid>,
@@ -203,6 +205,7 @@ impl<'t, 'a> Apply<'t, 'a> {
             volume,
             header,
             remaps: Vec::new(),
+            found: Vec::new(),
             remap: HashMap::new(),
             changed: Vec::new(),
             made: Vec::new(),
@@ -319,12 +322,64 @@ impl<'t, 'a> Apply<'t, 'a> {
         Ok(())
     }
 
+    /// A record this volume applied already (its answer was lost and the
+    /// client sent it again, after a crash or a timeout), recognised by its
+    /// store id: the version it gave what it changed, if nothing changed
+    /// that since. Answered as done, never applied twice. The fids the
+    /// caller wants back.
+    fn already(&mut self, rec: &CmlRecord) -> Option<Vec<Fid>> {
+        let sid = rec.store_id;
+        let vol = self.vol();
+        let has = |fid: Fid| vol.vnode(fid).is_some_and(|v| v.vv.store_id == sid);
+        let real = |f: Fid| self.remap.get(&f).copied().unwrap_or(f);
+        match &rec.op {
+            Op::Store(r) => has(real(r.fid)).then(|| vec![real(r.fid)]),
+            Op::SetAttr(r) => has(real(r.fid)).then(|| vec![real(r.fid)]),
+            Op::Create(cml::Create { dir, name, fid, .. })
+            | Op::MakeDir(cml::MakeDir { dir, name, fid, .. })
+            | Op::SymLink(cml::SymLink { dir, name, fid, .. }) => {
+                let d = real(*dir);
+                let made = vol.lookup(d, name).filter(|f| has(*f))?;
+                if fid.is_local() && !self.remap.contains_key(fid) {
+                    self.remap.insert(*fid, made);
+                    self.found.push(FidRemap {
+                        local: *fid,
+                        fid: made,
+                    });
+                }
+                Some(vec![made, d])
+            }
+            Op::Remove(r) => {
+                let d = real(r.dir);
+                (has(d) && vol.lookup(d, &r.name).is_none()).then(|| vec![d])
+            }
+            Op::RemoveDir(r) => {
+                let d = real(r.dir);
+                (has(d) && vol.lookup(d, &r.name).is_none()).then(|| vec![d])
+            }
+            Op::Link(r) => {
+                let d = real(r.dir);
+                let bound = vol.lookup(d, &r.name) == Some(real(r.fid));
+                (has(d) && bound).then(|| vec![d, real(r.fid)])
+            }
+            Op::Rename(r) => {
+                let (from, to) = (real(r.from_dir), real(r.to_dir));
+                let bound = vol.lookup(to, &r.to_name) == Some(real(r.fid));
+                (has(real(r.fid)) && bound).then(|| vec![from, to])
+            }
+            Op::SetAcl(r) => has(real(r.dir)).then(|| vec![real(r.dir)]),
+        }
+    }
+
     /// Applies one record; returns the fids whose status the caller wants back.
     pub fn op(
         &mut self,
         rec: &CmlRecord,
         data: &mut dyn FnMut(StoreId) -> Option<NewData>,
     ) -> OpResult<Vec<Fid>> {
+        if let Some(fids) = self.already(rec) {
+            return Ok(fids);
+        }
         let (sid, t) = (rec.store_id, rec.time);
         match &rec.op {
             Op::Store(r) => {
@@ -762,6 +817,7 @@ impl<'t, 'a> Apply<'t, 'a> {
             first_unique: self.first.1,
             created: self.remaps.len() as u64,
             stamp: self.header.stamp,
+            found: std::mem::take(&mut self.found),
         };
         self.txn.put_header(self.header).map_err(storage)?;
         Ok((applied, self.changed))

@@ -66,7 +66,7 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5eed_0f_c0da_u64)
+        Rng(seed ^ 0x005e_ed0f_c0da_u64)
     }
 
     pub fn next(&mut self) -> u64 {
@@ -297,11 +297,18 @@ pub struct World {
     /// The server crashes as its next reply to this node leaves (the reply
     /// is lost with it): set by `crash_on_reply`, taken by the filter.
     reply_crash: Rc<std::cell::Cell<Option<NodeId>>>,
-    reply_crashed: Rc<std::cell::Cell<bool>>,
+    /// The node whose reply the filter just dropped.
+    reply_crashed: Rc<std::cell::Cell<Option<NodeId>>>,
+    /// Instead of the crash, the network to the node is cut as the reply
+    /// leaves (the reply lost with it).
+    reply_cut: Rc<std::cell::Cell<bool>>,
+    /// How long the network runs on after each call (see `settle`).
+    pub settle: Duration,
 }
 
 impl World {
     fn new(seed: u64, net: NetConfig) -> World {
+        let net_lossy = net.loss > 0.0;
         let dir = tempfile::tempdir().unwrap();
         {
             let mut pdb = Pdb::open(&dir.path().join("pdb.toml")).unwrap();
@@ -324,7 +331,7 @@ impl World {
         let service = Rc::new(RefCell::new(svc));
         coda_vice::sim::serve(&mut sim, server, service.clone());
         let reply_crash: Rc<std::cell::Cell<Option<NodeId>>> = Default::default();
-        let reply_crashed: Rc<std::cell::Cell<bool>> = Default::default();
+        let reply_crashed: Rc<std::cell::Cell<Option<NodeId>>> = Default::default();
         {
             let (armed, crashed) = (reply_crash.clone(), reply_crashed.clone());
             sim.set_filter(move |from, to, data| {
@@ -336,7 +343,7 @@ impl World {
                     return true;
                 }
                 armed.set(None);
-                crashed.set(true);
+                crashed.set(Some(to));
                 false
             });
         }
@@ -352,12 +359,39 @@ impl World {
             crashes: 0,
             reply_crash,
             reply_crashed,
+            reply_cut: Default::default(),
+            settle: if net_lossy {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_millis(30)
+            },
         }
     }
 
     /// The server crashes as its next reply to `node` leaves.
     pub fn crash_on_reply(&mut self, node: NodeId) {
+        self.reply_cut.set(false);
         self.reply_crash.set(Some(node));
+    }
+
+    /// The network between `node` and the server is cut as the server's
+    /// next reply to it leaves (the update applied, its answer lost).
+    pub fn cut_on_reply(&mut self, node: NodeId) {
+        self.reply_cut.set(true);
+        self.reply_crash.set(Some(node));
+    }
+
+    /// What `crash_on_reply` or `cut_on_reply` asked for, now due.
+    fn reply_fault(&mut self) -> bool {
+        let Some(node) = self.reply_crashed.take() else {
+            return false;
+        };
+        if self.reply_cut.replace(false) {
+            self.partition(node);
+        } else {
+            self.restart_server();
+        }
+        true
     }
 
     pub fn server_addr(&self) -> SocketAddr {
@@ -470,12 +504,9 @@ impl World {
                     };
                     found = pick(e);
                 }
-                found.is_some() || crash_at.is_some_and(|t| s.now >= t) || crashed.get()
+                found.is_some() || crash_at.is_some_and(|t| s.now >= t) || crashed.get().is_some()
             });
-            let reply_crash = self.reply_crashed.replace(false);
-            if reply_crash {
-                self.restart_server();
-            }
+            let reply_crash = self.reply_fault();
             if let Some(x) = found {
                 return x;
             }
@@ -525,10 +556,33 @@ impl World {
             .sim
             .endpoint(node)
             .call(now, conn, subsystem, opcode, body, side)?;
-        self.wait(node, |e| match e {
+        let r = self.wait(node, |e| match e {
             Event::Reply { call: c, result } if c == call => Some(result),
             _ => None,
-        })
+        });
+        self.settle();
+        r
+    }
+
+    /// The real server answers an update only once the callback breaks it
+    /// caused were answered (or after 2 s); the simulated driver answers
+    /// at once. So that a client hears of a break before the update that
+    /// caused it returns, the network runs on a little after each call.
+    fn settle(&mut self) {
+        let end = self.sim.now + self.settle;
+        loop {
+            let crash_at = self.crash_at;
+            self.sim.run_until(end.since(self.sim.now), |s| {
+                crash_at.is_some_and(|t| s.now >= t)
+            });
+            if self.crash_at.is_some_and(|t| self.sim.now >= t) {
+                self.crash_at = None;
+                self.restart_server();
+                continue;
+            }
+            self.reply_fault();
+            return;
+        }
     }
 
     /// Runs the consistency checker over the server's shard.
@@ -550,6 +604,8 @@ pub struct SimNet {
     pub seed: u64,
     pub server_addr: SocketAddr,
     pub root: VolumeId,
+    /// The network loses packets.
+    pub lossy: bool,
     incarnations: AtomicU64,
     /// The server crashes right after it answered a call of this opcode
     /// (once).
@@ -558,6 +614,7 @@ pub struct SimNet {
 
 impl SimNet {
     pub fn start(seed: u64, net: NetConfig) -> Arc<SimNet> {
+        let lossy = net.loss > 0.0;
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -577,6 +634,7 @@ impl SimNet {
             seed,
             server_addr,
             root,
+            lossy,
             incarnations: AtomicU64::new(1),
             crash_after: Mutex::new(None),
         })
@@ -653,6 +711,12 @@ impl SimNet {
     /// applied and committed the call), the reply lost with it.
     pub fn crash_on_reply(&self, node: NodeId) {
         self.with(move |w| w.crash_on_reply(node))
+    }
+
+    /// The network between `node` and the server is cut as the server's
+    /// next reply to it leaves.
+    pub fn cut_on_reply(&self, node: NodeId) {
+        self.with(move |w| w.cut_on_reply(node))
     }
 
     /// Calls off a crash asked for by `crash_server_in`; whether one was.
@@ -844,9 +908,16 @@ pub struct SimClient {
     pub cut: Cut,
     pub user: PrincipalId,
     pub starts: u64,
+    /// The network loses packets: a call may time out with no outage.
+    pub lossy: bool,
 }
 
 impl SimClient {
+    /// As `new`, None if Venus could not start (the server did not answer).
+    pub fn try_new(net: &Arc<SimNet>, name: &str) -> Option<SimClient> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| SimClient::new(net, name))).ok()
+    }
+
     /// A client with an empty cache, started (connected, with a token).
     pub fn new(net: &Arc<SimNet>, name: &str) -> SimClient {
         let node = net.add_client(name);
@@ -859,6 +930,7 @@ impl SimClient {
             cut: Cut::Connected,
             user: ADMIN_ID,
             starts: 0,
+            lossy: false,
         };
         c.start();
         c
@@ -1163,12 +1235,25 @@ pub fn read_tree(v: &mut Venus) -> Result<Tree, (String, Errno)> {
 
 /// The server's tree as a client with an empty cache reads it (a node of
 /// its own, connected).
+/// On a lossy network a call may time out: then it is tried again (a new
+/// client, a few times).
 pub fn server_tree(net: &Arc<SimNet>, name: &str) -> Tree {
-    let mut fresh = SimClient::new(net, name);
-    let t = read_tree(fresh.v())
-        .unwrap_or_else(|(p, e)| panic!("{name}: reading {p} from the server: {e}"));
-    fresh.stop();
-    t
+    let tries = if net.lossy { 5 } else { 1 };
+    for i in 1..=tries {
+        let Some(mut fresh) = SimClient::try_new(net, name) else {
+            assert!(i < tries, "{name}: no root from the server");
+            continue;
+        };
+        match read_tree(fresh.v()) {
+            Ok(t) => {
+                fresh.stop();
+                return t;
+            }
+            Err((_, Errno::ETIMEDOUT)) if i < tries => fresh.stop(),
+            Err((p, e)) => panic!("{name}: reading {p} from the server: {e}"),
+        }
+    }
+    unreachable!()
 }
 
 /// The fid of what `p` names, through `v`.

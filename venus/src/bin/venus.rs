@@ -146,11 +146,26 @@ fn main() {
         std::thread::spawn(move || {
             let mut last_probe = std::time::Instant::now();
             let mut last_walk = std::time::Instant::now();
+            let lock = || venus.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 std::thread::sleep(Duration::from_secs(1));
+                if last_probe.elapsed() >= coda_venus::reint::PROBE_INTERVAL {
+                    // Every server, not only those that went away: one that
+                    // restarted took its promises with it, and says so only
+                    // when asked. Probed without the core held.
+                    last_probe = std::time::Instant::now();
+                    let (targets, link, forced) = {
+                        let v = lock();
+                        (v.probe_targets(), v.transport(), v.forced)
+                    };
+                    for addr in targets.into_iter().filter(|_| !forced) {
+                        let (up, restarted) = coda_venus::core::probe(&*link, addr);
+                        lock().probed(addr, up, restarted);
+                    }
+                }
                 {
-                    let mut v = venus.lock().unwrap_or_else(|p| p.into_inner());
-                    coda_venus::reint::background(&mut v, &mut last_probe);
+                    let mut v = lock();
+                    coda_venus::reint::background(&mut v);
                     if let Err(e) = v.sync() {
                         tracing::error!("cache flush: {e}");
                     }
