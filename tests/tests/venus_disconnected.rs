@@ -348,6 +348,14 @@ fn reads_eventually(path: std::path::PathBuf, want: &[u8], what: &str) {
     );
 }
 
+/// Two clients of `srv`, each logged in as admin.
+fn two_clients(srv: &Server) -> (Venus, Venus) {
+    let (a, b) = (Venus::start(&srv.addr), Venus::start(&srv.addr));
+    a.clog_admin();
+    b.clog_admin();
+    (a, b)
+}
+
 fn conflicts(v: &Venus) -> Vec<serde_json::Value> {
     let out = repair(v, &["--json", "list"]);
     serde_json::from_str::<serde_json::Value>(&out)
@@ -360,10 +368,7 @@ fn conflicts(v: &Venus) -> Vec<serde_json::Value> {
 #[test]
 fn two_disconnected_clients_conflict_only_on_the_same_file() {
     let srv = Server::start(1);
-    let a = Venus::start(&srv.addr);
-    let b = Venus::start(&srv.addr);
-    a.clog_admin();
-    b.clog_admin();
+    let (a, b) = two_clients(&srv);
     fsx::create_dir(a.path("shared")).unwrap();
     fsx::write(a.path("shared/doc"), b"original\n").unwrap();
     fsx::write(a.path("shared/same"), b"original\n").unwrap();
@@ -426,10 +431,7 @@ fn two_disconnected_clients_conflict_only_on_the_same_file() {
 #[test]
 fn repair_keep_local_and_keep_server() {
     let srv = Server::start(1);
-    let a = Venus::start(&srv.addr);
-    let b = Venus::start(&srv.addr);
-    a.clog_admin();
-    b.clog_admin();
+    let (a, b) = two_clients(&srv);
     for name in ["one", "two"] {
         fsx::write(a.path(name), b"original").unwrap();
         assert_eq!(fsx::read(b.path(name)).unwrap(), b"original");
@@ -526,10 +528,7 @@ fn hoarded_files_are_there_when_disconnected() {
 #[test]
 fn write_disconnected_updates_trickle_to_the_server() {
     let srv = Server::start(1);
-    let a = Venus::start(&srv.addr);
-    let b = Venus::start(&srv.addr);
-    a.clog_admin();
-    b.clog_admin();
+    let (a, b) = two_clients(&srv);
     a.cfs_ok("writedisconnect", &[]);
     assert_eq!(state(&a), "write-disconnected");
     fsx::write(a.path("wd-file"), b"logged first").unwrap();
@@ -608,10 +607,7 @@ fn conflict_policies_settle_conflicts_unattended() {
 #[test]
 fn refusals_that_are_not_conflicts_wait_and_conflicts_take_their_subtree() {
     let srv = Server::start(1);
-    let a = Venus::start(&srv.addr);
-    let b = Venus::start(&srv.addr);
-    a.clog_admin();
-    b.clog_admin();
+    let (a, b) = two_clients(&srv);
     let long = "l".repeat(250);
     for name in ["doc", long.as_str()] {
         fsx::write(a.path(name), b"original").unwrap();

@@ -96,59 +96,11 @@ pub fn call_decode<T: Decode>(
 }
 
 impl Transport for Link {
-    fn call(
-        &self,
-        addr: SocketAddr,
-        who: Principal,
-        creds: Option<&Credentials>,
-        subsystem: u16,
-        opcode: u16,
-        body: Bytes,
-        side_effect: Option<SideEffect>,
-    ) -> Answer {
-        Link::call(self, addr, who, creds, subsystem, opcode, body, side_effect)
-    }
-
-    fn set_host(&self, host: u64) {
-        self.host.store(host, Ordering::Relaxed);
-    }
-
-    fn rebinds(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
-    }
-
-    fn forget_principal(&self, who: Principal) {
-        self.conns.lock().unwrap().retain(|(_, w), _| *w != who);
-    }
-}
-
-impl Link {
-    /// A link whose calls give a silent server `timeout` to answer.
-    pub fn new(timeout: Duration) -> std::io::Result<Link> {
-        let ct = ClientThread::spawn(
-            "0.0.0.0:0".parse().expect("an address"),
-            Config {
-                peer_timeout: timeout,
-                ..Config::default()
-            },
-        )?;
-        let mut incarnation = [0u8; 8];
-        coda_rpc2::udp::getrandom_fill(&mut incarnation)?;
-        Ok(Link {
-            ct,
-            host: AtomicU64::new(0),
-            incarnation: u64::from_le_bytes(incarnation),
-            conns: Mutex::new(HashMap::new()),
-            lost: AtomicU64::new(0),
-        })
-    }
-
     /// Calls the server at `addr` for `who` (binding first if needed). A
     /// connection the server forgot (it restarted) is bound again and the
     /// call repeated, unless it carried a side effect, which went with the
     /// first attempt: then the caller repeats it ([`LinkError::rebound`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn call(
+    fn call(
         &self,
         addr: SocketAddr,
         who: Principal,
@@ -187,6 +139,40 @@ impl Link {
             }
             tracing::info!("{err}; binding again");
         }
+    }
+
+    fn set_host(&self, host: u64) {
+        self.host.store(host, Ordering::Relaxed);
+    }
+
+    fn rebinds(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    fn forget_principal(&self, who: Principal) {
+        self.conns.lock().unwrap().retain(|(_, w), _| *w != who);
+    }
+}
+
+impl Link {
+    /// A link whose calls give a silent server `timeout` to answer.
+    pub fn new(timeout: Duration) -> std::io::Result<Link> {
+        let ct = ClientThread::spawn(
+            "0.0.0.0:0".parse().expect("an address"),
+            Config {
+                peer_timeout: timeout,
+                ..Config::default()
+            },
+        )?;
+        let mut incarnation = [0u8; 8];
+        coda_rpc2::udp::getrandom_fill(&mut incarnation)?;
+        Ok(Link {
+            ct,
+            host: AtomicU64::new(0),
+            incarnation: u64::from_le_bytes(incarnation),
+            conns: Mutex::new(HashMap::new()),
+            lost: AtomicU64::new(0),
+        })
     }
 
     fn conn(
