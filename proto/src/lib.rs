@@ -13,6 +13,7 @@
 //! - [`control`]: the local channel between the tools and Venus.
 //! - [`auth`]: tokens for a user's password.
 //! - [`volutil`]: volume and user administration.
+//! - [`dump`]: the volume dump format.
 
 #[macro_use]
 mod union;
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod callback;
 pub mod cml;
 pub mod control;
+pub mod dump;
 pub mod errno;
 pub mod fid;
 pub mod status;

@@ -331,9 +331,12 @@ codec_struct! {
 }
 
 codec_struct! {
-    /// For `cmon`.
+    /// For `cmon`: one shard's counters, and the server process's CPU
+    /// time and the free space where the shard keeps its data.
     #[derive(Debug, Clone, PartialEq, Eq, Default)]
     pub struct Statistics {
+        /// The shard that answered.
+        pub shard: u32,
         pub uptime_secs: u64,
         pub calls_by_opcode: Vec<(u16, u64)>,
         pub bytes_received: u64,
@@ -344,6 +347,15 @@ codec_struct! {
         pub rvm_log_used: u64,
         pub rvm_log_bytes: u64,
         pub shards: u32,
+        /// CPU time of the whole server process, in milliseconds.
+        pub cpu_user_ms: u64,
+        pub cpu_system_ms: u64,
+        /// The file system under the shard's directory.
+        pub disk_bytes: u64,
+        pub disk_free_bytes: u64,
+        /// Files and bytes in the shard's volumes.
+        pub files: u64,
+        pub bytes: u64,
     }
 }
 

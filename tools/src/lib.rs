@@ -1,6 +1,7 @@
 //! What the tools share: logging in with a password, and calling a
 //! server as an administrator.
 
+pub mod dumpfile;
 pub mod venus;
 
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use coda_proto::auth::{self, GetSalt, GetToken, Salt, TokenReply};
 use coda_proto::Errno;
 use coda_rpc2::codec::{self, Decode, Encode};
-use coda_rpc2::endpoint::{Auth, ConnId};
+use coda_rpc2::endpoint::{Auth, ConnId, Reply, SideEffect};
 use coda_rpc2::udp::ClientThread;
 use coda_rpc2::{Config, Credentials};
 
@@ -134,6 +135,7 @@ pub struct AdminArgs {
 pub struct Admin {
     pub ct: ClientThread,
     pub conn: ConnId,
+    creds: Credentials,
 }
 
 impl Admin {
@@ -148,8 +150,39 @@ impl Admin {
         let password = password.lines().next().unwrap_or("").to_string();
         let ct = client()?;
         let creds = login(&ct, args.server, &args.user, &password)?;
-        let conn = connect(&ct, args.server, Auth::Encrypted(creds))?;
-        Ok(Admin { ct, conn })
+        let conn = connect(&ct, args.server, Auth::Encrypted(creds.clone()))?;
+        Ok(Admin { ct, conn, creds })
+    }
+
+    /// Talks to `addr` (the shard serving a volume) from now on.
+    pub fn move_to(&mut self, addr: SocketAddr) -> Result<()> {
+        self.conn = connect(&self.ct, addr, Auth::Encrypted(self.creds.clone()))?;
+        Ok(())
+    }
+
+    /// A call with a side effect (SFTP data sent or received); a non-zero
+    /// reply code is the error.
+    pub fn call_sftp(
+        &self,
+        subsystem: u16,
+        opcode: u16,
+        req: &impl Encode,
+        side_effect: SideEffect,
+    ) -> Result<Reply> {
+        let r = self
+            .ct
+            .call_blocking(
+                self.conn,
+                subsystem,
+                opcode,
+                codec::to_bytes(req),
+                Some(side_effect),
+            )
+            .map_err(|e| ToolError::Usage(e.to_string()))?;
+        match r.code {
+            0 => Ok(r),
+            c => Err(ToolError::Server(Errno(c))),
+        }
     }
 
     pub fn call<T: Decode>(&self, subsystem: u16, opcode: u16, req: &impl Encode) -> Result<T> {

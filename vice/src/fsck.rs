@@ -1,11 +1,12 @@
 //! The consistency checker: walks every volume of a shard and reports what
 //! breaks an invariant (heap structure, parent pointers, link counts,
-//! directory entries, containers referenced exactly once and holding the
-//! bytes their vnode's hash names).
+//! directory entries, containers holding the bytes their vnode's hash
+//! names, each referenced by one object: the same vnode in clones of one
+//! volume share it, nothing else does).
 
 use std::collections::HashMap;
 
-use coda_proto::fid::ROOT_VNODE;
+use coda_proto::fid::{Fid, ROOT_VNODE};
 use coda_proto::status::VnodeKind;
 
 use crate::fileops::hash_file;
@@ -18,7 +19,7 @@ pub fn check_shard(shard: &Shard) -> Vec<String> {
     if let Err(e) = shard.verify_heap() {
         problems.push(format!("heap: {e}"));
     }
-    let mut containers: HashMap<u64, String> = HashMap::new();
+    let mut containers: HashMap<u64, (Fid, u32)> = HashMap::new();
     for vol in shard.meta.volumes.values() {
         let name = &vol.header.name;
         let mut p = |s: String| problems.push(format!("volume {name}: {s}"));
@@ -93,7 +94,11 @@ pub fn check_shard(shard: &Shard) -> Vec<String> {
                 }
             }
             if v.container != NO_CONTAINER {
-                if let Some(other) = containers.insert(v.container, v.fid.to_string()) {
+                let users = containers.entry(v.container).or_insert((v.fid, 0));
+                users.1 += 1;
+                let other = users.0;
+                // Two vnodes of one volume never have the same number.
+                if (other.vnode, other.unique) != (v.fid.vnode, v.fid.unique) {
                     p(format!(
                         "container {:x} used by {} and {other}",
                         v.container, v.fid
@@ -122,6 +127,14 @@ pub fn check_shard(shard: &Shard) -> Vec<String> {
         }
         if bytes != vol.bytes {
             p(format!("byte count {} but files hold {bytes}", vol.bytes));
+        }
+    }
+    for (c, (fid, users)) in containers {
+        let counted = shard.meta.refs(c);
+        if counted != users {
+            problems.push(format!(
+                "container {c:x} (of {fid}) has {users} users, {counted} counted"
+            ));
         }
     }
     problems

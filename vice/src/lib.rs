@@ -3,18 +3,24 @@
 //!
 //! - [`record`], [`vnode`], [`volume`], [`shard`]: what is kept and how.
 //! - [`container`]: file data.
+//! - [`clone`]: volumes made and removed whole (clones, backups, restores).
+//! - [`dump`], [`restore`]: volume dumps taken and restored.
 //! - [`fileops`]: the semantics of every update, rights and conflicts.
 //! - [`callback`]: promises to clients and breaking them.
 //! - [`pdb`], [`cell`]: users and groups; what shards share.
 //! - [`service`]: the RPC service, sans I/O.
 
+pub mod admin;
 pub mod callback;
 pub mod cell;
+pub mod clone;
 pub mod container;
+pub mod dump;
 pub mod fileops;
 pub mod fsck;
 pub mod pdb;
 pub mod record;
+pub mod restore;
 pub mod server;
 pub mod service;
 pub mod shard;

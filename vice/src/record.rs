@@ -12,10 +12,13 @@ pub use rvm::record::Slot;
 #[repr(u8)]
 pub enum Kind {
     Shard = 1,
+    /// A volume header in its first layout ([`crate::vnode::VolumeHeaderV1`]),
+    /// read at start-up and rewritten as `Volume2` by the next change.
     Volume = 2,
     Vnode = 3,
     Entry = 4,
     Applied = 5,
+    Volume2 = 6,
 }
 
 impl Kind {
@@ -26,6 +29,7 @@ impl Kind {
             3 => Kind::Vnode,
             4 => Kind::Entry,
             5 => Kind::Applied,
+            6 => Kind::Volume2,
             _ => return None,
         })
     }

@@ -401,7 +401,9 @@ async fn run_shard(s: ShardStart) {
             }
             Ev::Net(Incoming::Lost { conn, .. }) => ctx.service.borrow_mut().client_lost(conn),
             Ev::Msg(Some(ShardMsg::Job(job, done))) => {
-                let answer = ctx.service.borrow_mut().run_job(job);
+                let mut out = Vec::new();
+                let answer = ctx.service.borrow_mut().run_job(job, &mut out);
+                dispatch(&ctx, out);
                 if answer.after.is_some() {
                     let waiter = Waiter::Job(done, answer.code, answer.body);
                     ctx.durable.borrow_mut().push(waiter);

@@ -89,10 +89,10 @@ pub enum Action {
 
 /// What waits for a [`Action::Sync`]: opaque to drivers.
 #[derive(Debug)]
-pub struct Then(Waiting);
+pub struct Then(pub(crate) Waiting);
 
 #[derive(Debug)]
-enum Waiting {
+pub(crate) enum Waiting {
     Store {
         id: IncomingId,
         record: CmlRecord,
@@ -103,6 +103,11 @@ enum Waiting {
         store_id: StoreId,
         received: u64,
         generation: u64,
+    },
+    /// A whole dump received: its containers synced, it is applied.
+    Restore {
+        id: IncomingId,
+        session: Box<crate::restore::RestoreSession>,
     },
 }
 
@@ -126,6 +131,15 @@ pub enum Job {
     Info(VolumeId),
     SetLocked(VolumeId, bool),
     RemoveVolume(VolumeId),
+    /// A read-only clone of a volume, as `id` named `name` (reserved).
+    Clone {
+        src: VolumeId,
+        id: VolumeId,
+        name: String,
+    },
+    /// Make or remake a volume's `NAME.backup`.
+    Backup(VolumeId),
+    DumpEstimate(VolumeId),
 }
 
 struct Client {
@@ -135,7 +149,7 @@ struct Client {
 }
 
 /// A transfer under way.
-enum Transfer {
+pub(crate) enum Transfer {
     /// A fetch: the reply to send once the data went.
     Fetch(Bytes),
     Store {
@@ -149,6 +163,10 @@ enum Transfer {
     },
     /// A Reintegrate batch too large for a call body.
     Batch,
+    /// The manifest of an incremental dump's base.
+    Manifest(coda_proto::volutil::DumpBegin),
+    /// A piece of a dump being restored, for session `0`.
+    Restore(u64),
 }
 
 /// File data received ahead of the Reintegrate that uses it.
@@ -182,24 +200,27 @@ pub struct Service {
     clients: HashMap<ConnId, Client>,
     /// Each connection's client (host, incarnation), as NewConnect said.
     hosts: HashMap<ConnId, (u64, u64)>,
-    transfers: HashMap<IncomingId, Transfer>,
+    pub(crate) transfers: HashMap<IncomingId, Transfer>,
     staged: HashMap<StoreId, Staged>,
+    /// Dumps being read out and restores being received, by session id.
+    pub(crate) dumps: HashMap<u64, crate::dump::DumpSession>,
+    pub(crate) restores: HashMap<u64, crate::restore::RestoreSession>,
     /// [`STAGED_TTL`], or shorter in tests.
     pub staged_ttl: std::time::Duration,
     counters: Counters,
 }
 
-type Answer = Result<Bytes, Errno>;
+pub(crate) type Answer = Result<Bytes, Errno>;
 
-fn decode<T: Decode>(body: &[u8]) -> Result<T, Errno> {
+pub(crate) fn decode<T: Decode>(body: &[u8]) -> Result<T, Errno> {
     codec::from_bytes(body).map_err(|_| Errno::BAD_REQUEST)
 }
 
-fn ok<T: Encode>(value: &T) -> Answer {
+pub(crate) fn ok<T: Encode>(value: &T) -> Answer {
     Ok(codec::to_bytes(value))
 }
 
-fn io_errno(e: std::io::Error) -> Errno {
+pub(crate) fn io_errno(e: std::io::Error) -> Errno {
     if e.raw_os_error() == Some(libc::ENOSPC) {
         Errno::ENOSPC
     } else {
@@ -208,7 +229,7 @@ fn io_errno(e: std::io::Error) -> Errno {
     }
 }
 
-fn rvm_errno(e: rvm::Error) -> Errno {
+pub(crate) fn rvm_errno(e: rvm::Error) -> Errno {
     tracing::error!("RVM: {e}");
     Errno::EIO
 }
@@ -233,6 +254,8 @@ impl Service {
             hosts: HashMap::new(),
             transfers: HashMap::new(),
             staged: HashMap::new(),
+            dumps: HashMap::new(),
+            restores: HashMap::new(),
             staged_ttl: STAGED_TTL,
             counters: Counters::default(),
         }
@@ -331,7 +354,7 @@ impl Service {
         }
     }
 
-    fn reply(
+    pub(crate) fn reply(
         &mut self,
         id: IncomingId,
         answer: Answer,
@@ -495,7 +518,7 @@ impl Service {
                 let (reply, commit, changed) = self
                     .mutate(id.conn, caller, vol, &[record], &mut |_| None)
                     .map_err(|c| Errno(c.code))?;
-                self.breaks(id.conn, vol, &changed, out);
+                self.breaks(Some(id.conn), vol, &changed, out);
                 Ok(Some((reply, Some(commit))))
             }
             op::REINTEGRATE if body.is_empty() => {
@@ -529,7 +552,7 @@ impl Service {
         }
     }
 
-    fn resolve(&self, r: &VolumeRef) -> Result<VolumeId, Errno> {
+    pub(crate) fn resolve(&self, r: &VolumeRef) -> Result<VolumeId, Errno> {
         match r {
             VolumeRef::Id(id) => self
                 .cell
@@ -571,7 +594,7 @@ impl Service {
     }
 
     /// Runs `job` here if this is `shard`, else hands it to the driver.
-    fn on_shard(
+    pub(crate) fn on_shard(
         &mut self,
         id: IncomingId,
         shard: u32,
@@ -582,7 +605,7 @@ impl Service {
             out.push(Action::Delegate { id, shard, job });
             return Ok(None);
         }
-        match self.run_job(job) {
+        match self.run_job(job, out) {
             JobDone {
                 code: 0,
                 body,
@@ -592,7 +615,7 @@ impl Service {
         }
     }
 
-    fn local_volume(&self, vol: VolumeId) -> Result<&crate::volume::Volume, Errno> {
+    pub(crate) fn local_volume(&self, vol: VolumeId) -> Result<&crate::volume::Volume, Errno> {
         match self.shard.meta.volume(vol) {
             Some(v) => Ok(v),
             None if self.cell.vldb().get(vol).is_some() => Err(Errno::WRONG_SHARD),
@@ -831,6 +854,8 @@ impl Service {
                     Err(e) => self.reply(id, Err(e), None, out),
                 }
             }
+            Transfer::Manifest(begin) => self.manifest_arrived(id, begin, result, sink, out),
+            Transfer::Restore(session) => self.restore_piece(id, session, result, sink, out),
             Transfer::Batch => {
                 let caller = self.known_caller(id.conn);
                 let answer = match (result, sink) {
@@ -890,6 +915,7 @@ impl Service {
                     self.reply(id, Err(io_errno(e)), None, out);
                 }
             },
+            Waiting::Restore { id, session } => self.restore_synced(id, *session, result, out),
         }
     }
 
@@ -907,7 +933,7 @@ impl Service {
         match done {
             Ok((body, commit, changed)) => {
                 self.reply(id, Ok(body), Some(commit), out);
-                self.breaks(id.conn, vol, &changed, out);
+                self.breaks(Some(id.conn), vol, &changed, out);
             }
             Err(c) => {
                 if data.container != NO_CONTAINER {
@@ -1107,7 +1133,7 @@ impl Service {
                 for sid in staged.keys() {
                     self.staged.remove(sid);
                 }
-                self.breaks(conn, r.volume, &changed, out);
+                self.breaks(Some(conn), r.volume, &changed, out);
                 Ok((
                     codec::to_bytes(&ReintegrateReply::Applied(applied)),
                     Some(commit),
@@ -1118,8 +1144,16 @@ impl Service {
     }
 
     /// Breaks other clients' promises on what changed.
-    fn breaks(&mut self, conn: ConnId, vol: VolumeId, changed: &[Fid], out: &mut Vec<Action>) {
-        for (holder, b) in self.callbacks.break_for(Some(conn), vol, changed) {
+    /// Breaks the promises on `changed` and on `vol`, except those of
+    /// the connection that changed them.
+    pub(crate) fn breaks(
+        &mut self,
+        changer: Option<ConnId>,
+        vol: VolumeId,
+        changed: &[Fid],
+        out: &mut Vec<Action>,
+    ) {
+        for (holder, b) in self.callbacks.break_for(changer, vol, changed) {
             out.push(Action::Break {
                 conn: holder,
                 body: codec::to_bytes(&b),
@@ -1271,6 +1305,9 @@ impl Service {
                 };
                 delegate(self, out, vol, job)
             }
+            volutil::op::CLONE..=volutil::op::RESTORE_END => {
+                self.volume_admin(id, opcode, body, out)
+            }
             volutil::op::USER_ADD => {
                 let r: UserAdd = decode(body)?;
                 let mut salt = [0u8; 16];
@@ -1330,8 +1367,11 @@ impl Service {
 
     /// Runs administration on this shard: the answer, to send once commit
     /// `after` (if any) is durable.
-    pub fn run_job(&mut self, job: Job) -> JobDone {
+    pub fn run_job(&mut self, job: Job, out: &mut Vec<Action>) -> JobDone {
         let result: Result<(Bytes, Option<CommitId>), Errno> = (|| match job {
+            job @ (Job::Clone { .. } | Job::Backup(_) | Job::DumpEstimate(_)) => {
+                self.admin_job(job, out)
+            }
             Job::CreateVolume { id, name, owner } => {
                 let (info, commit) = self.new_volume(id, &name, owner)?;
                 Ok((codec::to_bytes(&info), Some(commit)))
@@ -1348,14 +1388,7 @@ impl Service {
             }
             Job::RemoveVolume(id) => {
                 self.local_volume(id)?;
-                let ((), commit) = self
-                    .shard
-                    .transact(Durability::NoFlush, |txn| txn.remove_volume(id))
-                    .map_err(|e| match e {
-                        // Too big for one transaction: it stays, whole.
-                        rvm::Error::TooLarge { .. } | rvm::Error::LogFull { .. } => Errno::EFBIG,
-                        e => rvm_errno(e),
-                    })?;
+                let commit = self.shard.dismantle(id).map_err(rvm_errno)?;
                 self.cell.vldb_mut().remove(id);
                 Ok((Bytes::new(), Some(commit)))
             }
@@ -1374,7 +1407,7 @@ impl Service {
         }
     }
 
-    fn info(&self, id: VolumeId) -> Result<VolumeInfo, Errno> {
+    pub(crate) fn info(&self, id: VolumeId) -> Result<VolumeInfo, Errno> {
         let v = self.local_volume(id)?;
         Ok(VolumeInfo {
             id,
@@ -1449,6 +1482,10 @@ impl Service {
                 stamp: 1,
                 created: now,
                 grants: Vec::new(),
+                parent: 0,
+                backup: 0,
+                transient: false,
+                restored: None,
             })?;
             txn.put_vnode(Vnode {
                 fid: root,
@@ -1476,7 +1513,17 @@ impl Service {
 
     pub fn statistics(&self) -> Statistics {
         let stats = self.shard.rvm().stats();
+        let (cpu_user_ms, cpu_system_ms) = cpu_times();
+        let (disk_bytes, disk_free_bytes) = disk_space(self.shard.containers.dir());
+        let volumes = self.shard.meta.volumes.values();
         Statistics {
+            shard: self.shard.index,
+            cpu_user_ms,
+            cpu_system_ms,
+            disk_bytes,
+            disk_free_bytes,
+            files: volumes.clone().map(|v| v.files()).sum(),
+            bytes: volumes.map(|v| v.bytes).sum(),
             uptime_secs: self.cell.started.elapsed().as_secs(),
             calls_by_opcode: self.counters.calls.iter().map(|(k, v)| (*k, *v)).collect(),
             bytes_received: self.counters.bytes_in,
@@ -1526,6 +1573,32 @@ fn check_store(
 }
 
 /// Whether a direct mutation's record is the one its opcode names.
+/// User and system CPU time of the server process, in milliseconds.
+fn cpu_times() -> (u64, u64) {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return (0, 0);
+    }
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    (ms(ru.ru_utime), ms(ru.ru_stime))
+}
+
+/// Size and free bytes of the file system holding `dir`.
+fn disk_space(dir: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return (0, 0);
+    };
+    // SAFETY: statvfs only writes the struct it is given; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return (0, 0);
+    }
+    let unit = st.f_frsize as u64;
+    (st.f_blocks as u64 * unit, st.f_bavail as u64 * unit)
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

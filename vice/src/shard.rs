@@ -13,7 +13,9 @@ use rvm::{CommitId, Durability, Mode, Options, Rvm, Transaction, View};
 
 use crate::container::Containers;
 use crate::record::{self, Kind, RecordError, Slot};
-use crate::vnode::{AppliedRecord, EntryRecord, ShardHeader, Vnode, VolumeHeader, NO_CONTAINER};
+use crate::vnode::{
+    AppliedRecord, EntryRecord, ShardHeader, Vnode, VolumeHeader, VolumeHeaderV1, NO_CONTAINER,
+};
 use crate::volume::Volume;
 
 #[derive(Debug, Clone)]
@@ -52,9 +54,34 @@ pub enum ShardError {
 #[derive(Default)]
 pub struct Meta {
     pub volumes: HashMap<VolumeId, Volume>,
+    /// Vnodes using each container: clones share their source's, so a
+    /// container goes only when its last user does.
+    refs: HashMap<u64, u32>,
 }
 
 impl Meta {
+    /// Vnodes using container `c`.
+    pub fn refs(&self, c: u64) -> u32 {
+        self.refs.get(&c).copied().unwrap_or(0)
+    }
+
+    fn hold(&mut self, v: Option<&Vnode>) {
+        if let Some(c) = v.map(|v| v.container).filter(|&c| c != NO_CONTAINER) {
+            *self.refs.entry(c).or_default() += 1;
+        }
+    }
+
+    fn release(&mut self, v: Option<&Vnode>) {
+        if let Some(c) = v.map(|v| v.container).filter(|&c| c != NO_CONTAINER) {
+            if let std::collections::hash_map::Entry::Occupied(mut e) = self.refs.entry(c) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+    }
+
     pub fn volume(&self, id: VolumeId) -> Option<&Volume> {
         self.volumes.get(&id)
     }
@@ -80,6 +107,8 @@ pub struct Shard {
     pub containers: Containers,
     /// Containers to unlink once the commit that dropped them is durable.
     doomed: Vec<(CommitId, u64)>,
+    /// Containers a dump is still to read: kept even once dropped.
+    pins: HashMap<u64, u32>,
     last_commit: CommitId,
 }
 
@@ -90,6 +119,8 @@ pub struct OpenReport {
     pub volumes: usize,
     pub vnodes: usize,
     pub swept_containers: usize,
+    /// Volumes left half built or half removed by a crash, removed now.
+    pub dismantled: usize,
     pub log_tail: String,
 }
 
@@ -153,6 +184,7 @@ impl Shard {
             meta: Meta::default(),
             containers: Containers::open(&dir.join("containers"))?,
             doomed: Vec::new(),
+            pins: HashMap::new(),
             last_commit: CommitId(0),
         };
         shard.rebuild()?;
@@ -163,6 +195,7 @@ impl Shard {
                 shard.header.shard
             )));
         }
+        report.dismantled = shard.dismantle_transient()?;
         let mut live = HashSet::new();
         for v in shard.meta.volumes.values() {
             for vn in v.vnodes() {
@@ -192,7 +225,7 @@ impl Shard {
         let mut entries = Vec::new();
         let mut applied = Vec::new();
         let mut header = None;
-        let volumes = &mut self.meta.volumes;
+        let Meta { volumes, refs } = &mut self.meta;
         record::scan(&self.heap, &view, |found| {
             match found.kind {
                 Kind::Shard if found.slot.at == root => header = Some(found.decode()?),
@@ -203,6 +236,10 @@ impl Shard {
                     })
                 }
                 Kind::Volume => {
+                    let h: VolumeHeader = found.decode::<VolumeHeaderV1>()?.into();
+                    volumes.insert(h.id, Volume::new(h, found.slot));
+                }
+                Kind::Volume2 => {
                     let h: VolumeHeader = found.decode()?;
                     volumes.insert(h.id, Volume::new(h, found.slot));
                 }
@@ -224,6 +261,9 @@ impl Shard {
             vol.account(None, Some(&v));
             if v.is_dir() {
                 vol.dirs.entry(v.fid.vnode).or_default();
+            }
+            if v.container != NO_CONTAINER {
+                *refs.entry(v.container).or_default() += 1;
             }
             vol.vnodes.insert(v.fid.vnode, (slot, v));
         }
@@ -333,17 +373,39 @@ impl Shard {
         Ok(())
     }
 
-    /// Unlinks containers whose dropping commit is durable.
+    /// Unlinks containers whose dropping commit is durable and that no
+    /// dump still reads.
     pub fn reap(&mut self) {
         let rvm = &self.rvm;
         let containers = &self.containers;
+        let pins = &self.pins;
         self.doomed.retain(|&(commit, id)| {
-            let durable = rvm.is_durable(commit);
-            if durable {
+            let gone = rvm.is_durable(commit) && !pins.contains_key(&id);
+            if gone {
                 containers.remove(id);
             }
-            !durable
+            !gone
         });
+    }
+
+    /// Keeps `containers` on disk until [`Shard::unpin`], even if their
+    /// vnodes change meanwhile (a dump's snapshot reads them later).
+    pub fn pin(&mut self, containers: &[u64]) {
+        for &c in containers {
+            *self.pins.entry(c).or_default() += 1;
+        }
+    }
+
+    pub fn unpin(&mut self, containers: &[u64]) {
+        for c in containers {
+            if let std::collections::hash_map::Entry::Occupied(mut e) = self.pins.entry(*c) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        self.reap();
     }
 
     /// Checks the heap's own structure (the consistency checker's first step).
@@ -402,6 +464,8 @@ impl Txn<'_> {
                 self.dropped.push(o.container);
             }
         }
+        self.meta.release(old.as_ref().map(|(_, o)| o));
+        self.meta.hold(Some(&v));
         let vol = self.volume_mut(id);
         vol.account(old.as_ref().map(|(_, o)| o), Some(&v));
         if v.is_dir() {
@@ -421,6 +485,7 @@ impl Txn<'_> {
         if v.is_dir() {
             vol.dirs.remove(&fid.vnode);
         }
+        self.meta.release(Some(&v));
         let container = v.container;
         // Undo first: if RVM refuses the change, the abort restores memory.
         self.undo
@@ -473,7 +538,7 @@ impl Txn<'_> {
     pub fn put_header(&mut self, h: VolumeHeader) -> TxResult<()> {
         let vol = self.volume_mut(h.id);
         let (slot, old) = (vol.slot, vol.header.clone());
-        let new_slot = record::update(&self.heap, &mut self.tx, slot, Kind::Volume, &h)?;
+        let new_slot = record::update(&self.heap, &mut self.tx, slot, Kind::Volume2, &h)?;
         let vol = self.volume_mut(h.id);
         vol.slot = new_slot;
         vol.header = h;
@@ -482,7 +547,7 @@ impl Txn<'_> {
     }
 
     pub fn create_volume(&mut self, h: VolumeHeader) -> TxResult<()> {
-        let slot = record::insert(&self.heap, &mut self.tx, Kind::Volume, &h)?;
+        let slot = record::insert(&self.heap, &mut self.tx, Kind::Volume2, &h)?;
         let id = h.id;
         self.meta.volumes.insert(id, Volume::new(h, slot));
         self.undo.push(Undo::VolumeCreated(id));
@@ -506,6 +571,9 @@ impl Txn<'_> {
             .map(|(_, v)| v.container)
             .filter(|&c| c != NO_CONTAINER)
             .collect();
+        for (_, v) in vol.vnodes.values() {
+            self.meta.release(Some(v));
+        }
         self.undo.push(Undo::VolumeRemoved(Box::new(vol)));
         for slot in slots {
             record::remove(&heap, &mut self.tx, slot)?;
@@ -532,8 +600,14 @@ impl Txn<'_> {
         match self.tx.commit(durability) {
             Ok(id) => {
                 *self.last_commit = id;
-                self.doomed
-                    .extend(self.dropped.into_iter().map(|c| (id, c)));
+                // A clone may still use what this vnode let go of.
+                let meta = &*self.meta;
+                self.doomed.extend(
+                    self.dropped
+                        .into_iter()
+                        .filter(|&c| meta.refs(c) == 0)
+                        .map(|c| (id, c)),
+                );
                 Ok(id)
             }
             Err(e) => {
@@ -558,6 +632,9 @@ fn restore(meta: &mut Meta, undo: Vec<Undo>) {
                 let v = meta.volumes.get_mut(&vol).expect("undo follows do");
                 let now = v.vnodes.remove(&vnode);
                 v.account(now.as_ref().map(|(_, n)| n), old.as_ref().map(|(_, o)| o));
+                meta.release(now.as_ref().map(|(_, n)| n));
+                meta.hold(old.as_ref().map(|(_, o)| o));
+                let v = meta.volumes.get_mut(&vol).expect("undo follows do");
                 match old {
                     Some((slot, o)) => {
                         if o.is_dir() {
@@ -598,6 +675,9 @@ fn restore(meta: &mut Meta, undo: Vec<Undo>) {
                 meta.volumes.remove(&id);
             }
             Undo::VolumeRemoved(vol) => {
+                for (_, v) in vol.vnodes.values() {
+                    meta.hold(Some(v));
+                }
                 meta.volumes.insert(vol.id(), *vol);
             }
         }

@@ -102,7 +102,9 @@ fn run(
             }
             Action::Delegate { id, job, .. } => {
                 // One shard per simulated server.
-                let done = svc.run_job(job);
+                let mut more = Vec::new();
+                let done = svc.run_job(job, &mut more);
+                actions.extend(more);
                 if done.after.is_some() {
                     svc.shard.flush().expect("flush");
                 }

@@ -30,6 +30,29 @@ codec_struct! {
 }
 
 codec_struct! {
+    /// The header as record kind `Volume` held it, before clones and dumps.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct VolumeHeaderV1 {
+        pub id: VolumeId,
+        pub name: String,
+        pub kind: VolumeKind,
+        pub locked: bool,
+        /// Replica names, in version-vector slot order; this server is slot 0.
+        pub replicas: Vec<String>,
+        /// Vnode numbers are never reused, so a fid names one object forever.
+        pub next_vnode: u64,
+        pub next_unique: u64,
+        /// Bumped by every update in the volume: a client whose stamp still
+        /// matches may keep everything it cached from the volume.
+        pub stamp: u64,
+        pub created: Timestamp,
+        /// Fid ranges handed out by AllocFids, newest last: a create may use
+        /// a real fid only from a range given to its user.
+        pub grants: Vec<Grant>,
+    }
+}
+
+codec_struct! {
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct VolumeHeader {
         pub id: VolumeId,
@@ -48,6 +71,39 @@ codec_struct! {
         /// Fid ranges handed out by AllocFids, newest last: a create may use
         /// a real fid only from a range given to its user.
         pub grants: Vec<Grant>,
+        /// A clone's source volume; 0 for others.
+        pub parent: VolumeId,
+        /// This volume's backup clone (`NAME.backup`), kept across
+        /// refreshes so mount points of it stay good; 0 if none.
+        pub backup: VolumeId,
+        /// Being built (clone, restore) or taken apart: never served, and
+        /// removed at start-up, so a crash leaves no half volume.
+        pub transient: bool,
+        /// The dump this volume was restored from, and its stamp then: an
+        /// incremental dump applies only over the dump it is based on, to
+        /// a volume unchanged since.
+        pub restored: Option<(u64, u64)>,
+    }
+}
+
+impl From<VolumeHeaderV1> for VolumeHeader {
+    fn from(h: VolumeHeaderV1) -> VolumeHeader {
+        VolumeHeader {
+            id: h.id,
+            name: h.name,
+            kind: h.kind,
+            locked: h.locked,
+            replicas: h.replicas,
+            next_vnode: h.next_vnode,
+            next_unique: h.next_unique,
+            stamp: h.stamp,
+            created: h.created,
+            grants: h.grants,
+            parent: 0,
+            backup: 0,
+            transient: false,
+            restored: None,
+        }
     }
 }
 

@@ -2,8 +2,10 @@
 
 use clap::{Parser, Subcommand};
 use coda_proto::vice::{VolumeInfo, VolumeKind, VolumeRef};
-use coda_proto::volutil::{op, CreateVolume, NameVolume, SUBSYSTEM};
-use coda_tools::{exit_with, Admin, AdminArgs, Result, ToolError};
+use std::path::PathBuf;
+
+use coda_proto::volutil::{op, CloneVolume, CreateVolume, DumpEstimate, NameVolume, SUBSYSTEM};
+use coda_tools::{dumpfile, exit_with, Admin, AdminArgs, Result, ToolError};
 
 #[derive(Parser)]
 #[command(name = "volutil", version, about = "Coda volume administration")]
@@ -33,6 +35,29 @@ enum Cmd {
     Unlock { name: String },
     /// Remove a volume and everything in it.
     Remove { name: String },
+    /// A read-only snapshot sharing the volume's unchanged data.
+    Clone {
+        name: String,
+        /// The clone's name (default NAME.readonly).
+        new_name: Option<String>,
+    },
+    /// Make or refresh NAME.backup, a read-only snapshot.
+    Backup { name: String },
+    /// Dump a volume, whole or (--since) what changed since an earlier dump.
+    Dump {
+        name: String,
+        /// The earlier dump (a file) to make an incremental dump against.
+        #[arg(long)]
+        since: Option<PathBuf>,
+        /// Write here instead of to standard output.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+    /// Bytes a full dump of the volume would take.
+    Dumpestimate { name: String },
+    /// Restore a dump (`-`: standard input): a full dump as new volume NAME,
+    /// an incremental one over NAME.
+    Restore { file: PathBuf, name: String },
 }
 
 fn kind(k: VolumeKind) -> &'static str {
@@ -132,6 +157,60 @@ fn run(args: Args) -> Result<()> {
             admin.call_unit(SUBSYSTEM, op::REMOVE, &named(name.clone()))?;
             if !args.admin.json {
                 println!("removed volume {name}");
+            }
+        }
+        Cmd::Clone { name, new_name } => {
+            let req = CloneVolume {
+                volume: VolumeRef::Name(name.clone()),
+                name: new_name,
+            };
+            let v: VolumeInfo = admin.call(SUBSYSTEM, op::CLONE, &req)?;
+            match args.admin.json {
+                true => println!("{}", json(&v)),
+                false => println!("cloned {name} as {} ({:x})", v.name, v.id),
+            }
+        }
+        Cmd::Backup { name } => {
+            let v: VolumeInfo = admin.call(SUBSYSTEM, op::BACKUP, &named(name.clone()))?;
+            match args.admin.json {
+                true => println!("{}", json(&v)),
+                false => println!("backed up {name} as {} ({:x})", v.name, v.id),
+            }
+        }
+        Cmd::Dumpestimate { name } => {
+            let e: DumpEstimate = admin.call(SUBSYSTEM, op::DUMP_ESTIMATE, &named(name))?;
+            match args.admin.json {
+                true => println!("{}", serde_json::json!({ "bytes": e.bytes })),
+                false => println!("{}", e.bytes),
+            }
+        }
+        Cmd::Dump {
+            name,
+            since,
+            output,
+        } => {
+            let mut admin = admin;
+            let (bytes, incremental) =
+                dumpfile::dump(&mut admin, &name, since.as_deref(), output.as_deref())?;
+            if let (Some(out), false) = (&output, args.admin.json) {
+                let what = if incremental { "incremental" } else { "full" };
+                println!("dumped {name}: {bytes} bytes ({what}) to {}", out.display());
+            }
+        }
+        Cmd::Restore { file, name } => {
+            let mut admin = admin;
+            let (v, incremental) = dumpfile::restore(&mut admin, &file, &name)?;
+            match args.admin.json {
+                true => println!("{}", json(&v)),
+                false => {
+                    let what = if incremental { "incremental" } else { "full" };
+                    println!(
+                        "restored {} ({:x}) from {} ({what})",
+                        v.name,
+                        v.id,
+                        file.display()
+                    )
+                }
             }
         }
     }

@@ -1,0 +1,195 @@
+//! Volumes made or taken apart whole: read-only clones and backups
+//! (copy-on-write: a clone's vnodes share their source's containers, so
+//! only metadata is copied), restored volumes, and removal.
+//!
+//! Work too big for one RVM transaction goes in several, with the volume
+//! marked `transient` from the first to the last: a volume in that state is
+//! never served, and start-up takes it apart, so a crash leaves no half
+//! volume behind.
+
+use coda_proto::fid::{Fid, VolumeId};
+use coda_proto::status::Timestamp;
+use coda_proto::vice::VolumeKind;
+use rvm::{CommitId, Durability};
+
+use crate::shard::{Shard, STAMP_EPOCH};
+use crate::vnode::{EntryRecord, Vnode, VolumeHeader};
+use crate::volume::Volume;
+
+/// Records written or removed per transaction: far below the RVM limit on
+/// one transaction, and few enough that no one waits long on the shard.
+pub const RECORDS_PER_TXN: usize = 2048;
+
+/// A volume's whole metadata, to be written as a new volume.
+pub struct Image {
+    pub header: VolumeHeader,
+    pub vnodes: Vec<Vnode>,
+    pub entries: Vec<EntryRecord>,
+}
+
+impl Image {
+    /// A read-only clone of `src` as volume `id`: the same objects (and
+    /// containers) under the new volume's fids, mount points kept as they are.
+    pub fn clone_of(vol: &Volume, id: VolumeId, name: &str, kind: VolumeKind) -> Image {
+        let src = vol.id();
+        let map = |f: Fid| match f.volume == src {
+            true => Fid { volume: id, ..f },
+            false => f,
+        };
+        let now = Timestamp::now();
+        let header = VolumeHeader {
+            id,
+            name: name.to_string(),
+            kind,
+            locked: false,
+            grants: Vec::new(),
+            created: now,
+            parent: src,
+            backup: 0,
+            transient: false,
+            restored: None,
+            ..vol.header.clone()
+        };
+        let vnodes = vol
+            .vnodes()
+            .map(|v| Vnode {
+                fid: map(v.fid),
+                parent: map(v.parent),
+                ..v.clone()
+            })
+            .collect();
+        let entries = vol
+            .dirs
+            .iter()
+            .flat_map(|(&dir, names)| {
+                let dir = vol.vnodes.get(&dir).map(|(_, d)| d.fid);
+                names.iter().filter_map(move |(name, (_, fid))| {
+                    Some(EntryRecord {
+                        dir: map(dir?),
+                        name: name.clone(),
+                        fid: map(*fid),
+                    })
+                })
+            })
+            .collect();
+        Image {
+            header,
+            vnodes,
+            entries,
+        }
+    }
+}
+
+impl Shard {
+    /// Writes `image` as a new volume, in as many transactions as it takes;
+    /// the last (which makes it whole) is returned. On failure whatever was
+    /// written is taken apart again.
+    pub fn build(&mut self, image: Image) -> Result<CommitId, rvm::Error> {
+        let id = image.header.id;
+        let header = image.header;
+        let transient = VolumeHeader {
+            transient: true,
+            ..header.clone()
+        };
+        let built = (|| {
+            self.transact(Durability::NoFlush, |txn| txn.create_volume(transient))?;
+            for chunk in image.vnodes.chunks(RECORDS_PER_TXN) {
+                self.transact(Durability::NoFlush, |txn| {
+                    chunk.iter().try_for_each(|v| txn.put_vnode(v.clone()))
+                })?;
+            }
+            for chunk in image.entries.chunks(RECORDS_PER_TXN) {
+                self.transact(Durability::NoFlush, |txn| {
+                    chunk
+                        .iter()
+                        .try_for_each(|e| txn.put_entry(e.dir, &e.name, e.fid))
+                })?;
+            }
+            let ((), commit) = self.transact(Durability::NoFlush, |txn| txn.put_header(header))?;
+            Ok(commit)
+        })();
+        if built.is_err() && self.meta.volume(id).is_some() {
+            if let Err(e) = self.dismantle(id) {
+                tracing::error!("taking apart half-built volume {id:x}: {e}");
+            }
+        }
+        built
+    }
+
+    /// Removes volume `id` and everything in it, however big: marked
+    /// transient first, so a crash part-way finishes the job at start-up.
+    pub fn dismantle(&mut self, id: VolumeId) -> Result<CommitId, rvm::Error> {
+        loop {
+            let Some(vol) = self.meta.volume(id) else {
+                return Ok(self.last_commit());
+            };
+            let records = vol.vnodes.len() + vol.dirs.values().map(|d| d.len()).sum::<usize>();
+            if records <= RECORDS_PER_TXN {
+                let ((), commit) =
+                    self.transact(Durability::NoFlush, |txn| txn.remove_volume(id))?;
+                return Ok(commit);
+            }
+            let mut header = vol.header.clone();
+            let entries: Vec<(Fid, String)> = vol
+                .dirs
+                .iter()
+                .flat_map(|(&dir, names)| {
+                    let dir = vol.vnodes.get(&dir).map(|(_, d)| d.fid);
+                    names.keys().filter_map(move |n| Some((dir?, n.clone())))
+                })
+                .take(RECORDS_PER_TXN)
+                .collect();
+            let vnodes: Vec<Fid> = match entries.len() < RECORDS_PER_TXN {
+                true => vol.vnodes().map(|v| v.fid).take(RECORDS_PER_TXN).collect(),
+                false => Vec::new(),
+            };
+            self.transact(Durability::NoFlush, |txn| {
+                if !header.transient {
+                    header.transient = true;
+                    txn.put_header(header)?;
+                }
+                entries
+                    .iter()
+                    .try_for_each(|(dir, name)| txn.remove_entry(*dir, name))?;
+                vnodes.iter().try_for_each(|f| txn.remove_vnode(*f))
+            })?;
+        }
+    }
+
+    /// Takes apart every transient volume (start-up, after a crash).
+    pub fn dismantle_transient(&mut self) -> Result<usize, rvm::Error> {
+        let transient: Vec<VolumeId> = self
+            .meta
+            .volumes
+            .values()
+            .filter(|v| v.header.transient)
+            .map(|v| v.id())
+            .collect();
+        for &id in &transient {
+            tracing::warn!("volume {id:x} was left half built or half removed: removing it");
+            self.dismantle(id)?;
+        }
+        Ok(transient.len())
+    }
+
+    /// Makes (or remakes) the read-only clone `id` of `src` (`None` if
+    /// there is no `src`): an existing volume `id` is replaced, and its
+    /// stamp moves on so no client keeps what it cached of the older snapshot.
+    pub fn clone_volume(
+        &mut self,
+        src: VolumeId,
+        id: VolumeId,
+        name: &str,
+        kind: VolumeKind,
+    ) -> Result<Option<CommitId>, rvm::Error> {
+        let Some(vol) = self.meta.volume(src) else {
+            return Ok(None);
+        };
+        let mut image = Image::clone_of(vol, id, name, kind);
+        if let Some(old) = self.meta.volume(id).map(|v| v.header.stamp) {
+            image.header.stamp = image.header.stamp.max(old) + STAMP_EPOCH;
+            self.dismantle(id)?;
+        }
+        self.build(image).map(Some)
+    }
+}
