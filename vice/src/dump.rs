@@ -189,6 +189,8 @@ pub struct DumpSession {
     writer: Writer,
     cursor: Cursor,
     pub bytes: u64,
+    /// Made but not yet read out.
+    pending: Vec<u8>,
     /// The containers its snapshot refers to, pinned while it lives.
     pub pinned: Vec<u64>,
     pub touched: std::time::Instant,
@@ -207,6 +209,7 @@ impl DumpSession {
             volume: vol.id(),
             bytes: contents.bytes(),
             contents,
+            pending: Vec::new(),
             writer: Writer::new(),
             cursor: Cursor::Begin,
             pinned,
@@ -218,17 +221,29 @@ impl DumpSession {
     /// whether the dump is over.
     pub fn read(&mut self, containers: &Containers, max: usize) -> io::Result<(Vec<u8>, bool)> {
         self.touched = std::time::Instant::now();
-        let mut out = Vec::with_capacity(max.min(16 << 20));
+        let mut out = std::mem::take(&mut self.pending);
+        let more = self.make(containers, &mut out, max);
+        if out.len() > max {
+            self.pending = out.split_off(max);
+        }
+        more?;
+        let done = matches!(self.cursor, Cursor::Done) && self.pending.is_empty();
+        Ok((out, done))
+    }
+
+    /// Appends records to `out` until it holds `max` bytes or the dump ends.
+    fn make(&mut self, containers: &Containers, out: &mut Vec<u8>, max: usize) -> io::Result<()> {
+        let out = &mut *out;
         let c = &self.contents;
         while out.len() < max {
             self.cursor = match std::mem::replace(&mut self.cursor, Cursor::Done) {
                 Cursor::Begin => {
-                    self.writer.begin(&mut out, &c.header, &c.volume);
+                    self.writer.begin(out, &c.header, &c.volume);
                     Cursor::Vnode(0)
                 }
                 Cursor::Vnode(i) if i < c.vnodes.len() => {
                     let (v, data) = &c.vnodes[i];
-                    self.writer.vnode(&mut out, &dump_vnode(v, *data));
+                    self.writer.vnode(out, &dump_vnode(v, *data));
                     match data {
                         true => Cursor::Data {
                             index: i,
@@ -253,7 +268,7 @@ impl DumpSession {
                             format!("container of {}: {e}", c.vnodes[index].0.fid),
                         )
                     })?;
-                    self.writer.data(&mut out, &buf);
+                    self.writer.data(out, &buf);
                     match offset + n as u64 {
                         end if end == len => Cursor::Vnode(index + 1),
                         end => Cursor::Data {
@@ -264,22 +279,22 @@ impl DumpSession {
                     }
                 }
                 Cursor::Entry(i) if i < c.entries.len() => {
-                    self.writer.entry(&mut out, &c.entries[i]);
+                    self.writer.entry(out, &c.entries[i]);
                     Cursor::Entry(i + 1)
                 }
                 Cursor::Entry(_) => Cursor::Removed(0),
                 Cursor::Removed(i) if i < c.removed.len() => {
-                    self.writer.removed(&mut out, &c.removed[i]);
+                    self.writer.removed(out, &c.removed[i]);
                     Cursor::Removed(i + 1)
                 }
                 Cursor::Removed(_) => Cursor::End,
                 Cursor::End => {
-                    self.writer.end(&mut out);
+                    self.writer.end(out);
                     Cursor::Done
                 }
-                Cursor::Done => return Ok((out, true)),
+                Cursor::Done => return Ok(()),
             };
         }
-        Ok((out, matches!(self.cursor, Cursor::Done)))
+        Ok(())
     }
 }

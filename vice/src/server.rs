@@ -633,18 +633,21 @@ async fn sync_containers(ctx: &Rc<Ctx>) {
     if syncs.is_empty() {
         return;
     }
-    let paths: Vec<Vec<PathBuf>> = {
+    let paths: Vec<(Vec<PathBuf>, bool)> = {
         let svc = ctx.service.borrow();
         syncs
             .iter()
-            .map(|(cs, _)| cs.iter().map(|&c| svc.shard.containers.path(c)).collect())
+            .map(|(cs, then)| {
+                let paths = cs.iter().map(|&c| svc.shard.containers.path(c)).collect();
+                (paths, then.wants_hashes())
+            })
             .collect()
     };
     let tasks: Vec<Vec<_>> = paths
         .into_iter()
-        .map(|ps| {
+        .map(|(ps, hash)| {
             ps.into_iter()
-                .map(|p| glommio::spawn_local(hash_and_sync(p)))
+                .map(|p| glommio::spawn_local(hash_and_sync(p, hash)))
                 .collect()
         })
         .collect();
@@ -667,16 +670,20 @@ async fn sync_containers(ctx: &Rc<Ctx>) {
 /// Containers at least this large are hashed off the shard's thread.
 const HASH_ELSEWHERE_BYTES: u64 = 1 << 20;
 
-/// A container's hash, and its bytes made durable on io_uring; a large one
-/// is hashed and synced on glommio's blocking pool, so the shard serves on.
-async fn hash_and_sync(path: PathBuf) -> std::io::Result<[u8; 32]> {
+/// A container's hash (if `hash`; zeros if not), and its bytes made
+/// durable on io_uring; a large one is hashed and synced on glommio's
+/// blocking pool, so the shard serves on.
+async fn hash_and_sync(path: PathBuf, hash: bool) -> std::io::Result<[u8; 32]> {
     let len = std::fs::metadata(&path)?.len();
-    if len >= HASH_ELSEWHERE_BYTES {
+    if hash && len >= HASH_ELSEWHERE_BYTES {
         return glommio::executor()
             .spawn_blocking(move || crate::container::hash_and_sync(&path))
             .await;
     }
-    let hash = crate::fileops::hash_file(&std::fs::File::open(&path)?)?;
+    let hash = match hash {
+        true => crate::fileops::hash_file(&std::fs::File::open(&path)?)?,
+        false => [0; 32],
+    };
     let f = glommio::io::BufferedFile::open(&path).await?;
     f.fdatasync().await?;
     f.close().await?;

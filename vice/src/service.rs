@@ -91,6 +91,14 @@ pub enum Action {
 #[derive(Debug)]
 pub struct Then(pub(crate) Waiting);
 
+impl Then {
+    /// Whether what waits needs the containers' hashes (a restore checked
+    /// them as the data came).
+    pub fn wants_hashes(&self) -> bool {
+        !matches!(self.0, Waiting::Restore { .. })
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum Waiting {
     Store {

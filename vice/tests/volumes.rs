@@ -565,3 +565,21 @@ fn volumes_left_half_built_or_half_removed_by_a_crash_go_at_start() {
     drop(svc);
     w.check();
 }
+
+#[test]
+fn a_dump_longer_than_one_read_comes_in_reads_of_at_most_the_limit() {
+    let mut w = World::new(77);
+    let mut a = w.client(Some(ADMIN_ID));
+    let vol = w.new_volume("v", ADMIN_ID);
+    let f = w.create(&mut a, Fid::root(vol), "f").unwrap().fid;
+    let data: Vec<u8> = (0..DUMP_CHUNK_MAX as u32 + 3_000_000)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    w.store(&mut a, f, &data).unwrap();
+    // dump_volume checks each read against the sink's limit.
+    let full = dump_volume(&mut w, &a, vol, None);
+    let RestoreReply::Done(r) = restore(&mut w, &a, &full, "r", DUMP_CHUNK_MAX as usize) else {
+        panic!("refused")
+    };
+    assert_eq!(w.fetch(&a, Fid { volume: r.id, ..f }).unwrap().1, data);
+}
