@@ -351,6 +351,11 @@ impl Shard {
         }
         self.transact(Durability::Flush, |txn| {
             headers.into_iter().try_for_each(|mut h| {
+                // A volume unchanged since its restore still is: an
+                // incremental dump may still be applied over it.
+                if let Some((dump, stamp)) = h.restored.filter(|r| r.1 == h.stamp) {
+                    h.restored = Some((dump, stamp + STAMP_EPOCH));
+                }
                 h.stamp += STAMP_EPOCH;
                 txn.put_header(h)
             })
