@@ -42,6 +42,7 @@ pub fn mutate(v: &mut Venus, uid: u32, op: Op) -> Result<Option<Fid>> {
         op,
     };
     let vol = record.op.volume();
+    v.writable(vol)?;
     if !v.logging(vol) {
         match ship(v, uid, &record, None) {
             Ok(statuses) => return apply(v, uid, &record, statuses),
@@ -90,6 +91,7 @@ pub fn store(
     mtime: Timestamp,
     base: &Base,
 ) -> Result<Option<Base>> {
+    v.writable(fid.volume)?;
     let length = file.metadata().map_err(|_| Errno::EIO)?.len();
     let hash = hash_file(file, length).map_err(|_| Errno::EIO)?;
     if base.length == length && base.hash == hash && base.mtime == mtime {

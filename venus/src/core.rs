@@ -898,7 +898,19 @@ impl Venus {
         ok.then_some(s).ok_or(Errno::EACCES)
     }
 
+    /// Snapshots (clones, backups) take no update: refused before
+    /// anything is written, cached or logged.
+    pub(crate) fn writable(&self, vol: VolumeId) -> Result<()> {
+        match self.cache.volumes.get(&vol) {
+            Some((_, i)) if matches!(i.kind, vice::VolumeKind::ReadOnly | vice::VolumeKind::Backup) => {
+                Err(Errno::EROFS)
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn may_write(&mut self, uid: u32, fid: Fid) -> Result<Status> {
+        self.writable(fid.volume)?;
         let (s, r) = self.rights(uid, fid)?;
         let user = self.rights_key(uid);
         let ok = r.contains(Rights::WRITE) && (s.mode & 0o200 != 0 || user == Some(s.owner as i32));
