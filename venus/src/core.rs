@@ -902,7 +902,12 @@ impl Venus {
     /// anything is written, cached or logged.
     pub(crate) fn writable(&self, vol: VolumeId) -> Result<()> {
         match self.cache.volumes.get(&vol) {
-            Some((_, i)) if matches!(i.kind, vice::VolumeKind::ReadOnly | vice::VolumeKind::Backup) => {
+            Some((_, i))
+                if matches!(
+                    i.kind,
+                    vice::VolumeKind::ReadOnly | vice::VolumeKind::Backup
+                ) =>
+            {
                 Err(Errno::EROFS)
             }
             _ => Ok(()),

@@ -78,7 +78,11 @@ fn vnode(n: u64, kind: VnodeKind, parent: u64, data: &[u8]) -> DumpVnode {
         vnode: n,
         unique: n,
         kind,
-        mode: if kind == VnodeKind::Directory { 0o755 } else { 0o644 },
+        mode: if kind == VnodeKind::Directory {
+            0o755
+        } else {
+            0o644
+        },
         owner: 0,
         group: 0,
         author: 0,
@@ -112,12 +116,18 @@ fn dump_tree(root: &Path, out: &Path) {
         taken: Timestamp::now(),
         stamp: 1,
     };
-    let mut dirs: Vec<_> = fs::read_dir(root).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut dirs: Vec<_> = fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     dirs.sort();
     let files: Vec<Vec<_>> = dirs
         .iter()
         .map(|d| {
-            let mut f: Vec<_> = fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect();
+            let mut f: Vec<_> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
             f.sort();
             f
         })
@@ -142,7 +152,11 @@ fn dump_tree(root: &Path, out: &Path) {
     let dir_ids: Vec<u64> = (0..dirs.len() as u64).map(|i| next + i).collect();
     for (d, id) in dirs.iter().zip(&dir_ids) {
         w.vnode(&mut buf, &vnode(*id, VnodeKind::Directory, 1, b""));
-        entries.push((1, d.file_name().unwrap().to_string_lossy().into_owned(), *id));
+        entries.push((
+            1,
+            d.file_name().unwrap().to_string_lossy().into_owned(),
+            *id,
+        ));
     }
     next += dirs.len() as u64;
     for (fs_of, dir) in files.iter().zip(&dir_ids) {
@@ -150,7 +164,11 @@ fn dump_tree(root: &Path, out: &Path) {
             let data = fs::read(f).unwrap();
             w.vnode(&mut buf, &vnode(next, VnodeKind::File, *dir, &data));
             w.data(&mut buf, &data);
-            entries.push((*dir, f.file_name().unwrap().to_string_lossy().into_owned(), next));
+            entries.push((
+                *dir,
+                f.file_name().unwrap().to_string_lossy().into_owned(),
+                next,
+            ));
             next += 1;
             file.write_all(&buf).unwrap();
             buf.clear();
@@ -203,7 +221,12 @@ fn main() {
     let tar = tmp.path().join("tree.tar");
     let t_tar_c = timed(
         "tar c",
-        Command::new("tar").arg("cf").arg(&tar).arg("-C").arg(&tree).arg("."),
+        Command::new("tar")
+            .arg("cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&tree)
+            .arg("."),
     ) + sync();
     let out = tmp.path().join("untar");
     fs::create_dir_all(&out).unwrap();
@@ -242,11 +265,11 @@ fn main() {
     let dumped = fs::metadata(&dump_out).unwrap().len();
     fs::remove_file(&dump_out).unwrap();
 
-    println!("dump and restore of {mib} MiB ({} files of 4 MiB, 1000 of 4 KiB)", mib / 4);
     println!(
-        "  tar c (+sync)        {:8.1} MB/s",
-        mb_s(bytes, t_tar_c)
+        "dump and restore of {mib} MiB ({} files of 4 MiB, 1000 of 4 KiB)",
+        mib / 4
     );
+    println!("  tar c (+sync)        {:8.1} MB/s", mb_s(bytes, t_tar_c));
     println!(
         "  volutil dump -o      {:8.1} MB/s   ratio {:.2} of tar c ({dumped} bytes)",
         mb_s(bytes, t_dump),
