@@ -510,6 +510,30 @@ pub fn read_all(
     }
 }
 
+/// What an incremental dump against the dump in `input` must know of
+/// it: its header and the contents of each file it holds.
+pub fn manifest(
+    input: impl std::io::Read,
+) -> Result<(DumpHeader, Vec<crate::volutil::ManifestItem>), DumpError> {
+    let mut header = None;
+    let mut items = Vec::new();
+    read_all(input, |_, r| {
+        match r {
+            Record::Header(h) => header = Some(h),
+            Record::Vnode(v) if v.kind == VnodeKind::File => {
+                items.push(crate::volutil::ManifestItem {
+                    vnode: v.vnode,
+                    unique: v.unique,
+                    hash: v.content_hash,
+                })
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok((header.expect("a whole dump has a header"), items))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

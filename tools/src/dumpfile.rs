@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use coda_proto::dump::{self, Record};
-use coda_proto::status::VnodeKind;
 use coda_proto::vice::{VolumeInfo, VolumeRef};
 use coda_proto::volutil::{
     op, DumpBegin, DumpBegun, DumpChunk, ManifestItem, NameVolume, RestoreBegin, RestoreReply,
@@ -65,22 +64,8 @@ fn bad_dump(path: &Path, e: dump::DumpError) -> ToolError {
 fn manifest(path: &Path) -> Result<(u64, u64, Vec<ManifestItem>)> {
     let file =
         File::open(path).map_err(|e| ToolError::Usage(format!("{}: {e}", path.display())))?;
-    let mut header = None;
-    let mut items = Vec::new();
-    dump::read_all(io::BufReader::with_capacity(1 << 20, file), |_, r| {
-        match r {
-            Record::Header(h) => header = Some(h),
-            Record::Vnode(v) if v.kind == VnodeKind::File => items.push(ManifestItem {
-                vnode: v.vnode,
-                unique: v.unique,
-                hash: v.content_hash,
-            }),
-            _ => {}
-        }
-        Ok(())
-    })
-    .map_err(|e| bad_dump(path, e))?;
-    let h = header.expect("a whole dump has a header");
+    let (h, items) = dump::manifest(io::BufReader::with_capacity(1 << 20, file))
+        .map_err(|e| bad_dump(path, e))?;
     Ok((h.id, h.volume, items))
 }
 

@@ -3,6 +3,7 @@
 //! dumps and restores (sessions of calls to that shard, with the dump
 //! bytes as SFTP side effects).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -372,23 +373,17 @@ impl Service {
 
     /// Drops dumps and restores nobody carried on with.
     fn expire_sessions(&mut self) {
-        let idle = |t: Instant| t.elapsed() > SESSION_IDLE;
-        let dumps: Vec<u64> = self
-            .dumps
-            .iter()
-            .filter(|(_, s)| idle(s.touched))
-            .map(|(k, _)| *k)
-            .collect();
-        for d in dumps {
+        fn idle<T>(map: &HashMap<u64, T>, touched: impl Fn(&T) -> Instant) -> Vec<u64> {
+            let old = |t: &T| touched(t).elapsed() > SESSION_IDLE;
+            map.iter()
+                .filter(|(_, s)| old(s))
+                .map(|(k, _)| *k)
+                .collect()
+        }
+        for d in idle(&self.dumps, |s| s.touched) {
             self.end_dump(d);
         }
-        let restores: Vec<u64> = self
-            .restores
-            .iter()
-            .filter(|(_, s)| idle(s.touched))
-            .map(|(k, _)| *k)
-            .collect();
-        for r in restores {
+        for r in idle(&self.restores, |s| s.touched) {
             if let Some(s) = self.restores.remove(&r) {
                 s.abandon(&self.shard.containers);
             }

@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use coda_proto::cml::{self, Op};
-use coda_proto::dump::{self, Record};
+use coda_proto::dump;
 use coda_proto::fid::{Fid, VolumeId};
 use coda_proto::status::{Timestamp, VnodeKind};
 use coda_proto::vice::{VolumeInfo, VolumeKind, VolumeRef};
 use coda_proto::volutil::{
-    self, op, CloneVolume, DumpBegin, DumpBegun, DumpChunk, DumpEstimate, ManifestItem, NameVolume,
-    RestoreBegin, RestoreReply, Session, DUMP_CHUNK_MAX,
+    self, op, CloneVolume, DumpBegin, DumpBegun, DumpChunk, DumpEstimate, NameVolume, RestoreBegin,
+    RestoreReply, Session, DUMP_CHUNK_MAX,
 };
 use coda_proto::Errno;
 use coda_rpc2::codec;
@@ -44,22 +44,8 @@ fn named(name: &str) -> NameVolume {
 fn dump_volume(w: &mut World, c: &Client, vol: VolumeId, base: Option<&[u8]>) -> Vec<u8> {
     let (base_id, items) = match base {
         Some(b) => {
-            let mut id = 0;
-            let mut items = Vec::new();
-            dump::read_all(b, |_, r| {
-                match r {
-                    Record::Header(h) => id = h.id,
-                    Record::Vnode(v) if v.kind == VnodeKind::File => items.push(ManifestItem {
-                        vnode: v.vnode,
-                        unique: v.unique,
-                        hash: v.content_hash,
-                    }),
-                    _ => {}
-                }
-                Ok(())
-            })
-            .unwrap();
-            (Some(id), items)
+            let (h, items) = dump::manifest(b).unwrap();
+            (Some(h.id), items)
         }
         None => (None, Vec::new()),
     };
