@@ -427,8 +427,11 @@ impl Parser {
             }
             tag::VNODE if self.phase == Phase::Vnodes => {
                 let v: DumpVnode = decode(at, body)?;
-                if v.data && v.kind != VnodeKind::File {
-                    return Err(DumpError::at(at, "data for an object that is not a file"));
+                if v.data && (v.kind != VnodeKind::File || v.length == 0) {
+                    return Err(DumpError::at(
+                        at,
+                        "data for an object that is not a file, or empty",
+                    ));
                 }
                 if v.data {
                     self.owed = v.length;

@@ -236,18 +236,21 @@ impl Service {
                     let fids: Vec<_> = old.vnodes().map(|v| v.fid).collect();
                     self.breaks(None, id, &fids, out);
                 }
-                let kind = VolumeKind::Backup;
-                self.shard
-                    .clone_volume(src, id, &name, kind)
-                    .map_err(rvm_errno)?
-                    .ok_or(Errno::NO_SUCH_VOLUME)?;
-                let shard = self.shard.index;
-                let ((), commit) = self
+                // Recorded first: a crash part-way leaves a transient
+                // volume of this id, which the next backup replaces.
+                let ((), _) = self
                     .shard
                     .transact(rvm::Durability::NoFlush, |txn| {
                         txn.put_header(crate::vnode::VolumeHeader { backup: id, ..h })
                     })
                     .map_err(rvm_errno)?;
+                let kind = VolumeKind::Backup;
+                let commit = self
+                    .shard
+                    .clone_volume(src, id, &name, kind)
+                    .map_err(rvm_errno)?
+                    .ok_or(Errno::NO_SUCH_VOLUME)?;
+                let shard = self.shard.index;
                 self.cell.register(id, Location { name, shard, kind });
                 Ok((codec::to_bytes(&self.info(id)?), Some(commit)))
             }
@@ -345,7 +348,25 @@ impl Service {
             )),
             Ok(_) => {
                 let cell = self.cell.clone();
-                session.apply(&mut self.shard, local, || cell.new_volume_id(), &cell.name)
+                let shard = self.shard.index;
+                // A full restore reserves its name while it builds.
+                let new_id = || {
+                    let id = cell.new_volume_id();
+                    let kind = VolumeKind::ReadWrite;
+                    let name = session.name.clone();
+                    cell.vldb_mut().insert(id, Location { name, shard, kind });
+                    id
+                };
+                let applied = session.apply(&mut self.shard, local, new_id, &cell.name);
+                if applied.is_err() && local.is_none() {
+                    let mut vldb = cell.vldb_mut();
+                    if let Some(id) = vldb.by_name(&session.name) {
+                        if self.shard.meta.volume(id).is_none() {
+                            vldb.remove(id);
+                        }
+                    }
+                }
+                applied
             }
         };
         let (vol, commit) = match applied {

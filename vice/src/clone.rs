@@ -130,12 +130,13 @@ impl Shard {
                 return Ok(commit);
             }
             let mut header = vol.header.clone();
+            // By directory number: entries outlive a lost directory record.
             let entries: Vec<(Fid, String)> = vol
                 .dirs
                 .iter()
                 .flat_map(|(&dir, names)| {
-                    let dir = vol.vnodes.get(&dir).map(|(_, d)| d.fid);
-                    names.keys().filter_map(move |n| Some((dir?, n.clone())))
+                    let dir = Fid::new(id, dir, 0);
+                    names.keys().map(move |n| (dir, n.clone()))
                 })
                 .take(RECORDS_PER_TXN)
                 .collect();

@@ -172,9 +172,11 @@ impl RestoreSession {
             }
             let mut container = *container;
             if v.kind == VnodeKind::File && v.length > 0 && !v.data {
-                let kept = old
-                    .and_then(|o| o.vnode(fid))
-                    .filter(|o| o.content_hash == v.content_hash && o.length == v.length);
+                let kept = old.and_then(|o| o.vnode(fid)).filter(|o| {
+                    o.kind == VnodeKind::File
+                        && o.content_hash == v.content_hash
+                        && o.length == v.length
+                });
                 container = match kept {
                     Some(o) => o.container,
                     None => {
@@ -224,6 +226,12 @@ impl RestoreSession {
                     e.name, e.dir_vnode, e.dir_unique
                 )));
             }
+            if e.volume == id && id != h.volume {
+                return Err(self.refuse(format!(
+                    "entry {:?} names the volume being restored as another volume",
+                    e.name
+                )));
+            }
             let internal = e.volume == h.volume;
             if internal && kinds.get(&e.vnode).map(|k| k.0) != Some(e.unique) {
                 return Err(self.refuse(format!(
@@ -243,6 +251,7 @@ impl RestoreSession {
                 fid: map(e.volume, e.vnode, e.unique),
             });
         }
+        self.check_tree(&kinds)?;
         for (vnode, unique) in &self.removed {
             if kinds.get(vnode).is_some_and(|k| k.0 == *unique) {
                 return Err(
@@ -257,7 +266,7 @@ impl RestoreSession {
             id,
             name: self.name.clone(),
             kind: VolumeKind::ReadWrite,
-            locked: false,
+            locked: old.is_some_and(|o| o.header.locked),
             replicas: vec![cell.to_string()],
             next_vnode: dv.next_vnode.max(max_vnode + 1),
             next_unique: dv.next_unique.max(max_unique + 1),
@@ -274,6 +283,77 @@ impl RestoreSession {
             vnodes,
             entries,
         })
+    }
+
+    /// Checks the dump's objects form one tree under the root: every
+    /// object's parent is a directory of the dump that names it, every
+    /// directory has one name and is reached from the root (so no cycle).
+    fn check_tree(&self, kinds: &HashMap<u64, (u64, VnodeKind)>) -> Result<(), DumpError> {
+        let h = self
+            .header
+            .as_ref()
+            .ok_or_else(|| self.refuse("no dump header"))?;
+        let mut names: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut children: HashMap<u64, Vec<u64>> = HashMap::new();
+        for e in self.entries.iter().filter(|e| e.volume == h.volume) {
+            names.entry(e.vnode).or_default().push(e.dir_vnode);
+            children.entry(e.dir_vnode).or_default().push(e.vnode);
+        }
+        for (v, _) in &self.vnodes {
+            if v.vnode == ROOT_VNODE {
+                if names.contains_key(&v.vnode) {
+                    return Err(self.refuse("the root directory has a name"));
+                }
+                continue;
+            }
+            let parent_ok =
+                kinds.get(&v.parent_vnode) == Some(&(v.parent_unique, VnodeKind::Directory));
+            let named = names.get(&v.vnode).map_or(&[][..], |n| n.as_slice());
+            let fits = match v.kind {
+                VnodeKind::Directory => named == [v.parent_vnode],
+                _ => !named.is_empty() && named.contains(&v.parent_vnode),
+            };
+            if !parent_ok || !fits {
+                return Err(self.refuse(format!(
+                    "object {}.{} is not named in its parent {}.{} as the tree needs",
+                    v.vnode, v.unique, v.parent_vnode, v.parent_unique
+                )));
+            }
+        }
+        for (v, _) in &self.vnodes {
+            let links = match v.kind {
+                VnodeKind::Directory => {
+                    let subdirs = children.get(&v.vnode).into_iter().flatten();
+                    let is_dir =
+                        |c: &&u64| kinds.get(c).is_some_and(|k| k.1 == VnodeKind::Directory);
+                    2 + subdirs.filter(is_dir).count()
+                }
+                _ => names.get(&v.vnode).map_or(0, |n| n.len()),
+            };
+            if v.link_count as usize != links {
+                return Err(self.refuse(format!(
+                    "object {}.{} has link count {}, but the tree gives it {links}",
+                    v.vnode, v.unique, v.link_count
+                )));
+            }
+        }
+        let mut reached = std::collections::HashSet::from([ROOT_VNODE]);
+        let mut todo = vec![ROOT_VNODE];
+        while let Some(d) = todo.pop() {
+            for &c in children.get(&d).into_iter().flatten() {
+                if kinds.get(&c).is_some_and(|k| k.1 == VnodeKind::Directory) && reached.insert(c) {
+                    todo.push(c);
+                }
+            }
+        }
+        let dirs = kinds
+            .values()
+            .filter(|k| k.1 == VnodeKind::Directory)
+            .count();
+        if reached.len() != dirs {
+            return Err(self.refuse("some directories are not reached from the root"));
+        }
+        Ok(())
     }
 
     /// Makes the dump's volume: new (`target` None) from a full dump, or

@@ -625,6 +625,8 @@ impl Service {
 
     pub(crate) fn local_volume(&self, vol: VolumeId) -> Result<&crate::volume::Volume, Errno> {
         match self.shard.meta.volume(vol) {
+            // Half built or half removed: not there for anyone.
+            Some(v) if v.header.transient => Err(Errno::NO_SUCH_VOLUME),
             Some(v) => Ok(v),
             None if self.cell.vldb().get(vol).is_some() => Err(Errno::WRONG_SHARD),
             None => Err(Errno::NO_SUCH_VOLUME),

@@ -475,6 +475,9 @@ impl Txn<'_> {
         vol.account(old.as_ref().map(|(_, o)| o), Some(&v));
         if v.is_dir() {
             vol.dirs.entry(v.fid.vnode).or_default();
+        } else {
+            // A directory replaced by a file (a restore) takes its (empty) map along.
+            vol.dirs.remove(&v.fid.vnode);
         }
         vol.vnodes.insert(v.fid.vnode, (slot, v));
         self.undo.push(Undo::Vnode(id, vnode, old));

@@ -572,3 +572,94 @@ fn a_dump_longer_than_one_read_comes_in_reads_of_at_most_the_limit() {
     };
     assert_eq!(w.fetch(&a, Fid { volume: r.id, ..f }).unwrap().1, data);
 }
+
+/// A dump whose directories `a` and `b` (vnodes 2 and 3) have the parents
+/// given, both named in the root.
+fn crafted(parent_a: u64, parent_b: u64, root_links: u32) -> Vec<u8> {
+    use coda_proto::dump::{DumpEntry, DumpHeader, DumpVnode, DumpVolume, Writer};
+    let volume = 0x7f00_0099;
+    let dir = |n: u64, parent: u64| DumpVnode {
+        vnode: n,
+        unique: n,
+        kind: VnodeKind::Directory,
+        mode: 0o755,
+        owner: 0,
+        group: 0,
+        author: 0,
+        link_count: 2,
+        length: 0,
+        mtime: Timestamp::default(),
+        ctime: Timestamp::default(),
+        atime: Timestamp::default(),
+        data_version: 1,
+        vv: coda_proto::vv::VersionVector::new(1),
+        content_hash: EMPTY_HASH,
+        parent_vnode: parent,
+        parent_unique: parent,
+        acl: Some(coda_proto::acl::Acl::default()),
+        target: String::new(),
+        data: false,
+    };
+    let mut out = Vec::new();
+    let mut w = Writer::new();
+    let header = DumpHeader {
+        id: 5,
+        base: None,
+        volume,
+        taken: Timestamp::default(),
+        stamp: 1,
+    };
+    let vol = DumpVolume {
+        name: "x".into(),
+        kind: VolumeKind::ReadWrite,
+        created: Timestamp::default(),
+        next_vnode: 4,
+        next_unique: 4,
+    };
+    w.begin(&mut out, &header, &vol);
+    w.vnode(
+        &mut out,
+        &DumpVnode {
+            link_count: root_links,
+            ..dir(1, 1)
+        },
+    );
+    w.vnode(&mut out, &dir(2, parent_a));
+    w.vnode(&mut out, &dir(3, parent_b));
+    for (name, n) in [("a", 2), ("b", 3)] {
+        let e = DumpEntry {
+            dir_vnode: 1,
+            dir_unique: 1,
+            name: name.into(),
+            volume,
+            vnode: n,
+            unique: n,
+        };
+        w.entry(&mut out, &e);
+    }
+    w.end(&mut out);
+    out
+}
+
+#[test]
+fn a_dump_whose_objects_are_not_one_tree_is_refused() {
+    let mut w = World::new(78);
+    let a = w.client(Some(ADMIN_ID));
+    let good = restore(&mut w, &a, &crafted(1, 1, 4), "good", 1 << 20);
+    assert!(matches!(good, RestoreReply::Done(_)), "{good:?}");
+    // Parents pointing at each other: a loop no walk up the tree ends.
+    let looped = restore(&mut w, &a, &crafted(3, 2, 4), "looped", 1 << 20);
+    assert!(
+        matches!(&looped, RestoreReply::Refused(r) if r.reason.contains("tree")),
+        "{looped:?}"
+    );
+    let miscounted = restore(&mut w, &a, &crafted(1, 1, 2), "miscounted", 1 << 20);
+    assert!(
+        matches!(&miscounted, RestoreReply::Refused(r) if r.reason.contains("link count")),
+        "{miscounted:?}"
+    );
+    for name in ["looped", "miscounted"] {
+        assert_eq!(w.svc().cell.vldb().by_name(name), None);
+    }
+    w.check();
+}
