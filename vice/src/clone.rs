@@ -16,9 +16,15 @@ use crate::shard::{Shard, STAMP_EPOCH};
 use crate::vnode::{EntryRecord, Vnode, VolumeHeader};
 use crate::volume::Volume;
 
-/// Records written or removed per transaction: far below the RVM limit on
-/// one transaction, and few enough that no one waits long on the shard.
+/// Records written or removed per transaction: below the RVM limit on one
+/// transaction with the default log (halved while a smaller log refuses),
+/// and few enough that no one waits long on the shard.
 pub const RECORDS_PER_TXN: usize = 2048;
+
+/// Whether RVM refused a transaction only for its size.
+fn too_big(e: &rvm::Error) -> bool {
+    matches!(e, rvm::Error::LogFull { .. } | rvm::Error::TooLarge { .. })
+}
 
 /// A volume's whole metadata, to be written as a new volume.
 pub struct Image {
@@ -93,18 +99,16 @@ impl Shard {
         };
         let built = (|| {
             self.transact(Durability::NoFlush, |txn| txn.create_volume(transient))?;
-            for chunk in image.vnodes.chunks(RECORDS_PER_TXN) {
-                self.transact(Durability::NoFlush, |txn| {
-                    chunk.iter().try_for_each(|v| txn.put_vnode(v.clone()))
-                })?;
-            }
-            for chunk in image.entries.chunks(RECORDS_PER_TXN) {
-                self.transact(Durability::NoFlush, |txn| {
-                    chunk
-                        .iter()
-                        .try_for_each(|e| txn.put_entry(e.dir, &e.name, e.fid))
-                })?;
-            }
+            let vnodes = &image.vnodes;
+            self.in_chunks(vnodes.len(), |txn, r| {
+                vnodes[r].iter().try_for_each(|v| txn.put_vnode(v.clone()))
+            })?;
+            let entries = &image.entries;
+            self.in_chunks(entries.len(), |txn, r| {
+                entries[r]
+                    .iter()
+                    .try_for_each(|e| txn.put_entry(e.dir, &e.name, e.fid))
+            })?;
             let ((), commit) = self.transact(Durability::NoFlush, |txn| txn.put_header(header))?;
             Ok(commit)
         })();
@@ -119,15 +123,21 @@ impl Shard {
     /// Removes volume `id` and everything in it, however big: marked
     /// transient first, so a crash part-way finishes the job at start-up.
     pub fn dismantle(&mut self, id: VolumeId) -> Result<CommitId, rvm::Error> {
+        let mut per = RECORDS_PER_TXN;
         loop {
             let Some(vol) = self.meta.volume(id) else {
                 return Ok(self.last_commit());
             };
             let records = vol.vnodes.len() + vol.dirs.values().map(|d| d.len()).sum::<usize>();
-            if records <= RECORDS_PER_TXN {
-                let ((), commit) =
-                    self.transact(Durability::NoFlush, |txn| txn.remove_volume(id))?;
-                return Ok(commit);
+            if records <= per {
+                match self.transact(Durability::NoFlush, |txn| txn.remove_volume(id)) {
+                    Ok(((), commit)) => return Ok(commit),
+                    Err(e) if too_big(&e) && per > 1 => {
+                        per /= 2;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let mut header = vol.header.clone();
             // By directory number: entries outlive a lost directory record.
@@ -138,13 +148,13 @@ impl Shard {
                     let dir = Fid::new(id, dir, 0);
                     names.keys().map(move |n| (dir, n.clone()))
                 })
-                .take(RECORDS_PER_TXN)
+                .take(per)
                 .collect();
-            let vnodes: Vec<Fid> = match entries.len() < RECORDS_PER_TXN {
-                true => vol.vnodes().map(|v| v.fid).take(RECORDS_PER_TXN).collect(),
+            let vnodes: Vec<Fid> = match entries.len() < per {
+                true => vol.vnodes().map(|v| v.fid).take(per).collect(),
                 false => Vec::new(),
             };
-            self.transact(Durability::NoFlush, |txn| {
+            let removed = self.transact(Durability::NoFlush, |txn| {
                 if !header.transient {
                     header.transient = true;
                     txn.put_header(header)?;
@@ -153,8 +163,32 @@ impl Shard {
                     .iter()
                     .try_for_each(|(dir, name)| txn.remove_entry(*dir, name))?;
                 vnodes.iter().try_for_each(|f| txn.remove_vnode(*f))
-            })?;
+            });
+            match removed {
+                Ok(_) => {}
+                Err(e) if too_big(&e) && per > 1 => per /= 2,
+                Err(e) => return Err(e),
+            }
         }
+    }
+
+    /// Runs `f` over `0..len` in transactions of at most
+    /// [`RECORDS_PER_TXN`] items, fewer where RVM finds them too big.
+    fn in_chunks(
+        &mut self,
+        len: usize,
+        f: impl Fn(&mut crate::shard::Txn<'_>, std::ops::Range<usize>) -> Result<(), rvm::Error>,
+    ) -> Result<(), rvm::Error> {
+        let (mut at, mut per) = (0, RECORDS_PER_TXN);
+        while at < len {
+            let r = at..len.min(at + per);
+            match self.transact(Durability::NoFlush, |txn| f(txn, r.clone())) {
+                Ok(_) => at = r.end,
+                Err(e) if too_big(&e) && per > 1 => per /= 2,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Takes apart every transient volume (start-up, after a crash).
