@@ -84,17 +84,11 @@ impl Service {
             op::BACKUP | op::DUMP_ESTIMATE => {
                 let r: NameVolume = decode(body)?;
                 let vol = self.resolve(&r.volume)?;
-                let shard = self
-                    .cell
-                    .vldb()
-                    .get(vol)
-                    .ok_or(Errno::NO_SUCH_VOLUME)?
-                    .shard;
                 let job = match opcode {
                     op::BACKUP => Job::Backup(vol),
                     _ => Job::DumpEstimate(vol),
                 };
-                self.on_shard(id, shard, job, out)
+                self.on_volume_shard(id, vol, job, out)
             }
             op::DUMP_BEGIN => {
                 let r: DumpBegin = decode(body)?;

@@ -418,12 +418,12 @@ impl Service {
                     .vldb()
                     .by_name(ROOT_VOLUME_NAME)
                     .ok_or(Errno::NO_SUCH_VOLUME)?;
-                self.volume_info(id, root, out)
+                self.on_volume_shard(id, root, Job::Info(root), out)
             }
             op::GET_VOLUME_INFO => {
                 let r: VolumeRef = decode(body)?;
                 let vol = self.resolve(&r)?;
-                self.volume_info(id, vol, out)
+                self.on_volume_shard(id, vol, Job::Info(vol), out)
             }
             op::GET_ATTR => {
                 let r: GetAttr = decode(body)?;
@@ -586,10 +586,12 @@ impl Service {
         }
     }
 
-    fn volume_info(
+    /// Runs `job` on the shard that serves volume `vol`.
+    pub(crate) fn on_volume_shard(
         &mut self,
         id: IncomingId,
         vol: VolumeId,
+        job: Job,
         out: &mut Vec<Action>,
     ) -> Result<Option<(Bytes, Option<CommitId>)>, Errno> {
         let shard = self
@@ -598,7 +600,7 @@ impl Service {
             .get(vol)
             .ok_or(Errno::NO_SUCH_VOLUME)?
             .shard;
-        self.on_shard(id, shard, Job::Info(vol), out)
+        self.on_shard(id, shard, job, out)
     }
 
     /// Runs `job` here if this is `shard`, else hands it to the driver.
@@ -1242,15 +1244,6 @@ impl Service {
                 Errno::EIO
             }
         };
-        let delegate = |this: &mut Service, out: &mut Vec<Action>, vol: VolumeId, job: Job| {
-            let shard = this
-                .cell
-                .vldb()
-                .get(vol)
-                .ok_or(Errno::NO_SUCH_VOLUME)?
-                .shard;
-            this.on_shard(id, shard, job, out)
-        };
         match opcode {
             volutil::op::CREATE => {
                 let r: CreateVolume = decode(body)?;
@@ -1313,7 +1306,7 @@ impl Service {
                     volutil::op::UNLOCK => Job::SetLocked(vol, false),
                     _ => Job::RemoveVolume(vol),
                 };
-                delegate(self, out, vol, job)
+                self.on_volume_shard(id, vol, job, out)
             }
             volutil::op::CLONE..=volutil::op::RESTORE_END => {
                 self.volume_admin(id, opcode, body, out)
