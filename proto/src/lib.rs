@@ -14,6 +14,7 @@
 //! - [`auth`]: tokens for a user's password.
 //! - [`volutil`]: volume and user administration.
 //! - [`dump`]: the volume dump format.
+//! - [`res`]: server replication: COP2, resolution.
 
 #[macro_use]
 mod union;
@@ -26,6 +27,7 @@ pub mod control;
 pub mod dump;
 pub mod errno;
 pub mod fid;
+pub mod res;
 pub mod status;
 pub mod vice;
 pub mod volutil;

@@ -47,6 +47,16 @@ pub mod op {
     pub const GET_STATISTICS: u16 = 22;
     /// Names to ids and ids to names, for ACLs (anyone may ask).
     pub const LOOKUP_PRINCIPALS: u16 = 23;
+    /// Replication (`crate::res`): which replicas applied updates.
+    pub const COP2: u16 = 24;
+    /// Asks for resolution of objects or a volume.
+    pub const RESOLVE: u16 = 25;
+    /// Servers only: a replica's objects and versions.
+    pub const RES_SUMMARY: u16 = 26;
+    /// Servers only: objects' states.
+    pub const RES_STATE: u16 = 27;
+    /// Servers only: installs resolved states.
+    pub const RES_INSTALL: u16 = 28;
 }
 
 /// The call that carries one record of this kind on its own.
@@ -201,19 +211,23 @@ codec_struct! {
 }
 
 codec_struct! {
-    /// Fids `(volume, vnode + i, unique + i)` for `i` below `count`.
+    /// Fids `(volume, vnode + i * stride, unique + i * stride)` for `i`
+    /// below `count`: each replica of a volume hands out its own class of
+    /// numbers (`stride` is the replica count), so fids never clash.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct FidRange {
         pub volume: VolumeId,
         pub vnode: u64,
         pub unique: u64,
         pub count: u64,
+        pub stride: u64,
     }
 }
 
 impl FidRange {
     pub fn fid(&self, i: u64) -> Option<Fid> {
-        (i < self.count).then(|| Fid::new(self.volume, self.vnode + i, self.unique + i))
+        let step = i * self.stride.max(1);
+        (i < self.count).then(|| Fid::new(self.volume, self.vnode + step, self.unique + step))
     }
 }
 

@@ -128,7 +128,9 @@ impl Shard {
             let Some(vol) = self.meta.volume(id) else {
                 return Ok(self.last_commit());
             };
-            let records = vol.vnodes.len() + vol.dirs.values().map(|d| d.len()).sum::<usize>();
+            let records = vol.vnodes.len()
+                + vol.dirs.values().map(|d| d.len()).sum::<usize>()
+                + vol.tombs.values().map(|t| t.len()).sum::<usize>();
             if records <= per {
                 match self.transact(Durability::NoFlush, |txn| txn.remove_volume(id)) {
                     Ok(((), commit)) => return Ok(commit),
@@ -154,6 +156,7 @@ impl Shard {
                 true => vol.vnodes().map(|v| v.fid).take(per).collect(),
                 false => Vec::new(),
             };
+            let tombs: Vec<Fid> = vol.tombs.keys().map(|&d| Fid::new(id, d, 0)).take(per).collect();
             let removed = self.transact(Durability::NoFlush, |txn| {
                 if !header.transient {
                     header.transient = true;
@@ -162,6 +165,9 @@ impl Shard {
                 entries
                     .iter()
                     .try_for_each(|(dir, name)| txn.remove_entry(*dir, name))?;
+                tombs
+                    .iter()
+                    .try_for_each(|d| txn.drop_tombstones(*d, |_| true))?;
                 vnodes.iter().try_for_each(|f| txn.remove_vnode(*f))
             });
             match removed {

@@ -16,6 +16,7 @@ use coda_proto::cml::{self, CmlRecord, Op};
 use coda_proto::fid::{Fid, StoreId, VolumeId, ROOT_VNODE};
 use coda_proto::status::{Status, Timestamp, VnodeKind};
 use coda_proto::vice::{Applied, FidRemap, VolumeKind, NAME_BYTES_MAX};
+use coda_proto::res::Tombstone;
 use coda_proto::vv::VersionVector;
 use coda_proto::Errno;
 
@@ -39,6 +40,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Another server of the cell (resolution): reads and installs anything.
+    pub fn is_server(&self) -> bool {
+        self.user == crate::replica::SERVER_ID
+    }
+
     pub fn anonymous() -> Caller {
         Caller {
             user: 0,
@@ -177,6 +183,11 @@ pub struct Apply<'t, 'a> {
     pub made: Vec<u64>,
     /// Whether a volume exists anywhere in the cell (for mount points).
     volume_exists: &'t dyn Fn(VolumeId) -> bool,
+    /// This replica's version-vector slot, and how many replicas there are.
+    slot: usize,
+    replicas: usize,
+    /// How many times each object's slot was bumped (for COP2).
+    pub bumps: Vec<(Fid, u64)>,
 }
 
 type OpResult<T> = Result<T, Errno>;
@@ -188,16 +199,21 @@ impl<'t, 'a> Apply<'t, 'a> {
         caller: &'t Caller,
         volume: VolumeId,
         volume_exists: &'t dyn Fn(VolumeId) -> bool,
+        me: &str,
     ) -> OpResult<Apply<'t, 'a>> {
         let vol = txn.volume(volume).ok_or(Errno::NO_SUCH_VOLUME)?;
         if vol.header.locked {
             return Err(Errno::VOLUME_LOCKED);
         }
-        if vol.header.kind != VolumeKind::ReadWrite {
+        if !matches!(vol.header.kind, VolumeKind::ReadWrite | VolumeKind::Replicated) {
             return Err(Errno::EROFS);
         }
         let header = vol.header.clone();
+        let (slot, replicas) = (vol.slot_of(me), vol.replicas());
         Ok(Apply {
+            slot,
+            replicas,
+            bumps: Vec::new(),
             first: (header.next_vnode, header.next_unique),
             txn,
             containers,
@@ -249,8 +265,32 @@ impl<'t, 'a> Apply<'t, 'a> {
         may_write(self.vol(), v, self.caller)
     }
 
+    /// Counts one update of `v` in this replica's slot.
+    fn bump(&mut self, v: &mut Vnode, store_id: StoreId) {
+        v.vv.bump(self.slot, store_id);
+        match self.bumps.iter_mut().find(|(f, _)| *f == v.fid) {
+            Some((_, n)) => *n += 1,
+            None => self.bumps.push((v.fid, 1)),
+        }
+    }
+
+    /// Remembers, in a replicated volume, that `name` no longer binds
+    /// `fid` (whose version was `vv`), for resolution.
+    fn tombstone(&mut self, dir: Fid, name: &str, fid: Fid, vv: VersionVector, sid: StoreId) -> OpResult<()> {
+        if self.replicas < 2 {
+            return Ok(());
+        }
+        let tomb = Tombstone {
+            name: name.to_string(),
+            fid,
+            store_id: sid,
+            vv,
+        };
+        self.txn.put_tombstone(dir, tomb).map_err(storage)
+    }
+
     fn touch(&mut self, v: &mut Vnode, store_id: StoreId, time: Timestamp) {
-        v.vv.bump(0, store_id);
+        self.bump(v, store_id);
         v.data_version += 1;
         v.mtime = time;
         v.ctime = time;
@@ -266,6 +306,12 @@ impl<'t, 'a> Apply<'t, 'a> {
     /// a real one must come from [`crate::service`]'s AllocFids and be unused.
     fn new_fid(&mut self, asked: Fid) -> OpResult<Fid> {
         if asked.is_local() {
+            // Replicas must give an object the same fid: the client takes
+            // real ones (AllocFids) before it sends a replicated volume
+            // anything it made.
+            if self.replicas > 1 {
+                return Err(Errno::EINVAL);
+            }
             if let Some(f) = self.remap.get(&asked) {
                 return Err(if self.vol().vnode(*f).is_some() {
                     Errno::EEXIST
@@ -286,12 +332,17 @@ impl<'t, 'a> Apply<'t, 'a> {
         if self.vol().vnodes.contains_key(&asked.vnode) {
             return Err(Errno::EEXIST);
         }
-        // Only from a range AllocFids gave this user.
+        // Only from a range AllocFids gave this user; a fid of another
+        // replica's class was that replica's to check.
+        let stride = self.replicas as u64;
+        if asked.vnode % stride != self.slot as u64 % stride {
+            return Ok(asked);
+        }
         let granted = self
             .header
             .grants
             .iter()
-            .any(|g| g.covers(self.caller.user, asked.vnode, asked.unique));
+            .any(|g| g.covers(self.caller.user, asked.vnode, asked.unique, stride));
         if !granted {
             return Err(Errno::EINVAL);
         }
@@ -536,7 +587,7 @@ impl<'t, 'a> Apply<'t, 'a> {
                 self.txn.put_entry(d.fid, &r.name, v.fid).map_err(storage)?;
                 v.link_count += 1;
                 v.ctime = t;
-                v.vv.bump(0, sid);
+                self.bump(&mut v, sid);
                 self.changed.push(v.fid);
                 self.touch(&mut d, sid, t);
                 let ids = vec![d.fid, v.fid];
@@ -549,6 +600,7 @@ impl<'t, 'a> Apply<'t, 'a> {
                 self.need(&d, Rights::DELETE)?;
                 check_name(&r.name)?;
                 let fid = self.bound(&d, &r.name, r.fid)?;
+                let mut vv = VersionVector::default();
                 if fid.volume != self.volume {
                     self.need(&d, Rights::ADMINISTER)?;
                 } else {
@@ -557,8 +609,10 @@ impl<'t, 'a> Apply<'t, 'a> {
                         return Err(Errno::EISDIR);
                     }
                     Self::check_seen(&v, r.seen)?;
+                    vv = v.vv.clone();
                     self.unlink(v, sid, t)?;
                 }
+                self.tombstone(d.fid, &r.name, fid, vv, sid)?;
                 self.txn.remove_entry(d.fid, &r.name).map_err(storage)?;
                 self.touch(&mut d, sid, t);
                 let dfid = d.fid;
@@ -577,6 +631,7 @@ impl<'t, 'a> Apply<'t, 'a> {
                 if self.vol().entries(fid).is_some_and(|e| !e.is_empty()) {
                     return Err(Errno::ENOTEMPTY);
                 }
+                self.tombstone(d.fid, &r.name, fid, v.vv.clone(), sid)?;
                 self.txn.remove_entry(d.fid, &r.name).map_err(storage)?;
                 self.txn.remove_vnode(fid).map_err(storage)?;
                 self.changed.push(fid);
@@ -621,9 +676,8 @@ impl<'t, 'a> Apply<'t, 'a> {
         self.name_free(&d, name)?;
         let fid = self.new_fid(asked)?;
         let is_dir = kind == VnodeKind::Directory;
-        let mut vv = VersionVector::new(self.header.replicas.len().max(1));
-        vv.bump(0, sid);
-        let v = Vnode {
+        let vv = VersionVector::new(self.replicas);
+        let mut v = Vnode {
             fid,
             kind,
             mode: mode & 0o7777,
@@ -648,6 +702,7 @@ impl<'t, 'a> Apply<'t, 'a> {
             acl: is_dir.then(|| d.acl.clone().unwrap_or_default()),
             target: target.to_string(),
         };
+        self.bump(&mut v, sid);
         self.put(v)?;
         self.changed.push(fid);
         self.txn.put_entry(d.fid, name, fid).map_err(storage)?;
@@ -668,7 +723,7 @@ impl<'t, 'a> Apply<'t, 'a> {
         }
         v.link_count -= 1;
         v.ctime = t;
-        v.vv.bump(0, sid);
+        self.bump(&mut v, sid);
         self.put(v)
     }
 
@@ -732,6 +787,7 @@ impl<'t, 'a> Apply<'t, 'a> {
                 (false, true) => return Err(Errno::EISDIR),
                 _ => {}
             }
+            self.tombstone(to.fid, &r.to_name, old, ov.vv.clone(), sid)?;
             self.txn.remove_entry(to.fid, &r.to_name).map_err(storage)?;
             if ov.is_dir() {
                 if self.vol().entries(old).is_some_and(|e| !e.is_empty()) {
@@ -747,6 +803,8 @@ impl<'t, 'a> Apply<'t, 'a> {
             }
             ids.push(old);
         }
+        let was = moving.as_ref().map(|v| v.vv.clone()).unwrap_or_default();
+        self.tombstone(from.fid, &r.from_name, fid, was, sid)?;
         self.txn
             .remove_entry(from.fid, &r.from_name)
             .map_err(storage)?;
@@ -758,7 +816,7 @@ impl<'t, 'a> Apply<'t, 'a> {
                 v.parent = to.fid;
             }
             v.ctime = t;
-            v.vv.bump(0, sid);
+            self.bump(&mut v, sid);
             self.changed.push(v.fid);
             ids.push(v.fid);
             self.put(v)?;

@@ -8,6 +8,8 @@
 //! - [`fileops`]: the semantics of every update, rights and conflicts.
 //! - [`callback`]: promises to clients and breaking them.
 //! - [`pdb`], [`cell`]: users and groups; what shards share.
+//! - [`replica`], [`resolve`]: server replication: COP2, a replica's side
+//!   of resolution, and the resolver that brings replicas together.
 //! - [`service`]: the RPC service, sans I/O.
 
 pub mod admin;
@@ -20,6 +22,8 @@ pub mod fileops;
 pub mod fsck;
 pub mod pdb;
 pub mod record;
+pub mod replica;
+pub mod resolve;
 pub mod restore;
 pub mod server;
 pub mod service;

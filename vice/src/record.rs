@@ -19,6 +19,9 @@ pub enum Kind {
     Entry = 4,
     Applied = 5,
     Volume2 = 6,
+    /// A name removed from a directory of a replicated volume
+    /// ([`crate::vnode::TombRecord`]).
+    Tombstone = 7,
 }
 
 impl Kind {
@@ -30,6 +33,7 @@ impl Kind {
             4 => Kind::Entry,
             5 => Kind::Applied,
             6 => Kind::Volume2,
+            7 => Kind::Tombstone,
             _ => return None,
         })
     }

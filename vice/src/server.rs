@@ -507,6 +507,9 @@ fn dispatch(ctx: &Rc<Ctx>, actions: Vec<Action>) {
                 ctx.syncs.borrow_mut().push((containers, then));
                 let _ = ctx.kick.try_send(());
             }
+            Action::Resolve { volume } => {
+                ctx.service.borrow_mut().resolve_wanted.insert(volume);
+            }
             Action::Close { conn } => drop(
                 glommio::spawn_local(async move {
                     c.ep.close(conn).await;

@@ -78,6 +78,9 @@ pub enum Action {
     /// Close a connection, so its client's next call fails and it
     /// revalidates what it cached instead of trusting lost promises.
     Close { conn: ConnId },
+    /// Bring the replicas of `volume` together (`crate::resolve`), in the
+    /// background.
+    Resolve { volume: VolumeId },
     /// Hash these containers and make their bytes durable (a driver syncs
     /// the containers of many calls together, and hashes large ones off
     /// the shard's thread), then call [`Service::synced`] with the hashes.
@@ -171,6 +174,8 @@ pub(crate) enum Transfer {
     },
     /// A Reintegrate batch too large for a call body.
     Batch,
+    /// A resolution install too large for a call body.
+    Install,
     /// The manifest of an incremental dump's base.
     Manifest(coda_proto::volutil::DumpBegin),
     /// A piece of a dump being restored, for session `0`.
@@ -216,6 +221,13 @@ pub struct Service {
     /// [`STAGED_TTL`], or shorter in tests.
     pub staged_ttl: std::time::Duration,
     counters: Counters,
+    /// Updates applied here whose COP2 has not come.
+    pub(crate) pending_cop2: crate::replica::PendingCop2,
+    /// Resolution work, for `cmon`.
+    pub resolution: coda_proto::res::ResolutionStats,
+    /// Volumes a simulated server was asked to resolve (the real one
+    /// hands them to its resolver thread).
+    pub resolve_wanted: std::collections::BTreeSet<VolumeId>,
 }
 
 pub(crate) type Answer = Result<Bytes, Errno>;
@@ -266,6 +278,9 @@ impl Service {
             restores: HashMap::new(),
             staged_ttl: STAGED_TTL,
             counters: Counters::default(),
+            pending_cop2: Default::default(),
+            resolution: Default::default(),
+            resolve_wanted: Default::default(),
         }
     }
 
@@ -282,6 +297,7 @@ impl Service {
     fn client_for(&self, identity: Identity) -> Client {
         let pdb = self.cell.pdb();
         let caller = match identity.user_id {
+            Some(u) if u as PrincipalId == crate::replica::SERVER_ID => crate::replica::server_caller(),
             Some(u) => {
                 let user = u as PrincipalId;
                 Caller {
@@ -467,12 +483,7 @@ impl Service {
                 }
                 // By SFTP: an ACL of hundreds of entries outgrows a datagram.
                 let acl = codec::to_bytes(v.acl.as_ref().unwrap_or(&Acl::default()));
-                self.transfers.insert(id, Transfer::Fetch(Bytes::new()));
-                out.push(Action::Push {
-                    id,
-                    source: Source::Memory(acl),
-                    offset: 0,
-                });
+                self.push_answer(id, acl, out);
                 Ok(None)
             }
             op::ALLOC_FIDS => {
@@ -544,6 +555,46 @@ impl Service {
                 Ok(Some((reply, commit)))
             }
             op::GET_STATISTICS => now(ok(&self.statistics())),
+            op::COP2 => {
+                let r: coda_proto::res::Cop2 = decode(body)?;
+                if caller.user <= 0 {
+                    return Err(Errno::EACCES);
+                }
+                self.cop2(&r).map(Some)
+            }
+            op::RESOLVE => {
+                let r: coda_proto::res::Resolve = decode(body)?;
+                self.local_volume(r.volume)?;
+                self.resolution.pending += 1;
+                out.push(Action::Resolve { volume: r.volume });
+                now(Ok(Bytes::new()))
+            }
+            op::RES_SUMMARY..=op::RES_INSTALL if !caller.is_server() => Err(Errno::EACCES),
+            op::RES_SUMMARY => {
+                let r: coda_proto::res::SummaryRequest = decode(body)?;
+                let list = self.summary(r.volume)?;
+                self.push_answer(id, codec::to_bytes(&list), out);
+                Ok(None)
+            }
+            op::RES_STATE => {
+                let r: coda_proto::res::StateRequest = decode(body)?;
+                let states = self.object_states(r.volume, &r.fids)?;
+                self.push_answer(id, codec::to_bytes(&states), out);
+                Ok(None)
+            }
+            op::RES_INSTALL if body.is_empty() => {
+                self.transfers.insert(id, Transfer::Install);
+                out.push(Action::Pull {
+                    id,
+                    sink: Sink::memory(REINTEGRATE_BYTES_MAX),
+                    offset: 0,
+                });
+                Ok(None)
+            }
+            op::RES_INSTALL => {
+                let r: coda_proto::res::Install = decode(body)?;
+                self.install(&r, out).map(Some)
+            }
             op::LOOKUP_PRINCIPALS => {
                 let r: LookupPrincipals = decode(body)?;
                 let pdb = self.cell.pdb();
@@ -584,6 +635,31 @@ impl Service {
                     .ok_or(Errno::NO_SUCH_VOLUME)
             }
         }
+    }
+
+    /// Answers a call with `data` as its side effect (the caller offered a sink).
+    fn push_answer(&mut self, id: IncomingId, data: Bytes, out: &mut Vec<Action>) {
+        self.transfers.insert(id, Transfer::Fetch(Bytes::new()));
+        out.push(Action::Push {
+            id,
+            source: Source::Memory(data),
+            offset: 0,
+        });
+    }
+
+    /// Staged data, once whole and synced.
+    pub(crate) fn staged_data(&self, sid: StoreId) -> Option<NewData> {
+        let s = self.staged.get(&sid)?;
+        Some(NewData {
+            container: s.container,
+            length: s.length,
+            hash: s.hash?,
+        })
+    }
+
+    /// Staged data now used by a vnode: no longer staged.
+    pub(crate) fn take_staged(&mut self, sid: StoreId) {
+        self.staged.remove(&sid);
     }
 
     /// Runs `job` on the shard that serves volume `vol`.
@@ -679,7 +755,9 @@ impl Service {
 
     fn fetch(&mut self, conn: ConnId, caller: &Caller, fid: Fid) -> Result<(Source, Bytes), Errno> {
         let (vol, v) = self.object(fid)?;
-        fileops::may_read(vol, v, caller)?;
+        if !caller.is_server() {
+            fileops::may_read(vol, v, caller)?;
+        }
         let source = match v.kind {
             VnodeKind::File if v.container == NO_CONTAINER => Source::Memory(Bytes::new()),
             VnodeKind::File => Source::File {
@@ -723,14 +801,19 @@ impl Service {
             return Err(Errno::EACCES);
         }
         let mut h = vol.header.clone();
+        // Each replica hands out the numbers of its own class.
+        let (stride, class) = (vol.replicas() as u64, vol.slot_of(&self.cell.name) as u64);
+        let first = h.next_vnode.max(h.next_unique);
+        let first = first + (class + stride - first % stride) % stride;
         let range = FidRange {
             volume: r.volume,
-            vnode: h.next_vnode,
-            unique: h.next_unique,
+            vnode: first,
+            unique: first,
             count: r.count,
+            stride,
         };
-        h.next_vnode += r.count;
-        h.next_unique += r.count;
+        h.next_vnode = first + r.count * stride;
+        h.next_unique = h.next_vnode;
         h.grants.push(Grant {
             user: caller.user,
             vnode: range.vnode,
@@ -868,6 +951,17 @@ impl Service {
             }
             Transfer::Manifest(begin) => self.manifest_arrived(id, begin, result, sink, out),
             Transfer::Restore(session) => self.restore_piece(id, session, result, sink, out),
+            Transfer::Install => {
+                let answer = match (result, sink) {
+                    (Ok(_), Some(sink)) => decode::<coda_proto::res::Install>(&sink.into_bytes())
+                        .and_then(|r| self.install(&r, out)),
+                    _ => Err(Errno::EIO),
+                };
+                match answer {
+                    Ok((body, after)) => self.reply(id, Ok(body), after, out),
+                    Err(e) => self.reply(id, Err(e), None, out),
+                }
+            }
             Transfer::Batch => {
                 let caller = self.known_caller(id.conn);
                 let answer = match (result, sink) {
@@ -1012,11 +1106,13 @@ impl Service {
         self.local_volume(vol)
             .map_err(|e| conflict(0, e, Fid::root(vol)))?;
         let cell = Arc::clone(&self.cell);
+        let me = self.cell.name.clone();
         let exists = move |v: VolumeId| cell.vldb().get(v).is_some();
         let (containers, txn) = self.shard.split();
         let mut txn = txn.map_err(|e| conflict(0, rvm_errno(e), Fid::root(vol)))?;
+        let mut bumps = Vec::new();
         let result = (|| {
-            let mut apply = Apply::new(&mut txn, containers, caller, vol, &exists)
+            let mut apply = Apply::new(&mut txn, containers, caller, vol, &exists, &me)
                 .map_err(|e| (0, e, Fid::root(vol), Vec::new()))?;
             let mut wanted = Vec::new();
             for (i, rec) in records.iter().enumerate() {
@@ -1033,6 +1129,7 @@ impl Service {
                 }
             }
             let made = apply.made.clone();
+            bumps = std::mem::take(&mut apply.bumps);
             let wanted: Vec<Fid> = wanted.into_iter().map(|f| apply.real(f)).collect();
             let (applied, changed) = apply.finish().map_err(|e| (0, e, Fid::root(vol), made))?;
             Ok((wanted, applied, changed))
@@ -1064,6 +1161,17 @@ impl Service {
                     .map_err(|e| conflict(0, rvm_errno(e), Fid::root(vol)))?;
                 for f in &wanted {
                     self.callbacks.promise(conn, *f);
+                }
+                let replicated = self.shard.meta.volume(vol).is_some_and(|v| v.replicas() > 1);
+                if replicated {
+                    // Counted here for COP2: by batch, or by the one record.
+                    let update = batch.map_or(records[0].store_id, |(_, b)| b);
+                    let removals = records
+                        .iter()
+                        .filter(|r| matches!(r.op, Op::Remove(_) | Op::RemoveDir(_) | Op::Rename(_)))
+                        .map(|r| r.store_id)
+                        .collect();
+                    self.pending_cop2.insert(vol, update, bumps, removals);
                 }
                 Ok((statuses, applied, changed, commit))
             }
@@ -1122,15 +1230,7 @@ impl Service {
             .records
             .iter()
             .filter(|rec| matches!(rec.op, Op::Store(_)))
-            .filter_map(|rec| {
-                let s = self.staged.get(&rec.store_id)?;
-                let data = NewData {
-                    container: s.container,
-                    length: s.length,
-                    hash: s.hash?,
-                };
-                Some((rec.store_id, data))
-            })
+            .filter_map(|rec| Some((rec.store_id, self.staged_data(rec.store_id)?)))
             .collect();
         let result = self.apply(
             conn,

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use coda_proto::fid::{Fid, VolumeId};
+use coda_proto::res::Tombstone;
 use coda_proto::status::Timestamp;
 use rvm::heap::Heap;
 use rvm::{CommitId, Durability, Mode, Options, Rvm, Transaction, View};
@@ -14,7 +15,7 @@ use rvm::{CommitId, Durability, Mode, Options, Rvm, Transaction, View};
 use crate::container::Containers;
 use crate::record::{self, Kind, RecordError, Slot};
 use crate::vnode::{
-    AppliedRecord, EntryRecord, ShardHeader, Vnode, VolumeHeader, VolumeHeaderV1, NO_CONTAINER,
+    AppliedRecord, EntryRecord, ShardHeader, TombRecord, Vnode, VolumeHeader, VolumeHeaderV1, NO_CONTAINER,
 };
 use crate::volume::Volume;
 
@@ -224,6 +225,7 @@ impl Shard {
         let mut vnodes = Vec::new();
         let mut entries = Vec::new();
         let mut applied = Vec::new();
+        let mut tombs = Vec::new();
         let mut header = None;
         let Meta { volumes, refs } = &mut self.meta;
         record::scan(&self.heap, &view, |found| {
@@ -246,6 +248,7 @@ impl Shard {
                 Kind::Vnode => vnodes.push((found.slot, found.decode::<Vnode>()?)),
                 Kind::Entry => entries.push((found.slot, found.decode::<EntryRecord>()?)),
                 Kind::Applied => applied.push((found.slot, found.decode::<AppliedRecord>()?)),
+                Kind::Tombstone => tombs.push((found.slot, found.decode::<TombRecord>()?)),
             }
             Ok(())
         })?;
@@ -281,6 +284,12 @@ impl Shard {
                 .get_mut(&a.volume)
                 .ok_or_else(|| orphan("batch record", slot.at, a.volume))?;
             vol.applied.insert((a.user, a.host), (slot, a));
+        }
+        for (slot, t) in tombs {
+            let vol = volumes
+                .get_mut(&t.dir.volume)
+                .ok_or_else(|| orphan("tombstone", slot.at, t.dir.volume))?;
+            vol.tombs.entry(t.dir.vnode).or_default().push((slot, t));
         }
         Ok(())
     }
@@ -424,6 +433,8 @@ enum Undo {
     Entry(Fid, String, Option<(Slot, Fid)>),
     Header(VolumeId, Slot, VolumeHeader),
     Applied(VolumeId, (i32, u64), Option<(Slot, AppliedRecord)>),
+    /// A directory's tombstones before the change.
+    Tombs(Fid, Vec<(Slot, TombRecord)>),
     VolumeCreated(VolumeId),
     VolumeRemoved(Box<Volume>),
 }
@@ -502,7 +513,8 @@ impl Txn<'_> {
         if container != NO_CONTAINER {
             self.dropped.push(container);
         }
-        Ok(())
+        // A directory's tombstones go with it.
+        self.drop_tombstones(fid, |_| true)
     }
 
     pub fn put_entry(&mut self, dir: Fid, name: &str, fid: Fid) -> TxResult<()> {
@@ -572,6 +584,7 @@ impl Txn<'_> {
             .chain(vol.vnodes.values().map(|(s, _)| *s))
             .chain(vol.dirs.values().flat_map(|d| d.values().map(|(s, _)| *s)))
             .chain(vol.applied.values().map(|(s, _)| *s))
+            .chain(vol.tombs.values().flat_map(|t| t.iter().map(|(s, _)| *s)))
             .collect();
         let containers: Vec<u64> = vol
             .vnodes
@@ -599,6 +612,47 @@ impl Txn<'_> {
         };
         self.volume_mut(vol_id).applied.insert(host, (slot, a));
         self.undo.push(Undo::Applied(vol_id, host, old));
+        Ok(())
+    }
+
+    /// Records that `tomb` was removed from directory `dir`.
+    pub fn put_tombstone(&mut self, dir: Fid, tomb: Tombstone) -> TxResult<()> {
+        let rec = TombRecord { dir, tomb };
+        let slot = record::insert(&self.heap, &mut self.tx, Kind::Tombstone, &rec)?;
+        let tombs = self
+            .volume_mut(dir.volume)
+            .tombs
+            .entry(dir.vnode)
+            .or_default();
+        let old = tombs.clone();
+        tombs.push((slot, rec));
+        self.undo.push(Undo::Tombs(dir, old));
+        Ok(())
+    }
+
+    /// Drops the tombstones of `dir` that `drop` picks.
+    pub fn drop_tombstones(
+        &mut self,
+        dir: Fid,
+        drop: impl Fn(&Tombstone) -> bool,
+    ) -> TxResult<()> {
+        let Some(tombs) = self.volume_mut(dir.volume).tombs.get(&dir.vnode).cloned() else {
+            return Ok(());
+        };
+        let (gone, kept): (Vec<_>, Vec<_>) = tombs.iter().cloned().partition(|(_, t)| drop(&t.tomb));
+        if gone.is_empty() {
+            return Ok(());
+        }
+        self.undo.push(Undo::Tombs(dir, tombs));
+        let vol = self.volume_mut(dir.volume);
+        if kept.is_empty() {
+            vol.tombs.remove(&dir.vnode);
+        } else {
+            vol.tombs.insert(dir.vnode, kept);
+        }
+        for (slot, _) in gone {
+            record::remove(&self.heap, &mut self.tx, slot)?;
+        }
         Ok(())
     }
 
@@ -678,6 +732,14 @@ fn restore(meta: &mut Meta, undo: Vec<Undo>) {
                     Some(a) => v.applied.insert(host, a),
                     None => v.applied.remove(&host),
                 };
+            }
+            Undo::Tombs(dir, old) => {
+                let v = meta.volumes.get_mut(&dir.volume).expect("undo follows do");
+                if old.is_empty() {
+                    v.tombs.remove(&dir.vnode);
+                } else {
+                    v.tombs.insert(dir.vnode, old);
+                }
             }
             Undo::VolumeCreated(id) => {
                 meta.volumes.remove(&id);

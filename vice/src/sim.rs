@@ -91,6 +91,10 @@ fn run(
                 }
             }
             Action::Close { conn } => ep.close(now, conn),
+            // Resolution runs where the test says (it calls other nodes).
+            Action::Resolve { volume } => {
+                svc.resolve_wanted.insert(volume);
+            }
             Action::Sync { containers, then } => {
                 let hash = then.wants_hashes();
                 let c = &svc.shard.containers;

@@ -7,6 +7,7 @@ use coda_proto::acl::{Acl, Rights};
 use coda_proto::fid::{Fid, StoreId, VolumeId};
 use coda_proto::status::{Status, Timestamp, VnodeKind, CALLBACK_PROMISED};
 use coda_proto::vice::{Applied, VolumeKind};
+use coda_proto::res::Tombstone;
 use coda_proto::vv::VersionVector;
 use coda_rpc2::codec_struct;
 
@@ -122,11 +123,15 @@ pub const GRANTS_PER_USER: usize = 16;
 pub const GRANTS_MAX: usize = 1024;
 
 impl Grant {
-    /// Whether this grant gave `user` the fid (`vnode`, `unique`).
-    pub fn covers(&self, user: i32, vnode: u64, unique: u64) -> bool {
+    /// Whether this grant gave `user` the fid (`vnode`, `unique`): the
+    /// range's fids are `stride` apart (the replica count: each replica
+    /// hands out its own class of numbers).
+    pub fn covers(&self, user: i32, vnode: u64, unique: u64, stride: u64) -> bool {
+        let stride = stride.max(1);
         self.user == user
             && vnode >= self.vnode
-            && vnode - self.vnode < self.count
+            && (vnode - self.vnode) % stride == 0
+            && (vnode - self.vnode) / stride < self.count
             && unique == self.unique + (vnode - self.vnode)
     }
 }
@@ -166,6 +171,16 @@ codec_struct! {
         pub name: String,
         /// A fid in another volume makes this entry a mount point.
         pub fid: Fid,
+    }
+}
+
+codec_struct! {
+    /// A directory's tombstone (replicated volumes only): kept until every
+    /// replica saw the removal.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct TombRecord {
+        pub dir: Fid,
+        pub tomb: Tombstone,
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use coda_proto::fid::{Fid, VolumeId, ROOT_VNODE};
 
 use crate::record::Slot;
-use crate::vnode::{AppliedRecord, Vnode, VolumeHeader};
+use crate::vnode::{AppliedRecord, TombRecord, Vnode, VolumeHeader};
 
 /// A directory's entries by name.
 pub type Entries = BTreeMap<String, (Slot, Fid)>;
@@ -19,6 +19,8 @@ pub struct Volume {
     pub(crate) vnodes: HashMap<u64, (Slot, Vnode)>,
     pub(crate) dirs: HashMap<u64, Entries>,
     pub(crate) applied: HashMap<(i32, u64), (Slot, AppliedRecord)>,
+    /// Each directory's tombstones (replicated volumes).
+    pub(crate) tombs: HashMap<u64, Vec<(Slot, TombRecord)>>,
     /// Sum of file lengths.
     pub bytes: u64,
 }
@@ -31,6 +33,7 @@ impl Volume {
             vnodes: HashMap::new(),
             dirs: HashMap::new(),
             applied: HashMap::new(),
+            tombs: HashMap::new(),
             bytes: 0,
         }
     }
@@ -65,6 +68,30 @@ impl Volume {
 
     pub fn lookup(&self, dir: Fid, name: &str) -> Option<Fid> {
         self.entries(dir)?.get(name).map(|(_, f)| *f)
+    }
+
+    /// A directory's tombstones.
+    pub fn tombstones(&self, dir: Fid) -> impl Iterator<Item = &coda_proto::res::Tombstone> {
+        self.tombs
+            .get(&dir.vnode)
+            .into_iter()
+            .flatten()
+            .map(|(_, t)| &t.tomb)
+    }
+
+    /// How many replicas the volume has (its version vectors' slots).
+    pub fn replicas(&self) -> usize {
+        self.header.replicas.len().max(1)
+    }
+
+    /// This server's slot among the volume's replicas (`me` is the
+    /// server's name); a volume made before replication has one, 0.
+    pub fn slot_of(&self, me: &str) -> usize {
+        self.header
+            .replicas
+            .iter()
+            .position(|n| n == me)
+            .unwrap_or(0)
     }
 
     pub fn vnodes(&self) -> impl Iterator<Item = &Vnode> {

@@ -1,0 +1,365 @@
+//! A replica's side of server replication: COP2 (adding the counts of the
+//! other replicas that applied an update), and the calls a resolver makes
+//! of it: its summary, the state of objects, and installing resolved
+//! states (see `coda_proto::res`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use bytes::Bytes;
+use coda_proto::acl::{PrincipalId, ANY_USER};
+use coda_proto::fid::{Fid, StoreId, VolumeId};
+use coda_proto::res::{Binding, Cop2, Install, InstallObject, ObjectState, SummaryEntry};
+use coda_proto::status::VnodeKind;
+use coda_proto::vv::VersionVector;
+use coda_proto::Errno;
+use rvm::{CommitId, Durability};
+
+use crate::fileops::{self, Caller};
+use crate::service::{rvm_errno, Action, Service};
+use crate::vnode::{Vnode, EMPTY_HASH, NO_CONTAINER};
+
+/// The principal servers of the cell call each other as: their tokens are
+/// sealed by the cell key, which only servers hold.
+pub const SERVER_ID: PrincipalId = 0x7fff_fff0;
+
+/// The caller a server's token stands for.
+pub fn server_caller() -> Caller {
+    Caller {
+        user: SERVER_ID,
+        cps: vec![SERVER_ID, ANY_USER, coda_proto::acl::ADMINISTRATORS],
+        admin: true,
+    }
+}
+
+/// Updates whose COP2 has not come yet, kept this long at most.
+pub const COP2_PENDING_MAX: usize = 1 << 16;
+
+/// What one update (a record, or a batch) did here, until its COP2.
+#[derive(Debug, Default)]
+struct Cop1 {
+    /// Each object changed, and how many times this replica's slot moved.
+    bumps: Vec<(Fid, u64)>,
+    /// The record store ids it removed names with (tombstones).
+    removals: Vec<StoreId>,
+}
+
+/// COP1s waiting for their COP2, oldest first. A lost one leaves the
+/// replicas' vectors apart with equal contents: resolution joins them.
+#[derive(Debug, Default)]
+pub struct PendingCop2 {
+    by_update: HashMap<(VolumeId, StoreId), Cop1>,
+    order: VecDeque<(VolumeId, StoreId)>,
+}
+
+impl PendingCop2 {
+    pub fn insert(
+        &mut self,
+        vol: VolumeId,
+        update: StoreId,
+        bumps: Vec<(Fid, u64)>,
+        removals: Vec<StoreId>,
+    ) {
+        if self.order.len() >= COP2_PENDING_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.by_update.remove(&old);
+            }
+        }
+        self.order.push_back((vol, update));
+        self.by_update
+            .insert((vol, update), Cop1 { bumps, removals });
+    }
+
+    fn take(&mut self, vol: VolumeId, update: StoreId) -> Option<Cop1> {
+        let c = self.by_update.remove(&(vol, update))?;
+        self.order.retain(|k| *k != (vol, update));
+        Some(c)
+    }
+
+    /// Resolution set these objects' versions: COP2s still to come must
+    /// not count on top of them.
+    fn forget(&mut self, fids: &HashSet<Fid>) {
+        for c in self.by_update.values_mut() {
+            c.bumps.retain(|(f, _)| !fids.contains(f));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+/// The entries of directory `dir` in `vol`, as resolution sees them.
+fn bindings(vol: &crate::volume::Volume, dir: Fid) -> Vec<Binding> {
+    vol.entries(dir)
+        .map(|e| {
+            e.iter()
+                .map(|(name, (_, fid))| Binding {
+                    name: name.clone(),
+                    fid: *fid,
+                    kind: vol.vnode(*fid).map_or(VnodeKind::Directory, |c| c.kind),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Service {
+    /// `COP2`: every object an update changed counts it for the replicas
+    /// that applied it too. Once all did, its tombstones are no longer needed.
+    pub(crate) fn cop2(&mut self, r: &Cop2) -> Result<(Bytes, Option<CommitId>), Errno> {
+        let vol = self.local_volume(r.volume)?;
+        let (me, n) = (vol.slot_of(&self.cell.name), vol.replicas());
+        let mut work = Vec::new();
+        for u in &r.updates {
+            if let Some(c) = self.pending_cop2.take(r.volume, u.store_id) {
+                let mut slots: Vec<usize> = u.slots.iter().map(|&s| s as usize).collect();
+                slots.sort_unstable();
+                slots.dedup();
+                let all = (0..n).all(|s| slots.contains(&s));
+                slots.retain(|&s| s != me && s < n);
+                work.push((c, slots, all));
+            }
+        }
+        if work.is_empty() {
+            return Ok((Bytes::new(), None));
+        }
+        let volume = r.volume;
+        let ((), commit) = self
+            .shard
+            .transact(Durability::NoFlush, |txn| {
+                for (c, slots, all) in &work {
+                    for (fid, count) in &c.bumps {
+                        let Some(mut v) = txn.volume(volume).and_then(|v| v.vnode(*fid)).cloned()
+                        else {
+                            continue;
+                        };
+                        for &s in slots {
+                            if v.vv.slots.len() <= s {
+                                v.vv.slots.resize(s + 1, 0);
+                            }
+                            v.vv.slots[s] += count;
+                        }
+                        let dir = v.is_dir();
+                        txn.put_vnode(v)?;
+                        if *all && dir && !c.removals.is_empty() {
+                            txn.drop_tombstones(*fid, |t| c.removals.contains(&t.store_id))?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .map_err(rvm_errno)?;
+        Ok((Bytes::new(), Some(commit)))
+    }
+
+    /// `RES_SUMMARY`: every object of the replica and its version.
+    pub(crate) fn summary(&self, vol: VolumeId) -> Result<Vec<SummaryEntry>, Errno> {
+        let v = self.local_volume(vol)?;
+        let mut out: Vec<SummaryEntry> = v
+            .vnodes()
+            .map(|vn| SummaryEntry {
+                fid: vn.fid,
+                vv: vn.vv.clone(),
+            })
+            .collect();
+        out.sort_by_key(|e| e.fid);
+        Ok(out)
+    }
+
+    /// `RES_STATE`: what this replica holds of each object.
+    pub(crate) fn object_states(
+        &self,
+        vol: VolumeId,
+        fids: &[Fid],
+    ) -> Result<Vec<Option<ObjectState>>, Errno> {
+        let v = self.local_volume(vol)?;
+        let caller = server_caller();
+        Ok(fids
+            .iter()
+            .map(|&f| {
+                let vn = v.vnode(f)?;
+                Some(ObjectState {
+                    status: fileops::status(v, vn, &caller, false),
+                    acl: vn.acl.clone(),
+                    target: vn.target.clone(),
+                    entries: if vn.is_dir() {
+                        bindings(v, f)
+                    } else {
+                        Vec::new()
+                    },
+                    tombstones: v.tombstones(f).cloned().collect(),
+                })
+            })
+            .collect())
+    }
+
+    /// `RES_INSTALL`: makes the objects exactly as resolution says, in one
+    /// transaction, if none changed since it read them.
+    pub(crate) fn install(
+        &mut self,
+        r: &Install,
+        out: &mut Vec<Action>,
+    ) -> Result<(Bytes, Option<CommitId>), Errno> {
+        let vol = self.local_volume(r.volume)?;
+        let same = |have: Option<&Vnode>, want: Option<&VersionVector>| match (have, want) {
+            (None, None) => true,
+            (Some(v), Some(w)) => v.vv == *w,
+            _ => false,
+        };
+        for o in &r.objects {
+            if o.status.fid.volume != r.volume {
+                return Err(Errno::BAD_REQUEST);
+            }
+            if !same(vol.vnode(o.status.fid), o.expect.as_ref()) {
+                return Err(Errno::EAGAIN);
+            }
+            // A number taken by another object: never given twice.
+            let taken = vol
+                .vnodes
+                .get(&o.status.fid.vnode)
+                .is_some_and(|(_, v)| v.fid != o.status.fid);
+            if taken {
+                return Err(Errno::EEXIST);
+            }
+        }
+        for (fid, vv) in &r.removals {
+            if vol.vnode(*fid).is_some_and(|v| v.vv != *vv) {
+                return Err(Errno::EAGAIN);
+            }
+        }
+        // Each new content, from its staged container.
+        let mut data: HashMap<Fid, (u64, bool)> = HashMap::new();
+        for o in &r.objects {
+            let st = &o.status;
+            let have = vol.vnode(st.fid);
+            let container = match (st.kind, o.data) {
+                (VnodeKind::File, Some(sid)) => {
+                    let s = self.staged_data(sid).ok_or(Errno::EINVAL)?;
+                    if s.length != st.length || s.hash != st.content_hash {
+                        return Err(Errno::EINVAL);
+                    }
+                    (s.container, true)
+                }
+                (VnodeKind::File, None) if st.length == 0 => (NO_CONTAINER, false),
+                (VnodeKind::File, None) => match have {
+                    Some(h) if h.content_hash == st.content_hash && h.length == st.length => {
+                        (h.container, false)
+                    }
+                    _ => return Err(Errno::EINVAL),
+                },
+                _ => (NO_CONTAINER, false),
+            };
+            data.insert(st.fid, container);
+        }
+        let volume = r.volume;
+        let mut changed = Vec::new();
+        let mut used = Vec::new();
+        let mut txn = self.shard.begin().map_err(rvm_errno)?;
+        let result = (|| -> Result<(), rvm::Error> {
+            let mut header = txn.volume(volume).expect("checked").header.clone();
+            for o in &r.objects {
+                let (container, staged) = data[&o.status.fid];
+                if staged {
+                    used.push(o.data.expect("staged"));
+                }
+                let v = vnode_of(o, container);
+                header.next_vnode = header.next_vnode.max(v.fid.vnode + 1);
+                header.next_unique = header.next_unique.max(v.fid.unique + 1);
+                changed.push(v.fid);
+                txn.put_vnode(v)?;
+                if let Some(entries) = &o.entries {
+                    set_entries(&mut txn, o.status.fid, entries)?;
+                }
+                if o.clear_tombstones {
+                    txn.drop_tombstones(o.status.fid, |_| true)?;
+                }
+            }
+            for (fid, _) in &r.removals {
+                let names: Vec<String> = txn
+                    .volume(volume)
+                    .and_then(|v| v.entries(*fid))
+                    .map(|e| e.keys().cloned().collect())
+                    .unwrap_or_default();
+                for n in names {
+                    txn.remove_entry(*fid, &n)?;
+                }
+                txn.remove_vnode(*fid)?;
+                changed.push(*fid);
+            }
+            header.stamp += 1;
+            txn.put_header(header)
+        })();
+        if let Err(e) = result {
+            let _ = txn.abort();
+            return Err(rvm_errno(e));
+        }
+        let commit = txn.commit(Durability::NoFlush).map_err(rvm_errno)?;
+        for sid in used {
+            self.take_staged(sid);
+        }
+        let set: HashSet<Fid> = changed.iter().copied().collect();
+        self.pending_cop2.forget(&set);
+        self.resolution.objects += r.objects.len() as u64 + r.removals.len() as u64;
+        self.breaks(None, volume, &changed, out);
+        Ok((Bytes::new(), Some(commit)))
+    }
+}
+
+/// The vnode an install makes.
+fn vnode_of(o: &InstallObject, container: u64) -> Vnode {
+    let s = &o.status;
+    Vnode {
+        fid: s.fid,
+        kind: s.kind,
+        mode: s.mode,
+        owner: s.owner,
+        group: s.group,
+        author: s.author,
+        link_count: s.link_count,
+        length: s.length,
+        mtime: s.mtime,
+        ctime: s.ctime,
+        atime: s.atime,
+        data_version: s.data_version,
+        vv: s.vv.clone(),
+        content_hash: if s.kind == VnodeKind::Directory {
+            EMPTY_HASH
+        } else {
+            s.content_hash
+        },
+        container,
+        parent: s.parent,
+        acl: o.acl.clone(),
+        target: o.target.clone(),
+    }
+}
+
+/// Makes `dir`'s entries exactly `want`.
+fn set_entries(
+    txn: &mut crate::shard::Txn<'_>,
+    dir: Fid,
+    want: &[Binding],
+) -> Result<(), rvm::Error> {
+    let have: Vec<(String, Fid)> = txn
+        .volume(dir.volume)
+        .and_then(|v| v.entries(dir))
+        .map(|e| e.iter().map(|(n, (_, f))| (n.clone(), *f)).collect())
+        .unwrap_or_default();
+    let want_map: HashMap<&str, Fid> = want.iter().map(|b| (b.name.as_str(), b.fid)).collect();
+    for (n, f) in &have {
+        if want_map.get(n.as_str()) != Some(f) {
+            txn.remove_entry(dir, n)?;
+        }
+    }
+    let have_map: HashMap<&str, Fid> = have.iter().map(|(n, f)| (n.as_str(), *f)).collect();
+    for b in want {
+        if have_map.get(b.name.as_str()) != Some(&b.fid) {
+            txn.put_entry(dir, &b.name, b.fid)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,599 @@
+//! The resolver: brings the replicas of a volume together. It reads every
+//! reachable replica's summary (each object's version vector), then the
+//! state of each object whose versions differ, computes the state every
+//! replica should hold, and installs it where it is not:
+//!
+//! - Versions with equal contents (a lost COP2) only get their vectors
+//!   joined.
+//! - A version that saw every update the others saw (its vector dominates)
+//!   is copied to them, data and all.
+//! - Directories changed on both sides of a partition merge name by name:
+//!   a name one side removed (it keeps a tombstone) goes, unless the other
+//!   side changed the object since (an update beats a removal); a name one
+//!   side made is added; one name made on both sides for different objects
+//!   keeps the first and gives the other a `NAME.conflict-N` name, marked
+//!   for `repair`.
+//! - A file or symlink changed on both sides is marked inconsistent on
+//!   every replica, each keeping its own version, for `repair`.
+//!
+//! It is a client of the replicas, itself included, through [`Replicas`]:
+//! the server drives it over RPC2 from a thread of its own, tests over the
+//! simulated network.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use bytes::Bytes;
+use coda_proto::fid::{Fid, StoreId, VolumeId};
+use coda_proto::res::{
+    Binding, Install, InstallObject, ObjectState, StateRequest, SummaryEntry, SummaryRequest,
+};
+use coda_proto::status::VnodeKind;
+use coda_proto::vice::{op, Fetch, Stage, StageReply};
+use coda_proto::vv::{VersionVector, VvOrder, FLAG_INCONSISTENT};
+use coda_proto::Errno;
+use coda_rpc2::codec::{self, Decode, Encode};
+use coda_rpc2::endpoint::{Reply, SideEffect};
+use coda_rpc2::{Sink, Source};
+
+/// How the resolver reaches each replica of a volume, by slot.
+pub trait Replicas {
+    /// Calls the replica in `slot` (a Vice call of the server principal);
+    /// an error means it could not be reached.
+    fn call(
+        &mut self,
+        slot: usize,
+        opcode: u16,
+        body: Bytes,
+        side_effect: Option<SideEffect>,
+    ) -> Result<Reply, Errno>;
+}
+
+/// Most objects one install carries.
+const INSTALL_OBJECTS_MAX: usize = 2048;
+
+/// Largest reply the resolver takes (a summary or a batch of states).
+const STATE_BYTES_MAX: u64 = 1 << 30;
+
+/// The host part of the store ids resolution gives what it merged.
+pub const RESOLVER_HOST: u64 = u64::MAX - 1;
+
+/// What a resolution did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Replicas that took part.
+    pub reachable: Vec<usize>,
+    /// Objects whose versions differed.
+    pub differing: usize,
+    /// Objects installed or removed, over all replicas.
+    pub installed: usize,
+    /// Objects left in conflict (marked inconsistent).
+    pub conflicts: usize,
+}
+
+fn call_decode<T: Decode>(
+    reps: &mut dyn Replicas,
+    slot: usize,
+    opcode: u16,
+    req: &impl Encode,
+    bulk: bool,
+) -> Result<T, Errno> {
+    let side = bulk.then(|| SideEffect::Receive(Sink::memory(STATE_BYTES_MAX)));
+    let r = reps.call(slot, opcode, codec::to_bytes(req), side)?;
+    if r.code != 0 {
+        return Err(Errno(r.code));
+    }
+    let bytes = match (bulk, r.sink) {
+        (true, Some(sink)) => Bytes::from(sink.into_bytes()),
+        (true, None) => return Err(Errno::EIO),
+        (false, _) => r.body,
+    };
+    codec::from_bytes(&bytes).map_err(|_| Errno::EIO)
+}
+
+/// Slot-wise maximum of vectors.
+fn join(vvs: &[&VersionVector]) -> VersionVector {
+    let mut out = VersionVector::default();
+    for v in vvs {
+        if out.slots.len() < v.slots.len() {
+            out.slots.resize(v.slots.len(), 0);
+        }
+        for (o, s) in out.slots.iter_mut().zip(&v.slots) {
+            *o = (*o).max(*s);
+        }
+    }
+    out.store_id = vvs.iter().map(|v| v.store_id).max().unwrap_or_default();
+    out
+}
+
+/// Whether two versions hold the same thing, whatever their vectors say.
+fn same_contents(a: &ObjectState, b: &ObjectState) -> bool {
+    let (x, y) = (&a.status, &b.status);
+    x.kind == y.kind
+        && x.mode == y.mode
+        && x.owner == y.owner
+        && x.group == y.group
+        && x.length == y.length
+        && x.mtime == y.mtime
+        && x.content_hash == y.content_hash
+        && x.link_count == y.link_count
+        && x.parent == y.parent
+        && a.acl == b.acl
+        && a.target == b.target
+        && sorted(&a.entries) == sorted(&b.entries)
+        && (x.vv.flags & FLAG_INCONSISTENT) == (y.vv.flags & FLAG_INCONSISTENT)
+}
+
+fn sorted(b: &[Binding]) -> Vec<&Binding> {
+    let mut v: Vec<&Binding> = b.iter().collect();
+    v.sort();
+    v
+}
+
+/// The version that saw all the others saw, if there is one.
+fn dominant<'a>(versions: &[(usize, &'a ObjectState)]) -> Option<(usize, &'a ObjectState)> {
+    versions.iter().copied().find(|(_, a)| {
+        versions.iter().all(|(_, b)| {
+            matches!(
+                a.status.vv.compare(&b.status.vv),
+                VvOrder::Equal | VvOrder::Dominates
+            )
+        })
+    })
+}
+
+/// One object as it should be on every replica, and where it comes from.
+struct Merged {
+    state: ObjectState,
+    /// A replica holding the merged contents (for file data).
+    source: usize,
+    /// Each replica keeps its own version, marked (a file in conflict).
+    conflict: bool,
+    /// A directory whose entries resolution computed.
+    entries_set: bool,
+}
+
+/// Brings the replicas of `volume` (`n` of them, by slot) together. An
+/// error (`EAGAIN`: a replica changed meanwhile) leaves the work for the
+/// next try; what was installed before it stays (each install is whole).
+pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Outcome, Errno> {
+    let mut out = Outcome::default();
+    // 1. Who holds what.
+    let mut summaries: BTreeMap<usize, HashMap<Fid, VersionVector>> = BTreeMap::new();
+    for slot in 0..n {
+        let req = SummaryRequest { volume };
+        match call_decode::<Vec<SummaryEntry>>(reps, slot, op::RES_SUMMARY, &req, true) {
+            Ok(list) => {
+                summaries.insert(slot, list.into_iter().map(|e| (e.fid, e.vv)).collect());
+            }
+            Err(e) => tracing::debug!("volume {volume:#x}: replica {slot}: {e}"),
+        }
+    }
+    out.reachable = summaries.keys().copied().collect();
+    if summaries.len() < 2 {
+        return Ok(out);
+    }
+    let every_replica = summaries.len() == n;
+    let mut all: BTreeSet<Fid> = BTreeSet::new();
+    for s in summaries.values() {
+        all.extend(s.keys().copied());
+    }
+    let differing: Vec<Fid> = all
+        .into_iter()
+        .filter(|f| {
+            let mut vvs = summaries.values().map(|s| s.get(f));
+            let first = vvs.next().flatten();
+            first.is_none() || vvs.any(|v| v != first)
+        })
+        .collect();
+    out.differing = differing.len();
+    if differing.is_empty() {
+        return Ok(out);
+    }
+    // 2. What each holds of the objects that differ.
+    let mut states: BTreeMap<usize, HashMap<Fid, ObjectState>> = BTreeMap::new();
+    for &slot in summaries.keys() {
+        let mut got = HashMap::new();
+        for chunk in differing.chunks(INSTALL_OBJECTS_MAX) {
+            let req = StateRequest {
+                volume,
+                fids: chunk.to_vec(),
+            };
+            let list: Vec<Option<ObjectState>> =
+                call_decode(reps, slot, op::RES_STATE, &req, true)?;
+            for (f, s) in chunk.iter().zip(list) {
+                if let Some(s) = s {
+                    got.insert(*f, s);
+                }
+            }
+        }
+        states.insert(slot, got);
+    }
+    let versions_of = |f: &Fid| -> Vec<(usize, &ObjectState)> {
+        states
+            .iter()
+            .filter_map(|(slot, m)| m.get(f).map(|s| (*slot, s)))
+            .collect()
+    };
+    // 3. The state each object should have.
+    let mut merged: HashMap<Fid, Merged> = HashMap::new();
+    let dirs: Vec<Fid> = differing
+        .iter()
+        .copied()
+        .filter(|f| {
+            versions_of(f)
+                .first()
+                .is_some_and(|(_, s)| s.status.kind == VnodeKind::Directory)
+        })
+        .collect();
+    for f in &differing {
+        let versions = versions_of(f);
+        let Some(&(first_slot, first)) = versions.first() else {
+            continue;
+        };
+        let vvs: Vec<&VersionVector> = versions.iter().map(|(_, s)| &s.status.vv).collect();
+        let mut joined = join(&vvs);
+        let m = if versions.iter().all(|(_, s)| same_contents(s, first)) {
+            joined.store_id = first.status.vv.store_id;
+            joined.flags = first.status.vv.flags;
+            let mut state = first.clone();
+            state.status.vv = joined;
+            Merged {
+                state,
+                source: first_slot,
+                conflict: false,
+                entries_set: false,
+            }
+        } else if let Some((slot, d)) = dominant(&versions) {
+            let mut state = d.clone();
+            joined.store_id = d.status.vv.store_id;
+            joined.flags = d.status.vv.flags;
+            state.status.vv = joined;
+            Merged {
+                state,
+                source: slot,
+                conflict: false,
+                entries_set: first.status.kind == VnodeKind::Directory,
+            }
+        } else if first.status.kind == VnodeKind::Directory {
+            let mut state = merge_dir(&versions, &states);
+            joined.store_id = StoreId {
+                host: RESOLVER_HOST,
+                unique: derived(&[&f.vnode.to_le_bytes(), &codec::to_bytes(&joined)]),
+            };
+            state.status.vv = joined;
+            Merged {
+                state,
+                source: first_slot,
+                conflict: false,
+                entries_set: true,
+            }
+        } else {
+            // Changed on both sides: each keeps its own, marked.
+            let mut state = first.clone();
+            state.status.vv.flags |= FLAG_INCONSISTENT;
+            out.conflicts += 1;
+            Merged {
+                state,
+                source: first_slot,
+                conflict: true,
+                entries_set: false,
+            }
+        };
+        merged.insert(*f, m);
+    }
+    // Name clashes found while merging: the object renamed is marked.
+    let mut clashed: HashSet<Fid> = HashSet::new();
+    for d in &dirs {
+        if let Some(m) = merged.get(d) {
+            for b in &m.state.entries {
+                if b.name.contains(CLASH_MARK) {
+                    clashed.insert(b.fid);
+                }
+            }
+        }
+    }
+    // 4. Names decide what exists: an object no merged directory binds
+    // (where its directory was merged) goes, one bound where a replica
+    // lacks it is made there.
+    let mut bound_by: HashMap<Fid, Vec<(Fid, String)>> = HashMap::new();
+    let merged_dirs: HashSet<Fid> = dirs
+        .iter()
+        .copied()
+        .filter(|d| merged.get(d).is_some_and(|m| m.entries_set))
+        .collect();
+    for d in &merged_dirs {
+        for b in &merged[d].state.entries {
+            bound_by.entry(b.fid).or_default().push((*d, b.name.clone()));
+        }
+    }
+    let mut removed: HashSet<Fid> = HashSet::new();
+    for f in &differing {
+        let Some(m) = merged.get(f) else { continue };
+        let root = f.vnode == coda_proto::fid::ROOT_VNODE;
+        let parents: Vec<Fid> = versions_of(f).iter().map(|(_, s)| s.status.parent).collect();
+        let decided_by_merge = !root && parents.iter().all(|p| merged_dirs.contains(p));
+        if decided_by_merge && !bound_by.contains_key(f) && !m.conflict {
+            removed.insert(*f);
+        }
+    }
+    // Link counts and parents follow the merged names.
+    for f in differing.iter() {
+        if removed.contains(f) {
+            continue;
+        }
+        let Some(m) = merged.get_mut(f) else { continue };
+        if clashed.contains(f) && m.state.status.kind != VnodeKind::Directory {
+            m.state.status.vv.flags |= FLAG_INCONSISTENT;
+        }
+        if let Some(binds) = bound_by.get(f) {
+            if !binds.iter().any(|(d, _)| *d == m.state.status.parent) {
+                m.state.status.parent = binds[0].0;
+            }
+            if m.state.status.kind != VnodeKind::Directory
+                && merged_dirs.contains(&m.state.status.parent)
+            {
+                m.state.status.link_count = binds
+                    .iter()
+                    .filter(|(d, _)| *d == m.state.status.parent)
+                    .count() as u32;
+            }
+        }
+        if m.entries_set {
+            let subdirs = m
+                .state
+                .entries
+                .iter()
+                .filter(|b| b.kind == VnodeKind::Directory && b.fid.volume == volume)
+                .count();
+            m.state.status.link_count = 2 + subdirs as u32;
+        }
+    }
+    // Directories lose names of objects that exist nowhere.
+    let exists = |f: &Fid| {
+        f.volume != volume
+            || summaries.values().any(|s| s.contains_key(f))
+    };
+    for d in &merged_dirs {
+        if let Some(m) = merged.get_mut(d) {
+            m.state.entries.retain(|b| exists(&b.fid));
+        }
+    }
+    // 5. Install, replica by replica.
+    let mut data_cache: HashMap<[u8; 32], Bytes> = HashMap::new();
+    for (&slot, have) in &states {
+        let mut objects: Vec<InstallObject> = Vec::new();
+        let mut removals: Vec<(Fid, VersionVector)> = Vec::new();
+        for f in &differing {
+            let mine = have.get(f);
+            if removed.contains(f) {
+                if let Some(s) = mine {
+                    removals.push((*f, s.status.vv.clone()));
+                }
+                continue;
+            }
+            let Some(m) = merged.get(f) else { continue };
+            let want = if m.conflict {
+                match mine {
+                    // Each keeps its own version, marked.
+                    Some(s) => {
+                        let mut s = s.clone();
+                        s.status.vv.flags |= FLAG_INCONSISTENT;
+                        s
+                    }
+                    None => m.state.clone(),
+                }
+            } else {
+                m.state.clone()
+            };
+            if mine.is_some_and(|s| s.status.vv == want.status.vv && same_contents(s, &want)) {
+                continue;
+            }
+            let needs_data = want.status.kind == VnodeKind::File
+                && want.status.length > 0
+                && mine.is_none_or(|s| s.status.content_hash != want.status.content_hash);
+            let data = if needs_data {
+                Some(stage_copy(
+                    reps,
+                    m.source,
+                    slot,
+                    *f,
+                    &want,
+                    &mut data_cache,
+                )?)
+            } else {
+                None
+            };
+            objects.push(InstallObject {
+                expect: mine.map(|s| s.status.vv.clone()),
+                status: want.status.clone(),
+                acl: want.acl.clone(),
+                target: want.target.clone(),
+                entries: m.entries_set.then(|| want.entries.clone()),
+                clear_tombstones: m.entries_set && every_replica,
+                data,
+            });
+        }
+        if objects.is_empty() && removals.is_empty() {
+            continue;
+        }
+        out.installed += objects.len() + removals.len();
+        // Objects first, directories after (their names then bind what
+        // exists), removals last.
+        objects.sort_by_key(|o| o.status.kind == VnodeKind::Directory);
+        let chunks: Vec<Vec<InstallObject>> = objects
+            .chunks(INSTALL_OBJECTS_MAX)
+            .map(|c| c.to_vec())
+            .collect();
+        let last = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let install = Install {
+                volume,
+                objects: chunk,
+                removals: if i + 1 == last {
+                    std::mem::take(&mut removals)
+                } else {
+                    Vec::new()
+                },
+            };
+            send_install(reps, slot, &install)?;
+        }
+        if last == 0 {
+            send_install(
+                reps,
+                slot,
+                &Install {
+                    volume,
+                    objects: Vec::new(),
+                    removals,
+                },
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+/// What marks the name given to the second object of a name made on both
+/// sides of a partition.
+pub const CLASH_MARK: &str = ".conflict-";
+
+/// Merges a directory changed on both sides, name by name.
+fn merge_dir(
+    versions: &[(usize, &ObjectState)],
+    states: &BTreeMap<usize, HashMap<Fid, ObjectState>>,
+) -> ObjectState {
+    // Attributes: the latest change wins.
+    let (_, newest) = versions
+        .iter()
+        .max_by_key(|(slot, s)| (s.status.ctime, std::cmp::Reverse(*slot)))
+        .copied()
+        .expect("versions");
+    let mut out = newest.clone();
+    // The object's version where a replica holds the name: newer than the
+    // removal (its tombstone) means it changed since, and it stays.
+    let version_at = |slot: usize, f: &Fid| states.get(&slot).and_then(|m| m.get(f)).map(|s| &s.status.vv);
+    let mut by_name: BTreeMap<String, Vec<(usize, Binding)>> = BTreeMap::new();
+    for (slot, s) in versions {
+        for b in &s.entries {
+            by_name.entry(b.name.clone()).or_default().push((*slot, b.clone()));
+        }
+    }
+    let mut entries: Vec<Binding> = Vec::new();
+    for (name, holders) in by_name {
+        let mut kept: Vec<Binding> = Vec::new();
+        for (slot, b) in &holders {
+            if kept.iter().any(|k| k.fid == b.fid) {
+                continue;
+            }
+            let removed_elsewhere = versions.iter().any(|(_, s)| {
+                s.tombstones.iter().any(|t| {
+                    t.name == name
+                        && t.fid == b.fid
+                        && version_at(*slot, &b.fid).is_none_or(|v| {
+                            matches!(v.compare(&t.vv), VvOrder::Equal | VvOrder::Dominated)
+                        })
+                })
+            });
+            if !removed_elsewhere {
+                kept.push(b.clone());
+            }
+        }
+        let mut first = true;
+        for b in kept {
+            if first {
+                entries.push(b);
+                first = false;
+            } else {
+                entries.push(Binding {
+                    name: format!("{name}{CLASH_MARK}{:x}", b.fid.vnode),
+                    fid: b.fid,
+                    kind: b.kind,
+                });
+            }
+        }
+    }
+    entries.sort();
+    out.entries = entries;
+    out.tombstones = Vec::new();
+    out
+}
+
+/// A number named by what it is for: the same merge gets the same store
+/// id on every replica and in every run (seeded tests replay exactly).
+fn derived(parts: &[&[u8]]) -> u64 {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        h.update(p);
+    }
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// Fetches an object's contents from `source` and stages them at `slot`;
+/// the store id they are staged under.
+fn stage_copy(
+    reps: &mut dyn Replicas,
+    source: usize,
+    slot: usize,
+    fid: Fid,
+    want: &ObjectState,
+    cache: &mut HashMap<[u8; 32], Bytes>,
+) -> Result<StoreId, Errno> {
+    let hash = want.status.content_hash;
+    let data = match cache.get(&hash) {
+        Some(d) => d.clone(),
+        None => {
+            let r = reps.call(
+                source,
+                op::FETCH,
+                codec::to_bytes(&Fetch { fid, offset: 0 }),
+                Some(SideEffect::Receive(Sink::memory(want.status.length))),
+            )?;
+            if r.code != 0 {
+                return Err(Errno(r.code));
+            }
+            let bytes = Bytes::from(r.sink.ok_or(Errno::EIO)?.into_bytes());
+            if *blake3::hash(&bytes).as_bytes() != hash {
+                // Changed meanwhile: the next try reads it again.
+                return Err(Errno::EAGAIN);
+            }
+            cache.insert(hash, bytes.clone());
+            bytes
+        }
+    };
+    let sid = StoreId {
+        host: RESOLVER_HOST,
+        unique: derived(&[&hash, &(slot as u64).to_le_bytes(), &codec::to_bytes(&want.status.vv)]),
+    };
+    let req = Stage {
+        store_id: sid,
+        length: data.len() as u64,
+        offset: 0,
+    };
+    let r = reps.call(
+        slot,
+        op::STAGE,
+        codec::to_bytes(&req),
+        Some(SideEffect::Send(Source::Memory(data))),
+    )?;
+    if r.code != 0 {
+        return Err(Errno(r.code));
+    }
+    let got: StageReply = codec::from_bytes(&r.body).map_err(|_| Errno::EIO)?;
+    if got.received != want.status.length {
+        return Err(Errno::EIO);
+    }
+    Ok(sid)
+}
+
+fn send_install(reps: &mut dyn Replicas, slot: usize, install: &Install) -> Result<(), Errno> {
+    let body = codec::to_bytes(install);
+    let r = reps.call(
+        slot,
+        op::RES_INSTALL,
+        Bytes::new(),
+        Some(SideEffect::Send(Source::Memory(body))),
+    )?;
+    match r.code {
+        0 => Ok(()),
+        c => Err(Errno(c)),
+    }
+}
