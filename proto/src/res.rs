@@ -79,6 +79,8 @@ codec_struct! {
         /// The object's version when it was removed: a later update of it
         /// elsewhere keeps it (an update beats a concurrent removal).
         pub vv: VersionVector,
+        /// Its last updates' store ids, oldest first.
+        pub history: Vec<StoreId>,
     }
 }
 
@@ -105,6 +107,8 @@ codec_struct! {
         /// Directories only, by name.
         pub entries: Vec<Binding>,
         pub tombstones: Vec<Tombstone>,
+        /// The store ids of its last updates, oldest first.
+        pub history: Vec<StoreId>,
     }
 }
 
@@ -131,6 +135,7 @@ codec_struct! {
         pub status: Status,
         pub acl: Option<Acl>,
         pub target: String,
+        pub history: Vec<StoreId>,
         /// A directory's new entries (None: unchanged).
         pub entries: Option<Vec<Binding>>,
         /// Drop the directory's tombstones: every replica saw them.

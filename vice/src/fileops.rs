@@ -268,6 +268,11 @@ impl<'t, 'a> Apply<'t, 'a> {
     /// Counts one update of `v` in this replica's slot.
     fn bump(&mut self, v: &mut Vnode, store_id: StoreId) {
         v.vv.bump(self.slot, store_id);
+        if v.history.last() != Some(&store_id) {
+            v.history.push(store_id);
+            let extra = v.history.len().saturating_sub(crate::vnode::HISTORY_MAX);
+            v.history.drain(..extra);
+        }
         match self.bumps.iter_mut().find(|(f, _)| *f == v.fid) {
             Some((_, n)) => *n += 1,
             None => self.bumps.push((v.fid, 1)),
@@ -276,15 +281,20 @@ impl<'t, 'a> Apply<'t, 'a> {
 
     /// Remembers, in a replicated volume, that `name` no longer binds
     /// `fid` (whose version was `vv`), for resolution.
-    fn tombstone(&mut self, dir: Fid, name: &str, fid: Fid, vv: VersionVector, sid: StoreId) -> OpResult<()> {
+    fn tombstone(&mut self, dir: Fid, name: &str, fid: Fid, sid: StoreId) -> OpResult<()> {
         if self.replicas < 2 {
             return Ok(());
         }
+        let (vv, history) = match self.vol().vnode(fid) {
+            Some(v) => (v.vv.clone(), v.history.clone()),
+            None => Default::default(),
+        };
         let tomb = Tombstone {
             name: name.to_string(),
             fid,
             store_id: sid,
             vv,
+            history,
         };
         self.txn.put_tombstone(dir, tomb).map_err(storage)
     }
@@ -600,7 +610,7 @@ impl<'t, 'a> Apply<'t, 'a> {
                 self.need(&d, Rights::DELETE)?;
                 check_name(&r.name)?;
                 let fid = self.bound(&d, &r.name, r.fid)?;
-                let mut vv = VersionVector::default();
+                self.tombstone(d.fid, &r.name, fid, sid)?;
                 if fid.volume != self.volume {
                     self.need(&d, Rights::ADMINISTER)?;
                 } else {
@@ -609,10 +619,8 @@ impl<'t, 'a> Apply<'t, 'a> {
                         return Err(Errno::EISDIR);
                     }
                     Self::check_seen(&v, r.seen)?;
-                    vv = v.vv.clone();
                     self.unlink(v, sid, t)?;
                 }
-                self.tombstone(d.fid, &r.name, fid, vv, sid)?;
                 self.txn.remove_entry(d.fid, &r.name).map_err(storage)?;
                 self.touch(&mut d, sid, t);
                 let dfid = d.fid;
@@ -631,7 +639,7 @@ impl<'t, 'a> Apply<'t, 'a> {
                 if self.vol().entries(fid).is_some_and(|e| !e.is_empty()) {
                     return Err(Errno::ENOTEMPTY);
                 }
-                self.tombstone(d.fid, &r.name, fid, v.vv.clone(), sid)?;
+                self.tombstone(d.fid, &r.name, fid, sid)?;
                 self.txn.remove_entry(d.fid, &r.name).map_err(storage)?;
                 self.txn.remove_vnode(fid).map_err(storage)?;
                 self.changed.push(fid);
@@ -701,6 +709,7 @@ impl<'t, 'a> Apply<'t, 'a> {
             // A new directory starts with its parent's ACL, as in Coda.
             acl: is_dir.then(|| d.acl.clone().unwrap_or_default()),
             target: target.to_string(),
+            history: Vec::new(),
         };
         self.bump(&mut v, sid);
         self.put(v)?;
@@ -787,7 +796,7 @@ impl<'t, 'a> Apply<'t, 'a> {
                 (false, true) => return Err(Errno::EISDIR),
                 _ => {}
             }
-            self.tombstone(to.fid, &r.to_name, old, ov.vv.clone(), sid)?;
+            self.tombstone(to.fid, &r.to_name, old, sid)?;
             self.txn.remove_entry(to.fid, &r.to_name).map_err(storage)?;
             if ov.is_dir() {
                 if self.vol().entries(old).is_some_and(|e| !e.is_empty()) {
@@ -803,8 +812,7 @@ impl<'t, 'a> Apply<'t, 'a> {
             }
             ids.push(old);
         }
-        let was = moving.as_ref().map(|v| v.vv.clone()).unwrap_or_default();
-        self.tombstone(from.fid, &r.from_name, fid, was, sid)?;
+        self.tombstone(from.fid, &r.from_name, fid, sid)?;
         self.txn
             .remove_entry(from.fid, &r.from_name)
             .map_err(storage)?;

@@ -22,6 +22,10 @@ pub enum Kind {
     /// A name removed from a directory of a replicated volume
     /// ([`crate::vnode::TombRecord`]).
     Tombstone = 7,
+    /// A vnode with its update history ([`crate::vnode::Vnode`]); kind
+    /// `Vnode` records ([`crate::vnode::VnodeV1`]) are read and rewritten
+    /// as this by their next change.
+    Vnode2 = 8,
 }
 
 impl Kind {
@@ -34,6 +38,7 @@ impl Kind {
             5 => Kind::Applied,
             6 => Kind::Volume2,
             7 => Kind::Tombstone,
+            8 => Kind::Vnode2,
             _ => return None,
         })
     }

@@ -192,6 +192,7 @@ impl Service {
                         Vec::new()
                     },
                     tombstones: v.tombstones(f).cloned().collect(),
+                    history: vn.history.clone(),
                 })
             })
             .collect())
@@ -335,6 +336,7 @@ fn vnode_of(o: &InstallObject, container: u64) -> Vnode {
         parent: s.parent,
         acl: o.acl.clone(),
         target: o.target.clone(),
+        history: o.history.clone(),
     }
 }
 

@@ -123,22 +123,52 @@ fn same_contents(a: &ObjectState, b: &ObjectState) -> bool {
         && (x.vv.flags & FLAG_INCONSISTENT) == (y.vv.flags & FLAG_INCONSISTENT)
 }
 
+/// Whether two versions are the same in every part a replica keeps.
+fn identical(a: &ObjectState, b: &ObjectState) -> bool {
+    let plain = |s: &ObjectState| {
+        let mut st = s.status.clone();
+        st.my_rights = Default::default();
+        st.any_rights = Default::default();
+        st.callback = 0;
+        st
+    };
+    plain(a) == plain(b)
+        && a.acl == b.acl
+        && a.target == b.target
+        && a.history == b.history
+        && sorted(&a.entries) == sorted(&b.entries)
+}
+
 fn sorted(b: &[Binding]) -> Vec<&Binding> {
     let mut v: Vec<&Binding> = b.iter().collect();
     v.sort();
     v
 }
 
+/// Whether version `a` saw everything version `b` saw: its vector says
+/// so, or (files and symlinks) `a`'s history holds every update of `b`'s
+/// (all that `a` remembers, if it forgot older ones). The second survives
+/// a lost COP2, which leaves vectors apart with equal histories.
+/// Directories are merged instead: their updates do not name the version
+/// they change.
+fn descends(a: &ObjectState, b: &ObjectState) -> bool {
+    let by_vector = matches!(
+        a.status.vv.compare(&b.status.vv),
+        VvOrder::Equal | VvOrder::Dominates
+    );
+    let by_history = a.status.kind != VnodeKind::Directory
+        && a.history.contains(&b.status.vv.store_id)
+        && (a.history.len() >= crate::vnode::HISTORY_MAX
+            || b.history.iter().all(|x| a.history.contains(x)));
+    by_vector || by_history
+}
+
 /// The version that saw all the others saw, if there is one.
 fn dominant<'a>(versions: &[(usize, &'a ObjectState)]) -> Option<(usize, &'a ObjectState)> {
-    versions.iter().copied().find(|(_, a)| {
-        versions.iter().all(|(_, b)| {
-            matches!(
-                a.status.vv.compare(&b.status.vv),
-                VvOrder::Equal | VvOrder::Dominates
-            )
-        })
-    })
+    versions
+        .iter()
+        .copied()
+        .find(|(_, a)| versions.iter().all(|(_, b)| descends(a, b)))
 }
 
 /// One object as it should be on every replica, and where it comes from.
@@ -216,6 +246,8 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
     };
     // 3. The state each object should have.
     let mut merged: HashMap<Fid, Merged> = HashMap::new();
+    // Objects renamed because one name was made on both sides: marked.
+    let mut clashed: HashSet<Fid> = HashSet::new();
     let dirs: Vec<Fid> = differing
         .iter()
         .copied()
@@ -255,7 +287,8 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
                 entries_set: first.status.kind == VnodeKind::Directory,
             }
         } else if first.status.kind == VnodeKind::Directory {
-            let mut state = merge_dir(&versions, &states);
+            let (mut state, clashes) = merge_dir(&versions, &states);
+            clashed.extend(clashes);
             joined.store_id = StoreId {
                 host: RESOLVER_HOST,
                 unique: derived(&[&f.vnode.to_le_bytes(), &codec::to_bytes(&joined)]),
@@ -281,41 +314,41 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
         };
         merged.insert(*f, m);
     }
-    // Name clashes found while merging: the object renamed is marked.
-    let mut clashed: HashSet<Fid> = HashSet::new();
-    for d in &dirs {
-        if let Some(m) = merged.get(d) {
-            for b in &m.state.entries {
-                if b.name.contains(CLASH_MARK) {
-                    clashed.insert(b.fid);
-                }
-            }
-        }
-    }
     // 4. Names decide what exists: an object no merged directory binds
     // (where its directory was merged) goes, one bound where a replica
     // lacks it is made there.
-    let mut bound_by: HashMap<Fid, Vec<(Fid, String)>> = HashMap::new();
     let merged_dirs: HashSet<Fid> = dirs
         .iter()
         .copied()
         .filter(|d| merged.get(d).is_some_and(|m| m.entries_set))
         .collect();
-    for d in &merged_dirs {
-        for b in &merged[d].state.entries {
-            bound_by.entry(b.fid).or_default().push((*d, b.name.clone()));
-        }
-    }
+    // Until nothing changes: the objects of a directory that goes, go too.
     let mut removed: HashSet<Fid> = HashSet::new();
-    for f in &differing {
-        let Some(m) = merged.get(f) else { continue };
-        let root = f.vnode == coda_proto::fid::ROOT_VNODE;
-        let parents: Vec<Fid> = versions_of(f).iter().map(|(_, s)| s.status.parent).collect();
-        let decided_by_merge = !root && parents.iter().all(|p| merged_dirs.contains(p));
-        if decided_by_merge && !bound_by.contains_key(f) && !m.conflict {
-            removed.insert(*f);
+    let bound_by = loop {
+        let mut bound_by: HashMap<Fid, Vec<(Fid, String)>> = HashMap::new();
+        for d in merged_dirs.iter().filter(|d| !removed.contains(d)) {
+            for b in &merged[d].state.entries {
+                bound_by.entry(b.fid).or_default().push((*d, b.name.clone()));
+            }
         }
-    }
+        let mut more = false;
+        for f in &differing {
+            let Some(m) = merged.get(f) else { continue };
+            if removed.contains(f) || m.conflict || f.vnode == coda_proto::fid::ROOT_VNODE {
+                continue;
+            }
+            let decided_by_merge = versions_of(f).iter().all(|(_, s)| {
+                merged_dirs.contains(&s.status.parent) || removed.contains(&s.status.parent)
+            });
+            if decided_by_merge && !bound_by.contains_key(f) {
+                removed.insert(*f);
+                more = true;
+            }
+        }
+        if !more {
+            break bound_by;
+        }
+    };
     // Link counts and parents follow the merged names.
     for f in differing.iter() {
         if removed.contains(f) {
@@ -385,7 +418,7 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
             } else {
                 m.state.clone()
             };
-            if mine.is_some_and(|s| s.status.vv == want.status.vv && same_contents(s, &want)) {
+            if mine.is_some_and(|s| identical(s, &want)) {
                 continue;
             }
             let needs_data = want.status.kind == VnodeKind::File
@@ -408,7 +441,11 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
                 status: want.status.clone(),
                 acl: want.acl.clone(),
                 target: want.target.clone(),
-                entries: m.entries_set.then(|| want.entries.clone()),
+                history: want.history.clone(),
+                // A directory made here takes its names too.
+                entries: (m.entries_set
+                    || (mine.is_none() && want.status.kind == VnodeKind::Directory))
+                    .then(|| want.entries.clone()),
                 clear_tombstones: m.entries_set && every_replica,
                 data,
             });
@@ -460,7 +497,7 @@ pub const CLASH_MARK: &str = ".conflict-";
 fn merge_dir(
     versions: &[(usize, &ObjectState)],
     states: &BTreeMap<usize, HashMap<Fid, ObjectState>>,
-) -> ObjectState {
+) -> (ObjectState, Vec<Fid>) {
     // Attributes: the latest change wins.
     let (_, newest) = versions
         .iter()
@@ -478,6 +515,7 @@ fn merge_dir(
         }
     }
     let mut entries: Vec<Binding> = Vec::new();
+    let mut clashes = Vec::new();
     for (name, holders) in by_name {
         let mut kept: Vec<Binding> = Vec::new();
         for (slot, b) in &holders {
@@ -489,7 +527,12 @@ fn merge_dir(
                     t.name == name
                         && t.fid == b.fid
                         && version_at(*slot, &b.fid).is_none_or(|v| {
-                            matches!(v.compare(&t.vv), VvOrder::Equal | VvOrder::Dominated)
+                            // Unchanged since it was removed there: the
+                            // same version (a lost COP2 may part their
+                            // vectors), or one the removed version saw.
+                            v.store_id == t.vv.store_id
+                                || t.history.contains(&v.store_id)
+                                || matches!(v.compare(&t.vv), VvOrder::Equal | VvOrder::Dominated)
                         })
                 })
             });
@@ -503,6 +546,7 @@ fn merge_dir(
                 entries.push(b);
                 first = false;
             } else {
+                clashes.push(b.fid);
                 entries.push(Binding {
                     name: format!("{name}{CLASH_MARK}{:x}", b.fid.vnode),
                     fid: b.fid,
@@ -514,7 +558,7 @@ fn merge_dir(
     entries.sort();
     out.entries = entries;
     out.tombstones = Vec::new();
-    out
+    (out, clashes)
 }
 
 /// A number named by what it is for: the same merge gets the same store

@@ -211,6 +211,7 @@ impl RestoreSession {
                 parent: map(h.volume, v.parent_vnode, v.parent_unique),
                 acl: v.acl.clone().filter(|_| v.kind == VnodeKind::Directory),
                 target: v.target.clone(),
+                history: vec![v.vv.store_id],
             });
         }
         match kinds.get(&ROOT_VNODE) {

@@ -1533,7 +1533,26 @@ impl Service {
         name: &str,
         owner: PrincipalId,
     ) -> Result<(VolumeInfo, CommitId), Errno> {
-        let commit = match self.create_volume(id, name, owner) {
+        let me = vec![self.cell.name.clone()];
+        self.new_replica(id, name, owner, &me, Timestamp::now())
+    }
+
+    /// Makes this server's replica of volume `id`, whose replicas are the
+    /// servers `replicas` (in version-vector slot order): every replica
+    /// starts the same, so they are equal until updates come.
+    pub fn new_replica(
+        &mut self,
+        id: VolumeId,
+        name: &str,
+        owner: PrincipalId,
+        replicas: &[String],
+        created: Timestamp,
+    ) -> Result<(VolumeInfo, CommitId), Errno> {
+        let kind = match replicas.len() {
+            0 | 1 => VolumeKind::ReadWrite,
+            _ => VolumeKind::Replicated,
+        };
+        let commit = match self.create_volume(id, name, owner, replicas, created) {
             Ok(c) => c,
             Err(e) => {
                 self.cell.vldb_mut().remove(id);
@@ -1545,7 +1564,7 @@ impl Service {
             Location {
                 name: name.to_string(),
                 shard: self.shard.index,
-                kind: VolumeKind::ReadWrite,
+                kind,
             },
         );
         Ok((self.info(id)?, commit))
@@ -1559,27 +1578,39 @@ impl Service {
         id: VolumeId,
         name: &str,
         owner: PrincipalId,
+        replicas: &[String],
+        now: Timestamp,
     ) -> Result<CommitId, Errno> {
         let mut acl = fileops::root_acl();
         if owner > 0 && !self.cell.pdb().is_admin(owner) {
             acl.set(owner, Rights::ALL, false);
         }
-        let now = Timestamp::now();
         let root = Fid::root(id);
         let store_id = StoreId {
             host: 0,
             unique: id,
         };
-        let mut vv = VersionVector::new(1);
-        vv.bump(0, store_id);
-        let cell_name = self.cell.name.clone();
+        let n = replicas.len().max(1);
+        let mut vv = VersionVector::new(n);
+        vv.store_id = store_id;
+        if n == 1 {
+            vv.bump(0, store_id);
+        }
+        let kind = match n {
+            1 => VolumeKind::ReadWrite,
+            _ => VolumeKind::Replicated,
+        };
+        let replicas = match replicas.is_empty() {
+            true => vec![self.cell.name.clone()],
+            false => replicas.to_vec(),
+        };
         let made = self.shard.transact(Durability::NoFlush, |txn| {
             txn.create_volume(VolumeHeader {
                 id,
                 name: name.to_string(),
-                kind: VolumeKind::ReadWrite,
+                kind,
                 locked: false,
-                replicas: vec![cell_name],
+                replicas,
                 next_vnode: ROOT_VNODE + 1,
                 next_unique: ROOT_VNODE + 1,
                 stamp: 1,
@@ -1609,6 +1640,7 @@ impl Service {
                 parent: root,
                 acl: Some(acl),
                 target: String::new(),
+                history: vec![store_id],
             })
         });
         made.map(|((), commit)| commit).map_err(rvm_errno)

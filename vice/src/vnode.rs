@@ -137,6 +137,35 @@ impl Grant {
 }
 
 codec_struct! {
+    /// A vnode as record kind `Vnode` held it, before replication.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct VnodeV1 {
+        pub fid: Fid,
+        pub kind: VnodeKind,
+        pub mode: u32,
+        pub owner: u32,
+        pub group: u32,
+        pub author: u32,
+        pub link_count: u32,
+        pub length: u64,
+        pub mtime: Timestamp,
+        pub ctime: Timestamp,
+        pub atime: Timestamp,
+        pub data_version: u64,
+        pub vv: VersionVector,
+        pub content_hash: [u8; 32],
+        /// Container file number; [`NO_CONTAINER`] for empty files and
+        /// for directories and symlinks, whose content is in RVM.
+        pub container: u64,
+        pub parent: Fid,
+        /// Directories only.
+        pub acl: Option<Acl>,
+        /// Symlinks only.
+        pub target: String,
+    }
+}
+
+codec_struct! {
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Vnode {
         pub fid: Fid,
@@ -161,6 +190,41 @@ codec_struct! {
         pub acl: Option<Acl>,
         /// Symlinks only.
         pub target: String,
+        /// The store ids of the last updates this version went through,
+        /// oldest first (the current one last): a version whose history
+        /// holds another's store id descends from it, whatever a lost COP2
+        /// left in their vectors.
+        pub history: Vec<StoreId>,
+    }
+}
+
+
+/// Updates a vnode remembers (its history).
+pub const HISTORY_MAX: usize = 8;
+
+impl From<VnodeV1> for Vnode {
+    fn from(v: VnodeV1) -> Vnode {
+        Vnode {
+            fid: v.fid,
+            kind: v.kind,
+            mode: v.mode,
+            owner: v.owner,
+            group: v.group,
+            author: v.author,
+            link_count: v.link_count,
+            length: v.length,
+            mtime: v.mtime,
+            ctime: v.ctime,
+            atime: v.atime,
+            data_version: v.data_version,
+            history: vec![v.vv.store_id],
+            vv: v.vv,
+            content_hash: v.content_hash,
+            container: v.container,
+            parent: v.parent,
+            acl: v.acl,
+            target: v.target,
+        }
     }
 }
 

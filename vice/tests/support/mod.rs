@@ -650,7 +650,7 @@ pub fn apply_batch(shard: &mut Shard, vol: VolumeId, records: &[CmlRecord]) -> R
     let exists = |_| true;
     let (containers, txn) = shard.split();
     let mut txn = txn.unwrap();
-    let mut a = coda_vice::fileops::Apply::new(&mut txn, containers, &caller, vol, &exists)?;
+    let mut a = coda_vice::fileops::Apply::new(&mut txn, containers, &caller, vol, &exists, "sim")?;
     let applied = records
         .iter()
         .try_for_each(|r| a.op(r, &mut |_| None).map(|_| ()))

@@ -1,0 +1,898 @@
+//! Server replication over the seeded simulated network: three servers
+//! holding replicas of one volume, clients that send every update to each
+//! replica they reach (COP1) and then say who applied it (COP2), cuts,
+//! partitions and restarts, and the resolver bringing replicas together.
+//!
+//! `SIM_SEED=N` replays one seed; `SIM_SEEDS=K` runs K of them.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use coda_proto::cml::{self, CmlRecord, Op};
+use coda_proto::fid::{Fid, StoreId, VolumeId};
+use coda_proto::res::{Cop2, Cop2Entry, ObjectState, StateRequest, SummaryEntry, SummaryRequest};
+use coda_proto::status::{Status, Timestamp, VnodeKind};
+use coda_proto::vice::{self, op, AllocFids, FidRange, MutateReply};
+use coda_proto::vv::FLAG_INCONSISTENT;
+use coda_proto::Errno;
+use coda_rpc2::codec::{self, Decode, Encode};
+use coda_rpc2::endpoint::{Auth, ConnId, Event, Reply, SideEffect};
+use coda_rpc2::sim::{NetConfig, NodeId, Sim};
+use coda_rpc2::{CellKey, Config, Credentials, Sink, Source, Token};
+use coda_vice::cell::Cell;
+use coda_vice::pdb::{Pdb, ADMIN_ID};
+use coda_vice::replica::SERVER_ID;
+use coda_vice::resolve::{self, Replicas, CLASH_MARK};
+use coda_vice::service::Service;
+use coda_vice::shard::{Shard, ShardOptions};
+
+const CELL: [u8; 32] = [0x5a; 32];
+const CELL_ID: [u8; 16] = [7; 16];
+const VOL: VolumeId = 0x7f00_0100;
+const N: usize = 3;
+const NAMES: [&str; N] = ["s0", "s1", "s2"];
+
+fn shard_options() -> ShardOptions {
+    ShardOptions {
+        segment_bytes: 64 << 20,
+        log_bytes: 8 << 20,
+        ..Default::default()
+    }
+}
+
+fn credentials(user: u32) -> Credentials {
+    let now = coda_rpc2::sim::EPOCH.as_micros() / 1_000_000;
+    let token = Token {
+        user_id: user,
+        session_key: [user as u8; 32],
+        issued_at: now,
+        expires_at: now + 25 * 3600,
+    };
+    Credentials {
+        sealed_token: token.seal(&CellKey::from_bytes(CELL), [3; 24]),
+        session_key: token.session_key,
+    }
+}
+
+fn open_service(dir: &std::path::Path, name: &str) -> Service {
+    let pdb = Pdb::open(&dir.join("pdb.toml")).unwrap();
+    let cell = Arc::new(Cell::new(
+        CellKey::from_bytes(CELL),
+        CELL_ID,
+        1,
+        name.into(),
+        pdb,
+    ));
+    let (shard, _) = Shard::open(&dir.join("shard0"), 0, CELL_ID, &shard_options()).unwrap();
+    let svc = Service::new(cell, shard);
+    svc.cell.set_addr(0, name.into());
+    svc
+}
+
+fn quick() -> Config {
+    Config {
+        peer_timeout: Duration::from_secs(2),
+        ..Config::default()
+    }
+}
+
+/// A node's connection to each server, as some principal.
+struct Node {
+    node: NodeId,
+    conns: Vec<ConnId>,
+}
+
+struct World {
+    sim: Sim,
+    servers: Vec<NodeId>,
+    services: Vec<Option<Rc<RefCell<Service>>>>,
+    dirs: Vec<tempfile::TempDir>,
+    /// Each server's resolver: a client of every replica, as a server.
+    resolvers: Vec<Node>,
+    clients: Vec<Client>,
+}
+
+struct Client {
+    at: Node,
+    host: u64,
+    next: u64,
+    /// COP2s are sometimes lost (the client died after COP1).
+    lose_cop2: u64,
+}
+
+impl World {
+    fn new(seed: u64, clients: usize) -> World {
+        let mut sim = Sim::new(seed, NetConfig::default());
+        let mut servers = Vec::new();
+        let mut services = Vec::new();
+        let mut dirs = Vec::new();
+        let replicas: Vec<String> = NAMES.iter().map(|s| s.to_string()).collect();
+        for name in NAMES {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let mut pdb = Pdb::open(&dir.path().join("pdb.toml")).unwrap();
+                pdb.add_user("admin", "pw", Some(ADMIN_ID), [1; 16]).unwrap();
+                pdb.add_member(coda_vice::pdb::ADMINISTRATORS_NAME, "admin")
+                    .unwrap();
+            }
+            let mut svc = open_service(dir.path(), name);
+            let created = Timestamp {
+                secs: 1_700_000_000,
+                nanos: 0,
+            };
+            svc.new_replica(VOL, "rep", ADMIN_ID, &replicas, created)
+                .unwrap();
+            svc.shard.flush().unwrap();
+            let node = sim.add(
+                name,
+                Config {
+                    accept_binds: true,
+                    cell_key: Some(CellKey::from_bytes(CELL)),
+                    ..quick()
+                },
+            );
+            let svc = Rc::new(RefCell::new(svc));
+            coda_vice::sim::serve(&mut sim, node, svc.clone());
+            servers.push(node);
+            services.push(Some(svc));
+            dirs.push(dir);
+        }
+        let mut w = World {
+            sim,
+            servers,
+            services,
+            dirs,
+            resolvers: Vec::new(),
+            clients: Vec::new(),
+        };
+        for i in 0..N {
+            let r = w.node(&format!("resolver{i}"), SERVER_ID as u32);
+            w.resolvers.push(r);
+        }
+        for i in 0..clients {
+            let at = w.node(&format!("client{i}"), ADMIN_ID as u32);
+            w.clients.push(Client {
+                at,
+                host: 0x1000 + i as u64,
+                next: 0,
+                lose_cop2: 0,
+            });
+        }
+        w
+    }
+
+    /// A node bound to every server as `user`.
+    fn node(&mut self, name: &str, user: u32) -> Node {
+        let node = self.sim.add(name, quick());
+        let mut conns = Vec::new();
+        for s in 0..N {
+            let addr = self.sim.addr(self.servers[s]);
+            let now = self.sim.now;
+            let conn = self
+                .sim
+                .endpoint(node)
+                .connect(now, addr, Auth::Encrypted(credentials(user)));
+            let mut ok = None;
+            self.sim.run_until(Duration::from_secs(60), |s| {
+                while let Some(e) = s.nodes[node].events.pop_front() {
+                    match e {
+                        Event::Connected { .. } => ok = Some(true),
+                        Event::ConnectFailed { error, .. } => panic!("bind failed: {error}"),
+                        _ => {}
+                    }
+                }
+                ok.is_some()
+            });
+            assert!(ok.is_some());
+            conns.push(conn);
+        }
+        Node { node, conns }
+    }
+
+    fn svc(&self, s: usize) -> std::cell::RefMut<'_, Service> {
+        self.services[s].as_ref().unwrap().borrow_mut()
+    }
+
+    /// Nodes that stand with server `s` (its resolver).
+    fn side_of(&self, s: usize) -> Vec<NodeId> {
+        vec![self.servers[s], self.resolvers[s].node]
+    }
+
+    /// Cuts the network between two groups of servers; `clients_a` and
+    /// `clients_b` stand with each.
+    fn split(&mut self, a: &[usize], b: &[usize], clients_a: &[usize], clients_b: &[usize]) {
+        let group = |w: &World, servers: &[usize], clients: &[usize]| -> Vec<NodeId> {
+            let mut g: Vec<NodeId> = servers.iter().flat_map(|&s| w.side_of(s)).collect();
+            g.extend(clients.iter().map(|&c| w.clients[c].at.node));
+            g
+        };
+        let (ga, gb) = (group(self, a, clients_a), group(self, b, clients_b));
+        for x in &ga {
+            for y in &gb {
+                self.sim.partition(*x, *y);
+            }
+        }
+    }
+
+    fn heal_all(&mut self) {
+        let all: Vec<NodeId> = self
+            .servers
+            .iter()
+            .copied()
+            .chain(self.resolvers.iter().map(|r| r.node))
+            .chain(self.clients.iter().map(|c| c.at.node))
+            .collect();
+        for x in &all {
+            for y in &all {
+                if x != y {
+                    self.sim.heal(*x, *y);
+                }
+            }
+        }
+    }
+
+    /// Drops server `s` and opens it again from disk, as after a crash.
+    fn restart(&mut self, s: usize) {
+        let node = self.servers[s];
+        self.sim.set_handler(node, |_, e| Some(e));
+        let old = self.services[s].take().unwrap();
+        drop(Rc::try_unwrap(old).ok().expect("only the handler held it"));
+        let svc = Rc::new(RefCell::new(open_service(self.dirs[s].path(), NAMES[s])));
+        coda_vice::sim::serve(&mut self.sim, node, svc.clone());
+        self.services[s] = Some(svc);
+        self.sim.restart(
+            node,
+            Config {
+                accept_binds: true,
+                cell_key: Some(CellKey::from_bytes(CELL)),
+                ..quick()
+            },
+        );
+        // Everyone binds again.
+        for i in 0..N {
+            let r = self.node(&format!("resolver{i}-again"), SERVER_ID as u32);
+            self.resolvers[i] = r;
+        }
+        for c in 0..self.clients.len() {
+            let at = self.node(&format!("client{c}-again"), ADMIN_ID as u32);
+            self.clients[c].at = at;
+        }
+    }
+
+    /// One call from `node` to server `s`: None if it could not be reached.
+    fn call_at(
+        sim: &mut Sim,
+        at: &Node,
+        s: usize,
+        opcode: u16,
+        body: Bytes,
+        side: Option<SideEffect>,
+    ) -> Option<Reply> {
+        let now = sim.now;
+        let call = sim
+            .endpoint(at.node)
+            .call(now, at.conns[s], vice::SUBSYSTEM, opcode, body, side)
+            .ok()?;
+        let node = at.node;
+        let mut result = None;
+        let done = sim.run_until(Duration::from_secs(600), |sim| {
+            while let Some(e) = sim.nodes[node].events.pop_front() {
+                match e {
+                    Event::Reply { call: id, result: r } if id == call => result = Some(r),
+                    Event::Request { id, .. } => {
+                        // A callback break: answered.
+                        let now = sim.now;
+                        let _ = sim.endpoint(node).reply(now, id, 0, Bytes::new());
+                    }
+                    _ => {}
+                }
+            }
+            result.is_some()
+        });
+        assert!(done, "call never finished (seed {})", sim.seed);
+        result.unwrap().ok()
+    }
+
+    /// Sends `op` from client `c` to every replica (COP1), then tells those
+    /// that applied it so (COP2). The slots that applied it.
+    fn update(&mut self, c: usize, op: Op, data: Option<&[u8]>) -> Result<Vec<usize>, Errno> {
+        let cl = &mut self.clients[c];
+        cl.next += 1;
+        let rec = CmlRecord {
+            store_id: StoreId {
+                host: cl.host,
+                unique: cl.next,
+            },
+            time: Timestamp {
+                secs: 1_700_000_000 + cl.next as i64,
+                nanos: 0,
+            },
+            op,
+        };
+        let opcode = vice::direct_opcode(&rec.op);
+        let body = codec::to_bytes(&rec);
+        let mut applied = Vec::new();
+        let mut errors = Vec::new();
+        for s in 0..N {
+            let side = data.map(|d| SideEffect::Send(Source::Memory(Bytes::copy_from_slice(d))));
+            match Self::call_at(&mut self.sim, &self.clients[c].at, s, opcode, body.clone(), side) {
+                Some(r) if r.code == 0 => {
+                    let _: MutateReply = codec::from_bytes(&r.body).unwrap();
+                    applied.push(s);
+                }
+                Some(r) => errors.push(Errno(r.code)),
+                None => {}
+            }
+        }
+        if applied.is_empty() {
+            return Err(errors.first().copied().unwrap_or(Errno::ETIMEDOUT));
+        }
+        let cl = &mut self.clients[c];
+        cl.lose_cop2 += 1;
+        if cl.lose_cop2 % 7 != 0 {
+            let cop2 = Cop2 {
+                volume: VOL,
+                updates: vec![Cop2Entry {
+                    store_id: rec.store_id,
+                    slots: applied.iter().map(|&s| s as u32).collect(),
+                }],
+            };
+            for &s in &applied {
+                let body = codec::to_bytes(&cop2);
+                Self::call_at(&mut self.sim, &self.clients[c].at, s, op::COP2, body, None);
+            }
+        }
+        Ok(applied)
+    }
+
+    /// A fresh fid from the first replica that answers.
+    fn fid(&mut self, c: usize) -> Result<Fid, Errno> {
+        for s in 0..N {
+            let body = codec::to_bytes(&AllocFids {
+                volume: VOL,
+                count: 1,
+            });
+            if let Some(r) = Self::call_at(&mut self.sim, &self.clients[c].at, s, op::ALLOC_FIDS, body, None) {
+                if r.code == 0 {
+                    let range: FidRange = codec::from_bytes(&r.body).unwrap();
+                    return Ok(range.fid(0).unwrap());
+                }
+            }
+        }
+        Err(Errno::ETIMEDOUT)
+    }
+
+    /// Runs server `s`'s resolver over the volume.
+    fn resolve(&mut self, s: usize) -> Result<resolve::Outcome, Errno> {
+        let mut reps = SimReplicas {
+            sim: &mut self.sim,
+            at: &self.resolvers[s],
+        };
+        resolve::resolve(&mut reps, VOL, N)
+    }
+
+    /// Resolves until nothing differs (a few rounds at most).
+    fn resolve_fully(&mut self, s: usize) {
+        for _ in 0..4 {
+            match self.resolve(s) {
+                Ok(o) if o.differing == 0 => return,
+                Ok(o) if o.installed == 0 => return,
+                _ => {}
+            }
+        }
+        let o = self.resolve(s).unwrap();
+        assert_eq!(o.installed, 0, "resolution does not settle: {o:?}");
+    }
+
+    /// Each replica's view: fid → state, without the parts that may differ
+    /// between equal replicas.
+    fn replica_state(&mut self, s: usize) -> BTreeMap<Fid, (Status, Vec<String>, String)> {
+        let svc = self.svc(s);
+        let vol = svc.shard.meta.volume(VOL).unwrap();
+        let fids: Vec<Fid> = vol.vnodes().map(|v| v.fid).collect();
+        drop(svc);
+        let states = self.states(s, &fids);
+        states
+            .into_iter()
+            .map(|st| {
+                let mut status = st.status;
+                status.callback = 0;
+                let mut names: Vec<String> = st
+                    .entries
+                    .iter()
+                    .map(|b| format!("{}={}", b.name, b.fid))
+                    .collect();
+                names.sort();
+                (status.fid, (status, names, st.target))
+            })
+            .collect()
+    }
+
+    fn states(&mut self, s: usize, fids: &[Fid]) -> Vec<ObjectState> {
+        let mut reps = SimReplicas {
+            sim: &mut self.sim,
+            at: &self.resolvers[s],
+        };
+        let req = StateRequest {
+            volume: VOL,
+            fids: fids.to_vec(),
+        };
+        let list: Vec<Option<ObjectState>> = bulk(&mut reps, s, op::RES_STATE, &req).unwrap();
+        list.into_iter().flatten().collect()
+    }
+
+    fn summary(&mut self, s: usize) -> Vec<SummaryEntry> {
+        let mut reps = SimReplicas {
+            sim: &mut self.sim,
+            at: &self.resolvers[s],
+        };
+        bulk(&mut reps, s, op::RES_SUMMARY, &SummaryRequest { volume: VOL }).unwrap()
+    }
+
+    /// The tree of replica `s`: path → (kind, content hash, inconsistent).
+    fn tree(&mut self, s: usize) -> BTreeMap<String, (VnodeKind, [u8; 32], bool)> {
+        let all = self.replica_state(s);
+        let mut out = BTreeMap::new();
+        let mut stack = vec![(Fid::root(VOL), String::new())];
+        while let Some((dir, path)) = stack.pop() {
+            let (_, names, _) = &all[&dir];
+            for n in names {
+                let (name, fid) = n.split_once('=').unwrap();
+                let fid: Fid = fid.parse().unwrap();
+                let (st, _, _) = &all[&fid];
+                let p = format!("{path}/{name}");
+                out.insert(
+                    p.clone(),
+                    (st.kind, st.content_hash, st.vv.flags & FLAG_INCONSISTENT != 0),
+                );
+                if st.kind == VnodeKind::Directory {
+                    stack.push((fid, p));
+                }
+            }
+        }
+        out
+    }
+
+    fn fsck(&self, s: usize) -> Vec<String> {
+        coda_vice::fsck::check_shard(&self.svc(s).shard)
+    }
+}
+
+fn bulk<T: Decode>(reps: &mut dyn Replicas, s: usize, opcode: u16, req: &impl Encode) -> Result<T, Errno> {
+    let r = reps.call(
+        s,
+        opcode,
+        codec::to_bytes(req),
+        Some(SideEffect::Receive(Sink::memory(1 << 30))),
+    )?;
+    if r.code != 0 {
+        return Err(Errno(r.code));
+    }
+    Ok(codec::from_bytes(&r.sink.unwrap().into_bytes()).unwrap())
+}
+
+struct SimReplicas<'a> {
+    sim: &'a mut Sim,
+    at: &'a Node,
+}
+
+impl Replicas for SimReplicas<'_> {
+    fn call(
+        &mut self,
+        slot: usize,
+        opcode: u16,
+        body: Bytes,
+        side_effect: Option<SideEffect>,
+    ) -> Result<Reply, Errno> {
+        World::call_at(self.sim, self.at, slot, opcode, body, side_effect).ok_or(Errno::ETIMEDOUT)
+    }
+}
+
+fn seeds(default: u64) -> Vec<u64> {
+    let env = |n: &str| std::env::var(n).ok().and_then(|s| s.parse::<u64>().ok());
+    match env("SIM_SEED") {
+        Some(s) => vec![s],
+        None => (1..=env("SIM_SEEDS").unwrap_or(default)).collect(),
+    }
+}
+
+fn blake(d: &[u8]) -> [u8; 32] {
+    *blake3::hash(d).as_bytes()
+}
+
+/// What the clients believe the volume holds: path → contents (None: a
+/// directory), and each path's fid.
+#[derive(Default, Clone)]
+struct Model {
+    files: BTreeMap<String, Option<Vec<u8>>>,
+    fids: HashMap<String, Fid>,
+    /// The store id of each object's last update (for stores).
+    seen: HashMap<Fid, StoreId>,
+}
+
+impl Model {
+    fn dirs(&self) -> Vec<String> {
+        let mut d = vec![String::new()];
+        d.extend(self.files.iter().filter(|(_, c)| c.is_none()).map(|(p, _)| p.clone()));
+        d
+    }
+
+    fn files_only(&self) -> Vec<String> {
+        self.files.iter().filter(|(_, c)| c.is_some()).map(|(p, _)| p.clone()).collect()
+    }
+
+    fn fid(&self, path: &str) -> Fid {
+        if path.is_empty() {
+            Fid::root(VOL)
+        } else {
+            self.fids[path]
+        }
+    }
+
+    fn expected(&self) -> BTreeMap<String, (VnodeKind, [u8; 32], bool)> {
+        self.files
+            .iter()
+            .map(|(p, c)| match c {
+                None => (p.clone(), (VnodeKind::Directory, vnode_empty(), false)),
+                Some(d) => (p.clone(), (VnodeKind::File, blake(d), false)),
+            })
+            .collect()
+    }
+}
+
+fn vnode_empty() -> [u8; 32] {
+    coda_vice::vnode::EMPTY_HASH
+}
+
+fn split_path(p: &str) -> (String, String) {
+    let (d, n) = p.rsplit_once('/').unwrap();
+    (d.to_string(), n.to_string())
+}
+
+/// One random update by client `c`, made on the model when any replica
+/// applied it.
+fn random_update(w: &mut World, m: &mut Model, rng: &mut Rng, c: usize, log: &mut Vec<String>) {
+    let dirs = m.dirs();
+    let files = m.files_only();
+    let choice = rng.below(100);
+    if choice < 30 || files.is_empty() {
+        let dir = rng.pick(&dirs).clone();
+        let name = format!("f{}", rng.below(1000));
+        let path = format!("{dir}/{name}");
+        if m.files.contains_key(&path) {
+            return;
+        }
+        let Ok(fid) = w.fid(c) else { return };
+        let mkdir = rng.below(4) == 0;
+        let op = if mkdir {
+            Op::MakeDir(cml::MakeDir { dir: m.fid(&dir), name: name.clone(), fid, mode: 0o755, group: 0 })
+        } else {
+            Op::Create(cml::Create { dir: m.fid(&dir), name: name.clone(), fid, mode: 0o644, group: 0 })
+        };
+        let sid = StoreId { host: w.clients[c].host, unique: w.clients[c].next + 1 };
+        let r = w.update(c, op, None);
+        log.push(format!("client {c}: {} {path}: {r:?}", if mkdir { "mkdir" } else { "create" }));
+        if r.is_ok() {
+            m.files.insert(path.clone(), if mkdir { None } else { Some(Vec::new()) });
+            m.fids.insert(path, fid);
+            m.seen.insert(fid, sid);
+        }
+    } else if choice < 65 {
+        let path = rng.pick(&files).clone();
+        let fid = m.fids[&path];
+        let len = rng.below(3000) as usize;
+        let data = rng.bytes(len);
+        let sid = StoreId { host: w.clients[c].host, unique: w.clients[c].next + 1 };
+        let op = Op::Store(cml::Store {
+            fid,
+            seen: m.seen[&fid],
+            length: data.len() as u64,
+            content_hash: blake(&data),
+        });
+        let r = w.update(c, op, Some(&data));
+        log.push(format!("client {c}: store {path} ({} bytes): {r:?}", data.len()));
+        if r.is_ok() {
+            m.files.insert(path, Some(data));
+            m.seen.insert(fid, sid);
+        }
+    } else if choice < 80 {
+        let path = rng.pick(&files).clone();
+        let fid = m.fids[&path];
+        let (dir, name) = split_path(&path);
+        let op = Op::Remove(cml::Remove { dir: m.fid(&dir), name, fid, seen: m.seen[&fid] });
+        let r = w.update(c, op, None);
+        log.push(format!("client {c}: remove {path}: {r:?}"));
+        if r.is_ok() {
+            m.files.remove(&path);
+            m.fids.remove(&path);
+        }
+    } else if choice < 92 {
+        // Rename a file within or between directories.
+        let path = rng.pick(&files).clone();
+        let fid = m.fids[&path];
+        let (from_dir, from_name) = split_path(&path);
+        let to_dir = rng.pick(&dirs).clone();
+        let to_name = format!("r{}", rng.below(1000));
+        let to = format!("{to_dir}/{to_name}");
+        if m.files.contains_key(&to) {
+            return;
+        }
+        let op = Op::Rename(cml::Rename {
+            from_dir: m.fid(&from_dir),
+            from_name,
+            to_dir: m.fid(&to_dir),
+            to_name,
+            fid,
+            replaced: None,
+        });
+        let sid = StoreId { host: w.clients[c].host, unique: w.clients[c].next + 1 };
+        let r = w.update(c, op, None);
+        log.push(format!("client {c}: rename {path} -> {to}: {r:?}"));
+        // Hard links stay in one directory: a move of a multi-linked file
+        // is refused; here every file has one name.
+        if r.is_ok() {
+            let data = m.files.remove(&path).unwrap();
+            m.fids.remove(&path);
+            m.files.insert(to.clone(), data);
+            m.fids.insert(to, fid);
+            m.seen.insert(fid, sid);
+        }
+    } else {
+        // Remove an empty directory.
+        let empty: Vec<String> = dirs
+            .iter()
+            .filter(|d| !d.is_empty() && !m.files.keys().any(|p| p.starts_with(&format!("{d}/"))))
+            .cloned()
+            .collect();
+        if empty.is_empty() {
+            return;
+        }
+        let path = rng.pick(&empty).clone();
+        let fid = m.fids[&path];
+        let (dir, name) = split_path(&path);
+        let op = Op::RemoveDir(cml::RemoveDir { dir: m.fid(&dir), name, fid });
+        let r = w.update(c, op, None);
+        log.push(format!("client {c}: rmdir {path}: {r:?}"));
+        if r.is_ok() {
+            m.files.remove(&path);
+            m.fids.remove(&path);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Checks every replica equals the others (versions too) and the model.
+fn check_converged(w: &mut World, m: &Model, log: &[String], seed: u64) {
+    let report = |what: &str| -> String {
+        format!("seed {seed}: {what}\nSIM_SEED={seed} to replay; ops:\n  {}", log.join("\n  "))
+    };
+    let first = w.replica_state(0);
+    for s in 1..N {
+        let other = w.replica_state(s);
+        for (f, st) in &first {
+            assert_eq!(other.get(f), Some(st), "{}", report(&format!("replica {s} differs from replica 0 at {f}")));
+        }
+        assert_eq!(other.len(), first.len(), "{}", report(&format!("replica {s} has other objects")));
+    }
+    let s0 = w.summary(0);
+    for s in 1..N {
+        assert_eq!(w.summary(s), s0, "{}", report(&format!("replica {s}'s versions differ from replica 0's")));
+    }
+    let tree = w.tree(0);
+    let want = m.expected();
+    for (p, got) in &tree {
+        assert_eq!(Some(got), want.get(p), "{}", report(&format!("{p} on the replicas is not the model's")));
+    }
+    for p in want.keys() {
+        assert!(tree.contains_key(p), "{}", report(&format!("{p} of the model is not on the replicas")));
+    }
+    for s in 0..N {
+        let problems = w.fsck(s);
+        assert!(problems.is_empty(), "{}", report(&format!("replica {s}: {problems:?}")));
+    }
+}
+
+/// Clients on one side only (a server down or cut off, another restarted):
+/// after healing and resolution every replica equals the model exactly.
+#[test]
+fn replicas_converge_after_cuts_and_restarts() {
+    for seed in seeds(12) {
+        let mut w = World::new(seed, 2);
+        let mut rng = Rng(seed * 7919);
+        let mut m = Model::default();
+        let mut log = Vec::new();
+        let mut cut: Option<usize> = None;
+        for step in 0..120 {
+            let r = rng.below(100);
+            if r < 6 {
+                w.heal_all();
+                let k = rng.below(N as u64) as usize;
+                let rest: Vec<usize> = (0..N).filter(|&s| s != k).collect();
+                w.split(&[k], &rest, &[], &[0, 1]);
+                cut = Some(k);
+                log.push(format!("step {step}: server {k} cut off"));
+            } else if r < 10 {
+                w.heal_all();
+                cut = None;
+                log.push(format!("step {step}: healed"));
+            } else if r < 13 {
+                let k = rng.below(N as u64) as usize;
+                w.restart(k);
+                if let Some(c) = cut {
+                    let rest: Vec<usize> = (0..N).filter(|&s| s != c).collect();
+                    w.split(&[c], &rest, &[], &[0, 1]);
+                }
+                log.push(format!("step {step}: server {k} restarted"));
+            } else if r < 17 {
+                let k = rng.below(N as u64) as usize;
+                let o = w.resolve(k);
+                log.push(format!("step {step}: resolution by {k}: {o:?}"));
+            } else {
+                let c = rng.below(2) as usize;
+                random_update(&mut w, &mut m, &mut rng, c, &mut log);
+            }
+        }
+        w.heal_all();
+        log.push("healed; resolving".into());
+        let k = rng.below(N as u64) as usize;
+        w.resolve_fully(k);
+        check_converged(&mut w, &m, &log, seed);
+    }
+}
+
+/// A replica on a new, empty server is filled by resolution.
+#[test]
+fn an_empty_replica_is_filled() {
+    let mut w = World::new(5, 1);
+    let mut rng = Rng(99);
+    let mut m = Model::default();
+    let mut log = Vec::new();
+    for _ in 0..60 {
+        random_update(&mut w, &mut m, &mut rng, 0, &mut log);
+    }
+    // Server 2 is replaced: a fresh root, an empty replica.
+    let node = w.servers[2];
+    w.sim.set_handler(node, |_, e| Some(e));
+    w.services[2] = None;
+    w.dirs[2] = tempfile::tempdir().unwrap();
+    {
+        let mut pdb = Pdb::open(&w.dirs[2].path().join("pdb.toml")).unwrap();
+        pdb.add_user("admin", "pw", Some(ADMIN_ID), [1; 16]).unwrap();
+    }
+    let mut svc = open_service(w.dirs[2].path(), "s2");
+    let replicas: Vec<String> = NAMES.iter().map(|s| s.to_string()).collect();
+    let created = Timestamp { secs: 1_700_000_000, nanos: 0 };
+    svc.new_replica(VOL, "rep", ADMIN_ID, &replicas, created).unwrap();
+    svc.shard.flush().unwrap();
+    let svc = Rc::new(RefCell::new(svc));
+    coda_vice::sim::serve(&mut w.sim, node, svc.clone());
+    w.services[2] = Some(svc);
+    w.restart(2);
+    assert_eq!(w.tree(2).len(), 0);
+    let o = w.resolve(0).unwrap();
+    assert!(o.installed > 0);
+    w.resolve_fully(1);
+    check_converged(&mut w, &m, &log, 5);
+}
+
+/// Two halves that update different files of one directory, make and
+/// remove different names: merged with no one asked. The same file
+/// changed on both sides, and one name made on both: conflicts, marked,
+/// each replica keeping its side's version.
+#[test]
+fn partitioned_halves_merge_and_true_conflicts_are_marked() {
+    for seed in seeds(6) {
+        let mut w = World::new(seed, 2);
+        let mut log = Vec::new();
+        let mut m = Model::default();
+        let root = Fid::root(VOL);
+        // A directory with some files, on every replica.
+        let d = w.fid(0).unwrap();
+        w.update(0, Op::MakeDir(cml::MakeDir { dir: root, name: "d".into(), fid: d, mode: 0o755, group: 0 }), None).unwrap();
+        m.files.insert("/d".into(), None);
+        m.fids.insert("/d".into(), d);
+        let mut seen = HashMap::new();
+        for name in ["a1", "a2", "b1", "b2", "shared", "gone_a", "gone_b"] {
+            let f = w.fid(0).unwrap();
+            w.update(0, Op::Create(cml::Create { dir: d, name: name.into(), fid: f, mode: 0o644, group: 0 }), None).unwrap();
+            let sid = StoreId { host: w.clients[0].host, unique: w.clients[0].next };
+            seen.insert(name.to_string(), (f, sid));
+            m.files.insert(format!("/d/{name}"), Some(Vec::new()));
+            m.fids.insert(format!("/d/{name}"), f);
+        }
+        w.resolve_fully(0);
+        // Servers 0 and 1 with client 0; server 2 with client 1 (or the
+        // other way round, by seed).
+        let (a, b): (Vec<usize>, Vec<usize>) = if seed % 2 == 0 { (vec![0, 1], vec![2]) } else { (vec![0], vec![1, 2]) };
+        w.split(&a, &b, &[0], &[1]);
+        let mut conflicts = BTreeSet::new();
+        for (c, mine, gone) in [(0usize, ["a1", "a2"], "gone_a"), (1, ["b1", "b2"], "gone_b")] {
+            for name in mine {
+                let (f, sid) = seen[name];
+                let data = format!("{name} from client {c} seed {seed}").into_bytes();
+                let op = Op::Store(cml::Store { fid: f, seen: sid, length: data.len() as u64, content_hash: blake(&data) });
+                w.update(c, op, Some(&data)).unwrap();
+                m.files.insert(format!("/d/{name}"), Some(data));
+            }
+            let (f, sid) = seen[gone];
+            w.update(c, Op::Remove(cml::Remove { dir: d, name: gone.into(), fid: f, seen: sid }), None).unwrap();
+            m.files.remove(&format!("/d/{gone}"));
+            let made = w.fid(c).unwrap();
+            let name = format!("new_{c}");
+            w.update(c, Op::Create(cml::Create { dir: d, name: name.clone(), fid: made, mode: 0o644, group: 0 }), None).unwrap();
+            m.files.insert(format!("/d/{name}"), Some(Vec::new()));
+            // The same file, both sides.
+            let (f, sid) = seen["shared"];
+            let data = format!("shared by {c}").into_bytes();
+            let op = Op::Store(cml::Store { fid: f, seen: sid, length: data.len() as u64, content_hash: blake(&data) });
+            w.update(c, op, Some(&data)).unwrap();
+            // One name, made on both sides.
+            let dup = w.fid(c).unwrap();
+            w.update(c, Op::Create(cml::Create { dir: d, name: "dup".into(), fid: dup, mode: 0o644, group: 0 }), None).unwrap();
+            conflicts.insert(dup);
+        }
+        log.push(format!("seed {seed}: partition {a:?} | {b:?}; both sides updated"));
+        w.heal_all();
+        w.resolve_fully(2);
+        // Every replica agrees on names and non-conflicting contents.
+        let trees: Vec<_> = (0..N).map(|s| w.tree(s)).collect();
+        for s in 0..N {
+            let t = &trees[s];
+            for (p, want) in m.expected() {
+                if p == "/d/shared" {
+                    continue;
+                }
+                assert_eq!(t.get(&p), Some(&want), "seed {seed}: replica {s}: {p}");
+            }
+            assert!(!t.contains_key("/d/gone_a") && !t.contains_key("/d/gone_b"));
+            // The shared file: in conflict, each side's own contents.
+            let (kind, hash, incon) = t["/d/shared"];
+            assert_eq!(kind, VnodeKind::File);
+            assert!(incon, "seed {seed}: replica {s}: /d/shared should be in conflict");
+            let side = if a.contains(&s) { 0 } else { 1 };
+            assert_eq!(hash, blake(format!("shared by {side}").as_bytes()), "seed {seed}: replica {s} keeps its side's version");
+            // The name made twice: one keeps it, the other is renamed and marked.
+            let dups: Vec<&String> = t.keys().filter(|p| p.starts_with("/d/dup")).collect();
+            assert_eq!(dups.len(), 2, "seed {seed}: replica {s}: {dups:?}");
+            assert!(dups.iter().any(|p| *p == "/d/dup"));
+            let renamed = dups.iter().find(|p| p.contains(CLASH_MARK)).expect("a renamed twin");
+            assert!(t[*renamed].2, "the renamed twin is marked for repair");
+        }
+        // Names are the same on every replica.
+        let names = |t: &BTreeMap<String, (VnodeKind, [u8; 32], bool)>| t.keys().cloned().collect::<Vec<_>>();
+        for s in 1..N {
+            assert_eq!(names(&trees[s]), names(&trees[0]), "seed {seed}");
+        }
+        for s in 0..N {
+            let problems = w.fsck(s);
+            assert!(problems.is_empty(), "seed {seed}: replica {s}: {problems:?}");
+        }
+        let _ = &conflicts;
+        let _ = &log;
+    }
+}
