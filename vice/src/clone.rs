@@ -156,7 +156,12 @@ impl Shard {
                 true => vol.vnodes().map(|v| v.fid).take(per).collect(),
                 false => Vec::new(),
             };
-            let tombs: Vec<Fid> = vol.tombs.keys().map(|&d| Fid::new(id, d, 0)).take(per).collect();
+            let tombs: Vec<Fid> = vol
+                .tombs
+                .keys()
+                .map(|&d| Fid::new(id, d, 0))
+                .take(per)
+                .collect();
             let removed = self.transact(Durability::NoFlush, |txn| {
                 if !header.transient {
                     header.transient = true;

@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use coda_proto::acl::{Acl, PrincipalId, Rights, ANY_USER};
 use coda_proto::cml::{self, CmlRecord, Op};
 use coda_proto::fid::{Fid, StoreId, VolumeId, ROOT_VNODE};
+use coda_proto::res::Tombstone;
 use coda_proto::status::{Status, Timestamp, VnodeKind};
 use coda_proto::vice::{Applied, FidRemap, VolumeKind, NAME_BYTES_MAX};
-use coda_proto::res::Tombstone;
 use coda_proto::vv::VersionVector;
 use coda_proto::Errno;
 
@@ -205,7 +205,10 @@ impl<'t, 'a> Apply<'t, 'a> {
         if vol.header.locked {
             return Err(Errno::VOLUME_LOCKED);
         }
-        if !matches!(vol.header.kind, VolumeKind::ReadWrite | VolumeKind::Replicated) {
+        if !matches!(
+            vol.header.kind,
+            VolumeKind::ReadWrite | VolumeKind::Replicated
+        ) {
             return Err(Errno::EROFS);
         }
         let header = vol.header.clone();

@@ -328,7 +328,10 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
         let mut bound_by: HashMap<Fid, Vec<(Fid, String)>> = HashMap::new();
         for d in merged_dirs.iter().filter(|d| !removed.contains(d)) {
             for b in &merged[d].state.entries {
-                bound_by.entry(b.fid).or_default().push((*d, b.name.clone()));
+                bound_by
+                    .entry(b.fid)
+                    .or_default()
+                    .push((*d, b.name.clone()));
             }
         }
         let mut more = false;
@@ -382,10 +385,7 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
         }
     }
     // Directories lose names of objects that exist nowhere.
-    let exists = |f: &Fid| {
-        f.volume != volume
-            || summaries.values().any(|s| s.contains_key(f))
-    };
+    let exists = |f: &Fid| f.volume != volume || summaries.values().any(|s| s.contains_key(f));
     for d in &merged_dirs {
         if let Some(m) = merged.get_mut(d) {
             m.state.entries.retain(|b| exists(&b.fid));
@@ -507,11 +507,19 @@ fn merge_dir(
     let mut out = newest.clone();
     // The object's version where a replica holds the name: newer than the
     // removal (its tombstone) means it changed since, and it stays.
-    let version_at = |slot: usize, f: &Fid| states.get(&slot).and_then(|m| m.get(f)).map(|s| &s.status.vv);
+    let version_at = |slot: usize, f: &Fid| {
+        states
+            .get(&slot)
+            .and_then(|m| m.get(f))
+            .map(|s| &s.status.vv)
+    };
     let mut by_name: BTreeMap<String, Vec<(usize, Binding)>> = BTreeMap::new();
     for (slot, s) in versions {
         for b in &s.entries {
-            by_name.entry(b.name.clone()).or_default().push((*slot, b.clone()));
+            by_name
+                .entry(b.name.clone())
+                .or_default()
+                .push((*slot, b.clone()));
         }
     }
     let mut entries: Vec<Binding> = Vec::new();
@@ -605,7 +613,11 @@ fn stage_copy(
     };
     let sid = StoreId {
         host: RESOLVER_HOST,
-        unique: derived(&[&hash, &(slot as u64).to_le_bytes(), &codec::to_bytes(&want.status.vv)]),
+        unique: derived(&[
+            &hash,
+            &(slot as u64).to_le_bytes(),
+            &codec::to_bytes(&want.status.vv),
+        ]),
     };
     let req = Stage {
         store_id: sid,

@@ -297,7 +297,9 @@ impl Service {
     fn client_for(&self, identity: Identity) -> Client {
         let pdb = self.cell.pdb();
         let caller = match identity.user_id {
-            Some(u) if u as PrincipalId == crate::replica::SERVER_ID => crate::replica::server_caller(),
+            Some(u) if u as PrincipalId == crate::replica::SERVER_ID => {
+                crate::replica::server_caller()
+            }
             Some(u) => {
                 let user = u as PrincipalId;
                 Caller {
@@ -1162,13 +1164,19 @@ impl Service {
                 for f in &wanted {
                     self.callbacks.promise(conn, *f);
                 }
-                let replicated = self.shard.meta.volume(vol).is_some_and(|v| v.replicas() > 1);
+                let replicated = self
+                    .shard
+                    .meta
+                    .volume(vol)
+                    .is_some_and(|v| v.replicas() > 1);
                 if replicated {
                     // Counted here for COP2: by batch, or by the one record.
                     let update = batch.map_or(records[0].store_id, |(_, b)| b);
                     let removals = records
                         .iter()
-                        .filter(|r| matches!(r.op, Op::Remove(_) | Op::RemoveDir(_) | Op::Rename(_)))
+                        .filter(|r| {
+                            matches!(r.op, Op::Remove(_) | Op::RemoveDir(_) | Op::Rename(_))
+                        })
                         .map(|r| r.store_id)
                         .collect();
                     self.pending_cop2.insert(vol, update, bumps, removals);

@@ -15,7 +15,8 @@ use rvm::{CommitId, Durability, Mode, Options, Rvm, Transaction, View};
 use crate::container::Containers;
 use crate::record::{self, Kind, RecordError, Slot};
 use crate::vnode::{
-    AppliedRecord, EntryRecord, ShardHeader, TombRecord, Vnode, VnodeV1, VolumeHeader, VolumeHeaderV1, NO_CONTAINER,
+    AppliedRecord, EntryRecord, ShardHeader, TombRecord, Vnode, VnodeV1, VolumeHeader,
+    VolumeHeaderV1, NO_CONTAINER,
 };
 use crate::volume::Volume;
 
@@ -632,15 +633,12 @@ impl Txn<'_> {
     }
 
     /// Drops the tombstones of `dir` that `drop` picks.
-    pub fn drop_tombstones(
-        &mut self,
-        dir: Fid,
-        drop: impl Fn(&Tombstone) -> bool,
-    ) -> TxResult<()> {
+    pub fn drop_tombstones(&mut self, dir: Fid, drop: impl Fn(&Tombstone) -> bool) -> TxResult<()> {
         let Some(tombs) = self.volume_mut(dir.volume).tombs.get(&dir.vnode).cloned() else {
             return Ok(());
         };
-        let (gone, kept): (Vec<_>, Vec<_>) = tombs.iter().cloned().partition(|(_, t)| drop(&t.tomb));
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            tombs.iter().cloned().partition(|(_, t)| drop(&t.tomb));
         if gone.is_empty() {
             return Ok(());
         }

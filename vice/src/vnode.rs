@@ -5,9 +5,9 @@
 
 use coda_proto::acl::{Acl, Rights};
 use coda_proto::fid::{Fid, StoreId, VolumeId};
+use coda_proto::res::Tombstone;
 use coda_proto::status::{Status, Timestamp, VnodeKind, CALLBACK_PROMISED};
 use coda_proto::vice::{Applied, VolumeKind};
-use coda_proto::res::Tombstone;
 use coda_proto::vv::VersionVector;
 use coda_rpc2::codec_struct;
 
@@ -197,7 +197,6 @@ codec_struct! {
         pub history: Vec<StoreId>,
     }
 }
-
 
 /// Updates a vnode remembers (its history).
 pub const HISTORY_MAX: usize = 8;

@@ -6,7 +6,7 @@
 //! `SIM_SEED=N` replays one seed; `SIM_SEEDS=K` runs K of them.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,7 +115,8 @@ impl World {
             let dir = tempfile::tempdir().unwrap();
             {
                 let mut pdb = Pdb::open(&dir.path().join("pdb.toml")).unwrap();
-                pdb.add_user("admin", "pw", Some(ADMIN_ID), [1; 16]).unwrap();
+                pdb.add_user("admin", "pw", Some(ADMIN_ID), [1; 16])
+                    .unwrap();
                 pdb.add_member(coda_vice::pdb::ADMINISTRATORS_NAME, "admin")
                     .unwrap();
             }
@@ -172,10 +173,10 @@ impl World {
         for s in 0..N {
             let addr = self.sim.addr(self.servers[s]);
             let now = self.sim.now;
-            let conn = self
-                .sim
-                .endpoint(node)
-                .connect(now, addr, Auth::Encrypted(credentials(user)));
+            let conn =
+                self.sim
+                    .endpoint(node)
+                    .connect(now, addr, Auth::Encrypted(credentials(user)));
             let mut ok = None;
             self.sim.run_until(Duration::from_secs(60), |s| {
                 while let Some(e) = s.nodes[node].events.pop_front() {
@@ -252,7 +253,12 @@ impl World {
                 ..quick()
             },
         );
-        // Everyone binds again.
+        self.rebind_all();
+    }
+
+    /// Every client and resolver binds to every server again (after a
+    /// restart, or when a cut server is back).
+    fn rebind_all(&mut self) {
         for i in 0..N {
             let r = self.node(&format!("resolver{i}-again"), SERVER_ID as u32);
             self.resolvers[i] = r;
@@ -282,7 +288,10 @@ impl World {
         let done = sim.run_until(Duration::from_secs(600), |sim| {
             while let Some(e) = sim.nodes[node].events.pop_front() {
                 match e {
-                    Event::Reply { call: id, result: r } if id == call => result = Some(r),
+                    Event::Reply {
+                        call: id,
+                        result: r,
+                    } if id == call => result = Some(r),
                     Event::Request { id, .. } => {
                         // A callback break: answered.
                         let now = sim.now;
@@ -319,7 +328,14 @@ impl World {
         let mut errors = Vec::new();
         for s in 0..N {
             let side = data.map(|d| SideEffect::Send(Source::Memory(Bytes::copy_from_slice(d))));
-            match Self::call_at(&mut self.sim, &self.clients[c].at, s, opcode, body.clone(), side) {
+            match Self::call_at(
+                &mut self.sim,
+                &self.clients[c].at,
+                s,
+                opcode,
+                body.clone(),
+                side,
+            ) {
                 Some(r) if r.code == 0 => {
                     let _: MutateReply = codec::from_bytes(&r.body).unwrap();
                     applied.push(s);
@@ -356,7 +372,14 @@ impl World {
                 volume: VOL,
                 count: 1,
             });
-            if let Some(r) = Self::call_at(&mut self.sim, &self.clients[c].at, s, op::ALLOC_FIDS, body, None) {
+            if let Some(r) = Self::call_at(
+                &mut self.sim,
+                &self.clients[c].at,
+                s,
+                op::ALLOC_FIDS,
+                body,
+                None,
+            ) {
                 if r.code == 0 {
                     let range: FidRange = codec::from_bytes(&r.body).unwrap();
                     return Ok(range.fid(0).unwrap());
@@ -430,7 +453,13 @@ impl World {
             sim: &mut self.sim,
             at: &self.resolvers[s],
         };
-        bulk(&mut reps, s, op::RES_SUMMARY, &SummaryRequest { volume: VOL }).unwrap()
+        bulk(
+            &mut reps,
+            s,
+            op::RES_SUMMARY,
+            &SummaryRequest { volume: VOL },
+        )
+        .unwrap()
     }
 
     /// The tree of replica `s`: path → (kind, content hash, inconsistent).
@@ -447,7 +476,11 @@ impl World {
                 let p = format!("{path}/{name}");
                 out.insert(
                     p.clone(),
-                    (st.kind, st.content_hash, st.vv.flags & FLAG_INCONSISTENT != 0),
+                    (
+                        st.kind,
+                        st.content_hash,
+                        st.vv.flags & FLAG_INCONSISTENT != 0,
+                    ),
                 );
                 if st.kind == VnodeKind::Directory {
                     stack.push((fid, p));
@@ -462,7 +495,12 @@ impl World {
     }
 }
 
-fn bulk<T: Decode>(reps: &mut dyn Replicas, s: usize, opcode: u16, req: &impl Encode) -> Result<T, Errno> {
+fn bulk<T: Decode>(
+    reps: &mut dyn Replicas,
+    s: usize,
+    opcode: u16,
+    req: &impl Encode,
+) -> Result<T, Errno> {
     let r = reps.call(
         s,
         opcode,
@@ -517,12 +555,21 @@ struct Model {
 impl Model {
     fn dirs(&self) -> Vec<String> {
         let mut d = vec![String::new()];
-        d.extend(self.files.iter().filter(|(_, c)| c.is_none()).map(|(p, _)| p.clone()));
+        d.extend(
+            self.files
+                .iter()
+                .filter(|(_, c)| c.is_none())
+                .map(|(p, _)| p.clone()),
+        );
         d
     }
 
     fn files_only(&self) -> Vec<String> {
-        self.files.iter().filter(|(_, c)| c.is_some()).map(|(p, _)| p.clone()).collect()
+        self.files
+            .iter()
+            .filter(|(_, c)| c.is_some())
+            .map(|(p, _)| p.clone())
+            .collect()
     }
 
     fn fid(&self, path: &str) -> Fid {
@@ -569,15 +616,34 @@ fn random_update(w: &mut World, m: &mut Model, rng: &mut Rng, c: usize, log: &mu
         let Ok(fid) = w.fid(c) else { return };
         let mkdir = rng.below(4) == 0;
         let op = if mkdir {
-            Op::MakeDir(cml::MakeDir { dir: m.fid(&dir), name: name.clone(), fid, mode: 0o755, group: 0 })
+            Op::MakeDir(cml::MakeDir {
+                dir: m.fid(&dir),
+                name: name.clone(),
+                fid,
+                mode: 0o755,
+                group: 0,
+            })
         } else {
-            Op::Create(cml::Create { dir: m.fid(&dir), name: name.clone(), fid, mode: 0o644, group: 0 })
+            Op::Create(cml::Create {
+                dir: m.fid(&dir),
+                name: name.clone(),
+                fid,
+                mode: 0o644,
+                group: 0,
+            })
         };
-        let sid = StoreId { host: w.clients[c].host, unique: w.clients[c].next + 1 };
+        let sid = StoreId {
+            host: w.clients[c].host,
+            unique: w.clients[c].next + 1,
+        };
         let r = w.update(c, op, None);
-        log.push(format!("client {c}: {} {path}: {r:?}", if mkdir { "mkdir" } else { "create" }));
+        log.push(format!(
+            "client {c}: {} {path}: {r:?}",
+            if mkdir { "mkdir" } else { "create" }
+        ));
         if r.is_ok() {
-            m.files.insert(path.clone(), if mkdir { None } else { Some(Vec::new()) });
+            m.files
+                .insert(path.clone(), if mkdir { None } else { Some(Vec::new()) });
             m.fids.insert(path, fid);
             m.seen.insert(fid, sid);
         }
@@ -586,7 +652,10 @@ fn random_update(w: &mut World, m: &mut Model, rng: &mut Rng, c: usize, log: &mu
         let fid = m.fids[&path];
         let len = rng.below(3000) as usize;
         let data = rng.bytes(len);
-        let sid = StoreId { host: w.clients[c].host, unique: w.clients[c].next + 1 };
+        let sid = StoreId {
+            host: w.clients[c].host,
+            unique: w.clients[c].next + 1,
+        };
         let op = Op::Store(cml::Store {
             fid,
             seen: m.seen[&fid],
@@ -594,7 +663,10 @@ fn random_update(w: &mut World, m: &mut Model, rng: &mut Rng, c: usize, log: &mu
             content_hash: blake(&data),
         });
         let r = w.update(c, op, Some(&data));
-        log.push(format!("client {c}: store {path} ({} bytes): {r:?}", data.len()));
+        log.push(format!(
+            "client {c}: store {path} ({} bytes): {r:?}",
+            data.len()
+        ));
         if r.is_ok() {
             m.files.insert(path, Some(data));
             m.seen.insert(fid, sid);
@@ -603,7 +675,12 @@ fn random_update(w: &mut World, m: &mut Model, rng: &mut Rng, c: usize, log: &mu
         let path = rng.pick(&files).clone();
         let fid = m.fids[&path];
         let (dir, name) = split_path(&path);
-        let op = Op::Remove(cml::Remove { dir: m.fid(&dir), name, fid, seen: m.seen[&fid] });
+        let op = Op::Remove(cml::Remove {
+            dir: m.fid(&dir),
+            name,
+            fid,
+            seen: m.seen[&fid],
+        });
         let r = w.update(c, op, None);
         log.push(format!("client {c}: remove {path}: {r:?}"));
         if r.is_ok() {
@@ -629,7 +706,10 @@ fn random_update(w: &mut World, m: &mut Model, rng: &mut Rng, c: usize, log: &mu
             fid,
             replaced: None,
         });
-        let sid = StoreId { host: w.clients[c].host, unique: w.clients[c].next + 1 };
+        let sid = StoreId {
+            host: w.clients[c].host,
+            unique: w.clients[c].next + 1,
+        };
         let r = w.update(c, op, None);
         log.push(format!("client {c}: rename {path} -> {to}: {r:?}"));
         // Hard links stay in one directory: a move of a multi-linked file
@@ -654,7 +734,11 @@ fn random_update(w: &mut World, m: &mut Model, rng: &mut Rng, c: usize, log: &mu
         let path = rng.pick(&empty).clone();
         let fid = m.fids[&path];
         let (dir, name) = split_path(&path);
-        let op = Op::RemoveDir(cml::RemoveDir { dir: m.fid(&dir), name, fid });
+        let op = Op::RemoveDir(cml::RemoveDir {
+            dir: m.fid(&dir),
+            name,
+            fid,
+        });
         let r = w.update(c, op, None);
         log.push(format!("client {c}: rmdir {path}: {r:?}"));
         if r.is_ok() {
@@ -689,36 +773,68 @@ impl Rng {
 /// Checks every replica equals the others (versions too) and the model.
 fn check_converged(w: &mut World, m: &Model, log: &[String], seed: u64) {
     let report = |what: &str| -> String {
-        format!("seed {seed}: {what}\nSIM_SEED={seed} to replay; ops:\n  {}", log.join("\n  "))
+        format!(
+            "seed {seed}: {what}\nSIM_SEED={seed} to replay; ops:\n  {}",
+            log.join("\n  ")
+        )
     };
     let first = w.replica_state(0);
     for s in 1..N {
         let other = w.replica_state(s);
         for (f, st) in &first {
-            assert_eq!(other.get(f), Some(st), "{}", report(&format!("replica {s} differs from replica 0 at {f}")));
+            assert_eq!(
+                other.get(f),
+                Some(st),
+                "{}",
+                report(&format!("replica {s} differs from replica 0 at {f}"))
+            );
         }
-        assert_eq!(other.len(), first.len(), "{}", report(&format!("replica {s} has other objects")));
+        assert_eq!(
+            other.len(),
+            first.len(),
+            "{}",
+            report(&format!("replica {s} has other objects"))
+        );
     }
     let s0 = w.summary(0);
     for s in 1..N {
-        assert_eq!(w.summary(s), s0, "{}", report(&format!("replica {s}'s versions differ from replica 0's")));
+        assert_eq!(
+            w.summary(s),
+            s0,
+            "{}",
+            report(&format!("replica {s}'s versions differ from replica 0's"))
+        );
     }
     let tree = w.tree(0);
     let want = m.expected();
     for (p, got) in &tree {
-        assert_eq!(Some(got), want.get(p), "{}", report(&format!("{p} on the replicas is not the model's")));
+        assert_eq!(
+            Some(got),
+            want.get(p),
+            "{}",
+            report(&format!("{p} on the replicas is not the model's"))
+        );
     }
     for p in want.keys() {
-        assert!(tree.contains_key(p), "{}", report(&format!("{p} of the model is not on the replicas")));
+        assert!(
+            tree.contains_key(p),
+            "{}",
+            report(&format!("{p} of the model is not on the replicas"))
+        );
     }
     for s in 0..N {
         let problems = w.fsck(s);
-        assert!(problems.is_empty(), "{}", report(&format!("replica {s}: {problems:?}")));
+        assert!(
+            problems.is_empty(),
+            "{}",
+            report(&format!("replica {s}: {problems:?}"))
+        );
     }
 }
 
-/// Clients on one side only (a server down or cut off, another restarted):
-/// after healing and resolution every replica equals the model exactly.
+/// Clients on one side only (a server down or cut off, any restarted),
+/// with COP2s sometimes lost: after healing and resolution every replica
+/// equals the model exactly, with no conflict.
 #[test]
 fn replicas_converge_after_cuts_and_restarts() {
     for seed in seeds(12) {
@@ -730,7 +846,16 @@ fn replicas_converge_after_cuts_and_restarts() {
         for step in 0..120 {
             let r = rng.below(100);
             if r < 6 {
+                // One server out of date at a time: a server back from a
+                // cut is brought up to date (the background sweep) before
+                // another goes.
                 w.heal_all();
+                w.rebind_all();
+                if cut.take().is_some() {
+                    let k = rng.below(N as u64) as usize;
+                    w.resolve_fully(k);
+                    log.push(format!("step {step}: healed, resolved by {k}"));
+                }
                 let k = rng.below(N as u64) as usize;
                 let rest: Vec<usize> = (0..N).filter(|&s| s != k).collect();
                 w.split(&[k], &rest, &[], &[0, 1]);
@@ -738,6 +863,8 @@ fn replicas_converge_after_cuts_and_restarts() {
                 log.push(format!("step {step}: server {k} cut off"));
             } else if r < 10 {
                 w.heal_all();
+                // Clients notice the server is back, as Venus's probes do.
+                w.rebind_all();
                 cut = None;
                 log.push(format!("step {step}: healed"));
             } else if r < 13 {
@@ -782,12 +909,17 @@ fn an_empty_replica_is_filled() {
     w.dirs[2] = tempfile::tempdir().unwrap();
     {
         let mut pdb = Pdb::open(&w.dirs[2].path().join("pdb.toml")).unwrap();
-        pdb.add_user("admin", "pw", Some(ADMIN_ID), [1; 16]).unwrap();
+        pdb.add_user("admin", "pw", Some(ADMIN_ID), [1; 16])
+            .unwrap();
     }
     let mut svc = open_service(w.dirs[2].path(), "s2");
     let replicas: Vec<String> = NAMES.iter().map(|s| s.to_string()).collect();
-    let created = Timestamp { secs: 1_700_000_000, nanos: 0 };
-    svc.new_replica(VOL, "rep", ADMIN_ID, &replicas, created).unwrap();
+    let created = Timestamp {
+        secs: 1_700_000_000,
+        nanos: 0,
+    };
+    svc.new_replica(VOL, "rep", ADMIN_ID, &replicas, created)
+        .unwrap();
     svc.shard.flush().unwrap();
     let svc = Rc::new(RefCell::new(svc));
     coda_vice::sim::serve(&mut w.sim, node, svc.clone());
@@ -813,14 +945,39 @@ fn partitioned_halves_merge_and_true_conflicts_are_marked() {
         let root = Fid::root(VOL);
         // A directory with some files, on every replica.
         let d = w.fid(0).unwrap();
-        w.update(0, Op::MakeDir(cml::MakeDir { dir: root, name: "d".into(), fid: d, mode: 0o755, group: 0 }), None).unwrap();
+        w.update(
+            0,
+            Op::MakeDir(cml::MakeDir {
+                dir: root,
+                name: "d".into(),
+                fid: d,
+                mode: 0o755,
+                group: 0,
+            }),
+            None,
+        )
+        .unwrap();
         m.files.insert("/d".into(), None);
         m.fids.insert("/d".into(), d);
         let mut seen = HashMap::new();
         for name in ["a1", "a2", "b1", "b2", "shared", "gone_a", "gone_b"] {
             let f = w.fid(0).unwrap();
-            w.update(0, Op::Create(cml::Create { dir: d, name: name.into(), fid: f, mode: 0o644, group: 0 }), None).unwrap();
-            let sid = StoreId { host: w.clients[0].host, unique: w.clients[0].next };
+            w.update(
+                0,
+                Op::Create(cml::Create {
+                    dir: d,
+                    name: name.into(),
+                    fid: f,
+                    mode: 0o644,
+                    group: 0,
+                }),
+                None,
+            )
+            .unwrap();
+            let sid = StoreId {
+                host: w.clients[0].host,
+                unique: w.clients[0].next,
+            };
             seen.insert(name.to_string(), (f, sid));
             m.files.insert(format!("/d/{name}"), Some(Vec::new()));
             m.fids.insert(format!("/d/{name}"), f);
@@ -828,41 +985,89 @@ fn partitioned_halves_merge_and_true_conflicts_are_marked() {
         w.resolve_fully(0);
         // Servers 0 and 1 with client 0; server 2 with client 1 (or the
         // other way round, by seed).
-        let (a, b): (Vec<usize>, Vec<usize>) = if seed % 2 == 0 { (vec![0, 1], vec![2]) } else { (vec![0], vec![1, 2]) };
+        let (a, b): (Vec<usize>, Vec<usize>) = if seed % 2 == 0 {
+            (vec![0, 1], vec![2])
+        } else {
+            (vec![0], vec![1, 2])
+        };
         w.split(&a, &b, &[0], &[1]);
-        let mut conflicts = BTreeSet::new();
-        for (c, mine, gone) in [(0usize, ["a1", "a2"], "gone_a"), (1, ["b1", "b2"], "gone_b")] {
+        for (c, mine, gone) in [
+            (0usize, ["a1", "a2"], "gone_a"),
+            (1, ["b1", "b2"], "gone_b"),
+        ] {
             for name in mine {
                 let (f, sid) = seen[name];
                 let data = format!("{name} from client {c} seed {seed}").into_bytes();
-                let op = Op::Store(cml::Store { fid: f, seen: sid, length: data.len() as u64, content_hash: blake(&data) });
+                let op = Op::Store(cml::Store {
+                    fid: f,
+                    seen: sid,
+                    length: data.len() as u64,
+                    content_hash: blake(&data),
+                });
                 w.update(c, op, Some(&data)).unwrap();
                 m.files.insert(format!("/d/{name}"), Some(data));
             }
             let (f, sid) = seen[gone];
-            w.update(c, Op::Remove(cml::Remove { dir: d, name: gone.into(), fid: f, seen: sid }), None).unwrap();
+            w.update(
+                c,
+                Op::Remove(cml::Remove {
+                    dir: d,
+                    name: gone.into(),
+                    fid: f,
+                    seen: sid,
+                }),
+                None,
+            )
+            .unwrap();
             m.files.remove(&format!("/d/{gone}"));
             let made = w.fid(c).unwrap();
             let name = format!("new_{c}");
-            w.update(c, Op::Create(cml::Create { dir: d, name: name.clone(), fid: made, mode: 0o644, group: 0 }), None).unwrap();
+            w.update(
+                c,
+                Op::Create(cml::Create {
+                    dir: d,
+                    name: name.clone(),
+                    fid: made,
+                    mode: 0o644,
+                    group: 0,
+                }),
+                None,
+            )
+            .unwrap();
             m.files.insert(format!("/d/{name}"), Some(Vec::new()));
             // The same file, both sides.
             let (f, sid) = seen["shared"];
             let data = format!("shared by {c}").into_bytes();
-            let op = Op::Store(cml::Store { fid: f, seen: sid, length: data.len() as u64, content_hash: blake(&data) });
+            let op = Op::Store(cml::Store {
+                fid: f,
+                seen: sid,
+                length: data.len() as u64,
+                content_hash: blake(&data),
+            });
             w.update(c, op, Some(&data)).unwrap();
             // One name, made on both sides.
             let dup = w.fid(c).unwrap();
-            w.update(c, Op::Create(cml::Create { dir: d, name: "dup".into(), fid: dup, mode: 0o644, group: 0 }), None).unwrap();
-            conflicts.insert(dup);
+            w.update(
+                c,
+                Op::Create(cml::Create {
+                    dir: d,
+                    name: "dup".into(),
+                    fid: dup,
+                    mode: 0o644,
+                    group: 0,
+                }),
+                None,
+            )
+            .unwrap();
         }
-        log.push(format!("seed {seed}: partition {a:?} | {b:?}; both sides updated"));
+        log.push(format!(
+            "seed {seed}: partition {a:?} | {b:?}; both sides updated"
+        ));
         w.heal_all();
         w.resolve_fully(2);
         // Every replica agrees on names and non-conflicting contents.
         let trees: Vec<_> = (0..N).map(|s| w.tree(s)).collect();
-        for s in 0..N {
-            let t = &trees[s];
+        for (s, t) in trees.iter().enumerate() {
             for (p, want) in m.expected() {
                 if p == "/d/shared" {
                     continue;
@@ -873,26 +1078,39 @@ fn partitioned_halves_merge_and_true_conflicts_are_marked() {
             // The shared file: in conflict, each side's own contents.
             let (kind, hash, incon) = t["/d/shared"];
             assert_eq!(kind, VnodeKind::File);
-            assert!(incon, "seed {seed}: replica {s}: /d/shared should be in conflict");
+            assert!(
+                incon,
+                "seed {seed}: replica {s}: /d/shared should be in conflict"
+            );
             let side = if a.contains(&s) { 0 } else { 1 };
-            assert_eq!(hash, blake(format!("shared by {side}").as_bytes()), "seed {seed}: replica {s} keeps its side's version");
+            assert_eq!(
+                hash,
+                blake(format!("shared by {side}").as_bytes()),
+                "seed {seed}: replica {s} keeps its side's version"
+            );
             // The name made twice: one keeps it, the other is renamed and marked.
             let dups: Vec<&String> = t.keys().filter(|p| p.starts_with("/d/dup")).collect();
             assert_eq!(dups.len(), 2, "seed {seed}: replica {s}: {dups:?}");
             assert!(dups.iter().any(|p| *p == "/d/dup"));
-            let renamed = dups.iter().find(|p| p.contains(CLASH_MARK)).expect("a renamed twin");
+            let renamed = dups
+                .iter()
+                .find(|p| p.contains(CLASH_MARK))
+                .expect("a renamed twin");
             assert!(t[*renamed].2, "the renamed twin is marked for repair");
         }
         // Names are the same on every replica.
-        let names = |t: &BTreeMap<String, (VnodeKind, [u8; 32], bool)>| t.keys().cloned().collect::<Vec<_>>();
+        let names = |t: &BTreeMap<String, (VnodeKind, [u8; 32], bool)>| {
+            t.keys().cloned().collect::<Vec<_>>()
+        };
         for s in 1..N {
             assert_eq!(names(&trees[s]), names(&trees[0]), "seed {seed}");
         }
         for s in 0..N {
             let problems = w.fsck(s);
-            assert!(problems.is_empty(), "seed {seed}: replica {s}: {problems:?}");
+            assert!(
+                problems.is_empty(),
+                "seed {seed}: replica {s}: {problems:?}"
+            );
         }
-        let _ = &conflicts;
-        let _ = &log;
     }
 }

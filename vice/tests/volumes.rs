@@ -442,6 +442,7 @@ fn file(vol: VolumeId, n: u64) -> Vnode {
         parent: Fid::root(vol),
         acl: None,
         target: String::new(),
+        history: Vec::new(),
     }
 }
 
