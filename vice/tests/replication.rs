@@ -22,41 +22,20 @@ use coda_proto::Errno;
 use coda_rpc2::codec::{self, Decode, Encode};
 use coda_rpc2::endpoint::{Auth, ConnId, Event, Reply, SideEffect};
 use coda_rpc2::sim::{NetConfig, NodeId, Sim};
-use coda_rpc2::{CellKey, Config, Credentials, Sink, Source, Token};
+use coda_rpc2::{CellKey, Config, Sink, Source};
 use coda_vice::cell::Cell;
 use coda_vice::pdb::{Pdb, ADMIN_ID};
 use coda_vice::replica::SERVER_ID;
 use coda_vice::resolve::{self, Replicas, CLASH_MARK};
 use coda_vice::service::Service;
-use coda_vice::shard::{Shard, ShardOptions};
 
-const CELL: [u8; 32] = [0x5a; 32];
-const CELL_ID: [u8; 16] = [7; 16];
+mod support;
+use coda_vice::shard::Shard;
+use support::{credentials, shard_options, CELL, CELL_ID};
+
 const VOL: VolumeId = 0x7f00_0100;
 const N: usize = 3;
 const NAMES: [&str; N] = ["s0", "s1", "s2"];
-
-fn shard_options() -> ShardOptions {
-    ShardOptions {
-        segment_bytes: 64 << 20,
-        log_bytes: 8 << 20,
-        ..Default::default()
-    }
-}
-
-fn credentials(user: u32) -> Credentials {
-    let now = coda_rpc2::sim::EPOCH.as_micros() / 1_000_000;
-    let token = Token {
-        user_id: user,
-        session_key: [user as u8; 32],
-        issued_at: now,
-        expires_at: now + 25 * 3600,
-    };
-    Credentials {
-        sealed_token: token.seal(&CellKey::from_bytes(CELL), [3; 24]),
-        session_key: token.session_key,
-    }
-}
 
 fn open_service(dir: &std::path::Path, name: &str) -> Service {
     let pdb = Pdb::open(&dir.join("pdb.toml")).unwrap();
