@@ -226,8 +226,15 @@ codec_struct! {
 
 impl FidRange {
     pub fn fid(&self, i: u64) -> Option<Fid> {
-        let step = i * self.stride.max(1);
-        (i < self.count).then(|| Fid::new(self.volume, self.vnode + step, self.unique + step))
+        if i >= self.count {
+            return None;
+        }
+        let step = i.checked_mul(self.stride.max(1))?;
+        Some(Fid::new(
+            self.volume,
+            self.vnode.checked_add(step)?,
+            self.unique.checked_add(step)?,
+        ))
     }
 }
 

@@ -349,6 +349,10 @@ impl<'t, 'a> Apply<'t, 'a> {
         // replica's class was that replica's to check.
         let stride = self.replicas as u64;
         if asked.vnode % stride != self.slot as u64 % stride {
+            // Fids of every class are their vnode number twice.
+            if asked.unique != asked.vnode || asked.vnode <= ROOT_VNODE {
+                return Err(Errno::EINVAL);
+            }
             return Ok(asked);
         }
         let granted = self

@@ -196,6 +196,10 @@ impl Pdb {
                 .next_back()
                 .map_or(FIRST_USER_ID, |&last| (last + 1).max(FIRST_USER_ID))
         });
+        // The servers' own principal is no one's to take.
+        if id == crate::replica::SERVER_ID {
+            return Err(PdbError::Invalid(format!("user id {id} is reserved")));
+        }
         if self.users.contains_key(&id) {
             return Err(PdbError::Exists(format!("user id {id}")));
         }

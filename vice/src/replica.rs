@@ -37,6 +37,8 @@ pub const COP2_PENDING_MAX: usize = 1 << 16;
 /// What one update (a record, or a batch) did here, until its COP2.
 #[derive(Debug, Default)]
 struct Cop1 {
+    /// Who made the update: only they (or a server) may say who else applied it.
+    user: PrincipalId,
     /// Each object changed, and how many times this replica's slot moved.
     bumps: Vec<(Fid, u64)>,
     /// The record store ids it removed names with (tombstones).
@@ -56,20 +58,38 @@ impl PendingCop2 {
         &mut self,
         vol: VolumeId,
         update: StoreId,
+        user: PrincipalId,
         bumps: Vec<(Fid, u64)>,
         removals: Vec<StoreId>,
     ) {
+        // A record sent again changed nothing: its first COP1 stands.
+        if bumps.is_empty() || self.by_update.contains_key(&(vol, update)) {
+            return;
+        }
         if self.order.len() >= COP2_PENDING_MAX {
             if let Some(old) = self.order.pop_front() {
                 self.by_update.remove(&old);
             }
         }
         self.order.push_back((vol, update));
-        self.by_update
-            .insert((vol, update), Cop1 { bumps, removals });
+        self.by_update.insert(
+            (vol, update),
+            Cop1 {
+                user,
+                bumps,
+                removals,
+            },
+        );
     }
 
-    fn take(&mut self, vol: VolumeId, update: StoreId) -> Option<Cop1> {
+    fn take(&mut self, vol: VolumeId, update: StoreId, caller: &Caller) -> Option<Cop1> {
+        let mine = self
+            .by_update
+            .get(&(vol, update))
+            .is_some_and(|c| c.user == caller.user || caller.is_server());
+        if !mine {
+            return None;
+        }
         let c = self.by_update.remove(&(vol, update))?;
         self.order.retain(|k| *k != (vol, update));
         Some(c)
@@ -110,12 +130,16 @@ fn bindings(vol: &crate::volume::Volume, dir: Fid) -> Vec<Binding> {
 impl Service {
     /// `COP2`: every object an update changed counts it for the replicas
     /// that applied it too. Once all did, its tombstones are no longer needed.
-    pub(crate) fn cop2(&mut self, r: &Cop2) -> Result<(Bytes, Option<CommitId>), Errno> {
+    pub(crate) fn cop2(
+        &mut self,
+        caller: &Caller,
+        r: &Cop2,
+    ) -> Result<(Bytes, Option<CommitId>), Errno> {
         let vol = self.local_volume(r.volume)?;
         let (me, n) = (vol.slot_of(&self.cell.name), vol.replicas());
         let mut work = Vec::new();
         for u in &r.updates {
-            if let Some(c) = self.pending_cop2.take(r.volume, u.store_id) {
+            if let Some(c) = self.pending_cop2.take(r.volume, u.store_id, caller) {
                 let mut slots: Vec<usize> = u.slots.iter().map(|&s| s as usize).collect();
                 slots.sort_unstable();
                 slots.dedup();
@@ -206,13 +230,17 @@ impl Service {
         out: &mut Vec<Action>,
     ) -> Result<(Bytes, Option<CommitId>), Errno> {
         let vol = self.local_volume(r.volume)?;
+        if vol.header.locked {
+            return Err(Errno::VOLUME_LOCKED);
+        }
         let same = |have: Option<&Vnode>, want: Option<&VersionVector>| match (have, want) {
             (None, None) => true,
             (Some(v), Some(w)) => v.vv == *w,
             _ => false,
         };
         for o in &r.objects {
-            if o.status.fid.volume != r.volume {
+            let f = o.status.fid;
+            if f.volume != r.volume || f.is_local() || f.vnode == 0 {
                 return Err(Errno::BAD_REQUEST);
             }
             if !same(vol.vnode(o.status.fid), o.expect.as_ref()) {
@@ -268,8 +296,8 @@ impl Service {
                     used.push(o.data.expect("staged"));
                 }
                 let v = vnode_of(o, container);
-                header.next_vnode = header.next_vnode.max(v.fid.vnode + 1);
-                header.next_unique = header.next_unique.max(v.fid.unique + 1);
+                header.next_vnode = header.next_vnode.max(v.fid.vnode.saturating_add(1));
+                header.next_unique = header.next_unique.max(v.fid.unique.saturating_add(1));
                 changed.push(v.fid);
                 txn.put_vnode(v)?;
                 if let Some(entries) = &o.entries {

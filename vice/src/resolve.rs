@@ -275,7 +275,16 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
                 conflict: false,
                 entries_set: false,
             }
-        } else if let Some((slot, d)) = dominant(&versions) {
+        } else if let Some((slot, d)) = dominant(&versions).filter(|(_, d)| {
+            // A directory whose names differ is merged even where one
+            // version saw every update of the others: a name it removed
+            // may hold an object changed elsewhere since (a store bumps the
+            // file, not its directory), and the update must win.
+            d.status.kind != VnodeKind::Directory
+                || versions
+                    .iter()
+                    .all(|(_, v)| sorted(&v.entries) == sorted(&d.entries))
+        }) {
             let mut state = d.clone();
             joined.store_id = d.status.vv.store_id;
             joined.flags = d.status.vv.flags;

@@ -562,12 +562,18 @@ impl Service {
                 if caller.user <= 0 {
                     return Err(Errno::EACCES);
                 }
-                self.cop2(&r).map(Some)
+                self.cop2(caller, &r).map(Some)
             }
             op::RESOLVE => {
                 let r: coda_proto::res::Resolve = decode(body)?;
+                // Each costs a read of every replica: users only.
+                if caller.user <= 0 {
+                    return Err(Errno::EACCES);
+                }
                 self.local_volume(r.volume)?;
-                self.resolution.pending += 1;
+                if !self.resolve_wanted.contains(&r.volume) {
+                    self.resolution.pending += 1;
+                }
                 out.push(Action::Resolve { volume: r.volume });
                 now(Ok(Bytes::new()))
             }
@@ -807,6 +813,12 @@ impl Service {
         let (stride, class) = (vol.replicas() as u64, vol.slot_of(&self.cell.name) as u64);
         let first = h.next_vnode.max(h.next_unique);
         let first = first + (class + stride - first % stride) % stride;
+        let next = r
+            .count
+            .checked_mul(stride)
+            .and_then(|n| n.checked_add(first))
+            .filter(|&n| n < coda_proto::fid::LOCAL_VNODE_BASE)
+            .ok_or(Errno::ENOSPC)?;
         let range = FidRange {
             volume: r.volume,
             vnode: first,
@@ -814,8 +826,8 @@ impl Service {
             count: r.count,
             stride,
         };
-        h.next_vnode = first + r.count * stride;
-        h.next_unique = h.next_vnode;
+        h.next_vnode = next;
+        h.next_unique = next;
         h.grants.push(Grant {
             user: caller.user,
             vnode: range.vnode,
@@ -1179,7 +1191,8 @@ impl Service {
                         })
                         .map(|r| r.store_id)
                         .collect();
-                    self.pending_cop2.insert(vol, update, bumps, removals);
+                    self.pending_cop2
+                        .insert(vol, update, caller.user, bumps, removals);
                 }
                 Ok((statuses, applied, changed, commit))
             }

@@ -1093,3 +1093,53 @@ fn partitioned_halves_merge_and_true_conflicts_are_marked() {
         }
     }
 }
+
+/// A file removed on one side of a partition and written on the other is
+/// kept, with the new contents, on every replica: the update wins, even
+/// though the removing side's directory saw every change of the other's.
+#[test]
+fn an_update_beats_a_concurrent_removal() {
+    let mut w = World::new(3, 2);
+    let root = Fid::root(VOL);
+    let f = w.fid(0).unwrap();
+    let create = Op::Create(cml::Create {
+        dir: root,
+        name: "f".into(),
+        fid: f,
+        mode: 0o644,
+        group: 0,
+    });
+    w.update(0, create, None).unwrap();
+    let made = StoreId {
+        host: w.clients[0].host,
+        unique: w.clients[0].next,
+    };
+    w.split(&[0], &[1, 2], &[0], &[1]);
+    let data = b"written while another side removed it".to_vec();
+    let store = Op::Store(cml::Store {
+        fid: f,
+        seen: made,
+        length: data.len() as u64,
+        content_hash: blake(&data),
+    });
+    assert_eq!(w.update(0, store, Some(&data)).unwrap(), vec![0]);
+    let remove = Op::Remove(cml::Remove {
+        dir: root,
+        name: "f".into(),
+        fid: f,
+        seen: made,
+    });
+    assert_eq!(w.update(1, remove, None).unwrap(), vec![1, 2]);
+    w.heal_all();
+    w.rebind_all();
+    w.resolve_fully(1);
+    for s in 0..N {
+        let t = w.tree(s);
+        assert_eq!(
+            t.get("/f"),
+            Some(&(VnodeKind::File, blake(&data), false)),
+            "replica {s}"
+        );
+        assert!(w.fsck(s).is_empty(), "replica {s}: {:?}", w.fsck(s));
+    }
+}
