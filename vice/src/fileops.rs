@@ -187,7 +187,7 @@ pub struct Apply<'t, 'a> {
     slot: usize,
     replicas: usize,
     /// How many times each object's slot was bumped (for COP2).
-    pub bumps: Vec<(Fid, u64)>,
+    pub bumps: HashMap<Fid, u64>,
 }
 
 type OpResult<T> = Result<T, Errno>;
@@ -216,7 +216,7 @@ impl<'t, 'a> Apply<'t, 'a> {
         Ok(Apply {
             slot,
             replicas,
-            bumps: Vec::new(),
+            bumps: HashMap::new(),
             first: (header.next_vnode, header.next_unique),
             txn,
             containers,
@@ -276,9 +276,9 @@ impl<'t, 'a> Apply<'t, 'a> {
             let extra = v.history.len().saturating_sub(crate::vnode::HISTORY_MAX);
             v.history.drain(..extra);
         }
-        match self.bumps.iter_mut().find(|(f, _)| *f == v.fid) {
-            Some((_, n)) => *n += 1,
-            None => self.bumps.push((v.fid, 1)),
+        // Counted for COP2, which only replicated volumes have.
+        if self.replicas > 1 {
+            *self.bumps.entry(v.fid).or_default() += 1;
         }
     }
 

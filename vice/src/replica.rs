@@ -112,21 +112,6 @@ impl PendingCop2 {
     }
 }
 
-/// The entries of directory `dir` in `vol`, as resolution sees them.
-fn bindings(vol: &crate::volume::Volume, dir: Fid) -> Vec<Binding> {
-    vol.entries(dir)
-        .map(|e| {
-            e.iter()
-                .map(|(name, (_, fid))| Binding {
-                    name: name.clone(),
-                    fid: *fid,
-                    kind: vol.vnode(*fid).map_or(VnodeKind::Directory, |c| c.kind),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 impl Service {
     /// `COP2`: every object an update changed counts it for the replicas
     /// that applied it too. Once all did, its tombstones are no longer needed.
@@ -210,11 +195,14 @@ impl Service {
                     status: fileops::status(v, vn, &caller, false),
                     acl: vn.acl.clone(),
                     target: vn.target.clone(),
-                    entries: if vn.is_dir() {
-                        bindings(v, f)
-                    } else {
-                        Vec::new()
-                    },
+                    entries: v
+                        .listing(f)
+                        .map(|(name, fid, kind)| Binding {
+                            name: name.to_string(),
+                            fid,
+                            kind,
+                        })
+                        .collect(),
                     tombstones: v.tombstones(f).cloned().collect(),
                     history: vn.history.clone(),
                 })

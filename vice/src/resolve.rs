@@ -466,33 +466,26 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
         // Objects first, directories after (their names then bind what
         // exists), removals last.
         objects.sort_by_key(|o| o.status.kind == VnodeKind::Directory);
-        let chunks: Vec<Vec<InstallObject>> = objects
-            .chunks(INSTALL_OBJECTS_MAX)
-            .map(|c| c.to_vec())
-            .collect();
-        let last = chunks.len();
+        // Removals ride with the last chunk (alone if nothing else goes).
+        let mut chunks: Vec<Vec<InstallObject>> = Vec::new();
+        while !objects.is_empty() {
+            let rest = objects.split_off(objects.len().min(INSTALL_OBJECTS_MAX));
+            chunks.push(std::mem::replace(&mut objects, rest));
+        }
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
             let install = Install {
                 volume,
                 objects: chunk,
-                removals: if i + 1 == last {
-                    std::mem::take(&mut removals)
-                } else {
-                    Vec::new()
+                removals: match i == last {
+                    true => std::mem::take(&mut removals),
+                    false => Vec::new(),
                 },
             };
             send_install(reps, slot, &install)?;
-        }
-        if last == 0 {
-            send_install(
-                reps,
-                slot,
-                &Install {
-                    volume,
-                    objects: Vec::new(),
-                    removals,
-                },
-            )?;
         }
     }
     Ok(out)

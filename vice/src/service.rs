@@ -779,18 +779,13 @@ impl Service {
             VnodeKind::Symlink => Source::Memory(Bytes::from(v.target.clone().into_bytes())),
             VnodeKind::Directory => {
                 let entries: Vec<DirEntry> = vol
-                    .entries(fid)
-                    .map(|e| {
-                        e.iter()
-                            .map(|(name, (_, f))| DirEntry {
-                                name: name.clone(),
-                                fid: *f,
-                                // A fid of another volume is a mount point.
-                                kind: vol.vnode(*f).map_or(VnodeKind::Directory, |c| c.kind),
-                            })
-                            .collect()
+                    .listing(fid)
+                    .map(|(name, fid, kind)| DirEntry {
+                        name: name.to_string(),
+                        fid,
+                        kind,
                     })
-                    .unwrap_or_default();
+                    .collect();
                 Source::Memory(codec::to_bytes(&entries))
             }
         };
@@ -1124,7 +1119,7 @@ impl Service {
         let exists = move |v: VolumeId| cell.vldb().get(v).is_some();
         let (containers, txn) = self.shard.split();
         let mut txn = txn.map_err(|e| conflict(0, rvm_errno(e), Fid::root(vol)))?;
-        let mut bumps = Vec::new();
+        let mut bumps = HashMap::new();
         let result = (|| {
             let mut apply = Apply::new(&mut txn, containers, caller, vol, &exists, &me)
                 .map_err(|e| (0, e, Fid::root(vol), Vec::new()))?;
@@ -1191,6 +1186,7 @@ impl Service {
                         })
                         .map(|r| r.store_id)
                         .collect();
+                    let bumps = bumps.into_iter().collect();
                     self.pending_cop2
                         .insert(vol, update, caller.user, bumps, removals);
                 }

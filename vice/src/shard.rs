@@ -437,6 +437,8 @@ enum Undo {
     Applied(VolumeId, (i32, u64), Option<(Slot, AppliedRecord)>),
     /// A directory's tombstones before the change.
     Tombs(Fid, Vec<(Slot, TombRecord)>),
+    /// A tombstone added to a directory (undone without copying the rest).
+    TombAdded(Fid, Slot),
     VolumeCreated(VolumeId),
     VolumeRemoved(Box<Volume>),
 }
@@ -621,14 +623,12 @@ impl Txn<'_> {
     pub fn put_tombstone(&mut self, dir: Fid, tomb: Tombstone) -> TxResult<()> {
         let rec = TombRecord { dir, tomb };
         let slot = record::insert(&self.heap, &mut self.tx, Kind::Tombstone, &rec)?;
-        let tombs = self
-            .volume_mut(dir.volume)
+        self.volume_mut(dir.volume)
             .tombs
             .entry(dir.vnode)
-            .or_default();
-        let old = tombs.clone();
-        tombs.push((slot, rec));
-        self.undo.push(Undo::Tombs(dir, old));
+            .or_default()
+            .push((slot, rec));
+        self.undo.push(Undo::TombAdded(dir, slot));
         Ok(())
     }
 
@@ -738,6 +738,15 @@ fn restore(meta: &mut Meta, undo: Vec<Undo>) {
                     v.tombs.remove(&dir.vnode);
                 } else {
                     v.tombs.insert(dir.vnode, old);
+                }
+            }
+            Undo::TombAdded(dir, slot) => {
+                let v = meta.volumes.get_mut(&dir.volume).expect("undo follows do");
+                if let Some(t) = v.tombs.get_mut(&dir.vnode) {
+                    t.retain(|(s, _)| *s != slot);
+                    if t.is_empty() {
+                        v.tombs.remove(&dir.vnode);
+                    }
                 }
             }
             Undo::VolumeCreated(id) => {

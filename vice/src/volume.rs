@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use coda_proto::fid::{Fid, VolumeId, ROOT_VNODE};
+use coda_proto::status::VnodeKind;
 
 use crate::record::Slot;
 use crate::vnode::{AppliedRecord, TombRecord, Vnode, VolumeHeader};
@@ -68,6 +69,18 @@ impl Volume {
 
     pub fn lookup(&self, dir: Fid, name: &str) -> Option<Fid> {
         self.entries(dir)?.get(name).map(|(_, f)| *f)
+    }
+
+    /// A directory's names, each with its fid and what it holds (a fid of
+    /// another volume is a mount point: a directory).
+    pub fn listing(&self, dir: Fid) -> impl Iterator<Item = (&str, Fid, VnodeKind)> {
+        self.entries(dir)
+            .into_iter()
+            .flatten()
+            .map(|(name, (_, f))| {
+                let kind = self.vnode(*f).map_or(VnodeKind::Directory, |c| c.kind);
+                (name.as_str(), *f, kind)
+            })
     }
 
     /// A directory's tombstones.
