@@ -251,6 +251,7 @@ fn setup(cores: u32, conns: usize) -> (Srv, Client) {
                 volutil::op::CREATE,
                 &CreateVolume {
                     name: format!("bench{i}"),
+                    replicas: Vec::new(),
                 },
             )
             .unwrap(),

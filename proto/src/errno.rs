@@ -56,6 +56,7 @@ errnos! {
     UNKNOWN_CALL = 1006, "unknown call";
     AUTH_FAILED = 1007, "wrong user name or password";
     NOT_ADMIN = 1008, "administrators only";
+    NOT_SCM = 1009, "only the cell's SCM (its first server) does that";
 }
 
 /// Linux's numbers, written out so this crate needs no libc.

@@ -15,6 +15,7 @@
 //! - [`volutil`]: volume and user administration.
 //! - [`dump`]: the volume dump format.
 //! - [`res`]: server replication: COP2, resolution.
+//! - [`update`]: the cell's configuration, from the SCM to every server.
 
 #[macro_use]
 mod union;
@@ -29,6 +30,7 @@ pub mod errno;
 pub mod fid;
 pub mod res;
 pub mod status;
+pub mod update;
 pub mod vice;
 pub mod volutil;
 pub mod vv;

@@ -57,6 +57,11 @@ pub mod op {
     pub const RES_STATE: u16 = 27;
     /// Servers only: installs resolved states.
     pub const RES_INSTALL: u16 = 28;
+    /// Servers only: a server's volumes for the SCM, the cell's
+    /// configuration back (`crate::update`).
+    pub const UPDATE: u16 = 29;
+    /// Servers only: make this server's replica of a volume.
+    pub const MAKE_REPLICA: u16 = 30;
 }
 
 /// The call that carries one record of this kind on its own.

@@ -30,6 +30,8 @@ pub mod op {
     pub const GROUP_ADD: u16 = 22;
     pub const GROUP_ADD_MEMBER: u16 = 23;
     pub const GROUP_LIST: u16 = 24;
+    /// A new server's first call to the SCM (`crate::update::Join`).
+    pub const JOIN: u16 = 25;
 }
 
 codec_struct! {
@@ -37,6 +39,9 @@ codec_struct! {
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct CreateVolume {
         pub name: String,
+        /// The servers (by name) holding its replicas, in version-vector
+        /// slot order; empty: the server called.
+        pub replicas: Vec<String>,
     }
 }
 

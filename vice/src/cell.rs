@@ -1,14 +1,20 @@
 //! What every shard of a server shares: the cell key, the protection
-//! database and the volume location database. Read on every bind and
-//! location query, written only by administration, so a lock is cheap here.
+//! database, the volume location database, and the cell's directory of
+//! every server's volumes. Read on every bind and location query, written
+//! only by administration, so a lock is cheap here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
+use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
-use coda_proto::fid::VolumeId;
-use coda_proto::vice::VolumeKind;
+use coda_proto::fid::{Fid, VolumeId};
+use coda_proto::res::ResolutionStats;
+use coda_proto::update::VolumeEntry;
+use coda_proto::vice::{VolumeInfo, VolumeKind};
+use coda_rpc2::codec;
 use coda_rpc2::CellKey;
 
 use crate::pdb::Pdb;
@@ -70,6 +76,219 @@ impl Vldb {
     }
 }
 
+/// The servers of a cell of several (`--peers NAME=ADDR,...`); the first
+/// is the SCM, which keeps the cell's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers {
+    /// This server's name.
+    pub me: String,
+    /// Each server's name and first shard's address, the SCM first.
+    pub servers: Vec<(String, SocketAddr)>,
+}
+
+impl Peers {
+    /// Parses `NAME=ADDR:PORT,...`; `me` must be one of them.
+    pub fn parse(spec: &str, me: &str) -> Result<Peers, String> {
+        let mut servers: Vec<(String, SocketAddr)> = Vec::new();
+        for item in spec.split(',').filter(|s| !s.is_empty()) {
+            let (name, addr) = item
+                .split_once('=')
+                .ok_or_else(|| format!("--peers: {item:?} is not NAME=ADDR:PORT"))?;
+            crate::volume_name_ok(name).map_err(|e| format!("--peers: {name:?}: {e}"))?;
+            let addr = addr
+                .parse()
+                .map_err(|e| format!("--peers: {addr:?}: {e}"))?;
+            if servers.iter().any(|(n, _)| n == name) {
+                return Err(format!("--peers: {name} named twice"));
+            }
+            servers.push((name.to_string(), addr));
+        }
+        if !servers.iter().any(|(n, _)| n == me) {
+            return Err(format!("--peers does not name this server ({me}); give --name"));
+        }
+        Ok(Peers {
+            me: me.to_string(),
+            servers,
+        })
+    }
+
+    pub fn scm(&self) -> (&str, SocketAddr) {
+        let (n, a) = &self.servers[0];
+        (n, *a)
+    }
+
+    pub fn is_scm(&self) -> bool {
+        self.servers[0].0 == self.me
+    }
+
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.servers.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// This server's place in the list: volume ids it hands out are its own.
+    pub fn index(&self) -> u64 {
+        self.servers.iter().position(|(n, _)| *n == self.me).unwrap_or(0) as u64
+    }
+}
+
+/// Work handed to another thread, taken in order.
+pub struct Mailbox<T> {
+    queue: Mutex<VecDeque<T>>,
+    ready: Condvar,
+}
+
+impl<T> Default for Mailbox<T> {
+    fn default() -> Self {
+        Mailbox {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+        }
+    }
+}
+
+impl<T> Mailbox<T> {
+    pub fn post(&self, item: T) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back(item);
+        self.ready.notify_all();
+    }
+
+    /// The next item, waiting at most `wait` for one.
+    pub fn take(&self, wait: Duration) -> Option<T> {
+        let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut q, _) = self
+            .ready
+            .wait_timeout_while(q, wait, |q| q.is_empty())
+            .unwrap_or_else(|p| p.into_inner());
+        q.pop_front()
+    }
+}
+
+/// Every volume of the cell and where its replicas are: the SCM's is the
+/// truth (kept in `directory.bin`), every other server's a copy pulled
+/// from it (kept too, so a server serves while the SCM is down).
+#[derive(Debug, Default)]
+pub struct Directory {
+    volumes: BTreeMap<VolumeId, VolumeEntry>,
+    path: Option<PathBuf>,
+}
+
+impl Directory {
+    /// Loads `path` (absent: empty).
+    pub fn open(path: PathBuf) -> std::io::Result<Directory> {
+        let volumes = match std::fs::read(&path) {
+            Ok(bytes) => codec::from_bytes::<Vec<VolumeEntry>>(&bytes)
+                .map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}: {e}", path.display()),
+                    )
+                })?
+                .into_iter()
+                .map(|e| (e.id, e))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Directory {
+            volumes,
+            path: Some(path),
+        })
+    }
+
+    fn save(&self) {
+        if let Some(path) = &self.path {
+            let bytes = codec::to_bytes(&self.all());
+            if let Err(e) = crate::pdb::write_atomically(path, &bytes, 0o644) {
+                tracing::error!("{}: {e}", path.display());
+            }
+        }
+    }
+
+    pub fn get(&self, id: VolumeId) -> Option<&VolumeEntry> {
+        self.volumes.get(&id)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&VolumeEntry> {
+        self.volumes.values().find(|e| e.name == name)
+    }
+
+    pub fn all(&self) -> Vec<VolumeEntry> {
+        self.volumes.values().cloned().collect()
+    }
+
+    /// A volume reserved at the SCM before its replicas exist.
+    pub fn insert(&mut self, entry: VolumeEntry) {
+        self.volumes.insert(entry.id, entry);
+        self.save();
+    }
+
+    pub fn remove(&mut self, id: VolumeId) {
+        if self.volumes.remove(&id).is_some() {
+            self.save();
+        }
+    }
+
+    /// The SCM's side of `UPDATE`: `server` holds `volumes` now, each
+    /// with its address in its own slot.
+    pub fn merge(&mut self, server: &str, volumes: Vec<VolumeEntry>) {
+        let before = self.all();
+        let held: std::collections::HashSet<VolumeId> = volumes.iter().map(|v| v.id).collect();
+        // A volume of this server alone that it no longer has was removed.
+        self.volumes
+            .retain(|id, e| held.contains(id) || e.replicas != [server]);
+        for v in volumes {
+            self.place(server, v);
+        }
+        if self.all() != before {
+            self.save();
+        }
+    }
+
+    /// `server` holds its replica of `v` at the address in its slot.
+    pub fn record(&mut self, server: &str, v: VolumeEntry) {
+        self.place(server, v);
+        self.save();
+    }
+
+    fn place(&mut self, server: &str, v: VolumeEntry) {
+        let Some(slot) = v.replicas.iter().position(|r| r == server) else {
+            return;
+        };
+        let addr = v.addrs.get(slot).cloned().unwrap_or_default();
+        let e = self.volumes.entry(v.id).or_insert_with(|| VolumeEntry {
+            addrs: vec![String::new(); v.replicas.len()],
+            ..v.clone()
+        });
+        e.addrs.resize(e.replicas.len(), String::new());
+        if let Some(a) = e.addrs.get_mut(slot) {
+            *a = addr;
+        }
+    }
+
+    /// A copy of the SCM's directory.
+    pub fn adopt(&mut self, volumes: Vec<VolumeEntry>) {
+        if self.all() != volumes {
+            self.volumes = volumes.into_iter().map(|e| (e.id, e)).collect();
+            self.save();
+        }
+    }
+}
+
+/// What a client is told of a volume this server does not hold.
+pub fn entry_info(e: &VolumeEntry) -> VolumeInfo {
+    VolumeInfo {
+        id: e.id,
+        name: e.name.clone(),
+        kind: e.kind,
+        servers: e.addrs.iter().filter(|a| !a.is_empty()).cloned().collect(),
+        root: Fid::root(e.id),
+        stamp: 0,
+        locked: false,
+        files: 0,
+        bytes: 0,
+    }
+}
+
 pub struct Cell {
     pub key: CellKey,
     pub id: [u8; 16],
@@ -77,8 +296,16 @@ pub struct Cell {
     pub salt_secret: [u8; 32],
     pub shards: u32,
     pub name: String,
+    /// The other servers, in a cell of several.
+    pub peers: Option<Peers>,
     pdb: RwLock<Pdb>,
     vldb: RwLock<Vldb>,
+    directory: RwLock<Directory>,
+    /// Volumes whose replicas should be resolved, for the resolver thread.
+    pub resolve: Mailbox<VolumeId>,
+    /// Administration that needs the other servers, for the update thread.
+    pub work: Mailbox<crate::update::Work>,
+    resolution: Mutex<ResolutionStats>,
     /// Each shard's address, once bound.
     addrs: RwLock<Vec<String>>,
     next_volume: AtomicU64,
@@ -97,8 +324,13 @@ impl Cell {
             salt_secret,
             shards,
             name,
+            peers: None,
             pdb: RwLock::new(pdb),
             vldb: RwLock::new(Vldb::default()),
+            directory: RwLock::new(Directory::default()),
+            resolve: Mailbox::default(),
+            work: Mailbox::default(),
+            resolution: Mutex::default(),
             addrs: RwLock::new(vec![String::new(); shards as usize]),
             next_volume: AtomicU64::new(FIRST_VOLUME_ID),
             volume_counter: None,
@@ -120,6 +352,34 @@ impl Cell {
 
     pub fn vldb_mut(&self) -> RwLockWriteGuard<'_, Vldb> {
         self.vldb.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What resolution did here, for `cmon`.
+    pub fn resolution(&self) -> std::sync::MutexGuard<'_, ResolutionStats> {
+        self.resolution.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn directory(&self) -> RwLockReadGuard<'_, Directory> {
+        self.directory.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn directory_mut(&self) -> RwLockWriteGuard<'_, Directory> {
+        self.directory.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Joins a cell of several servers: volume ids it hands out are its
+    /// own (the SCM's from the first), and its directory is kept in `path`.
+    pub fn join_peers(&mut self, peers: Peers, path: PathBuf) -> std::io::Result<()> {
+        let first = FIRST_VOLUME_ID + (peers.index() << 32);
+        self.next_volume.fetch_max(first, Ordering::Relaxed);
+        *self.directory_mut() = Directory::open(path)?;
+        self.peers = Some(peers);
+        Ok(())
+    }
+
+    /// A cell of one server is its own SCM.
+    pub fn is_scm(&self) -> bool {
+        self.peers.as_ref().is_none_or(Peers::is_scm)
     }
 
     pub fn set_addr(&self, shard: u32, addr: String) {

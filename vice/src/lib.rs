@@ -10,6 +10,9 @@
 //! - [`pdb`], [`cell`]: users and groups; what shards share.
 //! - [`replica`], [`resolve`]: server replication: COP2, a replica's side
 //!   of resolution, and the resolver that brings replicas together.
+//! - [`peer`], [`update`], [`resolver`]: a server among others: its calls
+//!   to them, the cell's configuration pulled from the SCM, and the thread
+//!   that resolves replicated volumes.
 //! - [`service`]: the RPC service, sans I/O.
 
 pub mod admin;
@@ -21,13 +24,16 @@ pub mod dump;
 pub mod fileops;
 pub mod fsck;
 pub mod pdb;
+pub mod peer;
 pub mod record;
 pub mod replica;
 pub mod resolve;
+pub mod resolver;
 pub mod restore;
 pub mod server;
 pub mod service;
 pub mod shard;
+pub mod update;
 pub mod sim;
 pub mod vnode;
 pub mod volume;

@@ -128,16 +128,37 @@ impl Pdb {
         Ok(pdb)
     }
 
-    fn save(&mut self) -> Result<(), PdbError> {
-        self.generation += 1;
+    /// The database as its file holds it, for the other servers of the cell.
+    pub fn text(&self) -> Result<String, PdbError> {
         let file = PdbFile {
             users: self.users.values().cloned().collect(),
             groups: self.groups.values().cloned().collect(),
         };
-        let text = toml::to_string(&file).map_err(|e| PdbError::Format {
+        toml::to_string(&file).map_err(|e| PdbError::Format {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Takes the SCM's database (`text`) if it differs from this one;
+    /// true if it did.
+    pub fn adopt(&mut self, text: &str) -> Result<bool, PdbError> {
+        if self.text()? == text {
+            return Ok(false);
+        }
+        let file: PdbFile = toml::from_str(text).map_err(|e| PdbError::Format {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
+        self.users = file.users.into_iter().map(|u| (u.id, u)).collect();
+        self.groups = file.groups.into_iter().map(|g| (g.id, g)).collect();
+        self.save()?;
+        Ok(true)
+    }
+
+    fn save(&mut self) -> Result<(), PdbError> {
+        self.generation += 1;
+        let text = self.text()?;
         write_atomically(&self.path, text.as_bytes(), 0o600).map_err(|source| PdbError::Io {
             path: self.path.clone(),
             source,

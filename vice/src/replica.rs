@@ -320,7 +320,7 @@ impl Service {
         }
         let set: HashSet<Fid> = changed.iter().copied().collect();
         self.pending_cop2.forget(&set);
-        self.resolution.objects += r.objects.len() as u64 + r.removals.len() as u64;
+        self.cell.resolution().objects += r.objects.len() as u64 + r.removals.len() as u64;
         self.breaks(None, volume, &changed, out);
         Ok((Bytes::new(), Some(commit)))
     }

@@ -22,7 +22,7 @@ use futures_lite::future;
 use rvm::FlushStep;
 use serde::{Deserialize, Serialize};
 
-use crate::cell::{Cell, ROOT_VOLUME_NAME};
+use crate::cell::{Cell, Peers, ROOT_VOLUME_NAME};
 use crate::pdb::{write_atomically, Pdb, ADMINISTRATORS_NAME, ADMIN_ID};
 use crate::service::{Action, Job, Service, Then, BREAK_CALL};
 use crate::shard::{Shard, ShardOptions};
@@ -37,6 +37,9 @@ pub struct CellConfig {
     pub shards: u32,
     pub segment_bytes: u64,
     pub log_bytes: u64,
+    /// The cell's servers (`--peers`), kept so a restart needs no flags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +48,8 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     pub cores: Option<u32>,
     pub name: Option<String>,
+    /// `NAME=ADDR:PORT,...`: the servers of a cell of several, SCM first.
+    pub peers: Option<String>,
     pub shard: ShardOptions,
 }
 
@@ -84,8 +89,15 @@ pub fn load_or_init(opts: &ServerOptions) -> Result<Loaded, Error> {
     let root = &opts.root;
     let config_path = root.join("codasrv.toml");
     if config_path.exists() {
-        let config: CellConfig = toml::from_str(&std::fs::read_to_string(&config_path)?)
+        let mut config: CellConfig = toml::from_str(&std::fs::read_to_string(&config_path)?)
             .map_err(|e| format!("{}: {e}", config_path.display()))?;
+        if let Some(name) = opts.name.as_ref().filter(|n| **n != config.name) {
+            return Err(format!("this server is {}, not {name}", config.name).into());
+        }
+        if opts.peers.is_some() && opts.peers != config.peers {
+            config.peers = opts.peers.clone();
+            write_atomically(&config_path, toml::to_string(&config)?.as_bytes(), 0o644)?;
+        }
         let mut id = [0u8; 16];
         unhex(&config.cell_id, &mut id)?;
         let mut key = [0u8; 32];
@@ -116,35 +128,60 @@ pub fn load_or_init(opts: &ServerOptions) -> Result<Loaded, Error> {
         )
         .into());
     }
+    let name = opts.name.clone().unwrap_or_else(|| "codasrv".into());
+    let peers = match &opts.peers {
+        Some(spec) => Some(Peers::parse(spec, &name)?),
+        None => None,
+    };
+    let given_password = std::env::var("CODA_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    // A server joining a cell takes its id and key from the SCM.
+    let joined = match &peers {
+        Some(p) if !p.is_scm() => {
+            let password = given_password.as_deref().ok_or(
+                "joining a cell needs the SCM's administrator password in CODA_ADMIN_PASSWORD",
+            )?;
+            Some(crate::peer::join(p.scm().1, &name, password)?)
+        }
+        _ => None,
+    };
     std::fs::create_dir_all(root)?;
     let shards = opts
         .cores
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-    let id: [u8; 16] = random()?;
-    let key: [u8; 32] = random()?;
+    let (id, key): ([u8; 16], [u8; 32]) = match &joined {
+        Some(j) => (j.cell_id, j.cell_key),
+        None => (random()?, random()?),
+    };
     write_atomically(&root.join("cell.key"), hex(&key).as_bytes(), 0o600)?;
     let mut pdb = Pdb::open(&root.join("pdb.toml"))?;
-    let password = match std::env::var("CODA_ADMIN_PASSWORD") {
-        Ok(p) if !p.is_empty() => p,
-        _ => {
+    let password = match given_password {
+        // The SCM's database comes with the first update.
+        _ if joined.is_some() => None,
+        Some(p) => Some(p),
+        None => {
             let p = hex(&random::<12>()?);
             write_atomically(
                 &root.join("admin.password"),
                 format!("{p}\n").as_bytes(),
                 0o600,
             )?;
-            p
+            Some(p)
         }
     };
-    pdb.add_user("admin", &password, Some(ADMIN_ID), random()?)?;
-    pdb.add_member(ADMINISTRATORS_NAME, "admin")?;
-    debug_assert!(pdb.cps(ADMIN_ID).contains(&ADMINISTRATORS));
+    if let Some(password) = password {
+        pdb.add_user("admin", &password, Some(ADMIN_ID), random()?)?;
+        pdb.add_member(ADMINISTRATORS_NAME, "admin")?;
+        debug_assert!(pdb.cps(ADMIN_ID).contains(&ADMINISTRATORS));
+    }
     let config = CellConfig {
         cell_id: hex(&id),
-        name: opts.name.clone().unwrap_or_else(|| "codasrv".into()),
+        name,
         shards: shards.max(1),
         segment_bytes: opts.shard.segment_bytes,
         log_bytes: opts.shard.log_bytes,
+        peers: opts.peers.clone(),
     };
     // Written last: a cell is complete once its configuration exists.
     write_atomically(
@@ -172,6 +209,9 @@ pub struct Server {
     pub cell: Arc<Cell>,
     stops: Vec<Sender<ShardMsg>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The update and resolver threads, in a cell of several.
+    helpers: Vec<std::thread::JoinHandle<()>>,
+    stop_helpers: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Server {
@@ -191,6 +231,10 @@ impl Server {
             loaded.config.name.clone(),
             loaded.pdb,
         );
+        if let Some(spec) = &loaded.config.peers {
+            let peers = Peers::parse(spec, &loaded.config.name)?;
+            cell.join_peers(peers, opts.root.join("directory.bin"))?;
+        }
         cell.keep_volume_counter(opts.root.join("volume.next"))?;
         let cell = Arc::new(cell);
         let channels: Vec<(Sender<ShardMsg>, Receiver<ShardMsg>)> =
@@ -252,16 +296,28 @@ impl Server {
             }
         }
         let addr = cell.addr(0).parse().unwrap_or(addr.expect("shards > 0"));
+        let stop_helpers = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let helpers = match cell.peers {
+            Some(_) => start_helpers(&cell, &peers, &stop_helpers)?,
+            None => Vec::new(),
+        };
         Ok(Server {
             addr,
             cell,
             stops: peers.iter().cloned().collect(),
             threads,
+            helpers,
+            stop_helpers,
         })
     }
 
     /// Stops every shard cleanly (flushed, closed) and waits for them.
     pub fn stop(self) {
+        self.stop_helpers
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.helpers {
+            let _ = t.join();
+        }
         for s in &self.stops {
             let _ = s.send_blocking(ShardMsg::Stop);
         }
@@ -269,6 +325,46 @@ impl Server {
             let _ = t.join();
         }
     }
+}
+
+/// The update thread (after one update, so a server that just joined
+/// knows the cell's users before it serves) and the resolver thread.
+fn start_helpers(
+    cell: &Arc<Cell>,
+    shards: &Arc<Vec<Sender<ShardMsg>>>,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, Error> {
+    let senders = shards.clone();
+    let run: crate::update::RunJob = Arc::new(move |shard, job| {
+        let (tx, rx) = async_channel::bounded(1);
+        let failed = (coda_proto::Errno::EIO.0, Bytes::new());
+        if senders[shard as usize]
+            .send_blocking(ShardMsg::Job(job, tx))
+            .is_err()
+        {
+            return failed;
+        }
+        rx.recv_blocking().unwrap_or(failed)
+    });
+    let updater = crate::update::Updater {
+        cell: cell.clone(),
+        client: crate::peer::PeerClient::new(cell.key.clone())?,
+        run,
+    };
+    updater.update();
+    let resolver = crate::resolver::Resolver {
+        cell: cell.clone(),
+        client: crate::peer::PeerClient::new(cell.key.clone())?,
+    };
+    let (s1, s2) = (stop.clone(), stop.clone());
+    Ok(vec![
+        std::thread::Builder::new()
+            .name("update".into())
+            .spawn(move || updater.run(&s1))?,
+        std::thread::Builder::new()
+            .name("resolver".into())
+            .spawn(move || resolver.run(&s2))?,
+    ])
 }
 
 struct ShardStart {
@@ -322,7 +418,8 @@ fn open_shard(s: &ShardStart) -> Result<(Service, UdpEndpoint), String> {
         .volumes
         .values()
         .any(|v| v.header.name == ROOT_VOLUME_NAME);
-    if s.index == 0 && !has_root {
+    // The SCM's: the others find it in the cell's directory.
+    if s.index == 0 && !has_root && s.cell.is_scm() {
         let id = s.cell.new_volume_id();
         service
             .new_volume(id, ROOT_VOLUME_NAME, ADMIN_ID)
@@ -508,8 +605,24 @@ fn dispatch(ctx: &Rc<Ctx>, actions: Vec<Action>) {
                 let _ = ctx.kick.try_send(());
             }
             Action::Resolve { volume } => {
-                ctx.service.borrow_mut().resolve_wanted.insert(volume);
+                let cell = ctx.service.borrow().cell.clone();
+                if cell.peers.is_some() {
+                    cell.resolve.post(volume);
+                }
             }
+            Action::MakeReplicas { id, entry } => drop(
+                glommio::spawn_local(async move {
+                    let (done, answer) = async_channel::bounded(1);
+                    let cell = c.service.borrow().cell.clone();
+                    cell.work.post(crate::update::Work::MakeReplicas { entry, done });
+                    let (code, body) = answer
+                        .recv()
+                        .await
+                        .unwrap_or((coda_proto::Errno::EIO.0, Bytes::new()));
+                    let _ = c.ep.reply(id, code, body).await;
+                })
+                .detach(),
+            ),
             Action::Close { conn } => drop(
                 glommio::spawn_local(async move {
                     c.ep.close(conn).await;

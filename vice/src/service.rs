@@ -4,7 +4,7 @@
 //! Subsystems: Vice (file service), auth (tokens for passwords) and
 //! volutil (administration; encrypted administrator connections only).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -81,6 +81,12 @@ pub enum Action {
     /// Bring the replicas of `volume` together (`crate::resolve`), in the
     /// background.
     Resolve { volume: VolumeId },
+    /// Make the replicas of a new replicated volume on their servers
+    /// (`crate::update`) and answer `id` with its `VolumeInfo`.
+    MakeReplicas {
+        id: IncomingId,
+        entry: coda_proto::update::VolumeEntry,
+    },
     /// Hash these containers and make their bytes durable (a driver syncs
     /// the containers of many calls together, and hashes large ones off
     /// the shard's thread), then call [`Service::synced`] with the hashes.
@@ -151,6 +157,10 @@ pub enum Job {
     /// Make or remake a volume's `NAME.backup`.
     Backup(VolumeId),
     DumpEstimate(VolumeId),
+    /// This server's replica of a replicated volume (nothing if it exists).
+    MakeReplica(coda_proto::update::VolumeEntry),
+    /// The shard's volumes, for the cell's directory.
+    Entries,
 }
 
 struct Client {
@@ -223,11 +233,6 @@ pub struct Service {
     counters: Counters,
     /// Updates applied here whose COP2 has not come.
     pub(crate) pending_cop2: crate::replica::PendingCop2,
-    /// Resolution work, for `cmon`.
-    pub resolution: coda_proto::res::ResolutionStats,
-    /// Volumes a simulated server was asked to resolve (the real one
-    /// hands them to its resolver thread).
-    pub resolve_wanted: std::collections::BTreeSet<VolumeId>,
 }
 
 pub(crate) type Answer = Result<Bytes, Errno>;
@@ -279,8 +284,6 @@ impl Service {
             staged_ttl: STAGED_TTL,
             counters: Counters::default(),
             pending_cop2: Default::default(),
-            resolution: Default::default(),
-            resolve_wanted: Default::default(),
         }
     }
 
@@ -431,17 +434,21 @@ impl Service {
                 }))
             }
             op::GET_ROOT_VOLUME => {
-                let root = self
-                    .cell
-                    .vldb()
-                    .by_name(ROOT_VOLUME_NAME)
-                    .ok_or(Errno::NO_SUCH_VOLUME)?;
-                self.on_volume_shard(id, root, Job::Info(root), out)
+                let root = self.cell.vldb().by_name(ROOT_VOLUME_NAME);
+                match root {
+                    Some(root) => self.on_volume_shard(id, root, Job::Info(root), out),
+                    None => {
+                        let name = VolumeRef::Name(ROOT_VOLUME_NAME.into());
+                        now(ok(&self.elsewhere(&name).ok_or(Errno::NO_SUCH_VOLUME)?))
+                    }
+                }
             }
             op::GET_VOLUME_INFO => {
                 let r: VolumeRef = decode(body)?;
-                let vol = self.resolve(&r)?;
-                self.on_volume_shard(id, vol, Job::Info(vol), out)
+                match self.resolve(&r) {
+                    Ok(vol) => self.on_volume_shard(id, vol, Job::Info(vol), out),
+                    Err(e) => now(ok(&self.elsewhere(&r).ok_or(e)?)),
+                }
             }
             op::GET_ATTR => {
                 let r: GetAttr = decode(body)?;
@@ -571,13 +578,34 @@ impl Service {
                     return Err(Errno::EACCES);
                 }
                 self.local_volume(r.volume)?;
-                if !self.resolve_wanted.contains(&r.volume) {
-                    self.resolution.pending += 1;
-                }
                 out.push(Action::Resolve { volume: r.volume });
                 now(Ok(Bytes::new()))
             }
-            op::RES_SUMMARY..=op::RES_INSTALL if !caller.is_server() => Err(Errno::EACCES),
+            op::RES_SUMMARY..=op::MAKE_REPLICA if !caller.is_server() => Err(Errno::EACCES),
+            op::UPDATE => {
+                let r: coda_proto::update::UpdateRequest = decode(body)?;
+                if !self.cell.is_scm() {
+                    return Err(Errno::NOT_SCM);
+                }
+                self.cell.directory_mut().merge(&r.server, r.volumes);
+                let pdb = self.cell.pdb().text().map_err(|e| {
+                    tracing::error!("{e}");
+                    Errno::EIO
+                })?;
+                let state = coda_proto::update::CellState {
+                    pdb,
+                    volumes: self.cell.directory().all(),
+                };
+                now(ok(&state))
+            }
+            op::MAKE_REPLICA => {
+                let e: coda_proto::update::VolumeEntry = decode(body)?;
+                if !e.replicas.contains(&self.cell.name) {
+                    return Err(Errno::EINVAL);
+                }
+                let shard = crate::update::shard_of(e.id, self.cell.shards);
+                self.on_shard(id, shard, Job::MakeReplica(e), out)
+            }
             op::RES_SUMMARY => {
                 let r: coda_proto::res::SummaryRequest = decode(body)?;
                 let list = self.summary(r.volume)?;
@@ -1365,6 +1393,12 @@ impl Service {
             volutil::op::CREATE => {
                 let r: CreateVolume = decode(body)?;
                 crate::volume_name_ok(&r.name).map_err(|_| Errno::EINVAL)?;
+                if self.cell.directory().by_name(&r.name).is_some() {
+                    return Err(Errno::EEXIST);
+                }
+                if !r.replicas.is_empty() {
+                    return self.create_replicated(id, caller, r, out);
+                }
                 let (vol, shard) = {
                     let mut vldb = self.cell.vldb_mut();
                     if vldb.by_name(&r.name).is_some() {
@@ -1390,33 +1424,15 @@ impl Service {
                 };
                 self.on_shard(id, shard, job, out)
             }
-            volutil::op::LIST => {
-                let mut all: Vec<(VolumeId, Location)> = self
-                    .cell
-                    .vldb()
-                    .iter()
-                    .map(|(i, l)| (i, l.clone()))
-                    .collect();
-                all.sort_by_key(|(i, _)| *i);
-                let infos: Vec<VolumeInfo> = all
-                    .into_iter()
-                    .map(|(i, l)| VolumeInfo {
-                        id: i,
-                        name: l.name,
-                        kind: l.kind,
-                        servers: vec![self.cell.addr(l.shard)],
-                        root: Fid::root(i),
-                        stamp: 0,
-                        locked: false,
-                        files: 0,
-                        bytes: 0,
-                    })
-                    .collect();
-                ok(&infos).map(|b| Some((b, None)))
-            }
+            volutil::op::LIST => ok(&self.list_volumes()).map(|b| Some((b, None))),
             volutil::op::INFO | volutil::op::LOCK | volutil::op::UNLOCK | volutil::op::REMOVE => {
                 let r: NameVolume = decode(body)?;
-                let vol = self.resolve(&r.volume)?;
+                let vol = match self.resolve(&r.volume) {
+                    Err(e) if opcode == volutil::op::INFO => {
+                        return ok(&self.elsewhere(&r.volume).ok_or(e)?).map(|b| Some((b, None)))
+                    }
+                    vol => vol?,
+                };
                 let job = match opcode {
                     volutil::op::INFO => Job::Info(vol),
                     volutil::op::LOCK => Job::SetLocked(vol, true),
@@ -1427,6 +1443,28 @@ impl Service {
             }
             volutil::op::CLONE..=volutil::op::RESTORE_END => {
                 self.volume_admin(id, opcode, body, out)
+            }
+            volutil::op::USER_ADD | volutil::op::GROUP_ADD | volutil::op::GROUP_ADD_MEMBER
+                if !self.cell.is_scm() =>
+            {
+                // The others take the SCM's database as it is.
+                Err(Errno::NOT_SCM)
+            }
+            volutil::op::JOIN => {
+                let r: coda_proto::update::Join = decode(body)?;
+                let peers = self.cell.peers.as_ref().ok_or(Errno::NOT_SCM)?;
+                if !peers.is_scm() {
+                    return Err(Errno::NOT_SCM);
+                }
+                if peers.addr(&r.server).is_none() || r.server == peers.me {
+                    return Err(Errno::EINVAL);
+                }
+                tracing::info!("server {} joins the cell", r.server);
+                let reply = coda_proto::update::JoinReply {
+                    cell_id: self.cell.id,
+                    cell_key: *self.cell.key.as_bytes(),
+                };
+                ok(&reply).map(|b| Some((b, None)))
             }
             volutil::op::USER_ADD => {
                 let r: UserAdd = decode(body)?;
@@ -1497,6 +1535,20 @@ impl Service {
                 Ok((codec::to_bytes(&info), Some(commit)))
             }
             Job::Info(id) => Ok((codec::to_bytes(&self.info(id)?), None)),
+            Job::MakeReplica(e) => {
+                let made = match self.shard.meta.volume(e.id) {
+                    Some(_) => None,
+                    None => {
+                        let (_, commit) =
+                            self.new_replica(e.id, &e.name, e.owner, &e.replicas, e.created)?;
+                        tracing::info!("made a replica of volume {} ({:x})", e.name, e.id);
+                        Some(commit)
+                    }
+                };
+                let v = self.local_volume(e.id)?;
+                Ok((codec::to_bytes(&self.entry(e.id, v)), made))
+            }
+            Job::Entries => Ok((codec::to_bytes(&self.entries()), None)),
             Job::SetLocked(id, locked) => {
                 let mut h = self.local_volume(id)?.header.clone();
                 h.locked = locked;
@@ -1529,17 +1581,134 @@ impl Service {
 
     pub(crate) fn info(&self, id: VolumeId) -> Result<VolumeInfo, Errno> {
         let v = self.local_volume(id)?;
+        let me = self.cell.addr(self.shard.index);
+        // Every replica's address, this one's as it is now.
+        let servers = match self.cell.directory().get(id) {
+            Some(e) if v.header.replicas.len() > 1 => {
+                let mut addrs = e.addrs.clone();
+                addrs.resize(v.header.replicas.len(), String::new());
+                addrs[v.slot_of(&self.cell.name)] = me;
+                addrs.into_iter().filter(|a| !a.is_empty()).collect()
+            }
+            _ => vec![me],
+        };
         Ok(VolumeInfo {
             id,
             name: v.header.name.clone(),
             kind: v.header.kind,
-            servers: vec![self.cell.addr(self.shard.index)],
+            servers,
             root: v.root(),
             stamp: v.header.stamp,
             locked: v.header.locked,
             files: v.files(),
             bytes: v.bytes,
         })
+    }
+
+    /// This shard's volumes as the cell's directory lists them.
+    fn entries(&self) -> Vec<coda_proto::update::VolumeEntry> {
+        self.shard
+            .meta
+            .volumes
+            .iter()
+            .filter(|(_, v)| !v.header.transient)
+            .map(|(&id, v)| self.entry(id, v))
+            .collect()
+    }
+
+    fn entry(&self, id: VolumeId, v: &crate::volume::Volume) -> coda_proto::update::VolumeEntry {
+        let mut replicas = v.header.replicas.clone();
+        if replicas.is_empty() {
+            replicas.push(self.cell.name.clone());
+        }
+        let mut addrs = vec![String::new(); replicas.len()];
+        addrs[v.slot_of(&self.cell.name).min(replicas.len() - 1)] =
+            self.cell.addr(self.shard.index);
+        coda_proto::update::VolumeEntry {
+            id,
+            name: v.header.name.clone(),
+            kind: v.header.kind,
+            owner: v.vnode(v.root()).map_or(0, |r| r.owner as PrincipalId),
+            created: v.header.created,
+            replicas,
+            addrs,
+        }
+    }
+
+    /// A volume this server does not hold, as the cell's directory has it.
+    fn elsewhere(&self, r: &VolumeRef) -> Option<VolumeInfo> {
+        let dir = self.cell.directory();
+        let e = match r {
+            VolumeRef::Id(id) => dir.get(*id),
+            VolumeRef::Name(n) => dir.by_name(n),
+        }?;
+        Some(crate::cell::entry_info(e))
+    }
+
+    /// Every volume of the cell: the directory's, and this server's own
+    /// (those it has not told the SCM of yet too).
+    fn list_volumes(&self) -> Vec<VolumeInfo> {
+        let mut all: BTreeMap<VolumeId, VolumeInfo> = self
+            .cell
+            .directory()
+            .all()
+            .iter()
+            .map(|e| (e.id, crate::cell::entry_info(e)))
+            .collect();
+        for (i, l) in self.cell.vldb().iter() {
+            all.entry(i).or_insert_with(|| VolumeInfo {
+                id: i,
+                name: l.name.clone(),
+                kind: l.kind,
+                servers: vec![self.cell.addr(l.shard)],
+                root: Fid::root(i),
+                stamp: 0,
+                locked: false,
+                files: 0,
+                bytes: 0,
+            });
+        }
+        all.into_values().collect()
+    }
+
+    /// `volutil create NAME --replicas S...` at the SCM: the volume is
+    /// entered in the cell's directory, and the update thread makes each
+    /// replica (a server that is down makes its own when it next updates).
+    fn create_replicated(
+        &mut self,
+        id: IncomingId,
+        caller: &Caller,
+        r: CreateVolume,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<(Bytes, Option<CommitId>)>, Errno> {
+        let peers = self.cell.peers.as_ref().ok_or(Errno::NOT_SCM)?;
+        if !peers.is_scm() {
+            return Err(Errno::NOT_SCM);
+        }
+        let mut seen = HashSet::new();
+        if r.replicas.iter().any(|s| peers.addr(s).is_none() || !seen.insert(s)) {
+            return Err(Errno::EINVAL);
+        }
+        if self.cell.vldb().by_name(&r.name).is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let n = r.replicas.len();
+        let entry = coda_proto::update::VolumeEntry {
+            id: self.cell.new_volume_id(),
+            name: r.name,
+            kind: if n > 1 {
+                VolumeKind::Replicated
+            } else {
+                VolumeKind::ReadWrite
+            },
+            owner: caller.user,
+            created: Timestamp::now(),
+            replicas: r.replicas,
+            addrs: vec![String::new(); n],
+        };
+        self.cell.directory_mut().insert(entry.clone());
+        out.push(Action::MakeReplicas { id, entry });
+        Ok(None)
     }
 
     /// Makes volume `id` here and records where it is served; durable once

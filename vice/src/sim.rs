@@ -92,9 +92,14 @@ fn run(
             }
             Action::Close { conn } => ep.close(now, conn),
             // Resolution runs where the test says (it calls other nodes).
-            Action::Resolve { volume } => {
-                svc.resolve_wanted.insert(volume);
-            }
+            Action::Resolve { .. } => {}
+            // A simulated server is a cell of its own.
+            Action::MakeReplicas { id, .. } => actions.push_back(Action::Reply {
+                id,
+                code: coda_proto::Errno::NOT_SCM.0,
+                body: bytes::Bytes::new(),
+                after: None,
+            }),
             Action::Sync { containers, then } => {
                 let hash = then.wants_hashes();
                 let c = &svc.shard.containers;

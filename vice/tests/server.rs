@@ -218,6 +218,7 @@ fn a_new_cell_logs_in_its_admin_and_spreads_volumes_over_both_shards() {
             volutil::op::CREATE,
             &CreateVolume {
                 name: format!("u.vol{i}"),
+                replicas: Vec::new(),
             },
         )
         .unwrap();
@@ -241,6 +242,7 @@ fn a_new_cell_logs_in_its_admin_and_spreads_volumes_over_both_shards() {
         volutil::op::CREATE,
         &CreateVolume {
             name: "u.vol0".into(),
+            replicas: Vec::new(),
         },
     );
     assert_eq!(again.err(), Some(Errno::EEXIST));

@@ -5,7 +5,7 @@ use coda_proto::vice::{VolumeInfo, VolumeKind, VolumeRef};
 use std::path::PathBuf;
 
 use coda_proto::volutil::{op, CloneVolume, CreateVolume, DumpEstimate, NameVolume, SUBSYSTEM};
-use coda_tools::{dumpfile, exit_with, Admin, AdminArgs, Result, ToolError};
+use coda_tools::{dumpfile, exit_with, Admin, AdminArgs, Result};
 
 #[derive(Parser)]
 #[command(name = "volutil", version, about = "Coda volume administration")]
@@ -21,7 +21,8 @@ enum Cmd {
     /// Make a new volume.
     Create {
         name: String,
-        /// Servers holding replicas (replication comes later: only this server now).
+        /// Servers (by name) holding its replicas, version-vector slot
+        /// order; a replicated volume is made at the SCM.
         #[arg(long, num_args = 1..)]
         replicas: Vec<String>,
     },
@@ -104,12 +105,7 @@ fn run(args: Args) -> Result<()> {
     };
     match args.cmd {
         Cmd::Create { name, replicas } => {
-            if replicas.len() > 1 {
-                return Err(ToolError::Usage(
-                    "replicated volumes are not supported yet: give at most one server".into(),
-                ));
-            }
-            let v: VolumeInfo = admin.call(SUBSYSTEM, op::CREATE, &CreateVolume { name })?;
+            let v: VolumeInfo = admin.call(SUBSYSTEM, op::CREATE, &CreateVolume { name, replicas })?;
             if args.admin.json {
                 println!("{}", json(&v));
             } else {

@@ -1,6 +1,6 @@
 //! codasrv: the Coda file server (Vice).
 //!
-//! `codasrv --root DIR [--listen ADDR:PORT] [--cores N] [--name NAME]`
+//! `codasrv --root DIR [--listen ADDR:PORT] [--cores N] [--name NAME] [--peers NAME=ADDR,...]`
 //! An empty or missing DIR becomes a new cell. Prints
 //! `codasrv ready on ADDR:PORT` once it answers calls; SIGTERM stops it cleanly.
 
@@ -28,6 +28,10 @@ struct Args {
     /// This server's name in the cell.
     #[arg(long)]
     name: Option<String>,
+    /// The servers of a cell of several, `NAME=ADDR:PORT,...`, the SCM
+    /// first; a new server joins with CODA_ADMIN_PASSWORD.
+    #[arg(long)]
+    peers: Option<String>,
 }
 
 fn main() {
@@ -53,6 +57,7 @@ fn main() {
         listen: args.listen,
         cores: args.cores,
         name: args.name,
+        peers: args.peers,
         shard: ShardOptions::default(),
     }) {
         Ok(s) => s,
