@@ -12,6 +12,25 @@ pub type VolumeId = u64;
 /// ask the server for fids; reintegration gives the object a real one.
 pub const LOCAL_VNODE_BASE: u64 = 1 << 63;
 
+/// Vnode numbers from here to [`LOCAL_VNODE_BASE`] are derived from a
+/// client's made-up fid (and its host) by every replica of a volume alike,
+/// so an object made while disconnected, or without a round trip for
+/// fids, gets one fid on all of them. AllocFids hands out numbers below.
+pub const DERIVED_VNODE_BASE: u64 = 1 << 62;
+
+/// The fid every replica of `volume` gives the object client `host` made
+/// as `local`.
+pub fn derived_fid(volume: VolumeId, host: u64, local: Fid) -> Fid {
+    let mut h = blake3::Hasher::new_derive_key("coda derived fids");
+    for n in [volume, host, local.vnode, local.unique] {
+        h.update(&n.to_le_bytes());
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    let vnode = DERIVED_VNODE_BASE | (u64::from_le_bytes(b) & (DERIVED_VNODE_BASE - 1));
+    Fid::new(volume, vnode, vnode)
+}
+
 /// The vnode of every volume's root directory.
 pub const ROOT_VNODE: u64 = 1;
 

@@ -129,7 +129,8 @@ codec_struct! {
         pub id: VolumeId,
         pub name: String,
         pub kind: VolumeKind,
-        /// `ADDR:PORT` of each server (shard) that serves it.
+        /// `ADDR:PORT` of each server (shard) that serves it; a replicated
+        /// volume's in version-vector slot order, empty where not known yet.
         pub servers: Vec<String>,
         pub root: Fid,
         /// Bumped by every change in the volume: a client whose stamp still

@@ -47,10 +47,13 @@ fn locate(admin: &mut Admin, name: &str) -> Result<Option<VolumeInfo>> {
         Err(ToolError::Server(Errno::NO_SUCH_VOLUME)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let addr: SocketAddr = info
-        .servers
-        .first()
-        .and_then(|s| s.parse().ok())
+    // The replica on the server asked, if it holds one.
+    let addrs: Vec<SocketAddr> = info.servers.iter().filter_map(|s| s.parse().ok()).collect();
+    let addr = addrs
+        .iter()
+        .find(|a| a.ip() == admin.server.ip())
+        .or(addrs.first())
+        .copied()
         .ok_or_else(|| ToolError::Usage(format!("volume {name} has no server address")))?;
     admin.move_to(addr)?;
     Ok(Some(info))

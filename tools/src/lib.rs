@@ -135,6 +135,8 @@ pub struct AdminArgs {
 pub struct Admin {
     pub ct: ClientThread,
     pub conn: ConnId,
+    /// The server first called.
+    pub server: SocketAddr,
     creds: Credentials,
 }
 
@@ -151,7 +153,12 @@ impl Admin {
         let ct = client()?;
         let creds = login(&ct, args.server, &args.user, &password)?;
         let conn = connect(&ct, args.server, Auth::Encrypted(creds.clone()))?;
-        Ok(Admin { ct, conn, creds })
+        Ok(Admin {
+            ct,
+            conn,
+            server: args.server,
+            creds,
+        })
     }
 
     /// Talks to `addr` (the shard serving a volume) from now on.

@@ -133,11 +133,12 @@ pub fn store(
 /// Sends one record by its direct call; the statuses of what it touched.
 fn ship(v: &mut Venus, uid: u32, record: &CmlRecord, data: Option<&File>) -> Result<Vec<Status>> {
     let body = codec::to_bytes(record);
-    let (reply, _): (MutateReply, _) = v.call_retry(
+    let (reply, _): (MutateReply, _) = v.call_update(
         uid,
         record.op.volume(),
         direct_opcode(&record.op),
         body,
+        record.store_id,
         |_| {
             Ok(match data {
                 Some(f) => Some(SideEffect::Send(Source::File {

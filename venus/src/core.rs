@@ -147,6 +147,10 @@ pub struct Venus {
     pub kick: Option<std::sync::mpsc::Sender<()>>,
     /// Volumes whose log waits for a user's token, and whose.
     pub waiting: HashMap<VolumeId, u32>,
+    /// The replica each replicated volume is read from, kept while it answers.
+    preferred: HashMap<VolumeId, SocketAddr>,
+    /// COP2s and resolution requests, sent off the callers' path.
+    notifier: crate::replica::Notifier,
 }
 
 /// Where and as whom calls for a volume go, for calls made off the core
@@ -200,6 +204,7 @@ impl Venus {
         servers: Vec<SocketAddr>,
         cache_limit: u64,
     ) -> Result<Venus> {
+        let notifier = crate::replica::Notifier::start(link.clone());
         let mut v = Venus {
             cache,
             link,
@@ -227,6 +232,8 @@ impl Venus {
             kick: None,
             policies: Vec::new(),
             waiting: HashMap::new(),
+            preferred: HashMap::new(),
+            notifier,
         };
         v.cml = LogIndex::build(&v.cache.cml);
         v.link.set_host(v.cache.host);
@@ -337,7 +344,10 @@ impl Venus {
 
     fn server_of(&mut self, vol: VolumeId) -> Result<SocketAddr> {
         if let Some((_, info)) = self.cache.volumes.get(&vol) {
-            return volume::server(info);
+            if !volume::replicated(info) {
+                return volume::server(info);
+            }
+            return self.preferred_replica(vol);
         }
         let addr = *self.servers.first().ok_or(Errno::EINVAL)?;
         if self.forced || self.down.contains(&addr) {
@@ -355,6 +365,37 @@ impl Venus {
         let addr = volume::server(&info)?;
         self.put_volume(info)?;
         Ok(addr)
+    }
+
+    /// The replica of `vol` reads go to: the one used last while it
+    /// answers (a replica that comes back may be stale until resolved),
+    /// else the first that answers. A new one's stamp vouches for nothing
+    /// the cache holds.
+    fn preferred_replica(&mut self, vol: VolumeId) -> Result<SocketAddr> {
+        let reps = self
+            .cache
+            .volumes
+            .get(&vol)
+            .map(|(_, info)| volume::replicas(info))
+            .unwrap_or_default();
+        let up = |a: &SocketAddr| !self.down.contains(a);
+        let before = self.preferred.get(&vol).copied();
+        let chosen = before
+            .filter(|p| up(p) && reps.iter().any(|(_, a)| a == p))
+            .or_else(|| reps.iter().map(|(_, a)| *a).find(up))
+            .or_else(|| reps.first().map(|(_, a)| *a))
+            .ok_or(Errno::NO_SUCH_VOLUME)?;
+        if before != Some(chosen) {
+            self.preferred.insert(vol, chosen);
+            if before.is_some() {
+                self.untrust(vol);
+                self.emit(
+                    "replica",
+                    format!("volume {vol:x} is read from {chosen} now"),
+                );
+            }
+        }
+        Ok(chosen)
     }
 
     /// Records where a volume is served. What the cache keeps as its stamp
@@ -528,7 +569,11 @@ impl Venus {
             return true;
         }
         match self.cache.volumes.get(&vol) {
-            Some((_, info)) => volume::server(info).is_ok_and(|a| self.down.contains(&a)),
+            // Only once every replica is out of reach.
+            Some((_, info)) => {
+                let reps = volume::replicas(info);
+                !reps.is_empty() && reps.iter().all(|(_, a)| self.down.contains(a))
+            }
             None => self.servers.iter().all(|a| self.down.contains(a)),
         }
     }
@@ -592,6 +637,9 @@ impl Venus {
         body: bytes::Bytes,
         mut effect: impl FnMut(&mut Venus) -> Result<Option<SideEffect>>,
     ) -> Result<(T, coda_rpc2::endpoint::Reply)> {
+        if opcode == op::STAGE && self.is_replicated(vol) {
+            return self.call_replicas(uid, vol, opcode, body, None, effect);
+        }
         let mut again = true;
         loop {
             let se = effect(self)?;
@@ -603,6 +651,166 @@ impl Venus {
                     return Ok((t, r));
                 }
             }
+        }
+    }
+
+    /// An update (record `update`, or a batch by its id): to every
+    /// reachable replica of a replicated volume, else as [`Self::call_retry`].
+    pub(crate) fn call_update<T: codec::Decode>(
+        &mut self,
+        uid: u32,
+        vol: VolumeId,
+        opcode: u16,
+        body: bytes::Bytes,
+        update: StoreId,
+        effect: impl FnMut(&mut Venus) -> Result<Option<SideEffect>>,
+    ) -> Result<(T, coda_rpc2::endpoint::Reply)> {
+        if self.is_replicated(vol) {
+            return self.call_replicas(uid, vol, opcode, body, Some(update), effect);
+        }
+        self.call_retry(uid, vol, opcode, body, effect)
+    }
+
+    fn is_replicated(&self, vol: VolumeId) -> bool {
+        self.cache
+            .volumes
+            .get(&vol)
+            .is_some_and(|(_, info)| volume::replicated(info))
+    }
+
+    /// COP1: the call to every reachable replica at once, each with its own
+    /// side effect; a replica that had forgotten the connection is called
+    /// once more. The update stands if any replica applied it (the others
+    /// catch up by resolution); those that did hear of each other by COP2.
+    fn call_replicas<T: codec::Decode>(
+        &mut self,
+        uid: u32,
+        vol: VolumeId,
+        opcode: u16,
+        body: bytes::Bytes,
+        update: Option<StoreId>,
+        mut effect: impl FnMut(&mut Venus) -> Result<Option<SideEffect>>,
+    ) -> Result<(T, coda_rpc2::endpoint::Reply)> {
+        let reps = self
+            .cache
+            .volumes
+            .get(&vol)
+            .map(|(_, info)| volume::replicas(info))
+            .unwrap_or_default();
+        let (who, creds) = self.who(uid);
+        let creds = creds.cloned();
+        let mut targets: Vec<(u32, SocketAddr)> = reps
+            .into_iter()
+            .filter(|(_, a)| !self.forced && !self.down.contains(a))
+            .collect();
+        let mut answers: Vec<((u32, SocketAddr), crate::link::Answer)> = Vec::new();
+        for _attempt in 0..2 {
+            if targets.is_empty() {
+                break;
+            }
+            let mut effects = Vec::with_capacity(targets.len());
+            for _ in &targets {
+                effects.push(effect(self)?);
+            }
+            let addrs: Vec<SocketAddr> = targets.iter().map(|(_, a)| *a).collect();
+            let rebinds = self.link.rebinds();
+            let got = crate::replica::multi_call(
+                &self.link,
+                &addrs,
+                who,
+                creds.as_ref(),
+                opcode,
+                &body,
+                effects,
+                crate::replica::REPLICA_GRACE,
+            );
+            if self.link.rebinds() != rebinds {
+                self.invalidate_all();
+            }
+            let mut again = Vec::new();
+            for (t, a) in targets.into_iter().zip(got) {
+                let Some(a) = a else {
+                    // Too slow: left out until a probe finds it again.
+                    if self.down.insert(t.1) {
+                        self.invalidate_all();
+                        self.emit(
+                            "disconnect",
+                            format!("{}: too slow to answer; left out of updates", t.1),
+                        );
+                    }
+                    continue;
+                };
+                match a {
+                    Err(e) if e.rebound() => {
+                        tracing::info!("{e}; binding again");
+                        again.push(t);
+                        answers.push((t, Err(e)));
+                    }
+                    a => answers.push((t, a)),
+                }
+            }
+            answers.retain(|(t, a)| !(again.contains(t) && a.is_err()));
+            targets = again;
+        }
+        if answers.is_empty() {
+            return Err(Errno::ETIMEDOUT);
+        }
+        let (slots, got): (Vec<_>, Vec<_>) = answers.into_iter().unzip();
+        // Lost replicas are marked down; the others carry on.
+        let got: Vec<crate::link::Answer> = got
+            .into_iter()
+            .map(|a| match a {
+                Err(e) if e.errno() == Errno::ETIMEDOUT && !e.rebound() => {
+                    let errno = self.lost(crate::link::LinkError {
+                        addr: e.addr,
+                        error: e.error.clone(),
+                    });
+                    debug_assert_eq!(errno, Errno::ETIMEDOUT);
+                    Err(e)
+                }
+                a => a,
+            })
+            .collect();
+        let out = crate::replica::outcome(&slots, got);
+        if let (Some(update), false) = (update, out.applied.is_empty()) {
+            self.notifier
+                .cop2(who, creds.clone(), vol, update, out.applied.clone());
+        }
+        let all_applied = out.applied.len() == slots.len();
+        if out.differ || (!out.applied.is_empty() && !all_applied) {
+            // Some refused what others applied: they differ now.
+            if let Some(&(_, at)) = out.applied.first() {
+                self.notifier.resolve(who, creds.clone(), vol, at);
+            }
+        }
+        let r = out.reply.map_err(|e| self.lost(e))?;
+        let t = decode_reply(&r)?;
+        Ok((t, r))
+    }
+
+    /// A server that answers again may hold stale replicas: each
+    /// replicated volume it serves is resolved.
+    fn resolve_returned(&mut self, addr: SocketAddr) {
+        let Some((who, creds)) = self
+            .tokens
+            .values()
+            .find(|t| t.grant.expires_at > unix_now())
+            .map(|t| (Principal::User(t.grant.user_id), t.creds.clone()))
+        else {
+            // With no token to ask as, the servers' own sweep does it.
+            return;
+        };
+        let vols: Vec<VolumeId> = self
+            .cache
+            .volumes
+            .values()
+            .filter(|(_, info)| {
+                volume::replicated(info) && volume::replicas(info).iter().any(|(_, a)| *a == addr)
+            })
+            .map(|(_, info)| info.id)
+            .collect();
+        for vol in vols {
+            self.notifier.resolve(who, Some(creds.clone()), vol, addr);
         }
     }
 
@@ -1996,7 +2204,7 @@ impl Venus {
     pub fn probe_targets(&self) -> Vec<SocketAddr> {
         let mut servers = self.servers.clone();
         for (_, info) in self.cache.volumes.values() {
-            if let Ok(a) = volume::server(info) {
+            for (_, a) in volume::replicas(info) {
                 if !servers.contains(&a) {
                     servers.push(a);
                 }
@@ -2014,6 +2222,7 @@ impl Venus {
         if up && self.down.remove(&addr) {
             self.invalidate_all();
             self.emit("connect", format!("{addr} answers again"));
+            self.resolve_returned(addr);
         } else if !up && self.down.insert(addr) {
             self.invalidate_all();
             self.emit(

@@ -2,7 +2,8 @@
 //!
 //! - [`link`]: RPC2 connections to the servers, per user.
 //! - [`cache`]: the persistent cache — RVM metadata and [`container`] files.
-//! - [`fsobj`]: a cached object; [`volume`]: where volumes live.
+//! - [`fsobj`]: a cached object; [`volume`]: where volumes live;
+//!   [`replica`]: updates to every replica of a replicated volume.
 //! - [`core`]: the file-system calls as a Rust API.
 //! - [`cml`]: the one write path — updates as CML records; [`emulate`]:
 //!   logged while disconnected; [`reint`]: reintegrated on reconnection.
@@ -26,4 +27,5 @@ pub mod hoard;
 pub mod link;
 pub mod reint;
 pub mod repair;
+pub mod replica;
 pub mod volume;

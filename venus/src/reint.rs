@@ -186,9 +186,9 @@ fn send(v: &mut Venus, vol: VolumeId, mut batch: Vec<LogEntry>, sent: &mut usize
     };
     let body = codec::to_bytes(&req);
     let (reply, _): (ReintegrateReply, _) = if body.len() <= INLINE_BYTES_MAX {
-        v.call_retry(uid, vol, op::REINTEGRATE, body, |_| Ok(None))?
+        v.call_update(uid, vol, op::REINTEGRATE, body, id, |_| Ok(None))?
     } else {
-        v.call_retry(uid, vol, op::REINTEGRATE, Bytes::new(), |_| {
+        v.call_update(uid, vol, op::REINTEGRATE, Bytes::new(), id, |_| {
             Ok(Some(SideEffect::Send(Source::Memory(body.clone()))))
         })?
     };
@@ -262,7 +262,11 @@ fn stage_all(v: &mut Venus, uid: u32, batch: &mut [LogEntry]) -> Result<()> {
         if offset >= length && length > 0 {
             continue;
         }
-        if length <= FRAGMENT_FIRST && offset == 0 {
+        // A replicated volume's go to every replica, one at a time.
+        let replicated = v
+            .cached_volume(e.record.op.volume())
+            .is_some_and(|info| crate::volume::replicated(&info));
+        if length <= FRAGMENT_FIRST && offset == 0 && !replicated {
             small.push((i, sid, length, file));
         } else {
             large.push(i);

@@ -10,12 +10,27 @@ use coda_proto::Errno;
 /// object by object.
 pub const UNTRUSTED: u64 = u64::MAX;
 
-/// The server (shard) to call for a volume.
+/// The server (shard) to call for a volume: its first replica's.
 pub fn server(info: &VolumeInfo) -> Result<SocketAddr, Errno> {
-    info.servers
+    replicas(info)
         .first()
-        .and_then(|s| s.parse().ok())
+        .map(|(_, a)| *a)
         .ok_or(Errno::NO_SUCH_VOLUME)
+}
+
+/// Each replica's server and its version-vector slot (one whose address
+/// the cell does not know yet is left out).
+pub fn replicas(info: &VolumeInfo) -> Vec<(u32, SocketAddr)> {
+    info.servers
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, s)| Some((slot as u32, s.parse().ok()?)))
+        .collect()
+}
+
+/// Whether updates go to several replicas.
+pub fn replicated(info: &VolumeInfo) -> bool {
+    info.kind == coda_proto::vice::VolumeKind::Replicated && info.servers.len() > 1
 }
 
 /// What `cfs listvol` shows of a volume's kind.

@@ -104,7 +104,9 @@ impl Peers {
             servers.push((name.to_string(), addr));
         }
         if !servers.iter().any(|(n, _)| n == me) {
-            return Err(format!("--peers does not name this server ({me}); give --name"));
+            return Err(format!(
+                "--peers does not name this server ({me}); give --name"
+            ));
         }
         Ok(Peers {
             me: me.to_string(),
@@ -122,12 +124,18 @@ impl Peers {
     }
 
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
-        self.servers.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.servers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     /// This server's place in the list: volume ids it hands out are its own.
     pub fn index(&self) -> u64 {
-        self.servers.iter().position(|(n, _)| *n == self.me).unwrap_or(0) as u64
+        self.servers
+            .iter()
+            .position(|(n, _)| *n == self.me)
+            .unwrap_or(0) as u64
     }
 }
 
@@ -148,7 +156,10 @@ impl<T> Default for Mailbox<T> {
 
 impl<T> Mailbox<T> {
     pub fn post(&self, item: T) {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back(item);
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(item);
         self.ready.notify_all();
     }
 
@@ -280,7 +291,8 @@ pub fn entry_info(e: &VolumeEntry) -> VolumeInfo {
         id: e.id,
         name: e.name.clone(),
         kind: e.kind,
-        servers: e.addrs.iter().filter(|a| !a.is_empty()).cloned().collect(),
+        // In slot order; empty where not known yet.
+        servers: e.addrs.clone(),
         root: Fid::root(e.id),
         stamp: 0,
         locked: false,

@@ -188,6 +188,8 @@ pub struct Apply<'t, 'a> {
     replicas: usize,
     /// How many times each object's slot was bumped (for COP2).
     pub bumps: HashMap<Fid, u64>,
+    /// The host of the client whose record is being applied.
+    host: u64,
 }
 
 type OpResult<T> = Result<T, Errno>;
@@ -217,6 +219,7 @@ impl<'t, 'a> Apply<'t, 'a> {
             slot,
             replicas,
             bumps: HashMap::new(),
+            host: 0,
             first: (header.next_vnode, header.next_unique),
             txn,
             containers,
@@ -319,12 +322,6 @@ impl<'t, 'a> Apply<'t, 'a> {
     /// a real one must come from [`crate::service`]'s AllocFids and be unused.
     fn new_fid(&mut self, asked: Fid) -> OpResult<Fid> {
         if asked.is_local() {
-            // Replicas must give an object the same fid: the client takes
-            // real ones (AllocFids) before it sends a replicated volume
-            // anything it made.
-            if self.replicas > 1 {
-                return Err(Errno::EINVAL);
-            }
             if let Some(f) = self.remap.get(&asked) {
                 return Err(if self.vol().vnode(*f).is_some() {
                     Errno::EEXIST
@@ -332,9 +329,19 @@ impl<'t, 'a> Apply<'t, 'a> {
                     Errno::EINVAL
                 });
             }
-            let fid = Fid::new(self.volume, self.header.next_vnode, self.header.next_unique);
-            self.header.next_vnode += 1;
-            self.header.next_unique += 1;
+            let fid = if self.replicas > 1 {
+                // Every replica must give the object the same fid.
+                let fid = coda_proto::fid::derived_fid(self.volume, self.host, asked);
+                if self.vol().vnodes.contains_key(&fid.vnode) {
+                    return Err(Errno::EEXIST);
+                }
+                fid
+            } else {
+                let fid = Fid::new(self.volume, self.header.next_vnode, self.header.next_unique);
+                self.header.next_vnode += 1;
+                self.header.next_unique += 1;
+                fid
+            };
             self.remap.insert(asked, fid);
             self.remaps.push(FidRemap { local: asked, fid });
             return Ok(fid);
@@ -449,6 +456,7 @@ impl<'t, 'a> Apply<'t, 'a> {
             return Ok(fids);
         }
         let (sid, t) = (rec.store_id, rec.time);
+        self.host = sid.host;
         match &rec.op {
             Op::Store(r) => {
                 let mut v = self.vnode(r.fid)?;

@@ -33,8 +33,8 @@ pub mod restore;
 pub mod server;
 pub mod service;
 pub mod shard;
-pub mod update;
 pub mod sim;
+pub mod update;
 pub mod vnode;
 pub mod volume;
 

@@ -79,7 +79,12 @@ impl PeerClient {
     }
 
     fn conn(&self, addr: SocketAddr) -> Result<ConnId, Errno> {
-        if let Some(c) = self.conns.lock().unwrap_or_else(|p| p.into_inner()).get(&addr) {
+        if let Some(c) = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+        {
             return Ok(*c);
         }
         let creds = {
@@ -159,11 +164,13 @@ pub fn join(scm: SocketAddr, me: &str, password: &str) -> Result<JoinReply, Stri
         }
     };
     let bad = |e: codec::DecodeError| format!("the SCM at {scm} answered badly: {e}");
-    let conn = ct.connect_blocking(scm, Auth::Anonymous).map_err(unreachable)?;
+    let conn = ct
+        .connect_blocking(scm, Auth::Anonymous)
+        .map_err(unreachable)?;
     let user = "admin";
     let req = codec::to_bytes(&GetSalt { user: user.into() });
-    let salt: Salt = codec::from_bytes(&call(conn, auth::SUBSYSTEM, auth::op::GET_SALT, req)?)
-        .map_err(bad)?;
+    let salt: Salt =
+        codec::from_bytes(&call(conn, auth::SUBSYSTEM, auth::op::GET_SALT, req)?).map_err(bad)?;
     let key = auth::password_key(password, &salt).map_err(|e| e.to_string())?;
     let time = unix_now();
     let req = codec::to_bytes(&GetToken {

@@ -614,7 +614,8 @@ fn dispatch(ctx: &Rc<Ctx>, actions: Vec<Action>) {
                 glommio::spawn_local(async move {
                     let (done, answer) = async_channel::bounded(1);
                     let cell = c.service.borrow().cell.clone();
-                    cell.work.post(crate::update::Work::MakeReplicas { entry, done });
+                    cell.work
+                        .post(crate::update::Work::MakeReplicas { entry, done });
                     let (code, body) = answer
                         .recv()
                         .await

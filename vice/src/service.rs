@@ -840,7 +840,7 @@ impl Service {
             .count
             .checked_mul(stride)
             .and_then(|n| n.checked_add(first))
-            .filter(|&n| n < coda_proto::fid::LOCAL_VNODE_BASE)
+            .filter(|&n| n < coda_proto::fid::DERIVED_VNODE_BASE)
             .ok_or(Errno::ENOSPC)?;
         let range = FidRange {
             volume: r.volume,
@@ -1582,13 +1582,14 @@ impl Service {
     pub(crate) fn info(&self, id: VolumeId) -> Result<VolumeInfo, Errno> {
         let v = self.local_volume(id)?;
         let me = self.cell.addr(self.shard.index);
-        // Every replica's address, this one's as it is now.
+        // Every replica's address in slot order (empty: not known yet),
+        // this one's as it is now.
         let servers = match self.cell.directory().get(id) {
             Some(e) if v.header.replicas.len() > 1 => {
                 let mut addrs = e.addrs.clone();
                 addrs.resize(v.header.replicas.len(), String::new());
                 addrs[v.slot_of(&self.cell.name)] = me;
-                addrs.into_iter().filter(|a| !a.is_empty()).collect()
+                addrs
             }
             _ => vec![me],
         };
@@ -1686,7 +1687,10 @@ impl Service {
             return Err(Errno::NOT_SCM);
         }
         let mut seen = HashSet::new();
-        if r.replicas.iter().any(|s| peers.addr(s).is_none() || !seen.insert(s)) {
+        if r.replicas
+            .iter()
+            .any(|s| peers.addr(s).is_none() || !seen.insert(s))
+        {
             return Err(Errno::EINVAL);
         }
         if self.cell.vldb().by_name(&r.name).is_some() {

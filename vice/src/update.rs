@@ -120,7 +120,10 @@ impl Updater {
 
     /// Makes this server's replica of `e`; its entry, with its address.
     fn make_here(&self, e: &VolumeEntry) -> Result<VolumeEntry, Errno> {
-        match (self.run)(shard_of(e.id, self.cell.shards), Job::MakeReplica(e.clone())) {
+        match (self.run)(
+            shard_of(e.id, self.cell.shards),
+            Job::MakeReplica(e.clone()),
+        ) {
             (0, body) => codec::from_bytes(&body).map_err(|_| Errno::EIO),
             (code, _) => Err(Errno(code)),
         }

@@ -105,7 +105,8 @@ fn run(args: Args) -> Result<()> {
     };
     match args.cmd {
         Cmd::Create { name, replicas } => {
-            let v: VolumeInfo = admin.call(SUBSYSTEM, op::CREATE, &CreateVolume { name, replicas })?;
+            let v: VolumeInfo =
+                admin.call(SUBSYSTEM, op::CREATE, &CreateVolume { name, replicas })?;
             if args.admin.json {
                 println!("{}", json(&v));
             } else {
