@@ -54,9 +54,19 @@ impl Server {
 
     /// A server listening at `listen` (a restart keeps its address).
     pub fn start_at(root: &Path, listen: &str, cores: u32) -> Server {
+        Server::start_with(root, listen, cores, &[])
+    }
+
+    /// Server `name` of a cell of several (`peers`: `NAME=ADDR,...`).
+    pub fn start_peer(root: &Path, listen: &str, cores: u32, name: &str, peers: &str) -> Server {
+        Server::start_with(root, listen, cores, &["--name", name, "--peers", peers])
+    }
+
+    fn start_with(root: &Path, listen: &str, cores: u32, extra: &[&str]) -> Server {
         let mut child = Command::new(bin("codasrv"))
             .args(["--root", root.to_str().unwrap(), "--listen", listen])
             .args(["--cores", &cores.to_string()])
+            .args(extra)
             .env("CODA_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .stdout(Stdio::piped())
             .spawn()

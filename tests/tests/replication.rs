@@ -1,0 +1,211 @@
+//! Server replication end to end: three real `codasrv` on 127.0.0.1, .2
+//! and .3 in one cell, a volume replicated on all three, a real mount.
+//! A server killed during a workload goes unnoticed by the client; when it
+//! comes back, resolution makes its replica identical to the others (the
+//! replicas' dumps, as tar archives, are compared byte for byte); a server
+//! that lost everything joins again and resolution fills its replica.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use coda_tests::venus::{eventually, fsx as fs, Venus};
+use coda_tests::{bin, ok, Server, ADMIN_PASSWORD};
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+/// A free UDP port on `ip`.
+fn free_port(ip: &str) -> u16 {
+    let s = std::net::UdpSocket::bind((ip, 0)).expect("bind");
+    s.local_addr().unwrap().port()
+}
+
+struct Cell {
+    dir: tempfile::TempDir,
+    addrs: Vec<String>,
+    peers: String,
+    servers: Vec<Option<Server>>,
+}
+
+impl Cell {
+    fn start() -> Cell {
+        let dir = tempfile::tempdir().unwrap();
+        let addrs: Vec<String> = (1..=3)
+            .map(|i| {
+                let ip = format!("127.0.0.{i}");
+                format!("{ip}:{}", free_port(&ip))
+            })
+            .collect();
+        let peers = NAMES
+            .iter()
+            .zip(&addrs)
+            .map(|(n, a)| format!("{n}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cell = Cell {
+            dir,
+            addrs,
+            peers,
+            servers: vec![None, None, None],
+        };
+        for i in 0..3 {
+            cell.start_server(i);
+        }
+        cell
+    }
+
+    fn root(&self, i: usize) -> PathBuf {
+        self.dir.path().join(NAMES[i])
+    }
+
+    fn start_server(&mut self, i: usize) {
+        let s = Server::start_peer(&self.root(i), &self.addrs[i], 1, NAMES[i], &self.peers);
+        self.servers[i] = Some(s);
+    }
+
+    fn kill(&mut self, i: usize) {
+        drop(self.servers[i].take());
+    }
+
+    fn password_file(&self) -> PathBuf {
+        let p = self.dir.path().join("admin.password");
+        std::fs::write(&p, format!("{ADMIN_PASSWORD}\n")).unwrap();
+        p
+    }
+
+    fn volutil(&self, at: usize, args: &[&str]) -> String {
+        let pw = self.password_file();
+        let mut all = vec!["--server", &self.addrs[at], "--password-file"];
+        all.push(pw.to_str().unwrap());
+        all.extend_from_slice(args);
+        ok("volutil", &all)
+    }
+
+    /// Server `i`'s replica of `vol` as a tar archive (None if it cannot
+    /// be dumped now).
+    fn replica(&self, i: usize, vol: &str) -> Option<Vec<u8>> {
+        let dump = self.dir.path().join(format!("dump-{i}"));
+        let pw = self.password_file();
+        let out = coda_tests::run(
+            "volutil",
+            &[
+                "--server",
+                &self.addrs[i],
+                "--password-file",
+                pw.to_str().unwrap(),
+                "dump",
+                vol,
+                "-o",
+                dump.to_str().unwrap(),
+            ],
+            "",
+        );
+        if !out.status.success() {
+            return None;
+        }
+        let tar = std::process::Command::new(bin("codadump2tar"))
+            .args(["-i", dump.to_str().unwrap()])
+            .output()
+            .ok()?;
+        tar.status.success().then_some(tar.stdout)
+    }
+
+    /// Whether every replica of `vol` holds the same tree, with `expect`
+    /// (path, contents) in it.
+    fn converged(&self, vol: &str) -> bool {
+        let all: Vec<Option<Vec<u8>>> = (0..3).map(|i| self.replica(i, vol)).collect();
+        all.iter().all(|r| r.is_some()) && all.windows(2).all(|w| w[0] == w[1])
+    }
+}
+
+fn mount_replicated(cell: &Cell) -> (Venus, PathBuf) {
+    let made = cell.volutil(0, &["create", "rep", "--replicas", "a", "b", "c"]);
+    for a in &cell.addrs {
+        assert!(made.contains(a.as_str()), "{made}");
+    }
+    let v = Venus::start(&cell.addrs[0]);
+    v.clog_admin();
+    let root = v.path("rep");
+    let out = v.cfs_ok("makemount", &[root.to_str().unwrap(), "rep"]);
+    drop(out);
+    (v, root)
+}
+
+fn write_files(dir: &Path, prefix: &str, n: usize) {
+    fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        fs::write(dir.join(format!("{prefix}{i}")), format!("{prefix} {i}\n")).unwrap();
+    }
+}
+
+fn check_files(dir: &Path, prefix: &str, n: usize) {
+    for i in 0..n {
+        let got = fs::read_to_string(dir.join(format!("{prefix}{i}"))).unwrap();
+        assert_eq!(got, format!("{prefix} {i}\n"));
+    }
+}
+
+#[test]
+fn a_killed_replica_goes_unnoticed_and_is_resolved_when_it_returns() {
+    let mut cell = Cell::start();
+    let (v, root) = mount_replicated(&cell);
+    let where_ = v.cfs_ok("whereis", &[root.to_str().unwrap()]);
+    for a in &cell.addrs {
+        assert!(where_.contains(a.as_str()), "whereis: {where_}");
+    }
+    write_files(&root.join("before"), "f", 20);
+    assert!(
+        eventually(Duration::from_secs(30), || cell.converged("rep")),
+        "replicas differ after updates with all three up"
+    );
+
+    // SIGKILL one replica mid-workload: every call still succeeds.
+    cell.kill(1);
+    write_files(&root.join("during"), "g", 20);
+    for i in 0..10 {
+        fs::remove_file(root.join("before").join(format!("f{i}"))).unwrap();
+    }
+    fs::rename(root.join("before/f10"), root.join("during/moved")).unwrap();
+    fs::write(root.join("before/f11"), "changed while b was down\n").unwrap();
+    let state = v.cfs_ok("listvol", &[root.to_str().unwrap()]);
+    assert!(state.contains("connected"), "{state}");
+    check_files(&root.join("during"), "g", 20);
+
+    // Back: resolution (the servers' sweep, or the client's request)
+    // brings its replica up to date.
+    cell.start_server(1);
+    assert!(
+        eventually(Duration::from_secs(60), || cell.converged("rep")),
+        "the returned replica was not resolved"
+    );
+    let tar = cell.replica(1, "rep").unwrap();
+    let listing = String::from_utf8_lossy(&tar);
+    assert!(listing.contains("during/moved") && listing.contains("changed while b was down"));
+    assert!(!listing.contains("before/f0\0"));
+
+    // Updates after the return reach all three again.
+    write_files(&root.join("after"), "h", 5);
+    assert!(eventually(Duration::from_secs(30), || cell.converged("rep")));
+    check_files(&root.join("after"), "h", 5);
+}
+
+#[test]
+fn a_server_that_lost_everything_rejoins_and_its_replica_is_filled() {
+    let mut cell = Cell::start();
+    let (_v, root) = mount_replicated(&cell);
+    write_files(&root.join("d"), "x", 30);
+    fs::create_dir_all(root.join("d/sub/deeper")).unwrap();
+    fs::write(root.join("d/sub/deeper/file"), "deep\n").unwrap();
+    assert!(eventually(Duration::from_secs(30), || cell.converged("rep")));
+
+    // Its disk is gone: a new server of the same name joins the cell with
+    // the administrator's password and is given an empty replica.
+    cell.kill(2);
+    std::fs::remove_dir_all(cell.root(2)).unwrap();
+    cell.start_server(2);
+    assert!(
+        eventually(Duration::from_secs(60), || cell.converged("rep")),
+        "the new server's replica was not filled"
+    );
+    let tar = cell.replica(2, "rep").unwrap();
+    assert!(String::from_utf8_lossy(&tar).contains("deep\n"));
+}
