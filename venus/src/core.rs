@@ -372,12 +372,7 @@ impl Venus {
     /// else the first that answers. A new one's stamp vouches for nothing
     /// the cache holds.
     fn preferred_replica(&mut self, vol: VolumeId) -> Result<SocketAddr> {
-        let reps = self
-            .cache
-            .volumes
-            .get(&vol)
-            .map(|(_, info)| volume::replicas(info))
-            .unwrap_or_default();
+        let reps = self.replicas_of(vol);
         let up = |a: &SocketAddr| !self.down.contains(a);
         let before = self.preferred.get(&vol).copied();
         let chosen = before
@@ -671,6 +666,15 @@ impl Venus {
         self.call_retry(uid, vol, opcode, body, effect)
     }
 
+    /// Each replica of a cached volume, by slot.
+    fn replicas_of(&self, vol: VolumeId) -> Vec<(u32, SocketAddr)> {
+        self.cache
+            .volumes
+            .get(&vol)
+            .map(|(_, info)| volume::replicas(info))
+            .unwrap_or_default()
+    }
+
     fn is_replicated(&self, vol: VolumeId) -> bool {
         self.cache
             .volumes
@@ -691,12 +695,7 @@ impl Venus {
         update: Option<StoreId>,
         mut effect: impl FnMut(&mut Venus) -> Result<Option<SideEffect>>,
     ) -> Result<(T, coda_rpc2::endpoint::Reply)> {
-        let reps = self
-            .cache
-            .volumes
-            .get(&vol)
-            .map(|(_, info)| volume::replicas(info))
-            .unwrap_or_default();
+        let reps = self.replicas_of(vol);
         let (who, creds) = self.who(uid);
         let creds = creds.cloned();
         let mut targets: Vec<(u32, SocketAddr)> = reps

@@ -81,8 +81,31 @@ struct Note {
     targets: Vec<SocketAddr>,
     who: Principal,
     creds: Option<Credentials>,
-    opcode: u16,
-    body: Bytes,
+    what: What,
+}
+
+enum What {
+    Cop2(Cop2),
+    Resolve(Resolve),
+}
+
+/// Notes waiting together: COP2s of one volume for the same replicas and
+/// user go in one call (piggy-backed, as Coda's did), so under load the
+/// second phase costs far fewer calls than updates.
+fn coalesce(notes: Vec<Note>) -> Vec<Note> {
+    let mut out: Vec<Note> = Vec::new();
+    for n in notes {
+        if let (What::Cop2(c), Some(last)) = (&n.what, out.last_mut()) {
+            if let What::Cop2(l) = &mut last.what {
+                if l.volume == c.volume && last.targets == n.targets && last.who == n.who {
+                    l.updates.extend(c.updates.iter().cloned());
+                    continue;
+                }
+            }
+        }
+        out.push(n);
+    }
+    out
 }
 
 /// Sends COP2s and resolution requests from a thread of its own.
@@ -96,26 +119,34 @@ impl Notifier {
         std::thread::Builder::new()
             .name("cop2".into())
             .spawn(move || {
-                for n in rx {
-                    let effects = n.targets.iter().map(|_| None).collect();
-                    let answers = multi_call(
-                        &link,
-                        &n.targets,
-                        n.who,
-                        n.creds.as_ref(),
-                        n.opcode,
-                        &n.body,
-                        effects,
-                        REPLICA_GRACE,
-                    );
-                    for a in answers {
-                        match a {
-                            Some(Ok(r)) if r.code != 0 => {
-                                tracing::debug!("second phase {}: code {}", n.opcode, r.code)
+                while let Ok(first) = rx.recv() {
+                    let mut notes = vec![first];
+                    notes.extend(rx.try_iter());
+                    for n in coalesce(notes) {
+                        let (opcode, body) = match &n.what {
+                            What::Cop2(c) => (op::COP2, codec::to_bytes(c)),
+                            What::Resolve(r) => (op::RESOLVE, codec::to_bytes(r)),
+                        };
+                        let effects = n.targets.iter().map(|_| None).collect();
+                        let answers = multi_call(
+                            &link,
+                            &n.targets,
+                            n.who,
+                            n.creds.as_ref(),
+                            opcode,
+                            &body,
+                            effects,
+                            REPLICA_GRACE,
+                        );
+                        for a in answers {
+                            match a {
+                                Some(Ok(r)) if r.code != 0 => {
+                                    tracing::debug!("second phase {opcode}: code {}", r.code)
+                                }
+                                Some(Ok(_)) => {}
+                                Some(Err(e)) => tracing::debug!("second phase {opcode}: {e}"),
+                                None => tracing::debug!("second phase {opcode}: no answer"),
                             }
-                            Some(Ok(_)) => {}
-                            Some(Err(e)) => tracing::debug!("second phase {}: {e}", n.opcode),
-                            None => tracing::debug!("second phase {}: no answer", n.opcode),
                         }
                     }
                 }
@@ -144,8 +175,7 @@ impl Notifier {
             targets: applied.into_iter().map(|(_, a)| a).collect(),
             who,
             creds,
-            opcode: op::COP2,
-            body: codec::to_bytes(&req),
+            what: What::Cop2(req),
         });
     }
 
@@ -165,8 +195,7 @@ impl Notifier {
             targets: vec![at],
             who,
             creds,
-            opcode: op::RESOLVE,
-            body: codec::to_bytes(&req),
+            what: What::Resolve(req),
         });
     }
 }
