@@ -381,9 +381,11 @@ impl Venus {
             .or_else(|| reps.first().map(|(_, a)| *a))
             .ok_or(Errno::NO_SUCH_VOLUME)?;
         if before != Some(chosen) {
+            // Each replica counts its own stamps: one cached from another
+            // (or before a restart, from any) vouches for nothing here.
             self.preferred.insert(vol, chosen);
+            self.untrust(vol);
             if before.is_some() {
-                self.untrust(vol);
                 self.emit(
                     "replica",
                     format!("volume {vol:x} is read from {chosen} now"),

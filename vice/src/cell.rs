@@ -155,6 +155,18 @@ impl<T> Default for Mailbox<T> {
 }
 
 impl<T> Mailbox<T> {
+    /// Posts `item` unless it waits already.
+    pub fn post_once(&self, item: T)
+    where
+        T: PartialEq,
+    {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if !q.contains(&item) {
+            q.push_back(item);
+            self.ready.notify_all();
+        }
+    }
+
     pub fn post(&self, item: T) {
         self.queue
             .lock()

@@ -284,8 +284,11 @@ impl Service {
                     used.push(o.data.expect("staged"));
                 }
                 let v = vnode_of(o, container);
-                header.next_vnode = header.next_vnode.max(v.fid.vnode.saturating_add(1));
-                header.next_unique = header.next_unique.max(v.fid.unique.saturating_add(1));
+                // Derived fids are numbered apart from the counters.
+                if v.fid.vnode < coda_proto::fid::DERIVED_VNODE_BASE {
+                    header.next_vnode = header.next_vnode.max(v.fid.vnode.saturating_add(1));
+                    header.next_unique = header.next_unique.max(v.fid.unique.saturating_add(1));
+                }
                 changed.push(v.fid);
                 txn.put_vnode(v)?;
                 if let Some(entries) = &o.entries {

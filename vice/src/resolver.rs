@@ -94,6 +94,7 @@ impl Resolver {
         };
         let mut addrs: Vec<Option<SocketAddr>> =
             entry.addrs.iter().map(|a| a.parse().ok()).collect();
+        addrs.resize(entry.replicas.len(), None);
         if let Some(slot) = entry.replicas.iter().position(|r| *r == self.cell.name) {
             addrs[slot] = self.cell.addr(loc.shard).parse().ok();
         }

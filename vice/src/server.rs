@@ -607,7 +607,7 @@ fn dispatch(ctx: &Rc<Ctx>, actions: Vec<Action>) {
             Action::Resolve { volume } => {
                 let cell = ctx.service.borrow().cell.clone();
                 if cell.peers.is_some() {
-                    cell.resolve.post(volume);
+                    cell.resolve.post_once(volume);
                 }
             }
             Action::MakeReplicas { id, entry } => drop(
