@@ -158,12 +158,14 @@ codec_struct! {
 }
 
 codec_struct! {
-    /// `repair show`: both versions.
+    /// `repair show`: both versions; for an object whose replicas
+    /// diverged, each replica's too (by server address, in slot order).
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct ConflictDetail {
         pub conflict: ConflictLine,
         pub local: Version,
         pub server: Version,
+        pub replicas: Vec<(String, Version)>,
     }
 }
 

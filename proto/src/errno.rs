@@ -57,6 +57,7 @@ errnos! {
     AUTH_FAILED = 1007, "wrong user name or password";
     NOT_ADMIN = 1008, "administrators only";
     NOT_SCM = 1009, "only the cell's SCM (its first server) does that";
+    INCONSISTENT = 1010, "the replicas hold different versions (settle it with repair)";
 }
 
 /// Linux's numbers, written out so this crate needs no libc.

@@ -50,6 +50,21 @@ codec_struct! {
 }
 
 codec_struct! {
+    /// `REPAIR`: settles an object the replicas hold in different versions
+    /// (marked inconsistent). `record` is the version to keep: a `Store`
+    /// (its data staged under its store id) for a file, an empty `SetAttr`
+    /// for anything else. Each replica takes it over whatever it holds,
+    /// its vector raised to `base` (every replica's, joined) before the
+    /// update is counted, and the mark cleared; COP2 then makes the
+    /// replicas' vectors equal.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Repair {
+        pub base: VersionVector,
+        pub record: crate::cml::CmlRecord,
+    }
+}
+
+codec_struct! {
     /// One object's version, as `RES_SUMMARY` lists them.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct SummaryEntry {

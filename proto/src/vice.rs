@@ -62,6 +62,9 @@ pub mod op {
     pub const UPDATE: u16 = 29;
     /// Servers only: make this server's replica of a volume.
     pub const MAKE_REPLICA: u16 = 30;
+    /// Settles an object in conflict between replicas (`crate::res::Repair`),
+    /// answered with a [`MutateReply`].
+    pub const REPAIR: u16 = 31;
 }
 
 /// The call that carries one record of this kind on its own.

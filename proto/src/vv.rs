@@ -48,6 +48,16 @@ impl VersionVector {
         self.store_id = store_id;
     }
 
+    /// Raises each slot to `other`'s where that is higher.
+    pub fn raise(&mut self, other: &VersionVector) {
+        if self.slots.len() < other.slots.len() {
+            self.slots.resize(other.slots.len(), 0);
+        }
+        for (s, o) in self.slots.iter_mut().zip(&other.slots) {
+            *s = (*s).max(*o);
+        }
+    }
+
     /// Compares slot by slot; a missing slot counts as zero.
     pub fn compare(&self, other: &VersionVector) -> VvOrder {
         let (mut more, mut less) = (false, false);

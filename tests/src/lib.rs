@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod netns;
 pub mod venus;
+
+/// Prepares a command before it starts (e.g. puts it in a network
+/// namespace, [`netns::Partition::enter`]).
+pub type Setup = std::sync::Arc<dyn Fn(&mut Command) + Send + Sync>;
 
 /// A workspace binary, built on demand when the test runs alone.
 pub fn bin(name: &str) -> PathBuf {
@@ -62,8 +67,34 @@ impl Server {
         Server::start_with(root, listen, cores, &["--name", name, "--peers", peers])
     }
 
+    /// As [`Server::start_peer`], the command prepared by `setup`.
+    pub fn start_peer_set_up(
+        root: &Path,
+        listen: &str,
+        name: &str,
+        peers: &str,
+        setup: &Setup,
+    ) -> Server {
+        let extra = ["--name", name, "--peers", peers];
+        Server::launch(root, listen, 1, &extra, Some(setup))
+    }
+
     fn start_with(root: &Path, listen: &str, cores: u32, extra: &[&str]) -> Server {
-        let mut child = Command::new(bin("codasrv"))
+        Server::launch(root, listen, cores, extra, None)
+    }
+
+    fn launch(
+        root: &Path,
+        listen: &str,
+        cores: u32,
+        extra: &[&str],
+        setup: Option<&Setup>,
+    ) -> Server {
+        let mut cmd = Command::new(bin("codasrv"));
+        if let Some(f) = setup {
+            f(&mut cmd);
+        }
+        let mut child = cmd
             .args(["--root", root.to_str().unwrap(), "--listen", listen])
             .args(["--cores", &cores.to_string()])
             .args(extra)
@@ -148,7 +179,16 @@ pub fn checksum(data: &[u8]) -> u64 {
 
 /// Runs a tool to completion (at most 60 s), feeding `stdin`.
 pub fn run(tool: &str, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(bin(tool))
+    run_set_up(tool, args, stdin, None)
+}
+
+/// As [`run`], the command prepared by `setup`.
+pub fn run_set_up(tool: &str, args: &[&str], stdin: &str, setup: Option<&Setup>) -> Output {
+    let mut cmd = Command::new(bin(tool));
+    if let Some(f) = setup {
+        f(&mut cmd);
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

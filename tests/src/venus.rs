@@ -46,11 +46,19 @@ pub struct Venus {
     // own). Removed after `Drop::drop` has unmounted and reaped the child.
     cache_dir: Option<tempfile::TempDir>,
     mount_dir: Option<tempfile::TempDir>,
+    /// Applied to the command before it starts (a network namespace).
+    setup: Option<crate::Setup>,
 }
 
 impl Venus {
     /// A new client of `server_addr` with a fresh cache and mount point.
     pub fn start(server_addr: &str) -> Venus {
+        Venus::start_set_up(server_addr, None)
+    }
+
+    /// As [`Venus::start`], the command prepared by `setup` (e.g. put in
+    /// a network namespace); a restart does the same.
+    pub fn start_set_up(server_addr: &str, setup: Option<crate::Setup>) -> Venus {
         let cache_dir = tempfile::Builder::new()
             .prefix("venus-cache.")
             .tempdir()
@@ -59,7 +67,7 @@ impl Venus {
             .prefix("venus-mnt.")
             .tempdir()
             .expect("mount dir");
-        let mut v = Venus::start_with(server_addr, cache_dir.path(), mount_dir.path());
+        let mut v = Venus::launch(server_addr, cache_dir.path(), mount_dir.path(), &[], setup);
         v.cache_dir = Some(cache_dir);
         v.mount_dir = Some(mount_dir);
         v
@@ -74,7 +82,21 @@ impl Venus {
     /// As [`Venus::start_with`], with extra arguments (e.g.
     /// `["--cache-size", "64M"]`).
     pub fn start_with_args(server_addr: &str, cache: &Path, mount: &Path, extra: &[&str]) -> Venus {
-        let mut child = Command::new(bin("venus"))
+        Venus::launch(server_addr, cache, mount, extra, None)
+    }
+
+    fn launch(
+        server_addr: &str,
+        cache: &Path,
+        mount: &Path,
+        extra: &[&str],
+        setup: Option<crate::Setup>,
+    ) -> Venus {
+        let mut cmd = Command::new(bin("venus"));
+        if let Some(f) = &setup {
+            f(&mut cmd);
+        }
+        let mut child = cmd
             .arg("--server")
             .arg(server_addr)
             .arg("--cache")
@@ -123,6 +145,7 @@ impl Venus {
             log,
             cache_dir: None,
             mount_dir: None,
+            setup,
         };
         let began = Instant::now();
         loop {
@@ -207,6 +230,7 @@ impl Venus {
         let cache_dir = self.cache_dir.take();
         let mount_dir = self.mount_dir.take();
         let (server, cache, mount) = (self.server.clone(), self.cache.clone(), self.mount.clone());
+        let setup = self.setup.clone();
         let status = self.terminate();
         assert!(
             status.success(),
@@ -219,7 +243,7 @@ impl Venus {
             mount.display()
         );
         drop(self);
-        let mut v = Venus::start_with(&server, &cache, &mount);
+        let mut v = Venus::launch(&server, &cache, &mount, &[], setup);
         v.cache_dir = cache_dir;
         v.mount_dir = mount_dir;
         v
@@ -275,6 +299,10 @@ impl Venus {
     /// at most [`TOOL_TIMEOUT`].
     pub fn tool(&self, tool: &str, args: &[&str], stdin: &str) -> Output {
         let mut cmd = Command::new(bin(tool));
+        // Where the client's network is: clog asks the servers itself.
+        if let Some(f) = &self.setup {
+            f(&mut cmd);
+        }
         cmd.args(args).env("CODA_MOUNT", &self.mount);
         run_command(cmd, stdin, TOOL_TIMEOUT, &format!("{tool} {args:?}"))
     }

@@ -317,18 +317,28 @@ fn answer_tool(v: &mut Venus, uid: u32, mount: &Path, req: Request) -> Result<Re
             v.set_acl(uid, fid, &s).map_err(|e| fail(&s.path, e))?;
             Reply::Ok(())
         }
-        Request::ListConflicts(()) => Reply::Conflicts(crate::repair::list(v, mount)),
+        Request::ListConflicts(()) => {
+            let mut all = crate::repair::list(v, mount);
+            all.extend(crate::diverged::list(v, mount));
+            Reply::Conflicts(all)
+        }
         Request::ShowConflict(path) => {
             let rel = below(mount, &path)?;
             let fid = crate::repair::find(v, uid, rel).map_err(|e| fail(&path, e))?;
-            Reply::Conflict(crate::repair::show(v, uid, mount, fid).map_err(|e| fail(&path, e))?)
+            let shown = match v.cache.conflicts.contains_key(&fid) {
+                true => crate::repair::show(v, uid, mount, fid),
+                false => crate::diverged::show(v, uid, mount, fid),
+            };
+            Reply::Conflict(shown.map_err(|e| fail(&path, e))?)
         }
         Request::Repair(r) => {
             let rel = below(mount, &r.path)?;
             let fid = crate::repair::find(v, uid, rel).map_err(|e| fail(&r.path, e))?;
-            let done =
-                crate::repair::settle(v, uid, fid, r.resolution).map_err(|e| fail(&r.path, e))?;
-            Reply::Repaired(done)
+            let done = match v.cache.conflicts.contains_key(&fid) {
+                true => crate::repair::settle(v, uid, fid, r.resolution),
+                false => crate::diverged::settle(v, uid, fid, r.resolution),
+            };
+            Reply::Repaired(done.map_err(|e| fail(&r.path, e))?)
         }
         Request::HoardAdd(e) => {
             let rel = below(mount, &e.path)?.to_path_buf();

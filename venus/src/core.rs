@@ -151,6 +151,9 @@ pub struct Venus {
     preferred: HashMap<VolumeId, SocketAddr>,
     /// COP2s and resolution requests, sent off the callers' path.
     notifier: crate::replica::Notifier,
+    /// Objects whose replicas were found in different versions (marked
+    /// inconsistent by resolution), for `repair`.
+    pub diverged: std::collections::BTreeSet<Fid>,
 }
 
 /// Where and as whom calls for a volume go, for calls made off the core
@@ -229,6 +232,7 @@ impl Venus {
             reintegrating: None,
             bandwidth: Default::default(),
             repairing: false,
+            diverged: Default::default(),
             kick: None,
             policies: Vec::new(),
             waiting: HashMap::new(),
@@ -371,7 +375,7 @@ impl Venus {
     /// answers (a replica that comes back may be stale until resolved),
     /// else the first that answers. A new one's stamp vouches for nothing
     /// the cache holds.
-    fn preferred_replica(&mut self, vol: VolumeId) -> Result<SocketAddr> {
+    pub(crate) fn preferred_replica(&mut self, vol: VolumeId) -> Result<SocketAddr> {
         let reps = self.replicas_of(vol);
         let up = |a: &SocketAddr| !self.down.contains(a);
         let before = self.preferred.get(&vol).copied();
@@ -418,6 +422,18 @@ impl Venus {
         side_effect: Option<SideEffect>,
     ) -> Result<coda_rpc2::endpoint::Reply> {
         let addr = self.server_of(vol)?;
+        self.call_at(uid, addr, opcode, body, side_effect)
+    }
+
+    /// Calls one server (one replica of a volume) for `uid`.
+    pub(crate) fn call_at(
+        &mut self,
+        uid: u32,
+        addr: SocketAddr,
+        opcode: u16,
+        body: bytes::Bytes,
+        side_effect: Option<SideEffect>,
+    ) -> Result<coda_rpc2::endpoint::Reply> {
         if self.forced || self.down.contains(&addr) {
             return Err(Errno::ETIMEDOUT);
         }
@@ -494,10 +510,21 @@ impl Venus {
 
     /// Where a cached object is named: its directory and a name.
     pub fn name_of(&self, fid: Fid) -> Option<(Fid, String)> {
-        let parent = self.cache.objs.get(&fid)?.rec.status.as_ref()?.parent;
-        let entries = self.cache.dirs.get(&parent)?;
-        let (name, _) = entries.iter().find(|(_, (_, f))| *f == fid)?;
-        Some((parent, name.clone()))
+        let named_in = |dir: Fid| {
+            let entries = self.cache.dirs.get(&dir)?;
+            let (name, _) = entries.iter().find(|(_, (_, f))| *f == fid)?;
+            Some((dir, name.clone()))
+        };
+        let parent = self
+            .cache
+            .objs
+            .get(&fid)
+            .and_then(|o| Some(o.rec.status.as_ref()?.parent));
+        // Without its status (an object whose status it refused, say),
+        // any cached directory naming it.
+        parent
+            .and_then(named_in)
+            .or_else(|| self.cache.dirs.keys().find_map(|d| named_in(*d)))
     }
 
     /// A cached object's path below the mount, as far as the cache knows.
@@ -669,7 +696,7 @@ impl Venus {
     }
 
     /// Each replica of a cached volume, by slot.
-    fn replicas_of(&self, vol: VolumeId) -> Vec<(u32, SocketAddr)> {
+    pub(crate) fn replicas_of(&self, vol: VolumeId) -> Vec<(u32, SocketAddr)> {
         self.cache
             .volumes
             .get(&vol)
@@ -1024,15 +1051,27 @@ impl Venus {
             // Until `repair` settles which version it is.
             return Err(Errno::EIO);
         }
-        if let Some(s) = local(self) {
-            self.touch(fid);
-            return Ok(s);
+        let s = match local(self) {
+            Some(s) => {
+                self.touch(fid);
+                s
+            }
+            None => match self.status_from_server(uid, fid) {
+                // The server just went away: what is cached serves.
+                Err(Errno::ETIMEDOUT) => local(self).ok_or(Errno::ETIMEDOUT)?,
+                r => r?,
+            },
+        };
+        if s.vv.is_inconsistent() {
+            self.diverged.insert(fid);
+            if !self.repairing {
+                // Until `repair` settles which replica's version it is.
+                return Err(Errno::EIO);
+            }
+        } else {
+            self.diverged.remove(&fid);
         }
-        match self.status_from_server(uid, fid) {
-            // The server just went away: what is cached serves.
-            Err(Errno::ETIMEDOUT) => local(self).ok_or(Errno::ETIMEDOUT),
-            r => r,
-        }
+        Ok(s)
     }
 
     fn status_from_server(&mut self, uid: u32, fid: Fid) -> Result<Status> {

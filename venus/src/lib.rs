@@ -9,6 +9,7 @@
 //!   logged while disconnected; [`reint`]: reintegrated on reconnection.
 //! - [`callback`]: breaks from servers, passed on to the kernel.
 //! - [`conflict`], [`repair`]: refused updates and their settling;
+//!   [`diverged`]: objects whose replicas hold different versions;
 //!   [`hoard`]: what to keep cached for disconnection.
 //! - [`fuse`]: the FUSE adapter; [`control`]: the tools' local socket.
 
@@ -20,6 +21,7 @@ pub mod conflict;
 pub mod container;
 pub mod control;
 pub mod core;
+pub mod diverged;
 pub mod emulate;
 pub mod fsobj;
 pub mod fuse;

@@ -83,7 +83,7 @@ pub(crate) fn describe(op: &Op) -> String {
 /// here (a name the server's version took meanwhile).
 pub fn find(v: &mut Venus, uid: u32, rel: &Path) -> Result<Fid> {
     if let Ok(fid) = v.resolve(uid, rel) {
-        if v.cache.conflicts.contains_key(&fid) {
+        if v.cache.conflicts.contains_key(&fid) || v.diverged.contains(&fid) {
             return Ok(fid);
         }
     }
@@ -144,7 +144,7 @@ fn server_version(v: &mut Venus, uid: u32, c: &Conflict) -> Result<Option<Status
     }
 }
 
-fn version(s: Option<&Status>, hash: Option<[u8; 32]>) -> Version {
+pub(crate) fn version(s: Option<&Status>, hash: Option<[u8; 32]>) -> Version {
     match s {
         None => Version {
             exists: false,
@@ -201,6 +201,7 @@ pub fn show(v: &mut Venus, uid: u32, mount: &Path, fid: Fid) -> Result<ConflictD
         conflict: line(v, mount, &c),
         local: version(local.as_ref(), hash),
         server: version(server.as_ref(), None),
+        replicas: Vec::new(),
     })
 }
 
@@ -307,7 +308,7 @@ pub fn settle(v: &mut Venus, uid: u32, fid: Fid, how: Resolution) -> Result<Vec<
                         )?;
                     }
                 }
-                make(v, uid, &c, &name, l, target.as_deref())?
+                make(v, uid, c.dir, &name, l, target.as_deref())?
             };
             if let Some(from) = data {
                 let o = &v.cache.objs[&onto];
@@ -329,7 +330,7 @@ pub fn settle(v: &mut Venus, uid: u32, fid: Fid, how: Resolution) -> Result<Vec<
             }
         }
     }
-    forget_local(v, &c, !in_place)?;
+    forget_local(v, c.fid, c.dir, !in_place)?;
     v.emit(
         "conflict",
         format!("{}: repaired ({})", c.name, done.join("; ")),
@@ -337,19 +338,19 @@ pub fn settle(v: &mut Venus, uid: u32, fid: Fid, how: Resolution) -> Result<Vec<
     Ok(done)
 }
 
-/// Makes the local version anew under `name` in the conflict's directory.
-fn make(
+/// Makes a version (`l`) anew under `name` in `dir`, empty.
+pub(crate) fn make(
     v: &mut Venus,
     uid: u32,
-    c: &Conflict,
+    dir: Fid,
     name: &str,
     l: &Status,
     target: Option<&str>,
 ) -> Result<Fid> {
-    let fid = v.local_fid(c.dir.volume);
+    let fid = v.local_fid(dir.volume);
     let op = match l.kind {
         VnodeKind::Symlink => Op::SymLink(cml::SymLink {
-            dir: c.dir,
+            dir,
             name: name.into(),
             fid,
             target: target.unwrap_or_default().into(),
@@ -357,7 +358,7 @@ fn make(
             group: l.group,
         }),
         _ => Op::Create(cml::Create {
-            dir: c.dir,
+            dir,
             name: name.into(),
             fid,
             mode: l.mode & 0o7777,
@@ -371,12 +372,11 @@ fn make(
     Ok(made)
 }
 
-/// Lets the local version go: the conflict record, and the object's
-/// cached state (refetched from the server on next use).
+/// Lets the local version go: the conflict record (if any), and the
+/// object's cached state (refetched from the server on next use).
 /// Without `drop`, the object stays as it is (its contents went to the
 /// server over the server's).
-fn forget_local(v: &mut Venus, c: &Conflict, drop: bool) -> Result<()> {
-    let fid = c.fid;
+pub(crate) fn forget_local(v: &mut Venus, fid: Fid, dir: Fid, drop: bool) -> Result<()> {
     let opens = v.cache.objs.get(&fid).map_or(0, |o| o.opens);
     v.cache.update(Durability::Written, |t| {
         t.remove_conflict(fid)?;
@@ -392,13 +392,13 @@ fn forget_local(v: &mut Venus, c: &Conflict, drop: bool) -> Result<()> {
             t.save(fid)?;
         }
         // The directory's names are asked for again.
-        if let Some(d) = t.objs.get_mut(&c.dir) {
+        if let Some(d) = t.objs.get_mut(&dir) {
             d.valid = false;
             d.rec.data = None;
-            t.save(c.dir)?;
+            t.save(dir)?;
         }
         Ok(())
     })?;
-    v.kernel_forget(&[c.dir, fid]);
+    v.kernel_forget(&[dir, fid]);
     Ok(())
 }

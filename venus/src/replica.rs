@@ -25,7 +25,8 @@ use crate::link::{Answer, Principal, Transport};
 pub fn is_update(opcode: u16) -> bool {
     matches!(
         opcode,
-        op::STAGE | op::STORE | op::SET_ATTR | op::CREATE..=op::SET_ACL | op::REINTEGRATE
+        op::STAGE | op::STORE | op::SET_ATTR | op::CREATE
+            ..=op::SET_ACL | op::REINTEGRATE | op::REPAIR
     )
 }
 

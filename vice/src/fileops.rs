@@ -190,6 +190,8 @@ pub struct Apply<'t, 'a> {
     pub bumps: HashMap<Fid, u64>,
     /// The host of the client whose record is being applied.
     host: u64,
+    /// A repair (`REPAIR`): every replica's vectors joined.
+    pub repair: Option<VersionVector>,
 }
 
 type OpResult<T> = Result<T, Errno>;
@@ -220,6 +222,7 @@ impl<'t, 'a> Apply<'t, 'a> {
             replicas,
             bumps: HashMap::new(),
             host: 0,
+            repair: None,
             first: (header.next_vnode, header.next_unique),
             txn,
             containers,
@@ -390,7 +393,19 @@ impl<'t, 'a> Apply<'t, 'a> {
         Ok(found)
     }
 
-    fn check_seen(v: &Vnode, seen: StoreId) -> OpResult<()> {
+    /// Checks that the caller saw the version it changes. An object the
+    /// replicas disagree on takes no update but a repair, which needs no
+    /// such check: its vector is raised to every replica's (so the update
+    /// counted next follows all of them) and the mark goes.
+    fn check_seen(&self, v: &mut Vnode, seen: StoreId) -> OpResult<()> {
+        if let Some(base) = &self.repair {
+            v.vv.raise(base);
+            v.vv.flags &= !coda_proto::vv::FLAG_INCONSISTENT;
+            return Ok(());
+        }
+        if v.vv.is_inconsistent() {
+            return Err(Errno::INCONSISTENT);
+        }
         if v.vv.store_id != seen {
             return Err(Errno::CONFLICT);
         }
@@ -466,7 +481,7 @@ impl<'t, 'a> Apply<'t, 'a> {
                     VnodeKind::Symlink => return Err(Errno::EINVAL),
                 }
                 self.need_file_write(&v)?;
-                Self::check_seen(&v, r.seen)?;
+                self.check_seen(&mut v, r.seen)?;
                 let d = data(sid).ok_or(Errno::EINVAL)?;
                 if d.length != r.length || d.hash != r.content_hash {
                     return Err(Errno::EINVAL);
@@ -510,7 +525,7 @@ impl<'t, 'a> Apply<'t, 'a> {
                 }
                 // Rights before versions, as for every other update, so a
                 // caller without them cannot probe store ids.
-                Self::check_seen(&v, r.seen)?;
+                self.check_seen(&mut v, r.seen)?;
                 if let Some(len) = r.length {
                     match v.kind {
                         VnodeKind::File => self.truncate(&mut v, len)?,
@@ -633,7 +648,11 @@ impl<'t, 'a> Apply<'t, 'a> {
                     if v.is_dir() {
                         return Err(Errno::EISDIR);
                     }
-                    Self::check_seen(&v, r.seen)?;
+                    // Removing an object the replicas disagree on settles
+                    // it: whichever version the caller saw goes.
+                    if !v.vv.is_inconsistent() && v.vv.store_id != r.seen {
+                        return Err(Errno::CONFLICT);
+                    }
                     self.unlink(v, sid, t)?;
                 }
                 self.txn.remove_entry(d.fid, &r.name).map_err(storage)?;

@@ -94,12 +94,7 @@ fn call_decode<T: Decode>(
 fn join(vvs: &[&VersionVector]) -> VersionVector {
     let mut out = VersionVector::default();
     for v in vvs {
-        if out.slots.len() < v.slots.len() {
-            out.slots.resize(v.slots.len(), 0);
-        }
-        for (o, s) in out.slots.iter_mut().zip(&v.slots) {
-            *o = (*o).max(*s);
-        }
+        out.raise(v);
     }
     out.store_id = vvs.iter().map(|v| v.store_id).max().unwrap_or_default();
     out

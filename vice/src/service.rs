@@ -563,6 +563,10 @@ impl Service {
                 let (reply, commit) = self.reintegrate(id.conn, caller, &r, out)?;
                 Ok(Some((reply, commit)))
             }
+            op::REPAIR => {
+                let r: coda_proto::res::Repair = decode(body)?;
+                self.repair(id.conn, caller, &r, out).map(Some)
+            }
             op::GET_STATISTICS => now(ok(&self.statistics())),
             op::COP2 => {
                 let r: coda_proto::res::Cop2 = decode(body)?;
@@ -778,8 +782,12 @@ impl Service {
             reply.volumes.push(valid);
         }
         for &(fid, seen) in &r.fids {
+            // An object marked inconsistent keeps its store id: the client
+            // must fetch its status to see the mark.
             let valid = self.object(fid).is_ok_and(|(vol, v)| {
-                v.vv.store_id == seen && fileops::may_stat(vol, v, caller).is_ok()
+                v.vv.store_id == seen
+                    && !v.vv.is_inconsistent()
+                    && fileops::may_stat(vol, v, caller).is_ok()
             });
             if valid {
                 self.callbacks.promise(conn, fid);
@@ -1119,13 +1127,14 @@ impl Service {
         records: &[CmlRecord],
         data: &mut dyn FnMut(StoreId) -> Option<NewData>,
     ) -> Result<(Bytes, CommitId, Vec<Fid>), Conflict> {
-        let (statuses, _, changed, commit) = self.apply(conn, caller, vol, records, data, None)?;
+        let (statuses, _, changed, commit) =
+            self.apply(conn, caller, vol, records, data, None, None)?;
         let reply = MutateReply { statuses };
         Ok((codec::to_bytes(&reply), commit, changed))
     }
 
     /// The one path every update takes.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn apply(
         &mut self,
         conn: ConnId,
@@ -1134,6 +1143,7 @@ impl Service {
         records: &[CmlRecord],
         data: &mut dyn FnMut(StoreId) -> Option<NewData>,
         batch: Option<(u64, StoreId)>,
+        repair: Option<&coda_proto::vv::VersionVector>,
     ) -> Result<(Vec<coda_proto::Status>, Applied, Vec<Fid>, CommitId), Conflict> {
         let conflict = |index: usize, code: Errno, fid: Fid| Conflict {
             index: index as u32,
@@ -1151,6 +1161,7 @@ impl Service {
         let result = (|| {
             let mut apply = Apply::new(&mut txn, containers, caller, vol, &exists, &me)
                 .map_err(|e| (0, e, Fid::root(vol), Vec::new()))?;
+            apply.repair = repair.cloned();
             let mut wanted = Vec::new();
             for (i, rec) in records.iter().enumerate() {
                 match apply.op(rec, data) {
@@ -1284,6 +1295,7 @@ impl Service {
             &r.records,
             &mut |sid| staged.get(&sid).copied(),
             Some((host, r.batch)),
+            None,
         );
         match result {
             Ok((_, applied, changed, commit)) => {
@@ -1298,6 +1310,43 @@ impl Service {
             }
             Err(c) => Ok((codec::to_bytes(&ReintegrateReply::Conflict(c)), None)),
         }
+    }
+
+    /// `REPAIR`: the version to keep goes over this replica's, its data
+    /// staged beforehand.
+    fn repair(
+        &mut self,
+        conn: ConnId,
+        caller: &Caller,
+        r: &coda_proto::res::Repair,
+        out: &mut Vec<Action>,
+    ) -> Result<(Bytes, Option<CommitId>), Errno> {
+        if caller.user <= 0 {
+            return Err(Errno::EACCES);
+        }
+        let sid = r.record.store_id;
+        let data = match &r.record.op {
+            Op::Store(_) => Some(self.staged_data(sid).ok_or(Errno::EINVAL)?),
+            Op::SetAttr(_) => None,
+            _ => return Err(Errno::BAD_REQUEST),
+        };
+        let vol = r.record.op.volume();
+        let (statuses, _, changed, commit) = self
+            .apply(
+                conn,
+                caller,
+                vol,
+                std::slice::from_ref(&r.record),
+                &mut |s| data.filter(|_| s == sid),
+                None,
+                Some(&r.base),
+            )
+            .map_err(|c| Errno(c.code))?;
+        if data.is_some() {
+            self.take_staged(sid);
+        }
+        self.breaks(Some(conn), vol, &changed, out);
+        Ok((codec::to_bytes(&MutateReply { statuses }), Some(commit)))
     }
 
     /// Breaks other clients' promises on what changed.

@@ -101,7 +101,10 @@ fn run(args: Args) -> Result<()> {
                 println!(
                     "{}",
                     json!({"conflict": line_json(&d.conflict), "local": version_json(&d.local),
-                           "server": version_json(&d.server)})
+                           "server": version_json(&d.server),
+                           "replicas": d.replicas.iter()
+                               .map(|(at, v)| json!({"server": at, "version": version_json(v)}))
+                               .collect::<Vec<_>>()})
                 );
             } else {
                 println!("{}: {}", d.conflict.path, d.conflict.reason);
@@ -110,6 +113,9 @@ fn run(args: Args) -> Result<()> {
                 }
                 print_version("local ", &d.local);
                 print_version("server", &d.server);
+                for (i, (at, r)) in d.replicas.iter().enumerate() {
+                    print_version(&format!("replica {} ({at})", i + 1), r);
+                }
             }
         }
         Reply::Repaired(done) => {

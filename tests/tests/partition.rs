@@ -1,0 +1,270 @@
+//! Server replication across a real network partition: servers a and b
+//! and client X on one side, server c and client Y on the other, each side
+//! a network namespace, the link between them brought down and up again.
+//! - Both halves update different files of one directory: after the link
+//!   comes back, resolution merges them with no person, and every replica
+//!   ends identical (their dumps, as tar archives, compared byte for byte).
+//! - Both halves change the same file: the replicas are left in conflict,
+//!   which programs see as EIO on that file only, and `repair` settles.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use coda_tests::netns::{Partition, Side};
+use coda_tests::venus::{eventually, fsx as fs, Venus};
+use coda_tests::{bin, run_set_up, Server, Setup, ADMIN_PASSWORD};
+
+const PORT: u16 = 2432;
+
+struct Cell {
+    // Dropped in order: clients, servers, then the namespaces.
+    clients: Vec<Venus>,
+    _servers: Vec<Server>,
+    net: Partition,
+    dir: tempfile::TempDir,
+    addrs: Vec<String>,
+    sides: Vec<Side>,
+}
+
+impl Cell {
+    /// a and b on side A, c on side B; the volume `rep` on all three; X
+    /// (side A, reading from a) and Y (side B, reading from c) mounted.
+    fn start() -> (Cell, PathBuf, PathBuf) {
+        let net = Partition::new();
+        let sides = vec![Side::A, Side::A, Side::B];
+        let addrs: Vec<String> = sides
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{}:{PORT}", net.host(*s, i as u8 + 1)))
+            .collect();
+        let peers = ["a", "b", "c"]
+            .iter()
+            .zip(&addrs)
+            .map(|(n, a)| format!("{n}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let dir = tempfile::tempdir().unwrap();
+        let mut servers = Vec::new();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let root = dir.path().join(name);
+            let setup = net.side(sides[i]);
+            servers.push(Server::start_peer_set_up(
+                &root, &addrs[i], name, &peers, &setup,
+            ));
+        }
+        let mut cell = Cell {
+            clients: Vec::new(),
+            _servers: servers,
+            net,
+            dir,
+            addrs,
+            sides,
+        };
+        let made = cell.volutil(0, &["create", "rep", "--replicas", "a", "b", "c"]);
+        assert!(made.contains(&cell.addrs[2]), "{made}");
+        let x = Venus::start_set_up(&cell.addrs[0], Some(cell.net.side(Side::A)));
+        x.clog_admin();
+        let rx = x.path("rep");
+        x.cfs_ok("makemount", &[rx.to_str().unwrap(), "rep"]);
+        fs::create_dir(rx.join("shared")).unwrap();
+        // Y learns of the volume from c once c's update thread has it.
+        let y = Venus::start_set_up(&cell.addrs[2], Some(cell.net.side(Side::B)));
+        y.clog_admin();
+        let ry = y.path("rep");
+        assert!(
+            eventually(Duration::from_secs(30), || fs::metadata(ry.join("shared"))
+                .is_ok()),
+            "Y never saw rep/shared\n{}",
+            y.log_tail()
+        );
+        cell.clients = vec![x, y];
+        (cell, rx.join("shared"), ry.join("shared"))
+    }
+
+    fn setup(&self, i: usize) -> Setup {
+        self.net.side(self.sides[i])
+    }
+
+    fn volutil(&self, at: usize, args: &[&str]) -> String {
+        let pw = self.dir.path().join("admin.password");
+        std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
+        let mut all = vec!["--server", &self.addrs[at], "--password-file"];
+        all.push(pw.to_str().unwrap());
+        all.extend_from_slice(args);
+        let out = run_set_up("volutil", &all, "", Some(&self.setup(at)));
+        assert!(
+            out.status.success(),
+            "volutil {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Server `i`'s replica of `rep` as a tar archive (None if it cannot
+    /// be dumped now).
+    fn replica(&self, i: usize) -> Option<Vec<u8>> {
+        let dump = self.dir.path().join(format!("dump-{i}"));
+        let pw = self.dir.path().join("admin.password");
+        std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
+        let args = [
+            "--server",
+            &self.addrs[i],
+            "--password-file",
+            pw.to_str().unwrap(),
+            "dump",
+            "rep",
+            "-o",
+            dump.to_str().unwrap(),
+        ];
+        let out = run_set_up("volutil", &args, "", Some(&self.setup(i)));
+        if !out.status.success() {
+            return None;
+        }
+        let tar = std::process::Command::new(bin("codadump2tar"))
+            .args(["-i", dump.to_str().unwrap()])
+            .output()
+            .ok()?;
+        tar.status.success().then_some(tar.stdout)
+    }
+
+    fn converged(&self) -> bool {
+        let all: Vec<Option<Vec<u8>>> = (0..3).map(|i| self.replica(i)).collect();
+        all.iter().all(|r| r.is_some()) && all.windows(2).all(|w| w[0] == w[1])
+    }
+}
+
+fn write_files(dir: &Path, prefix: &str, n: usize) {
+    for i in 0..n {
+        fs::write(dir.join(format!("{prefix}{i}")), format!("{prefix} {i}\n"))
+            .unwrap_or_else(|e| panic!("{prefix}{i}: {e}"));
+    }
+}
+
+fn has_files(dir: &Path, prefix: &str, n: usize) -> bool {
+    (0..n).all(|i| {
+        fs::read_to_string(dir.join(format!("{prefix}{i}"))).ok() == Some(format!("{prefix} {i}\n"))
+    })
+}
+
+#[test]
+fn partitioned_halves_updating_different_files_are_merged_with_no_person() {
+    let (cell, sx, sy) = Cell::start();
+    write_files(&sx, "base", 3);
+    assert!(eventually(Duration::from_secs(30), || cell.converged()));
+
+    cell.net.cut();
+    // Each half goes on with the replicas it reaches, without errors.
+    write_files(&sx, "x", 10);
+    write_files(&sy, "y", 10);
+    fs::remove_file(sx.join("base0")).unwrap();
+    fs::write(sy.join("base1"), "changed on side B\n").unwrap();
+    assert!(has_files(&sx, "x", 10) && has_files(&sy, "y", 10));
+    let names = fs::read_dir_names(&sx).unwrap();
+    assert!(!names.iter().any(|n| n.starts_with('y')), "{names:?}");
+    // The link really is down: each side's replicas hold only its half.
+    let a = String::from_utf8_lossy(&cell.replica(0).unwrap()).into_owned();
+    let c = String::from_utf8_lossy(&cell.replica(2).unwrap()).into_owned();
+    assert!(a.contains("shared/x9") && !a.contains("shared/y0"));
+    assert!(c.contains("shared/y9") && !c.contains("shared/x0"));
+
+    cell.net.heal();
+    assert!(
+        eventually(Duration::from_secs(90), || cell.converged()),
+        "the replicas were not resolved after the partition healed"
+    );
+    let tar = String::from_utf8_lossy(&cell.replica(2).unwrap()).into_owned();
+    assert!(tar.contains("shared/x9") && tar.contains("shared/y9"));
+    assert!(tar.contains("changed on side B"));
+    assert!(!tar.contains("shared/base0"));
+    // Both clients see the merged directory.
+    for dir in [&sx, &sy] {
+        assert!(
+            eventually(Duration::from_secs(30), || has_files(dir, "x", 10)
+                && has_files(dir, "y", 10)
+                && !fs::exists(dir.join("base0")).unwrap_or(true)),
+            "{} does not show the merge",
+            dir.display()
+        );
+    }
+    assert!(!cell.clients[0]
+        .tool("repair", &["list"], "")
+        .stdout
+        .windows(6)
+        .any(|w| w == b"shared"));
+}
+
+#[test]
+fn the_same_file_changed_on_both_sides_is_a_conflict_that_repair_settles() {
+    let (cell, sx, sy) = Cell::start();
+    fs::write(sx.join("f"), "before\n").unwrap();
+    fs::write(sx.join("other"), "untouched\n").unwrap();
+    assert!(eventually(Duration::from_secs(30), || cell.converged()));
+    assert!(eventually(Duration::from_secs(30), || fs::read_to_string(
+        sy.join("f")
+    )
+    .ok()
+        == Some("before\n".into())));
+
+    cell.net.cut();
+    fs::write(sx.join("f"), "from side A\n").unwrap();
+    fs::write(sy.join("f"), "from side B, longer\n").unwrap();
+    cell.net.heal();
+
+    // Resolution cannot merge two versions of one file: it stays in
+    // conflict, EIO to programs, and nothing else is held up.
+    let x = &cell.clients[0];
+    assert!(
+        eventually(Duration::from_secs(90), || fs::read(sx.join("f"))
+            .err()
+            .and_then(|e| e.raw_os_error())
+            == Some(libc::EIO)),
+        "f never showed its conflict: {:?}, {:?}\n{}",
+        fs::read_to_string(sx.join("f")),
+        (0..3)
+            .map(|i| cell
+                .replica(i)
+                .map(|t| String::from_utf8_lossy(&t).contains("from side A")))
+            .collect::<Vec<_>>(),
+        x.log_tail()
+    );
+    assert_eq!(fs::read_to_string(sx.join("other")).unwrap(), "untouched\n");
+    fs::write(sx.join("after"), "written during the conflict\n").unwrap();
+    let list = String::from_utf8(x.tool("repair", &["list"], "").stdout).unwrap();
+    assert!(list.contains("shared/f"), "repair list: {list}");
+    let f = sx.join("f");
+    let show = x.tool("repair", &["show", f.to_str().unwrap()], "");
+    let err = String::from_utf8_lossy(&show.stderr).into_owned();
+    let show = String::from_utf8(show.stdout).unwrap();
+    for a in &cell.addrs {
+        assert!(show.contains(a.as_str()), "repair show: {show} {err}");
+    }
+
+    // Keep both: X's replica's version under the name, c's beside it.
+    let out = x.tool("repair", &["keep-both", f.to_str().unwrap()], "");
+    assert!(
+        out.status.success(),
+        "repair keep-both: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        x.log_tail()
+    );
+    assert_eq!(fs::read_to_string(sx.join("f")).unwrap(), "from side A\n");
+    assert_eq!(
+        fs::read_to_string(sx.join("f.replica-3")).unwrap(),
+        "from side B, longer\n"
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || cell.converged()),
+        "the replicas differ after the repair"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || fs::read_to_string(sy.join("f"))
+            .ok()
+            == Some("from side A\n".into())),
+        "Y does not see the repaired file"
+    );
+    let list = String::from_utf8(x.tool("repair", &["list"], "").stdout).unwrap();
+    assert!(!list.contains("shared/f"), "still listed: {list}");
+    // Updates to it go through again.
+    fs::write(sx.join("f"), "after the repair\n").unwrap();
+    assert!(eventually(Duration::from_secs(30), || cell.converged()));
+}
