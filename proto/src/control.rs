@@ -50,6 +50,18 @@ codec_struct! {
 }
 
 codec_struct! {
+    /// One server of a volume, as this client sees it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ReplicaState {
+        pub server: String,
+        /// It answers (else its part is emulated or left out).
+        pub up: bool,
+        /// Reads go to it (a replicated volume's preferred replica).
+        pub read: bool,
+    }
+}
+
+codec_struct! {
     /// `cfs listvol`.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct VolumeState {
@@ -62,6 +74,8 @@ codec_struct! {
         pub cml_bytes: u64,
         /// The log waits for a token of this local user to be reintegrated.
         pub waits_for_token_of_uid: Option<u32>,
+        /// Each server (replica) and its state, in slot order.
+        pub replicas: Vec<ReplicaState>,
     }
 }
 
@@ -269,7 +283,7 @@ codec_union! {
         Volume(VolumeState) = 5,
         Fid(Fid) = 6,
         Cache(Vec<CacheEntry>) = 7,
-        WhereIs(Vec<String>) = 8,
+        WhereIs(Vec<ReplicaState>) = 8,
         Acl(NamedAcl) = 9,
         Event(Event) = 10,
         Conflicts(Vec<ConflictLine>) = 11,

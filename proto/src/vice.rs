@@ -386,6 +386,8 @@ codec_struct! {
         /// Files and bytes in the shard's volumes.
         pub files: u64,
         pub bytes: u64,
+        /// What this server's resolver did (the same on every shard).
+        pub resolution: crate::res::ResolutionStats,
     }
 }
 

@@ -168,6 +168,14 @@ fn a_killed_replica_goes_unnoticed_and_is_resolved_when_it_returns() {
     fs::write(root.join("before/f11"), "changed while b was down\n").unwrap();
     let state = v.cfs_ok("listvol", &[root.to_str().unwrap()]);
     assert!(state.contains("connected"), "{state}");
+    // Each replica's state: b is left out, the others answer.
+    assert!(
+        state.contains(&format!("{} (down)", cell.addrs[1])),
+        "{state}"
+    );
+    assert!(state.contains(&format!("{} (up", cell.addrs[2])), "{state}");
+    let w = v.cfs_ok("whereis", &[root.to_str().unwrap()]);
+    assert!(w.contains(&format!("{} (down)", cell.addrs[1])), "{w}");
     check_files(&root.join("during"), "g", 20);
 
     // Back: resolution (the servers' sweep, or the client's request)
@@ -177,6 +185,19 @@ fn a_killed_replica_goes_unnoticed_and_is_resolved_when_it_returns() {
         eventually(Duration::from_secs(60), || cell.converged("rep")),
         "the returned replica was not resolved"
     );
+    // cmon shows the resolution work the servers did.
+    let mut args = vec!["--once", "--json"];
+    args.extend(cell.addrs.iter().map(String::as_str));
+    let stats: serde_json::Value = serde_json::from_str(&ok("cmon", &args)).unwrap();
+    let field = |f: &str| -> u64 {
+        stats
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["resolution"][f].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert!(field("runs") > 0 && field("objects") > 0, "{stats}");
     let tar = cell.replica(1, "rep").unwrap();
     let listing = String::from_utf8_lossy(&tar);
     assert!(listing.contains("during/moved") && listing.contains("changed while b was down"));

@@ -244,7 +244,9 @@ fn answer_tool(v: &mut Venus, uid: u32, mount: &Path, req: Request) -> Result<Re
                 Err(e) => v.cached_volume(fid.volume).ok_or_else(|| fail(&path, e))?,
             };
             let (cml_records, cml_bytes) = v.cml_records(info.id);
+            let replicas = v.replica_states(&info);
             Reply::Volume(VolumeState {
+                replicas,
                 id: info.id,
                 name: info.name,
                 servers: info.servers,
@@ -258,7 +260,7 @@ fn answer_tool(v: &mut Venus, uid: u32, mount: &Path, req: Request) -> Result<Re
         Request::WhereIs(path) => {
             let fid = resolve(v, uid, mount, &path)?;
             let info = v.volume_info(fid.volume).map_err(|e| fail(&path, e))?;
-            Reply::WhereIs(info.servers)
+            Reply::WhereIs(v.replica_states(&info))
         }
         Request::FlushObject(paths) => {
             for p in paths {

@@ -695,6 +695,27 @@ impl Venus {
         self.call_retry(uid, vol, opcode, body, effect)
     }
 
+    /// Each server of a volume (replica, in slot order) as seen from here.
+    pub fn replica_states(&self, info: &VolumeInfo) -> Vec<coda_proto::control::ReplicaState> {
+        let replicated = volume::replicated(info);
+        info.servers
+            .iter()
+            .map(|s| {
+                let addr: Option<SocketAddr> = s.parse().ok();
+                let up = addr.is_some_and(|a| !self.forced && !self.down.contains(&a));
+                let read = match replicated {
+                    true => addr.is_some() && self.preferred.get(&info.id) == addr.as_ref(),
+                    false => true,
+                };
+                coda_proto::control::ReplicaState {
+                    server: s.clone(),
+                    up,
+                    read,
+                }
+            })
+            .collect()
+    }
+
     /// Each replica of a cached volume, by slot.
     pub(crate) fn replicas_of(&self, vol: VolumeId) -> Vec<(u32, SocketAddr)> {
         self.cache

@@ -1908,6 +1908,7 @@ impl Service {
             rvm_log_used: stats.log_used_bytes,
             rvm_log_bytes: stats.log_area_bytes,
             shards: self.cell.shards,
+            resolution: self.cell.resolution().clone(),
         }
     }
 

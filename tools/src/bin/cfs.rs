@@ -167,11 +167,21 @@ fn run(args: Args) -> Result<()> {
                         "{}",
                         json!({"name": s.name, "id": format!("{:x}", s.id), "servers": s.servers,
                                "state": s.state, "cml_records": s.cml_records, "cml_bytes": s.cml_bytes,
-                               "waits_for_token_of_uid": s.waits_for_token_of_uid})
+                               "waits_for_token_of_uid": s.waits_for_token_of_uid,
+                               "replicas": s.replicas.iter().map(|r| json!({"server": r.server,
+                                   "up": r.up, "read": r.read})).collect::<Vec<_>>()})
                     );
                 } else {
                     println!("Status of volume {:x} (named \"{}\")", s.id, s.name);
                     println!("  servers: {}", s.servers.join(" "));
+                    if s.replicas.len() > 1 {
+                        let states: Vec<String> = s
+                            .replicas
+                            .iter()
+                            .map(|r| format!("{} ({})", r.server, replica_state(r)))
+                            .collect();
+                        println!("  replicas: {}", states.join(" "));
+                    }
                     println!("  state: {}", s.state);
                     println!("  CML: {} records, {} bytes", s.cml_records, s.cml_bytes);
                     if let Some(uid) = s.waits_for_token_of_uid {
@@ -286,11 +296,19 @@ fn run(args: Args) -> Result<()> {
             r => return Err(unexpected(r)),
         },
         Cmd::Whereis { path } => match v.ask(&Request::WhereIs(v.path(&path)?))? {
-            Reply::WhereIs(servers) => {
+            Reply::WhereIs(replicas) => {
                 if json {
+                    let servers: Vec<&str> = replicas.iter().map(|r| r.server.as_str()).collect();
                     println!("{}", json!(servers));
                 } else {
-                    println!("  {}", servers.join("  "));
+                    let shown: Vec<String> = replicas
+                        .iter()
+                        .map(|r| match r.up {
+                            true => r.server.clone(),
+                            false => format!("{} (down)", r.server),
+                        })
+                        .collect();
+                    println!("  {}", shown.join("  "));
                 }
             }
             r => return Err(unexpected(r)),
@@ -302,5 +320,14 @@ fn run(args: Args) -> Result<()> {
 fn main() {
     if let Err(e) = run(Args::parse()) {
         exit_with("cfs", e);
+    }
+}
+
+/// `up, read` / `down`: a replica's state for `cfs listvol`.
+fn replica_state(r: &coda_proto::control::ReplicaState) -> &'static str {
+    match (r.up, r.read) {
+        (true, true) => "up, read",
+        (true, false) => "up",
+        (false, _) => "down",
     }
 }

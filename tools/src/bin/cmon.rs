@@ -137,6 +137,8 @@ fn to_json(m: &Monitored, r: &std::result::Result<Sample, String>) -> Value {
         "cpu_user_ms": s.cpu_user_ms, "cpu_system_ms": s.cpu_system_ms,
         "disk_bytes": s.disk_bytes, "disk_free_bytes": s.disk_free_bytes,
         "files": s.files, "bytes": s.bytes,
+        "resolution": {"runs": s.resolution.runs, "objects": s.resolution.objects,
+                       "conflicts": s.resolution.conflicts, "pending": s.resolution.pending},
     })
 }
 
@@ -174,7 +176,7 @@ fn percent(part: u64, whole: u64) -> String {
 }
 
 /// Column groups as the original laid them out, and each column's width.
-const COLUMNS: [(&str, &str, usize); 15] = [
+const COLUMNS: [(&str, &str, usize); 18] = [
     ("", "shard", 5),
     ("TIME", "uptime", 9),
     ("CPU", "user", 9),
@@ -190,6 +192,9 @@ const COLUMNS: [(&str, &str, usize); 15] = [
     ("VOL", "volumes", 7),
     ("", "files", 8),
     ("RVM", "log", 4),
+    ("RES", "runs", 6),
+    ("", "objs", 7),
+    ("", "confl", 5),
 ];
 
 /// One row's cells: totals, and rates when there is an earlier sample.
@@ -232,6 +237,9 @@ fn cells(now: &Sample, before: Option<&Sample>) -> Vec<String> {
         s.volumes.to_string(),
         s.files.to_string(),
         percent(s.rvm_log_used, s.rvm_log_bytes),
+        s.resolution.runs.to_string(),
+        s.resolution.objects.to_string(),
+        s.resolution.conflicts.to_string(),
     ]
 }
 
