@@ -211,6 +211,39 @@ pub fn run_set_up(tool: &str, args: &[&str], stdin: &str, setup: Option<&Setup>)
     child.wait_with_output().unwrap()
 }
 
+/// The server at `addr`'s copy of volume `vol` as a tar archive (its dump
+/// through `codadump2tar`), made in `scratch` as the administrator; None if
+/// it cannot be dumped now.
+pub fn replica_tar(
+    addr: &str,
+    vol: &str,
+    scratch: &Path,
+    setup: Option<&Setup>,
+) -> Option<Vec<u8>> {
+    let tag = addr.replace([':', '.'], "-");
+    let dump = scratch.join(format!("dump-{tag}"));
+    let pw = scratch.join("admin.password");
+    std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).ok()?;
+    let args = [
+        "--server",
+        addr,
+        "--password-file",
+        pw.to_str()?,
+        "dump",
+        vol,
+        "-o",
+        dump.to_str()?,
+    ];
+    if !run_set_up("volutil", &args, "", setup).status.success() {
+        return None;
+    }
+    let tar = Command::new(bin("codadump2tar"))
+        .args(["-i", dump.to_str()?])
+        .output()
+        .ok()?;
+    tar.status.success().then_some(tar.stdout)
+}
+
 /// Runs a tool that must succeed; its stdout.
 pub fn ok(tool: &str, args: &[&str]) -> String {
     let out = run(tool, args, "");

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use coda_tests::netns::{Partition, Side};
 use coda_tests::venus::{eventually, fsx as fs, Venus};
-use coda_tests::{bin, run_set_up, Server, Setup, ADMIN_PASSWORD};
+use coda_tests::{replica_tar, run_set_up, Server, Setup, ADMIN_PASSWORD};
 
 const PORT: u16 = 2432;
 
@@ -103,28 +103,7 @@ impl Cell {
     /// Server `i`'s replica of `rep` as a tar archive (None if it cannot
     /// be dumped now).
     fn replica(&self, i: usize) -> Option<Vec<u8>> {
-        let dump = self.dir.path().join(format!("dump-{i}"));
-        let pw = self.dir.path().join("admin.password");
-        std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
-        let args = [
-            "--server",
-            &self.addrs[i],
-            "--password-file",
-            pw.to_str().unwrap(),
-            "dump",
-            "rep",
-            "-o",
-            dump.to_str().unwrap(),
-        ];
-        let out = run_set_up("volutil", &args, "", Some(&self.setup(i)));
-        if !out.status.success() {
-            return None;
-        }
-        let tar = std::process::Command::new(bin("codadump2tar"))
-            .args(["-i", dump.to_str().unwrap()])
-            .output()
-            .ok()?;
-        tar.status.success().then_some(tar.stdout)
+        replica_tar(&self.addrs[i], "rep", self.dir.path(), Some(&self.setup(i)))
     }
 
     fn converged(&self) -> bool {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use coda_tests::venus::{eventually, fsx as fs, Venus};
-use coda_tests::{bin, ok, Server, ADMIN_PASSWORD};
+use coda_tests::{ok, Server, ADMIN_PASSWORD};
 
 const NAMES: [&str; 3] = ["a", "b", "c"];
 
@@ -83,30 +83,7 @@ impl Cell {
     /// Server `i`'s replica of `vol` as a tar archive (None if it cannot
     /// be dumped now).
     fn replica(&self, i: usize, vol: &str) -> Option<Vec<u8>> {
-        let dump = self.dir.path().join(format!("dump-{i}"));
-        let pw = self.password_file();
-        let out = coda_tests::run(
-            "volutil",
-            &[
-                "--server",
-                &self.addrs[i],
-                "--password-file",
-                pw.to_str().unwrap(),
-                "dump",
-                vol,
-                "-o",
-                dump.to_str().unwrap(),
-            ],
-            "",
-        );
-        if !out.status.success() {
-            return None;
-        }
-        let tar = std::process::Command::new(bin("codadump2tar"))
-            .args(["-i", dump.to_str().unwrap()])
-            .output()
-            .ok()?;
-        tar.status.success().then_some(tar.stdout)
+        coda_tests::replica_tar(&self.addrs[i], vol, self.dir.path(), None)
     }
 
     /// Whether every replica of `vol` holds the same tree, with `expect`
