@@ -95,7 +95,15 @@ impl Cell {
 }
 
 fn mount_replicated(cell: &Cell) -> (Venus, PathBuf) {
-    let made = cell.volutil(0, &["create", "rep", "--replicas", "a", "b", "c"]);
+    mount_replicas(cell, &["a", "b", "c"])
+}
+
+/// `rep` replicated on the servers named, in that order (the first is
+/// the one clients read from).
+fn mount_replicas(cell: &Cell, names: &[&str]) -> (Venus, PathBuf) {
+    let mut args = vec!["create", "rep", "--replicas"];
+    args.extend_from_slice(names);
+    let made = cell.volutil(0, &args);
     for a in &cell.addrs {
         assert!(made.contains(a.as_str()), "{made}");
     }
@@ -206,4 +214,31 @@ fn a_server_that_lost_everything_rejoins_and_its_replica_is_filled() {
     );
     let tar = cell.replica(2, "rep").unwrap();
     assert!(String::from_utf8_lossy(&tar).contains("deep\n"));
+}
+
+#[test]
+fn the_replica_a_client_reads_from_dying_is_never_seen_by_programs() {
+    // b first: the client reads from b, and the root volume stays on a.
+    let mut cell = Cell::start();
+    let (v, root) = mount_replicas(&cell, &["b", "c", "a"]);
+    write_files(&root.join("d"), "f", 10);
+    assert!(eventually(Duration::from_secs(30), || cell.converged("rep")));
+
+    // A restarted client vouches for nothing it cached: its first calls
+    // go to b, which is gone. They go to another replica instead, and no
+    // program hears of the timeout.
+    let v = v.restart();
+    cell.kill(1);
+    check_files(&root.join("d"), "f", 10);
+    v.clog_admin();
+    fs::write(root.join("d/new"), "after b died\n").unwrap();
+    assert_eq!(
+        fs::read_to_string(root.join("d/new")).unwrap(),
+        "after b died\n"
+    );
+    let state = v.cfs_ok("listvol", &[root.to_str().unwrap()]);
+    assert!(
+        state.contains(&format!("{} (down)", cell.addrs[1])),
+        "{state}"
+    );
 }

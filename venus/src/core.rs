@@ -132,6 +132,8 @@ pub struct Venus {
     /// Servers that stopped answering: their volumes are emulated until a
     /// probe finds them again.
     pub down: HashSet<SocketAddr>,
+    /// How many times a server was found gone (see [`Venus::losses`]).
+    losses: u64,
     /// `cfs disconnect`: every volume emulated until `cfs reconnect`.
     pub forced: bool,
     /// `cfs writedisconnect`: updates logged, reintegrated in the background.
@@ -227,6 +229,7 @@ impl Venus {
             dirs_broken: Vec::new(),
             cml: LogIndex::default(),
             down: HashSet::new(),
+            losses: 0,
             forced: false,
             write_disconnected: false,
             reintegrating: None,
@@ -470,13 +473,31 @@ impl Venus {
             return Errno::EAGAIN;
         }
         let errno = e.errno();
-        if errno == Errno::ETIMEDOUT && self.down.insert(e.addr) {
+        if errno == Errno::ETIMEDOUT && self.mark_down(e.addr) {
             self.emit(
                 "disconnect",
                 format!("{}: {}; its volumes are disconnected", e.addr, e.error),
             );
         }
         errno
+    }
+
+    /// Leaves `addr` out until a probe finds it again (false if it was
+    /// already): its promises are gone with it.
+    fn mark_down(&mut self, addr: SocketAddr) -> bool {
+        if !self.down.insert(addr) {
+            return false;
+        }
+        self.losses += 1;
+        self.invalidate_all();
+        true
+    }
+
+    /// How many times a server was found gone so far. An operation that
+    /// failed with a timeout while this grew can be run again: it then
+    /// goes to another replica, or is served from the cache.
+    pub fn losses(&self) -> u64 {
+        self.losses
     }
 
     /// Whether the cache holds the only copy of a change to `fid` (in the
@@ -780,8 +801,7 @@ impl Venus {
             for (t, a) in targets.into_iter().zip(got) {
                 let Some(a) = a else {
                     // Too slow: left out until a probe finds it again.
-                    if self.down.insert(t.1) {
-                        self.invalidate_all();
+                    if self.mark_down(t.1) {
                         self.emit(
                             "disconnect",
                             format!("{}: too slow to answer; left out of updates", t.1),
@@ -2284,8 +2304,7 @@ impl Venus {
             self.invalidate_all();
             self.emit("connect", format!("{addr} answers again"));
             self.resolve_returned(addr);
-        } else if !up && self.down.insert(addr) {
-            self.invalidate_all();
+        } else if !up && self.mark_down(addr) {
             self.emit(
                 "disconnect",
                 format!("{addr} does not answer; its volumes are disconnected"),

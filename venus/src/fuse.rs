@@ -144,12 +144,23 @@ impl Fuse {
         }
     }
 
+    /// Runs an operation on Venus. One that timed out because a server
+    /// was found gone during it runs again: another replica, or the cache
+    /// if none is left, serves it, and the program never hears of the
+    /// loss. Each run that repeats has left one more server out, so this
+    /// ends.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut Venus) -> Result<T, CodaErrno>,
+        mut f: impl FnMut(&mut Venus) -> Result<T, CodaErrno>,
     ) -> Result<T, fuser::Errno> {
         let mut v = self.venus.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut v).map_err(errno)
+        loop {
+            let losses = v.losses();
+            match f(&mut v) {
+                Err(CodaErrno::ETIMEDOUT) if v.losses() != losses => {}
+                r => return r.map_err(errno),
+            }
+        }
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, fuser::Errno>) {
@@ -301,7 +312,7 @@ impl Filesystem for Fuse {
             mtime: mtime.map(at),
             atime: atime.map(at),
         };
-        match self.with(|v| v.setattr(req.uid(), ino.0, ch)) {
+        match self.with(|v| v.setattr(req.uid(), ino.0, ch.clone())) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(e),
         }
