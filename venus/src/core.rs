@@ -380,13 +380,28 @@ impl Venus {
     /// the cache holds.
     pub(crate) fn preferred_replica(&mut self, vol: VolumeId) -> Result<SocketAddr> {
         let reps = self.replicas_of(vol);
-        let up = |a: &SocketAddr| !self.down.contains(a);
         let before = self.preferred.get(&vol).copied();
-        let chosen = before
-            .filter(|p| up(p) && reps.iter().any(|(_, a)| a == p))
-            .or_else(|| reps.iter().map(|(_, a)| *a).find(up))
-            .or_else(|| reps.first().map(|(_, a)| *a))
-            .ok_or(Errno::NO_SUCH_VOLUME)?;
+        let kept = before.filter(|p| !self.down.contains(p) && reps.iter().any(|(_, a)| a == p));
+        let chosen = match kept {
+            Some(p) => p,
+            None => {
+                let up: Vec<SocketAddr> = reps
+                    .iter()
+                    .map(|(_, a)| *a)
+                    .filter(|a| !self.down.contains(a))
+                    .collect();
+                // One was lost (maybe the one read from): the others may
+                // be cut off with it, and trying them in turn would cost
+                // a timeout each. They race; the first to answer is read
+                // from.
+                let pick = match up.len() > 1 && (before.is_some() || up.len() < reps.len()) {
+                    true => self.first_answering(up),
+                    false => up.first().copied(),
+                };
+                pick.or_else(|| reps.first().map(|(_, a)| *a))
+                    .ok_or(Errno::NO_SUCH_VOLUME)?
+            }
+        };
         if before != Some(chosen) {
             // Each replica counts its own stamps: one cached from another
             // (or before a restart, from any) vouches for nothing here.
@@ -2266,18 +2281,31 @@ impl Venus {
     /// answers; those that do are connected again (unless disconnection
     /// is forced), those that do not are disconnected.
     pub fn probe_servers(&mut self) -> Vec<ServerState> {
-        let link = self.link.clone();
-        self.probe_targets()
+        let targets = self.probe_targets();
+        let mut found: HashMap<SocketAddr, bool> = HashMap::new();
+        for (addr, (up, restarted)) in probe_each(&self.link, &targets) {
+            self.probed(addr, up, restarted);
+            found.insert(addr, up);
+        }
+        targets
             .into_iter()
-            .map(|addr| {
-                let (up, restarted) = probe(&*link, addr);
-                self.probed(addr, up, restarted);
-                ServerState {
-                    addr: addr.to_string(),
-                    up,
-                }
+            .map(|addr| ServerState {
+                addr: addr.to_string(),
+                up: found.get(&addr).copied().unwrap_or(false),
             })
             .collect()
+    }
+
+    /// The first of `addrs` to answer a probe; None (and all of them
+    /// down) if none does. The others' probes finish on their own.
+    fn first_answering(&mut self, addrs: Vec<SocketAddr>) -> Option<SocketAddr> {
+        for (addr, (up, restarted)) in probe_each(&self.link, &addrs) {
+            self.probed(addr, up, restarted);
+            if up {
+                return Some(addr);
+            }
+        }
+        None
     }
 
     /// The servers to probe: those Venus was started with and those its
@@ -2458,6 +2486,22 @@ pub fn hash_file(file: &File, len: u64) -> std::io::Result<[u8; 32]> {
         off += n as u64;
     }
     Ok(*h.finalize().as_bytes())
+}
+
+/// Probes `addrs` at once: their answers ([`probe`]'s) in the order
+/// they come, ending when all came.
+pub fn probe_each(
+    link: &Arc<dyn Transport>,
+    addrs: &[SocketAddr],
+) -> std::sync::mpsc::Receiver<(SocketAddr, (bool, bool))> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for &addr in addrs {
+        let (link, tx) = (link.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send((addr, probe(&*link, addr)));
+        });
+    }
+    rx
 }
 
 /// Asks a server whether it answers (without the core: a silent one takes

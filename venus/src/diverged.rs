@@ -57,13 +57,17 @@ fn line(v: &Venus, mount: &Path, fid: Fid) -> ConflictLine {
 /// Each replica's version of `fid`, by slot; every replica must answer.
 fn versions(v: &mut Venus, uid: u32, fid: Fid) -> Result<Vec<(u32, SocketAddr, Status)>> {
     let mut out = Vec::new();
-    let link = v.transport();
-    for (slot, addr) in v.replicas_of(fid.volume) {
-        if v.down.contains(&addr) {
-            // Left out since the partition, maybe back: asked now.
-            let (up, restarted) = crate::core::probe(&*link, addr);
-            v.probed(addr, up, restarted);
-        }
+    let reps = v.replicas_of(fid.volume);
+    // Those left out since the partition may be back: asked now.
+    let down: Vec<SocketAddr> = reps
+        .iter()
+        .map(|(_, a)| *a)
+        .filter(|a| v.down.contains(a))
+        .collect();
+    for (addr, (up, restarted)) in crate::core::probe_each(&v.transport(), &down) {
+        v.probed(addr, up, restarted);
+    }
+    for (slot, addr) in reps {
         let body = codec::to_bytes(&vice::GetAttr { fid });
         let r = v.call_at(uid, addr, op::GET_ATTR, body, None)?;
         out.push((slot, addr, decode_reply::<Status>(&r)?));

@@ -158,9 +158,12 @@ fn main() {
                         let v = lock();
                         (v.probe_targets(), v.transport(), v.forced)
                     };
-                    for addr in targets.into_iter().filter(|_| !forced) {
-                        let (up, restarted) = coda_venus::core::probe(&*link, addr);
-                        lock().probed(addr, up, restarted);
+                    if !forced {
+                        // At once: each silent one costs a whole timeout.
+                        for (addr, (up, restarted)) in coda_venus::core::probe_each(&link, &targets)
+                        {
+                            lock().probed(addr, up, restarted);
+                        }
                     }
                 }
                 {
