@@ -13,6 +13,7 @@
 //! names removed since every replica last agreed); an object changed on both
 //! sides of a partition is marked inconsistent for `repair`.
 
+use bytes::Bytes;
 use coda_rpc2::codec_struct;
 
 use crate::acl::Acl;
@@ -124,6 +125,9 @@ codec_struct! {
         pub tombstones: Vec<Tombstone>,
         /// The store ids of its last updates, oldest first.
         pub history: Vec<StoreId>,
+        /// A small file's contents, when asked for (see
+        /// [`StateRequest::inline_max`]); None: fetch them.
+        pub data: Option<Bytes>,
     }
 }
 
@@ -135,6 +139,9 @@ codec_struct! {
     pub struct StateRequest {
         pub volume: VolumeId,
         pub fids: Vec<Fid>,
+        /// Files up to this long come with their contents, while the reply
+        /// carries at most [`INLINE_REPLY_MAX`] bytes of them (0: none).
+        pub inline_max: u64,
     }
 }
 
@@ -155,11 +162,28 @@ codec_struct! {
         pub entries: Option<Vec<Binding>>,
         /// Drop the directory's tombstones: every replica saw them.
         pub clear_tombstones: bool,
-        /// A file's new contents, staged under this store id beforehand
-        /// (None: the replica's contents already have the status's hash).
-        pub data: Option<StoreId>,
+        /// A file's new contents (None: the replica's contents already
+        /// have the status's hash).
+        pub data: Option<Contents>,
     }
 }
+
+codec_union! {
+    /// Where an installed file's new contents are.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Contents {
+        /// Staged under this store id beforehand (large files).
+        Staged(StoreId) = 1,
+        /// Here (small files: no round trip of their own).
+        Inline(Bytes) = 2,
+    }
+}
+
+/// Most bytes of file contents one `RES_STATE` reply carries.
+pub const INLINE_REPLY_MAX: u64 = 8 << 20;
+
+/// Most bytes of file contents one `RES_INSTALL` carries.
+pub const INLINE_INSTALL_MAX: u64 = 16 << 20;
 
 codec_struct! {
     /// `RES_INSTALL` (servers only): applied in one transaction, all or none.

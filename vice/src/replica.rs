@@ -4,18 +4,24 @@
 //! states (see `coda_proto::res`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{Read, Write};
 
 use bytes::Bytes;
 use coda_proto::acl::{PrincipalId, ANY_USER};
 use coda_proto::fid::{Fid, StoreId, VolumeId};
-use coda_proto::res::{Binding, Cop2, Install, InstallObject, ObjectState, SummaryEntry};
+use coda_proto::res::{
+    Binding, Contents, Cop2, Install, InstallObject, ObjectState, StateRequest, SummaryEntry,
+    INLINE_REPLY_MAX,
+};
 use coda_proto::status::VnodeKind;
 use coda_proto::vv::VersionVector;
 use coda_proto::Errno;
 use rvm::{CommitId, Durability};
 
 use crate::fileops::{self, Caller};
-use crate::service::{rvm_errno, Action, Service};
+use coda_rpc2::IncomingId;
+
+use crate::service::{io_errno, rvm_errno, Action, Service, Then, Waiting};
 use crate::vnode::{Vnode, EMPTY_HASH, NO_CONTAINER};
 
 /// The principal servers of the cell call each other as: their tokens are
@@ -179,19 +185,32 @@ impl Service {
         Ok(out)
     }
 
-    /// `RES_STATE`: what this replica holds of each object.
+    /// `RES_STATE`: what this replica holds of each object, small files'
+    /// contents with them (see [`coda_proto::res::StateRequest`]).
     pub(crate) fn object_states(
         &self,
-        vol: VolumeId,
-        fids: &[Fid],
+        r: &StateRequest,
     ) -> Result<Vec<Option<ObjectState>>, Errno> {
-        let v = self.local_volume(vol)?;
+        let v = self.local_volume(r.volume)?;
         let caller = server_caller();
-        Ok(fids
+        let mut budget = INLINE_REPLY_MAX;
+        r.fids
             .iter()
             .map(|&f| {
-                let vn = v.vnode(f)?;
-                Some(ObjectState {
+                let Some(vn) = v.vnode(f) else {
+                    return Ok(None);
+                };
+                let small = vn.kind == VnodeKind::File
+                    && vn.length > 0
+                    && vn.length <= r.inline_max.min(budget);
+                let data = match small {
+                    true => {
+                        budget -= vn.length;
+                        Some(self.contents(vn)?)
+                    }
+                    false => None,
+                };
+                Ok(Some(ObjectState {
                     status: fileops::status(v, vn, &caller, false),
                     acl: vn.acl.clone(),
                     target: vn.target.clone(),
@@ -205,16 +224,117 @@ impl Service {
                         .collect(),
                     tombstones: v.tombstones(f).cloned().collect(),
                     history: vn.history.clone(),
-                })
+                    data,
+                }))
             })
-            .collect())
+            .collect()
+    }
+
+    /// A (small) file's whole contents, read here.
+    fn contents(&self, vn: &Vnode) -> Result<Bytes, Errno> {
+        let mut data = Vec::with_capacity(vn.length as usize);
+        let file = self
+            .shard
+            .containers
+            .open_read(vn.container)
+            .map_err(io_errno)?;
+        file.take(vn.length)
+            .read_to_end(&mut data)
+            .map_err(io_errno)?;
+        if data.len() as u64 != vn.length {
+            return Err(Errno::EIO);
+        }
+        Ok(Bytes::from(data))
+    }
+
+    /// A `RES_INSTALL` arrived: the contents it carries are written to new
+    /// containers, and once those are durable, it is installed.
+    pub(crate) fn install_arrived(
+        &mut self,
+        id: IncomingId,
+        r: Install,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<(Bytes, Option<CommitId>)>, Errno> {
+        let mut written: HashMap<Fid, u64> = HashMap::new();
+        for o in &r.objects {
+            let Some(Contents::Inline(data)) = &o.data else {
+                continue;
+            };
+            let fits = o.status.kind == VnodeKind::File
+                && data.len() as u64 == o.status.length
+                && *blake3::hash(data).as_bytes() == o.status.content_hash
+                && !written.contains_key(&o.status.fid);
+            let made = match fits {
+                true => self.write_container(data),
+                false => Err(Errno::EINVAL),
+            };
+            match made {
+                Ok(c) => {
+                    written.insert(o.status.fid, c);
+                }
+                Err(e) => {
+                    self.drop_containers(written.values());
+                    return Err(e);
+                }
+            }
+        }
+        if written.is_empty() {
+            return self.install(&r, &written, out).map(Some);
+        }
+        out.push(Action::Sync {
+            containers: written.values().copied().collect(),
+            then: Box::new(Then(Waiting::Install {
+                id,
+                install: Box::new(r),
+                written,
+            })),
+        });
+        Ok(None)
+    }
+
+    fn write_container(&mut self, data: &[u8]) -> Result<u64, Errno> {
+        let (c, mut file) = self.shard.containers.create().map_err(io_errno)?;
+        if let Err(e) = file.write_all(data) {
+            self.shard.containers.remove(c);
+            return Err(io_errno(e));
+        }
+        Ok(c)
+    }
+
+    pub(crate) fn drop_containers<'a>(&self, cs: impl IntoIterator<Item = &'a u64>) {
+        for c in cs {
+            self.shard.containers.remove(*c);
+        }
+    }
+
+    /// The containers of an install are durable (or failed to be): it is
+    /// installed now, and answered.
+    pub(crate) fn install_synced(
+        &mut self,
+        id: IncomingId,
+        r: &Install,
+        written: HashMap<Fid, u64>,
+        synced: std::io::Result<Vec<[u8; 32]>>,
+        out: &mut Vec<Action>,
+    ) {
+        let answer = synced
+            .map_err(io_errno)
+            .and_then(|_| self.install(r, &written, out));
+        if answer.is_err() {
+            self.drop_containers(written.values());
+        }
+        match answer {
+            Ok((body, after)) => self.reply(id, Ok(body), after, out),
+            Err(e) => self.reply(id, Err(e), None, out),
+        }
     }
 
     /// `RES_INSTALL`: makes the objects exactly as resolution says, in one
     /// transaction, if none changed since it read them.
-    pub(crate) fn install(
+    fn install(
         &mut self,
         r: &Install,
+        written: &HashMap<Fid, u64>,
         out: &mut Vec<Action>,
     ) -> Result<(Bytes, Option<CommitId>), Errno> {
         let vol = self.local_volume(r.volume)?;
@@ -253,14 +373,15 @@ impl Service {
         for o in &r.objects {
             let st = &o.status;
             let have = vol.vnode(st.fid);
-            let container = match (st.kind, o.data) {
-                (VnodeKind::File, Some(sid)) => {
-                    let s = self.staged_data(sid).ok_or(Errno::EINVAL)?;
+            let container = match (st.kind, &o.data) {
+                (VnodeKind::File, Some(Contents::Staged(sid))) => {
+                    let s = self.staged_data(*sid).ok_or(Errno::EINVAL)?;
                     if s.length != st.length || s.hash != st.content_hash {
                         return Err(Errno::EINVAL);
                     }
                     (s.container, true)
                 }
+                (VnodeKind::File, Some(Contents::Inline(_))) => (written[&st.fid], false),
                 (VnodeKind::File, None) if st.length == 0 => (NO_CONTAINER, false),
                 (VnodeKind::File, None) => match have {
                     Some(h) if h.content_hash == st.content_hash && h.length == st.length => {
@@ -280,8 +401,8 @@ impl Service {
             let mut header = txn.volume(volume).expect("checked").header.clone();
             for o in &r.objects {
                 let (container, staged) = data[&o.status.fid];
-                if staged {
-                    used.push(o.data.expect("staged"));
+                if let (true, Some(Contents::Staged(sid))) = (staged, &o.data) {
+                    used.push(*sid);
                 }
                 let v = vnode_of(o, container);
                 // Derived fids are numbered apart from the counters.

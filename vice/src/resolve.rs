@@ -25,9 +25,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use bytes::Bytes;
 use coda_proto::fid::{Fid, StoreId, VolumeId};
 use coda_proto::res::{
-    Binding, Install, InstallObject, ObjectState, StateRequest, SummaryEntry, SummaryRequest,
+    Binding, Contents, Install, InstallObject, ObjectState, StateRequest, SummaryEntry,
+    SummaryRequest, INLINE_INSTALL_MAX,
 };
-use coda_proto::status::VnodeKind;
+use coda_proto::status::{Status, VnodeKind};
 use coda_proto::vice::{op, Fetch, Stage, StageReply};
 use coda_proto::vv::{VersionVector, VvOrder, FLAG_INCONSISTENT};
 use coda_proto::Errno;
@@ -222,6 +223,7 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
             let req = StateRequest {
                 volume,
                 fids: chunk.to_vec(),
+                inline_max: 0,
             };
             let list: Vec<Option<ObjectState>> =
                 call_decode(reps, slot, op::RES_STATE, &req, true)?;
@@ -396,9 +398,9 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
         }
     }
     // 5. Install, replica by replica.
-    let mut data_cache: HashMap<[u8; 32], Bytes> = HashMap::new();
     for (&slot, have) in &states {
-        let mut objects: Vec<InstallObject> = Vec::new();
+        // Each object, and the replica to bring its new contents from.
+        let mut objects: Vec<(InstallObject, Option<usize>)> = Vec::new();
         let mut removals: Vec<(Fid, VersionVector)> = Vec::new();
         for f in &differing {
             let mine = have.get(f);
@@ -428,31 +430,19 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
             let needs_data = want.status.kind == VnodeKind::File
                 && want.status.length > 0
                 && mine.is_none_or(|s| s.status.content_hash != want.status.content_hash);
-            let data = if needs_data {
-                Some(stage_copy(
-                    reps,
-                    m.source,
-                    slot,
-                    *f,
-                    &want,
-                    &mut data_cache,
-                )?)
-            } else {
-                None
-            };
-            objects.push(InstallObject {
+            let made_dir = mine.is_none() && want.status.kind == VnodeKind::Directory;
+            let object = InstallObject {
                 expect: mine.map(|s| s.status.vv.clone()),
-                status: want.status.clone(),
-                acl: want.acl.clone(),
-                target: want.target.clone(),
-                history: want.history.clone(),
+                status: want.status,
+                acl: want.acl,
+                target: want.target,
+                history: want.history,
                 // A directory made here takes its names too.
-                entries: (m.entries_set
-                    || (mine.is_none() && want.status.kind == VnodeKind::Directory))
-                    .then(|| want.entries.clone()),
+                entries: (m.entries_set || made_dir).then_some(want.entries),
                 clear_tombstones: m.entries_set && every_replica,
-                data,
-            });
+                data: None,
+            };
+            objects.push((object, needs_data.then_some(m.source)));
         }
         if objects.is_empty() && removals.is_empty() {
             continue;
@@ -460,21 +450,15 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
         out.installed += objects.len() + removals.len();
         // Objects first, directories after (their names then bind what
         // exists), removals last.
-        objects.sort_by_key(|o| o.status.kind == VnodeKind::Directory);
-        // Removals ride with the last chunk (alone if nothing else goes).
-        let mut chunks: Vec<Vec<InstallObject>> = Vec::new();
-        while !objects.is_empty() {
-            let rest = objects.split_off(objects.len().min(INSTALL_OBJECTS_MAX));
-            chunks.push(std::mem::replace(&mut objects, rest));
-        }
-        if chunks.is_empty() {
-            chunks.push(Vec::new());
-        }
+        objects.sort_by_key(|(o, _)| o.status.kind == VnodeKind::Directory);
+        let mut chunks = install_chunks(objects);
         let last = chunks.len() - 1;
-        for (i, chunk) in chunks.into_iter().enumerate() {
+        for (i, chunk) in chunks.iter_mut().enumerate() {
+            bring_contents(reps, volume, slot, chunk)?;
             let install = Install {
                 volume,
-                objects: chunk,
+                objects: chunk.drain(..).map(|(o, _)| o).collect(),
+                // Removals ride with the last chunk.
                 removals: match i == last {
                     true => std::mem::take(&mut removals),
                     false => Vec::new(),
@@ -576,44 +560,123 @@ fn derived(parts: &[&[u8]]) -> u64 {
     u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// Fetches an object's contents from `source` and stages them at `slot`;
-/// the store id they are staged under.
+/// Files up to this long travel inside the resolver's calls; longer ones
+/// are fetched and staged one by one.
+const INLINE_MAX: u64 = 64 << 10;
+
+/// Whether a file's contents travel inside the install.
+fn inline(o: &InstallObject) -> bool {
+    o.status.length <= INLINE_MAX
+}
+
+/// An install's objects in chunks of at most [`INSTALL_OBJECTS_MAX`]
+/// objects and [`INLINE_INSTALL_MAX`] bytes of contents carried; at least
+/// one chunk, for the removals.
+fn install_chunks(
+    objects: Vec<(InstallObject, Option<usize>)>,
+) -> Vec<Vec<(InstallObject, Option<usize>)>> {
+    let mut chunks = vec![Vec::new()];
+    let mut bytes = 0;
+    for (o, source) in objects {
+        let carried = match (source, inline(&o)) {
+            (Some(_), true) => o.status.length,
+            _ => 0,
+        };
+        let full = chunks.last().expect("one").len() >= INSTALL_OBJECTS_MAX
+            || bytes + carried > INLINE_INSTALL_MAX;
+        if full {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += carried;
+        chunks.last_mut().expect("one").push((o, source));
+    }
+    chunks
+}
+
+/// Gives each object of an install chunk the new contents it needs: small
+/// files' in the install, read from their sources many at a time; large
+/// ones' staged at `slot`. Contents that changed meanwhile: `EAGAIN`.
+fn bring_contents(
+    reps: &mut dyn Replicas,
+    volume: VolumeId,
+    slot: usize,
+    chunk: &mut [(InstallObject, Option<usize>)],
+) -> Result<(), Errno> {
+    let mut small: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, (o, source)) in chunk.iter_mut().enumerate() {
+        match source {
+            Some(s) if inline(o) => small.entry(*s).or_default().push(i),
+            Some(s) => o.data = Some(Contents::Staged(stage_copy(reps, *s, slot, &o.status)?)),
+            None => {}
+        }
+    }
+    for (source, mut rest) in small {
+        while !rest.is_empty() {
+            let req = StateRequest {
+                volume,
+                fids: rest.iter().map(|&i| chunk[i].0.status.fid).collect(),
+                inline_max: INLINE_MAX,
+            };
+            let got: Vec<Option<ObjectState>> =
+                call_decode(reps, source, op::RES_STATE, &req, true)?;
+            let mut left = Vec::new();
+            for (&i, state) in rest
+                .iter()
+                .zip(got.into_iter().chain(std::iter::repeat(None)))
+            {
+                let o = &mut chunk[i].0;
+                match state.and_then(|s| s.data) {
+                    Some(d) if *blake3::hash(&d).as_bytes() == o.status.content_hash => {
+                        o.data = Some(Contents::Inline(d));
+                    }
+                    Some(_) => return Err(Errno::EAGAIN),
+                    // Past what one reply carries (or gone: see below).
+                    None => left.push(i),
+                }
+            }
+            if left.len() == rest.len() {
+                // Nothing came: the objects changed or went meanwhile.
+                return Err(Errno::EAGAIN);
+            }
+            rest = left;
+        }
+    }
+    Ok(())
+}
+
+/// Fetches a (large) file's contents from `source` and stages them at
+/// `slot`; the store id they are staged under.
 fn stage_copy(
     reps: &mut dyn Replicas,
     source: usize,
     slot: usize,
-    fid: Fid,
-    want: &ObjectState,
-    cache: &mut HashMap<[u8; 32], Bytes>,
+    want: &Status,
 ) -> Result<StoreId, Errno> {
-    let hash = want.status.content_hash;
-    let data = match cache.get(&hash) {
-        Some(d) => d.clone(),
-        None => {
-            let r = reps.call(
-                source,
-                op::FETCH,
-                codec::to_bytes(&Fetch { fid, offset: 0 }),
-                Some(SideEffect::Receive(Sink::memory(want.status.length))),
-            )?;
-            if r.code != 0 {
-                return Err(Errno(r.code));
-            }
-            let bytes = Bytes::from(r.sink.ok_or(Errno::EIO)?.into_bytes());
-            if *blake3::hash(&bytes).as_bytes() != hash {
-                // Changed meanwhile: the next try reads it again.
-                return Err(Errno::EAGAIN);
-            }
-            cache.insert(hash, bytes.clone());
-            bytes
-        }
-    };
+    let hash = want.content_hash;
+    let r = reps.call(
+        source,
+        op::FETCH,
+        codec::to_bytes(&Fetch {
+            fid: want.fid,
+            offset: 0,
+        }),
+        Some(SideEffect::Receive(Sink::memory(want.length))),
+    )?;
+    if r.code != 0 {
+        return Err(Errno(r.code));
+    }
+    let data = Bytes::from(r.sink.ok_or(Errno::EIO)?.into_bytes());
+    if *blake3::hash(&data).as_bytes() != hash {
+        // Changed meanwhile: the next try reads it again.
+        return Err(Errno::EAGAIN);
+    }
     let sid = StoreId {
         host: RESOLVER_HOST,
         unique: derived(&[
             &hash,
             &(slot as u64).to_le_bytes(),
-            &codec::to_bytes(&want.status.vv),
+            &codec::to_bytes(&want.vv),
         ]),
     };
     let req = Stage {
@@ -631,7 +694,7 @@ fn stage_copy(
         return Err(Errno(r.code));
     }
     let got: StageReply = codec::from_bytes(&r.body).map_err(|_| Errno::EIO)?;
-    if got.received != want.status.length {
+    if got.received != want.length {
         return Err(Errno::EIO);
     }
     Ok(sid)

@@ -104,12 +104,18 @@ impl Then {
     /// Whether what waits needs the containers' hashes (a restore checked
     /// them as the data came).
     pub fn wants_hashes(&self) -> bool {
-        !matches!(self.0, Waiting::Restore { .. })
+        !matches!(self.0, Waiting::Restore { .. } | Waiting::Install { .. })
     }
 }
 
 #[derive(Debug)]
 pub(crate) enum Waiting {
+    /// A resolution's install: the contents it carried written, checked.
+    Install {
+        id: IncomingId,
+        install: Box<coda_proto::res::Install>,
+        written: HashMap<Fid, u64>,
+    },
     Store {
         id: IncomingId,
         record: CmlRecord,
@@ -618,7 +624,7 @@ impl Service {
             }
             op::RES_STATE => {
                 let r: coda_proto::res::StateRequest = decode(body)?;
-                let states = self.object_states(r.volume, &r.fids)?;
+                let states = self.object_states(&r)?;
                 self.push_answer(id, codec::to_bytes(&states), out);
                 Ok(None)
             }
@@ -633,7 +639,7 @@ impl Service {
             }
             op::RES_INSTALL => {
                 let r: coda_proto::res::Install = decode(body)?;
-                self.install(&r, out).map(Some)
+                self.install_arrived(id, r, out)
             }
             op::LOOKUP_PRINCIPALS => {
                 let r: LookupPrincipals = decode(body)?;
@@ -999,11 +1005,12 @@ impl Service {
             Transfer::Install => {
                 let answer = match (result, sink) {
                     (Ok(_), Some(sink)) => decode::<coda_proto::res::Install>(&sink.into_bytes())
-                        .and_then(|r| self.install(&r, out)),
+                        .and_then(|r| self.install_arrived(id, r, out)),
                     _ => Err(Errno::EIO),
                 };
                 match answer {
-                    Ok((body, after)) => self.reply(id, Ok(body), after, out),
+                    Ok(Some((body, after))) => self.reply(id, Ok(body), after, out),
+                    Ok(None) => {}
                     Err(e) => self.reply(id, Err(e), None, out),
                 }
             }
@@ -1067,6 +1074,11 @@ impl Service {
                 }
             },
             Waiting::Restore { id, session } => self.restore_synced(id, *session, result, out),
+            Waiting::Install {
+                id,
+                install,
+                written,
+            } => self.install_synced(id, &install, written, result, out),
         }
     }
 

@@ -422,6 +422,7 @@ impl World {
         let req = StateRequest {
             volume: VOL,
             fids: fids.to_vec(),
+            inline_max: 0,
         };
         let list: Vec<Option<ObjectState>> = bulk(&mut reps, s, op::RES_STATE, &req).unwrap();
         list.into_iter().flatten().collect()
@@ -629,7 +630,11 @@ fn random_update(w: &mut World, m: &mut Model, rng: &mut Rng, c: usize, log: &mu
     } else if choice < 65 {
         let path = rng.pick(&files).clone();
         let fid = m.fids[&path];
-        let len = rng.below(3000) as usize;
+        // Some past what resolution carries inline (64 KiB): staged.
+        let len = match rng.below(8) {
+            0 => 60_000 + rng.below(20_000),
+            _ => rng.below(3000),
+        } as usize;
         let data = rng.bytes(len);
         let sid = StoreId {
             host: w.clients[c].host,

@@ -1,0 +1,178 @@
+//! Resolution (issue 8): three real servers hold a replicated volume; one
+//! is killed, a client makes `--updates` updates (default 10 000) through a
+//! real mount, the server comes back, and the time until its replica is
+//! identical to the others' (their dumps, as tar, byte for byte) is the
+//! figure. Beside it, in the same run: the time the client took to make the
+//! updates, and the time to copy the whole volume with `volutil dump` and
+//! `volutil restore` (what rebuilding the replica from nothing costs).
+//!
+//! `cargo run --release -p coda-bench --bin resolve-bench [-- --updates N]`
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use coda_tests::venus::Venus;
+use coda_tests::{ok, replica_tar, Server, ADMIN_PASSWORD};
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .map_or(default, |w| w[1].parse().expect("a number"))
+}
+
+fn free_port(ip: &str) -> u16 {
+    let s = std::net::UdpSocket::bind((ip, 0)).expect("bind");
+    s.local_addr().unwrap().port()
+}
+
+/// `n` updates in the mix of a working directory: directories made, files
+/// created and written (two updates each), then a half of them renamed and
+/// a quarter removed; what is left over is files written again.
+fn updates(root: &Path, n: u64) -> u64 {
+    let dirs = (n / 500).max(1);
+    let files = (n - dirs) * 4 / 11;
+    let (moves, removes) = (files / 2, files / 4);
+    let again = n - dirs - 2 * files - moves - removes;
+    // 1 KiB, different in each file.
+    let data = |i: u64| format!("{i:<1023}\n");
+    for d in 0..dirs {
+        fs::create_dir(root.join(format!("d{d}"))).unwrap();
+    }
+    let path = |i: u64| root.join(format!("d{}/f{i}", i % dirs));
+    for i in 0..files {
+        fs::write(path(i), data(i)).unwrap();
+    }
+    for i in 0..again {
+        fs::write(path(files - 1 - i), b"again\n").unwrap();
+    }
+    for i in 0..moves {
+        let to = root.join(format!("d{}/moved{i}", (i + 1) % dirs));
+        fs::rename(path(i), to).unwrap();
+    }
+    for i in 0..removes {
+        fs::remove_file(path(files - 1 - i)).unwrap();
+    }
+    dirs + 2 * files + again + moves + removes
+}
+
+struct Cell {
+    dir: tempfile::TempDir,
+    addrs: Vec<String>,
+    peers: String,
+    servers: Vec<Option<Server>>,
+}
+
+impl Cell {
+    fn start_server(&mut self, i: usize) {
+        let root = self.dir.path().join(NAMES[i]);
+        let s = Server::start_peer(&root, &self.addrs[i], 1, NAMES[i], &self.peers);
+        self.servers[i] = Some(s);
+    }
+
+    fn volutil(&self, at: usize, args: &[&str]) -> String {
+        let pw = self.dir.path().join("admin.password");
+        fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
+        let mut all = vec!["--server", &self.addrs[at], "--password-file"];
+        all.push(pw.to_str().unwrap());
+        all.extend_from_slice(args);
+        ok("volutil", &all)
+    }
+
+    fn replica(&self, i: usize) -> Option<Vec<u8>> {
+        replica_tar(&self.addrs[i], "rep", self.dir.path(), None)
+    }
+}
+
+fn main() {
+    let n = arg("--updates", 10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let addrs: Vec<String> = (1..=3)
+        .map(|i| {
+            let ip = format!("127.0.0.{i}");
+            format!("{ip}:{}", free_port(&ip))
+        })
+        .collect();
+    let peers = NAMES
+        .iter()
+        .zip(&addrs)
+        .map(|(n, a)| format!("{n}={a}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cell = Cell {
+        dir,
+        addrs,
+        peers,
+        servers: vec![None, None, None],
+    };
+    for i in 0..3 {
+        cell.start_server(i);
+    }
+    cell.volutil(0, &["create", "rep", "--replicas", "a", "b", "c"]);
+    let v = Venus::start(&cell.addrs[0]);
+    v.clog_admin();
+    let root = v.path("rep");
+    v.cfs_ok("makemount", &[root.to_str().unwrap(), "rep"]);
+    fs::write(root.join("hello"), "before\n").unwrap();
+
+    // b misses everything from here.
+    drop(cell.servers[1].take());
+    let t = Instant::now();
+    let made = updates(&root, n);
+    let making = t.elapsed();
+
+    let t = Instant::now();
+    cell.start_server(1);
+    // The client notices at once (no waiting for its probe).
+    v.cfs_ok("checkservers", &[]);
+    let mut polls = 0;
+    let mut poll_cost = Duration::ZERO;
+    let resolving = loop {
+        let p = Instant::now();
+        let (a, b) = (cell.replica(0), cell.replica(1));
+        poll_cost = poll_cost.max(p.elapsed());
+        polls += 1;
+        if a.is_some() && a == b {
+            break t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1800),
+            "b's replica was not resolved in 30 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(cell.replica(2) == cell.replica(0), "c differs from a");
+
+    // Rebuilding the replica from nothing instead: dump and restore.
+    let dump = cell.dir.path().join("full.dump");
+    let t = Instant::now();
+    cell.volutil(0, &["dump", "rep", "-o", dump.to_str().unwrap()]);
+    cell.volutil(1, &["restore", dump.to_str().unwrap(), "copy"]);
+    let copying = t.elapsed();
+
+    println!("updates missed by b: {made}");
+    println!(
+        "made by the client in {:.2}s ({:.0}/s)",
+        making.as_secs_f64(),
+        made as f64 / making.as_secs_f64()
+    );
+    println!(
+        "resolved (b identical to a) {:.2}s after b restarted ({:.0} updates/s; \
+         {polls} polls, a poll costs at most {:.2}s)",
+        resolving.as_secs_f64(),
+        made as f64 / resolving.as_secs_f64(),
+        poll_cost.as_secs_f64()
+    );
+    println!(
+        "full copy (volutil dump + restore) {:.2}s",
+        copying.as_secs_f64()
+    );
+    println!(
+        "ratios: resolution / making {:.2}, resolution / full copy {:.2}",
+        resolving.as_secs_f64() / making.as_secs_f64(),
+        resolving.as_secs_f64() / copying.as_secs_f64()
+    );
+}
