@@ -13,24 +13,26 @@ pub mod venus;
 /// namespace, [`netns::Partition::enter`]).
 pub type Setup = std::sync::Arc<dyn Fn(&mut Command) + Send + Sync>;
 
-/// A workspace binary, built on demand when the test runs alone.
+/// A workspace binary, as the sources are now: `cargo test` builds only
+/// the bins of packages with integration tests, so the first call in each
+/// test process brings them all up to date (a no-op when they are).
 pub fn bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().expect("test executable");
     // target/release/deps/<test> or target/release/<bin> -> target/release/<name>
     let mut dir = exe.parent().expect("target dir");
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir = dir.parent().expect("target dir");
     }
-    let path = dir.join(name);
-    if !path.exists() {
+    BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--release", "--workspace", "--bins"])
             .status()
             .expect("cargo build");
-        assert!(status.success(), "building {name} failed");
-    }
-    path
+        assert!(status.success(), "building the workspace's binaries failed");
+    });
+    dir.join(name)
 }
 
 /// A running `codasrv` in a scratch root; killed when dropped.

@@ -5,7 +5,7 @@
 //! no one asking. Installs refuse objects that changed since they were
 //! read, so two servers resolving one volume at once do no harm.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,6 +23,13 @@ use crate::resolve::{self, Replicas};
 
 /// How often every replicated volume is checked.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Tries of a volume that kept changing while it was resolved, before it
+/// is left to the sweep.
+const RETRIES: u32 = 5;
+
+/// The first wait before trying such a volume again.
+const RETRY_BASE: Duration = Duration::from_millis(250);
 
 /// The replicas of one volume, by slot, over the network.
 struct NetReplicas<'a> {
@@ -50,28 +57,55 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// Resolves what is asked for, and sweeps, until `stop`.
+    /// Resolves what is asked for, and sweeps, until `stop`. A volume asked
+    /// for that changed while it was resolved (a client's update, or
+    /// another server resolving it too) is tried again soon, not left to
+    /// the next sweep.
     pub fn run(&self, stop: &AtomicBool) {
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+        let mut again: BTreeMap<VolumeId, (Instant, u32)> = BTreeMap::new();
         while !stop.load(Ordering::Relaxed) {
             let mut wanted = BTreeSet::new();
-            if let Some(v) = self.cell.resolve.take(Duration::from_millis(200)) {
+            if let Some(v) = self.cell.resolve.take(Duration::from_millis(100)) {
                 wanted.insert(v);
                 while let Some(v) = self.cell.resolve.take(Duration::ZERO) {
                     wanted.insert(v);
                 }
             }
-            if Instant::now() >= next_sweep {
+            let now = Instant::now();
+            wanted.extend(
+                again
+                    .iter()
+                    .filter(|(_, (at, _))| *at <= now)
+                    .map(|(v, _)| *v),
+            );
+            let asked = wanted.clone();
+            if now >= next_sweep {
                 wanted.extend(self.replicated());
-                next_sweep = Instant::now() + SWEEP_INTERVAL;
+                next_sweep = now + SWEEP_INTERVAL;
             }
             for v in wanted {
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
-                self.resolve(v);
+                let tries = again.remove(&v).map_or(0, |(_, n)| n);
+                let busy = self.resolve(v) == Err(Errno::EAGAIN);
+                if busy && asked.contains(&v) && tries < RETRIES {
+                    again.insert(v, (Instant::now() + self.backoff(tries), tries + 1));
+                }
             }
         }
+    }
+
+    /// How long before try `tries + 1`: growing, and different on each
+    /// server, so two resolving one volume at once fall apart.
+    fn backoff(&self, tries: u32) -> Duration {
+        let spread = self
+            .cell
+            .name
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31) + u64::from(b));
+        RETRY_BASE * (1 << tries.min(4)) + Duration::from_millis(spread % 200)
     }
 
     /// The replicated volumes this server holds.
@@ -84,13 +118,14 @@ impl Resolver {
             .collect()
     }
 
-    pub fn resolve(&self, volume: VolumeId) {
+    /// Resolves `volume` once; `EAGAIN` if a replica changed meanwhile.
+    pub fn resolve(&self, volume: VolumeId) -> Result<(), Errno> {
         let Some(loc) = self.cell.vldb().get(volume).cloned() else {
-            return;
+            return Ok(());
         };
         let Some(entry) = self.cell.directory().get(volume).cloned() else {
             tracing::debug!("volume {volume:#x}: not in the cell's directory yet");
-            return;
+            return Ok(());
         };
         let mut addrs: Vec<Option<SocketAddr>> =
             entry.addrs.iter().map(|a| a.parse().ok()).collect();
@@ -118,9 +153,12 @@ impl Resolver {
                         o.conflicts
                     );
                 }
+                Ok(())
             }
-            // Changed while it was read: the next sweep tries again.
-            Err(e) => tracing::info!("volume {}: resolution: {e}", entry.name),
+            Err(e) => {
+                tracing::info!("volume {}: resolution: {e}", entry.name);
+                Err(e)
+            }
         }
     }
 }
