@@ -1,12 +1,16 @@
-//! Resolution (issue 8): three real servers hold a replicated volume; one
-//! is killed, a client makes `--updates` updates (default 10 000) through a
-//! real mount, the server comes back, and the time until its replica is
-//! identical to the others' (their dumps, as tar, byte for byte) is the
-//! figure. Beside it, in the same run: the time the client took to make the
-//! updates, and the time to copy the whole volume with `volutil dump` and
-//! `volutil restore` (what rebuilding the replica from nothing costs).
+//! Server replication (issue 8), three real servers on 127.0.0.1-3 and a
+//! real mount, in one run:
+//! - updates: `--files` creates (default 1000), then as many 4 KiB stores,
+//!   through the mount to a volume replicated on all three, beside the
+//!   same to a volume on one server: rates and their ratio;
+//! - resolution: one server is killed, the client makes `--updates`
+//!   updates (default 10 000), the server comes back, and the time until
+//!   its replica is identical to the others' (dumps, as tar, byte for
+//!   byte) is the figure; beside it the time the client took to make them
+//!   and the time to copy the whole volume with `volutil dump` and
+//!   `volutil restore` (what rebuilding the replica from nothing costs).
 //!
-//! `cargo run --release -p coda-bench --bin resolve-bench [-- --updates N]`
+//! `cargo run --release -p coda-bench --bin replication-bench [-- --files N --updates N]`
 
 use std::fs;
 use std::path::Path;
@@ -57,6 +61,22 @@ fn updates(root: &Path, n: u64) -> u64 {
         fs::remove_file(path(files - 1 - i)).unwrap();
     }
     dirs + 2 * files + again + moves + removes
+}
+
+/// Creates, then 4 KiB stores, per second in `dir`.
+fn update_rates(dir: &Path, n: u64) -> (f64, f64) {
+    fs::create_dir(dir).unwrap();
+    let t = Instant::now();
+    for i in 0..n {
+        fs::File::create(dir.join(format!("c{i}"))).unwrap();
+    }
+    let creates = n as f64 / t.elapsed().as_secs_f64();
+    let data = vec![0x5au8; 4096];
+    let t = Instant::now();
+    for i in 0..n {
+        fs::write(dir.join(format!("c{i}")), &data).unwrap();
+    }
+    (creates, n as f64 / t.elapsed().as_secs_f64())
 }
 
 struct Cell {
@@ -112,11 +132,35 @@ fn main() {
         cell.start_server(i);
     }
     cell.volutil(0, &["create", "rep", "--replicas", "a", "b", "c"]);
+    cell.volutil(0, &["create", "one"]);
     let v = Venus::start(&cell.addrs[0]);
     v.clog_admin();
     let root = v.path("rep");
     v.cfs_ok("makemount", &[root.to_str().unwrap(), "rep"]);
+    let one = v.path("one");
+    v.cfs_ok("makemount", &[one.to_str().unwrap(), "one"]);
+
+    let files = arg("--files", 1000);
+    for round in 0..2 {
+        let (c1, s1) = update_rates(&one.join(format!("r{round}")), files);
+        let (c3, s3) = update_rates(&root.join(format!("r{round}")), files);
+        println!(
+            "round {round}: creates/s 1 replica {c1:.0}, 3 replicas {c3:.0} (ratio {:.2}); \
+             4 KiB stores/s 1 replica {s1:.0}, 3 replicas {s3:.0} (ratio {:.2})",
+            c3 / c1,
+            s3 / s1
+        );
+    }
     fs::write(root.join("hello"), "before\n").unwrap();
+    // Every replica holds the same before one goes.
+    let settled = Instant::now();
+    while cell.replica(0) != cell.replica(1) || cell.replica(1) != cell.replica(2) {
+        assert!(
+            settled.elapsed() < Duration::from_secs(120),
+            "never settled"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // b misses everything from here.
     drop(cell.servers[1].take());
