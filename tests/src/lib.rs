@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod netns;
+pub mod trio;
 pub mod venus;
 
 /// Prepares a command before it starts (e.g. puts it in a network

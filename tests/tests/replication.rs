@@ -8,99 +8,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use coda_tests::ok;
+use coda_tests::trio::Trio;
 use coda_tests::venus::{eventually, fsx as fs, Venus};
-use coda_tests::{ok, Server, ADMIN_PASSWORD};
 
-const NAMES: [&str; 3] = ["a", "b", "c"];
-
-/// A free UDP port on `ip`.
-fn free_port(ip: &str) -> u16 {
-    let s = std::net::UdpSocket::bind((ip, 0)).expect("bind");
-    s.local_addr().unwrap().port()
-}
-
-struct Cell {
-    dir: tempfile::TempDir,
-    addrs: Vec<String>,
-    peers: String,
-    servers: Vec<Option<Server>>,
-}
-
-impl Cell {
-    fn start() -> Cell {
-        let dir = tempfile::tempdir().unwrap();
-        let addrs: Vec<String> = (1..=3)
-            .map(|i| {
-                let ip = format!("127.0.0.{i}");
-                format!("{ip}:{}", free_port(&ip))
-            })
-            .collect();
-        let peers = NAMES
-            .iter()
-            .zip(&addrs)
-            .map(|(n, a)| format!("{n}={a}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut cell = Cell {
-            dir,
-            addrs,
-            peers,
-            servers: vec![None, None, None],
-        };
-        for i in 0..3 {
-            cell.start_server(i);
-        }
-        cell
-    }
-
-    fn root(&self, i: usize) -> PathBuf {
-        self.dir.path().join(NAMES[i])
-    }
-
-    fn start_server(&mut self, i: usize) {
-        let s = Server::start_peer(&self.root(i), &self.addrs[i], 1, NAMES[i], &self.peers);
-        self.servers[i] = Some(s);
-    }
-
-    fn kill(&mut self, i: usize) {
-        drop(self.servers[i].take());
-    }
-
-    fn password_file(&self) -> PathBuf {
-        let p = self.dir.path().join("admin.password");
-        std::fs::write(&p, format!("{ADMIN_PASSWORD}\n")).unwrap();
-        p
-    }
-
-    fn volutil(&self, at: usize, args: &[&str]) -> String {
-        let pw = self.password_file();
-        let mut all = vec!["--server", &self.addrs[at], "--password-file"];
-        all.push(pw.to_str().unwrap());
-        all.extend_from_slice(args);
-        ok("volutil", &all)
-    }
-
-    /// Server `i`'s replica of `vol` as a tar archive (None if it cannot
-    /// be dumped now).
-    fn replica(&self, i: usize, vol: &str) -> Option<Vec<u8>> {
-        coda_tests::replica_tar(&self.addrs[i], vol, self.dir.path(), None)
-    }
-
-    /// Whether every replica of `vol` holds the same tree, with `expect`
-    /// (path, contents) in it.
-    fn converged(&self, vol: &str) -> bool {
-        let all: Vec<Option<Vec<u8>>> = (0..3).map(|i| self.replica(i, vol)).collect();
-        all.iter().all(|r| r.is_some()) && all.windows(2).all(|w| w[0] == w[1])
-    }
-}
-
-fn mount_replicated(cell: &Cell) -> (Venus, PathBuf) {
+fn mount_replicated(cell: &Trio) -> (Venus, PathBuf) {
     mount_replicas(cell, &["a", "b", "c"])
 }
 
 /// `rep` replicated on the servers named, in that order (the first is
 /// the one clients read from).
-fn mount_replicas(cell: &Cell, names: &[&str]) -> (Venus, PathBuf) {
+fn mount_replicas(cell: &Trio, names: &[&str]) -> (Venus, PathBuf) {
     let mut args = vec!["create", "rep", "--replicas"];
     args.extend_from_slice(names);
     let made = cell.volutil(0, &args);
@@ -131,7 +49,7 @@ fn check_files(dir: &Path, prefix: &str, n: usize) {
 
 #[test]
 fn a_killed_replica_goes_unnoticed_and_is_resolved_when_it_returns() {
-    let mut cell = Cell::start();
+    let mut cell = Trio::start();
     let (v, root) = mount_replicated(&cell);
     let where_ = v.cfs_ok("whereis", &[root.to_str().unwrap()]);
     for a in &cell.addrs {
@@ -196,7 +114,7 @@ fn a_killed_replica_goes_unnoticed_and_is_resolved_when_it_returns() {
 
 #[test]
 fn a_server_that_lost_everything_rejoins_and_its_replica_is_filled() {
-    let mut cell = Cell::start();
+    let mut cell = Trio::start();
     let (_v, root) = mount_replicated(&cell);
     write_files(&root.join("d"), "x", 30);
     fs::create_dir_all(root.join("d/sub/deeper")).unwrap();
@@ -219,7 +137,7 @@ fn a_server_that_lost_everything_rejoins_and_its_replica_is_filled() {
 #[test]
 fn the_replica_a_client_reads_from_dying_is_never_seen_by_programs() {
     // b first: the client reads from b, and the root volume stays on a.
-    let mut cell = Cell::start();
+    let mut cell = Trio::start();
     let (v, root) = mount_replicas(&cell, &["b", "c", "a"]);
     write_files(&root.join("d"), "f", 10);
     assert!(eventually(Duration::from_secs(30), || cell.converged("rep")));

@@ -16,21 +16,14 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use coda_tests::trio::Trio;
 use coda_tests::venus::Venus;
-use coda_tests::{ok, replica_tar, Server, ADMIN_PASSWORD};
-
-const NAMES: [&str; 3] = ["a", "b", "c"];
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
     args.windows(2)
         .find(|w| w[0] == name)
         .map_or(default, |w| w[1].parse().expect("a number"))
-}
-
-fn free_port(ip: &str) -> u16 {
-    let s = std::net::UdpSocket::bind((ip, 0)).expect("bind");
-    s.local_addr().unwrap().port()
 }
 
 /// `n` updates in the mix of a working directory: directories made, files
@@ -79,58 +72,9 @@ fn update_rates(dir: &Path, n: u64) -> (f64, f64) {
     (creates, n as f64 / t.elapsed().as_secs_f64())
 }
 
-struct Cell {
-    dir: tempfile::TempDir,
-    addrs: Vec<String>,
-    peers: String,
-    servers: Vec<Option<Server>>,
-}
-
-impl Cell {
-    fn start_server(&mut self, i: usize) {
-        let root = self.dir.path().join(NAMES[i]);
-        let s = Server::start_peer(&root, &self.addrs[i], 1, NAMES[i], &self.peers);
-        self.servers[i] = Some(s);
-    }
-
-    fn volutil(&self, at: usize, args: &[&str]) -> String {
-        let pw = self.dir.path().join("admin.password");
-        fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
-        let mut all = vec!["--server", &self.addrs[at], "--password-file"];
-        all.push(pw.to_str().unwrap());
-        all.extend_from_slice(args);
-        ok("volutil", &all)
-    }
-
-    fn replica(&self, i: usize) -> Option<Vec<u8>> {
-        replica_tar(&self.addrs[i], "rep", self.dir.path(), None)
-    }
-}
-
 fn main() {
     let n = arg("--updates", 10_000);
-    let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = (1..=3)
-        .map(|i| {
-            let ip = format!("127.0.0.{i}");
-            format!("{ip}:{}", free_port(&ip))
-        })
-        .collect();
-    let peers = NAMES
-        .iter()
-        .zip(&addrs)
-        .map(|(n, a)| format!("{n}={a}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut cell = Cell {
-        dir,
-        addrs,
-        peers,
-        servers: vec![None, None, None],
-    };
-    for i in 0..3 {
-        cell.start_server(i);
-    }
+    let mut cell = Trio::start();
     cell.volutil(0, &["create", "rep", "--replicas", "a", "b", "c"]);
     cell.volutil(0, &["create", "one"]);
     let v = Venus::start(&cell.addrs[0]);
@@ -154,7 +98,9 @@ fn main() {
     fs::write(root.join("hello"), "before\n").unwrap();
     // Every replica holds the same before one goes.
     let settled = Instant::now();
-    while cell.replica(0) != cell.replica(1) || cell.replica(1) != cell.replica(2) {
+    while cell.replica(0, "rep") != cell.replica(1, "rep")
+        || cell.replica(1, "rep") != cell.replica(2, "rep")
+    {
         assert!(
             settled.elapsed() < Duration::from_secs(120),
             "never settled"
@@ -163,14 +109,14 @@ fn main() {
     }
 
     // b misses everything from here.
-    drop(cell.servers[1].take());
+    cell.kill(1);
     let t = Instant::now();
     let made = updates(&root, n);
     let making = t.elapsed();
 
     // a's tree (tar holds names, modes, times and contents: what
     // resolution changes on a, vectors, it does not show).
-    let want = cell.replica(0).expect("a dumps");
+    let want = cell.replica(0, "rep").expect("a dumps");
     let t = Instant::now();
     cell.start_server(1);
     // The client notices at once (no waiting for its probe).
@@ -179,7 +125,7 @@ fn main() {
     let mut poll_cost = Duration::ZERO;
     let resolving = loop {
         let p = Instant::now();
-        let b = cell.replica(1);
+        let b = cell.replica(1, "rep");
         poll_cost = poll_cost.max(p.elapsed());
         polls += 1;
         if b.as_ref() == Some(&want) {
@@ -191,8 +137,8 @@ fn main() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(cell.replica(0) == Some(want.clone()), "a changed");
-    assert!(cell.replica(2) == Some(want), "c differs from a");
+    assert!(cell.replica(0, "rep") == Some(want.clone()), "a changed");
+    assert!(cell.replica(2, "rep") == Some(want), "c differs from a");
 
     // Rebuilding the replica from nothing instead: dump and restore.
     let dump = cell.dir.path().join("full.dump");
