@@ -160,3 +160,36 @@ fn the_replica_a_client_reads_from_dying_is_never_seen_by_programs() {
         "{state}"
     );
 }
+
+#[test]
+fn a_server_listening_on_every_address_is_known_by_its_peers_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = |ip: &str| {
+        let s = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let a = format!("127.0.0.1:{}", port("0.0.0.0"));
+    let b = format!("127.0.0.2:{}", port("127.0.0.2"));
+    let peers = format!("a={a},b={b}");
+    let listen_a = a.replace("127.0.0.1", "0.0.0.0");
+    let _sa = coda_tests::Server::start_peer(&dir.path().join("a"), &listen_a, 1, "a", &peers);
+    let _sb = coda_tests::Server::start_peer(&dir.path().join("b"), &b, 1, "b", &peers);
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, format!("{}\n", coda_tests::ADMIN_PASSWORD)).unwrap();
+    let made = ok(
+        "volutil",
+        &[
+            "--server",
+            &a,
+            "--password-file",
+            pw.to_str().unwrap(),
+            "create",
+            "rep",
+            "--replicas",
+            "a",
+            "b",
+        ],
+    );
+    assert!(made.contains(&a) && made.contains(&b), "{made}");
+    assert!(!made.contains("0.0.0.0"), "{made}");
+}

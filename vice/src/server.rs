@@ -434,7 +434,13 @@ fn open_shard(s: &ShardStart) -> Result<(Service, UdpEndpoint), String> {
     };
     let ep =
         UdpEndpoint::bind(s.listen, config).map_err(|e| format!("binding {}: {e}", s.listen))?;
-    let addr = ep.local_addr().map_err(|e| e.to_string())?;
+    let mut addr = ep.local_addr().map_err(|e| e.to_string())?;
+    // Listening on every address (0.0.0.0): the others reach this server
+    // at the address `--peers` gives it, and clients are told that one.
+    let named = s.cell.peers.as_ref().and_then(|p| p.addr(&s.cell.name));
+    if let (true, Some(named)) = (addr.ip().is_unspecified(), named) {
+        addr.set_ip(named.ip());
+    }
     s.cell.set_addr(s.index, addr.to_string());
     Ok((service, ep))
 }
