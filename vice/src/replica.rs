@@ -302,7 +302,7 @@ impl Service {
         Ok(c)
     }
 
-    pub(crate) fn drop_containers<'a>(&self, cs: impl IntoIterator<Item = &'a u64>) {
+    fn drop_containers<'a>(&self, cs: impl IntoIterator<Item = &'a u64>) {
         for c in cs {
             self.shard.containers.remove(*c);
         }
