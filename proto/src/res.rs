@@ -40,6 +40,28 @@ codec_struct! {
 }
 
 codec_struct! {
+    /// `WITH_COP2`: COP2s piggy-backed on another call to the same
+    /// replicas (`opcode`, with `body`: an update).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct WithCop2 {
+        pub cop2: Cop2,
+        pub opcode: u16,
+        pub body: Bytes,
+    }
+}
+
+codec_struct! {
+    /// One object of a `LIST_INCONSISTENT` answer (asked with the
+    /// volume's id): in conflict between replicas, at `path` (names from
+    /// the volume's root).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Inconsistent {
+        pub fid: Fid,
+        pub path: Vec<String>,
+    }
+}
+
+codec_struct! {
     /// `RESOLVE`: asks a replica to bring the volume's replicas together,
     /// for these objects (none: the whole volume). Answered at once; the
     /// work goes on in the background.

@@ -65,6 +65,12 @@ pub mod op {
     /// Settles an object in conflict between replicas (`crate::res::Repair`),
     /// answered with a [`MutateReply`].
     pub const REPAIR: u16 = 31;
+    /// An update carrying COP2s (`crate::res::WithCop2`): the COP2 is
+    /// applied, then the call within, whose answer is the reply.
+    pub const WITH_COP2: u16 = 32;
+    /// The objects of a volume marked in conflict between replicas
+    /// (`crate::res::Inconsistent`), answered as the call's side effect.
+    pub const LIST_INCONSISTENT: u16 = 33;
 }
 
 /// The call that carries one record of this kind on its own.

@@ -788,6 +788,15 @@ impl Venus {
             .into_iter()
             .filter(|(_, a)| !self.forced && !self.down.contains(a))
             .collect();
+        // COP2s waiting for this volume ride along.
+        let addrs: Vec<SocketAddr> = targets.iter().map(|(_, a)| *a).collect();
+        let (opcode, body) = match self.notifier.piggy(who, vol, &addrs) {
+            Some(cop2) => (
+                op::WITH_COP2,
+                codec::to_bytes(&coda_proto::res::WithCop2 { cop2, opcode, body }),
+            ),
+            None => (opcode, body),
+        };
         let mut answers: Vec<((u32, SocketAddr), crate::link::Answer)> = Vec::new();
         for _attempt in 0..2 {
             if targets.is_empty() {

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use coda_proto::acl::{PrincipalId, ANY_USER};
 use coda_proto::fid::{Fid, StoreId, VolumeId};
 use coda_proto::res::{
-    Binding, Contents, Cop2, Install, InstallObject, ObjectState, StateRequest, SummaryEntry,
-    INLINE_REPLY_MAX,
+    Binding, Contents, Cop2, Inconsistent, Install, InstallObject, ObjectState, StateRequest,
+    SummaryEntry, INLINE_REPLY_MAX,
 };
 use coda_proto::status::VnodeKind;
 use coda_proto::vv::VersionVector;
@@ -183,6 +183,29 @@ impl Service {
             })
             .collect();
         out.sort_by_key(|e| e.fid);
+        Ok(out)
+    }
+
+    /// `LIST_INCONSISTENT`: the objects of `vol` marked in conflict, so
+    /// `repair list` shows them before anyone comes across them. Those
+    /// below a directory the caller may not look in are left out.
+    pub(crate) fn inconsistent(
+        &self,
+        caller: &Caller,
+        vol: VolumeId,
+    ) -> Result<Vec<Inconsistent>, Errno> {
+        let v = self.local_volume(vol)?;
+        let mut out: Vec<Inconsistent> = v
+            .vnodes()
+            .filter(|vn| vn.vv.is_inconsistent())
+            .filter_map(|vn| {
+                Some(Inconsistent {
+                    fid: vn.fid,
+                    path: path_in(v, vn, caller)?,
+                })
+            })
+            .collect();
+        out.sort_by_key(|i| i.fid);
         Ok(out)
     }
 
@@ -505,4 +528,24 @@ fn set_entries(
         }
     }
     Ok(())
+}
+
+/// The names from `v`'s root down to `vn`, if `caller` may look in each
+/// directory on the way.
+fn path_in(v: &crate::volume::Volume, vn: &Vnode, caller: &Caller) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    let (mut at, mut parent) = (vn.fid, vn.parent);
+    while at != v.root() {
+        let dir = v.vnode(parent)?;
+        if !fileops::dir_rights(dir, caller).contains(coda_proto::acl::Rights::LOOKUP)
+            || names.len() > 4096
+        {
+            return None;
+        }
+        let (name, _, _) = v.listing(parent).find(|(_, f, _)| *f == at)?;
+        names.push(name.to_string());
+        (at, parent) = (parent, dir.parent);
+    }
+    names.reverse();
+    Some(names)
 }

@@ -581,6 +581,29 @@ impl Service {
                 }
                 self.cop2(caller, &r).map(Some)
             }
+            op::WITH_COP2 => {
+                let r: coda_proto::res::WithCop2 = decode(body)?;
+                if r.opcode == op::WITH_COP2 {
+                    return Err(Errno::BAD_REQUEST);
+                }
+                // The COP2 stands on its own: the call it came with may
+                // fail, and a COP2 that fails is made up by resolution.
+                if caller.user > 0 {
+                    if let Err(e) = self.cop2(caller, &r.cop2) {
+                        tracing::debug!("piggy-backed COP2 of {:#x}: {e}", r.cop2.volume);
+                    }
+                }
+                self.vice(id, caller, r.opcode, &r.body, out)
+            }
+            op::LIST_INCONSISTENT => {
+                let vol: VolumeId = decode(body)?;
+                if caller.user <= 0 {
+                    return Err(Errno::EACCES);
+                }
+                let list = self.inconsistent(caller, vol)?;
+                self.push_answer(id, codec::to_bytes(&list), out);
+                Ok(None)
+            }
             op::RESOLVE => {
                 let r: coda_proto::res::Resolve = decode(body)?;
                 // Each costs a read of every replica: users only.

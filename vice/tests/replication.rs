@@ -14,7 +14,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use coda_proto::cml::{self, CmlRecord, Op};
 use coda_proto::fid::{Fid, StoreId, VolumeId};
-use coda_proto::res::{Cop2, Cop2Entry, ObjectState, StateRequest, SummaryEntry, SummaryRequest};
+use coda_proto::res::{
+    Cop2, Cop2Entry, ObjectState, StateRequest, SummaryEntry, SummaryRequest, WithCop2,
+};
 use coda_proto::status::{Status, Timestamp, VnodeKind};
 use coda_proto::vice::{self, op, AllocFids, FidRange, MutateReply};
 use coda_proto::vv::FLAG_INCONSISTENT;
@@ -79,8 +81,10 @@ struct Client {
     at: Node,
     host: u64,
     next: u64,
-    /// COP2s are sometimes lost (the client died after COP1).
+    /// COP2s are sometimes lost (the client died after COP1), sometimes
+    /// held to ride on the next update (`WITH_COP2`).
     lose_cop2: u64,
+    held: Option<Cop2>,
 }
 
 impl World {
@@ -140,6 +144,7 @@ impl World {
                 host: 0x1000 + i as u64,
                 next: 0,
                 lose_cop2: 0,
+                held: None,
             });
         }
         w
@@ -301,8 +306,17 @@ impl World {
             },
             op,
         };
-        let opcode = vice::direct_opcode(&rec.op);
-        let body = codec::to_bytes(&rec);
+        let (opcode, body) = match cl.held.take() {
+            Some(cop2) => (
+                op::WITH_COP2,
+                codec::to_bytes(&WithCop2 {
+                    cop2,
+                    opcode: vice::direct_opcode(&rec.op),
+                    body: codec::to_bytes(&rec),
+                }),
+            ),
+            None => (vice::direct_opcode(&rec.op), codec::to_bytes(&rec)),
+        };
         let mut applied = Vec::new();
         let mut errors = Vec::new();
         for s in 0..N {
@@ -328,14 +342,16 @@ impl World {
         }
         let cl = &mut self.clients[c];
         cl.lose_cop2 += 1;
-        if cl.lose_cop2 % 7 != 0 {
-            let cop2 = Cop2 {
-                volume: VOL,
-                updates: vec![Cop2Entry {
-                    store_id: rec.store_id,
-                    slots: applied.iter().map(|&s| s as u32).collect(),
-                }],
-            };
+        let cop2 = Cop2 {
+            volume: VOL,
+            updates: vec![Cop2Entry {
+                store_id: rec.store_id,
+                slots: applied.iter().map(|&s| s as u32).collect(),
+            }],
+        };
+        if cl.lose_cop2 % 3 == 0 {
+            cl.held = Some(cop2);
+        } else if cl.lose_cop2 % 7 != 0 {
             for &s in &applied {
                 let body = codec::to_bytes(&cop2);
                 Self::call_at(&mut self.sim, &self.clients[c].at, s, op::COP2, body, None);
@@ -1147,4 +1163,40 @@ fn an_update_beats_a_concurrent_removal() {
         );
         assert!(w.fsck(s).is_empty(), "replica {s}: {:?}", w.fsck(s));
     }
+}
+
+/// A COP2 carried on the client's next update (`WITH_COP2`) is applied
+/// as one sent on its own: the first update's objects hold equal vectors
+/// on every replica with no resolution, and the carrying update stands.
+#[test]
+fn a_cop2_carried_on_the_next_update_joins_the_vectors() {
+    let mut w = World::new(5, 1);
+    let root = Fid::root(VOL);
+    let create = |w: &mut World, name: &str| {
+        let fid = w.fid(0).unwrap();
+        Op::Create(cml::Create {
+            dir: root,
+            name: name.into(),
+            fid,
+            mode: 0o644,
+            group: 0,
+        })
+    };
+    let vvs = |w: &mut World| -> Vec<Vec<SummaryEntry>> { (0..N).map(|s| w.summary(s)).collect() };
+    // The first update's COP2 is held for the next one.
+    w.clients[0].lose_cop2 = 2;
+    let f = create(&mut w, "f");
+    assert_eq!(w.update(0, f, None).unwrap(), vec![0, 1, 2]);
+    assert!(w.clients[0].held.is_some());
+    let apart = vvs(&mut w);
+    assert!(
+        apart[0] != apart[1] && apart[1] != apart[2],
+        "before its COP2 each replica counted only itself"
+    );
+    let g = create(&mut w, "g");
+    assert_eq!(w.update(0, g, None).unwrap(), vec![0, 1, 2]);
+    let joined = vvs(&mut w);
+    assert_eq!(joined[0], joined[1]);
+    assert_eq!(joined[1], joined[2]);
+    assert!(w.tree(0).contains_key("/g"));
 }

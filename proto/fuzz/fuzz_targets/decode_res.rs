@@ -1,5 +1,5 @@
 //! Replication messages come from other servers and from clients (COP2,
-//! RESOLVE, REPAIR): decoding any bytes must end in a value or an error,
+//! RESOLVE, REPAIR, WITH_COP2): decoding any bytes must end in a value or an error,
 //! never a panic or a huge allocation; and what decodes must encode back
 //! to the same bytes.
 
@@ -7,6 +7,7 @@
 
 use coda_proto::res::{
     Cop2, Install, ObjectState, Repair, Resolve, StateRequest, SummaryEntry, SummaryRequest,
+    WithCop2, Inconsistent,
 };
 use coda_rpc2::codec::{from_bytes, to_bytes, Decode, Encode};
 use libfuzzer_sys::fuzz_target;
@@ -26,4 +27,6 @@ fuzz_target!(|data: &[u8]| {
     canonical::<Cop2>(data);
     canonical::<Resolve>(data);
     canonical::<Repair>(data);
+    canonical::<WithCop2>(data);
+    canonical::<Vec<Inconsistent>>(data);
 });
