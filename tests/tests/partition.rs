@@ -4,8 +4,10 @@
 //! - Both halves update different files of one directory: after the link
 //!   comes back, resolution merges them with no person, and every replica
 //!   ends identical (their dumps, as tar archives, compared byte for byte).
-//! - Both halves change the same file: the replicas are left in conflict,
-//!   which programs see as EIO on that file only, and `repair` settles.
+//! - Both halves change the same file, and make one name: the replicas
+//!   are left in conflict, which programs see as EIO on those objects
+//!   only, `repair list` shows (from the servers, before anyone touches
+//!   them), and `repair` settles.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -196,7 +198,7 @@ fn partitioned_halves_updating_different_files_are_merged_with_no_person() {
 
 #[test]
 fn the_same_file_changed_on_both_sides_is_a_conflict_that_repair_settles() {
-    let (cell, sx, sy) = Cell::start();
+    let (mut cell, sx, sy) = Cell::start();
     fs::write(sx.join("f"), "before\n").unwrap();
     fs::write(sx.join("other"), "untouched\n").unwrap();
     assert!(eventually(Duration::from_secs(30), || cell.converged()));
@@ -209,7 +211,34 @@ fn the_same_file_changed_on_both_sides_is_a_conflict_that_repair_settles() {
     cell.net.cut();
     fs::write(sx.join("f"), "from side A\n").unwrap();
     fs::write(sy.join("f"), "from side B, longer\n").unwrap();
+    // One name made on both sides: both objects stay, the second under
+    // a `g.conflict-N` name, marked for repair.
+    fs::write(sx.join("g"), "g from side A\n").unwrap();
+    fs::write(sy.join("g"), "g from side B\n").unwrap();
     cell.net.heal();
+
+    // Y restarts and touches nothing: what it lists comes from the
+    // servers, once resolution has marked the conflicts.
+    let y = cell.clients.remove(1).restart();
+    y.clog_admin();
+    cell.clients.push(y);
+    let y = &cell.clients[1];
+    let mut list = String::new();
+    assert!(
+        eventually(Duration::from_secs(90), || {
+            list = String::from_utf8(y.tool("repair", &["list"], "").stdout).unwrap();
+            list.contains("shared/f") && list.contains("shared/g.conflict-")
+        }),
+        "Y's repair list never showed the conflicts: {list}\n{}",
+        y.log_tail()
+    );
+    // `PATH: REASON (…)`
+    let clash = list
+        .lines()
+        .find(|l| l.contains("shared/g.conflict-"))
+        .and_then(|l| l.split(": ").next())
+        .unwrap()
+        .to_string();
 
     // Resolution cannot merge two versions of one file: it stays in
     // conflict, EIO to programs, and nothing else is held up.
@@ -268,4 +297,29 @@ fn the_same_file_changed_on_both_sides_is_a_conflict_that_repair_settles() {
     // Updates to it go through again.
     fs::write(sx.join("f"), "after the repair\n").unwrap();
     assert!(eventually(Duration::from_secs(30), || cell.converged()));
+
+    // The clash: both versions are there under their two names; the
+    // marked one is EIO until repaired, then readable and no longer listed.
+    let y = &cell.clients[1];
+    let clash = PathBuf::from(clash);
+    assert_eq!(
+        fs::read(&clash).err().and_then(|e| e.raw_os_error()),
+        Some(libc::EIO)
+    );
+    let out = y.tool("repair", &["keep-server", clash.to_str().unwrap()], "");
+    assert!(
+        out.status.success(),
+        "repair keep-server: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        y.log_tail()
+    );
+    let mut both = vec![
+        fs::read_to_string(sy.join("g")).unwrap(),
+        fs::read_to_string(&clash).unwrap(),
+    ];
+    both.sort();
+    assert_eq!(both, ["g from side A\n", "g from side B\n"]);
+    let list = String::from_utf8(y.tool("repair", &["list"], "").stdout).unwrap();
+    assert!(!list.contains("g.conflict-"), "still listed: {list}");
+    assert!(eventually(Duration::from_secs(60), || cell.converged()));
 }

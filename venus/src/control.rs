@@ -321,7 +321,7 @@ fn answer_tool(v: &mut Venus, uid: u32, mount: &Path, req: Request) -> Result<Re
         }
         Request::ListConflicts(()) => {
             let mut all = crate::repair::list(v, mount);
-            all.extend(crate::diverged::list(v, mount));
+            all.extend(crate::diverged::list(v, uid, mount));
             Reply::Conflicts(all)
         }
         Request::ShowConflict(path) => {

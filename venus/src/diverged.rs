@@ -12,16 +12,17 @@
 //! Every replica must answer: one left out would come back holding a
 //! version the others' vectors never saw, and be in conflict again.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use coda_proto::cml::{self, CmlRecord, Op};
 use coda_proto::control::{ConflictDetail, ConflictLine, Resolution, Version};
-use coda_proto::res::Repair;
+use coda_proto::res::{Inconsistent, Repair};
 use coda_proto::vice::{self, op, MutateReply, Stage, StageReply};
 use coda_proto::vv::{VersionVector, FLAG_INCONSISTENT};
-use coda_proto::{Errno, Fid, Status, VnodeKind};
+use coda_proto::{Errno, Fid, Status, VnodeKind, VolumeId};
 use coda_rpc2::codec;
 use coda_rpc2::endpoint::SideEffect;
 use coda_rpc2::{Sink, Source};
@@ -30,19 +31,81 @@ use crate::container;
 use crate::core::{hash_file, io_errno, Result, Venus};
 use crate::link::decode_reply;
 use crate::repair::version;
+use crate::volume;
 
 /// The reason `repair list` gives.
 fn reason() -> String {
     Errno::INCONSISTENT.to_string()
 }
 
-/// The diverged objects this client has come across.
-pub fn list(v: &Venus, mount: &Path) -> Vec<ConflictLine> {
-    v.diverged.iter().map(|f| line(v, mount, *f)).collect()
+/// The diverged objects: those this client came across, and those the
+/// replicas of each replicated volume it knows list as marked
+/// (`LIST_INCONSISTENT`), so what resolution left for a person shows
+/// before anyone touches it. One that every replica answered for and
+/// none lists any more was settled elsewhere, and goes.
+pub fn list(v: &mut Venus, uid: u32, mount: &Path) -> Vec<ConflictLine> {
+    let mut found: BTreeMap<Fid, Vec<String>> = BTreeMap::new();
+    let vols: Vec<VolumeId> = v
+        .cache
+        .volumes
+        .values()
+        .filter(|(_, info)| volume::replicated(info))
+        .map(|(_, info)| info.id)
+        .collect();
+    for vol in vols {
+        let mut every = true;
+        let mut listed = BTreeSet::new();
+        for (_, addr) in v.replicas_of(vol) {
+            match marked_at(v, uid, addr, vol) {
+                Ok(marked) => {
+                    for m in marked {
+                        listed.insert(m.fid);
+                        found.entry(m.fid).or_insert(m.path);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("{addr}: conflicts of {vol:#x}: {e}");
+                    every = false;
+                }
+            }
+        }
+        if every {
+            v.diverged.retain(|f| f.volume != vol || listed.contains(f));
+        }
+        v.diverged.extend(listed);
+    }
+    let fids: Vec<Fid> = v.diverged.iter().copied().collect();
+    fids.into_iter()
+        .map(|f| line(v, mount, f, found.get(&f)))
+        .collect()
 }
 
-fn line(v: &Venus, mount: &Path, fid: Fid) -> ConflictLine {
-    let path = match v.path_of(fid) {
+/// What the replica at `addr` holds marked in `vol`.
+fn marked_at(
+    v: &mut Venus,
+    uid: u32,
+    addr: SocketAddr,
+    vol: VolumeId,
+) -> Result<Vec<Inconsistent>> {
+    let body = codec::to_bytes(&vol);
+    let sink = SideEffect::Receive(Sink::memory(LIST_BYTES_MAX));
+    let r = v.call_at(uid, addr, op::LIST_INCONSISTENT, body, Some(sink))?;
+    decode_reply::<()>(&r)?;
+    let bytes = r.sink.map(Sink::into_bytes).unwrap_or_default();
+    codec::from_bytes(&bytes).map_err(|_| Errno::EIO)
+}
+
+/// Largest list of marked objects taken from a replica.
+const LIST_BYTES_MAX: u64 = 64 << 20;
+
+/// A diverged object's line: at the path the replica gave (`listed`,
+/// names below its volume's root), else where the cache knows it.
+fn line(v: &Venus, mount: &Path, fid: Fid, listed: Option<&Vec<String>>) -> ConflictLine {
+    let from_root = listed.and_then(|names| {
+        let root = v.path_of(Fid::root(fid.volume))?;
+        Some(root.join(names.iter().collect::<PathBuf>()))
+    });
+    let path = match from_root.or_else(|| v.path_of(fid)) {
         Some(p) => mount.join(p),
         None => mount.join("?").join(fid.to_string()),
     };
@@ -107,7 +170,7 @@ pub fn show(v: &mut Venus, uid: u32, mount: &Path, fid: Fid) -> Result<ConflictD
         .find(|(_, a, _)| *a == preferred)
         .map(|(_, _, s)| s);
     Ok(ConflictDetail {
-        conflict: line(v, mount, fid),
+        conflict: line(v, mount, fid, None),
         local: local_version(v, fid),
         server: version(server, None),
         replicas: reps

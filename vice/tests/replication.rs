@@ -15,7 +15,8 @@ use bytes::Bytes;
 use coda_proto::cml::{self, CmlRecord, Op};
 use coda_proto::fid::{Fid, StoreId, VolumeId};
 use coda_proto::res::{
-    Cop2, Cop2Entry, ObjectState, StateRequest, SummaryEntry, SummaryRequest, WithCop2,
+    Cop2, Cop2Entry, Inconsistent, ObjectState, StateRequest, SummaryEntry, SummaryRequest,
+    WithCop2,
 };
 use coda_proto::status::{Status, Timestamp, VnodeKind};
 use coda_proto::vice::{self, op, AllocFids, FidRange, MutateReply};
@@ -442,6 +443,30 @@ impl World {
         };
         let list: Vec<Option<ObjectState>> = bulk(&mut reps, s, op::RES_STATE, &req).unwrap();
         list.into_iter().flatten().collect()
+    }
+
+    /// What replica `s` lists as marked in conflict, asked by client `c`.
+    fn marked(&mut self, c: usize, s: usize) -> Vec<String> {
+        let sink = SideEffect::Receive(Sink::memory(1 << 20));
+        let body = codec::to_bytes(&VOL);
+        let at = &self.clients[c].at;
+        let r = Self::call_at(
+            &mut self.sim,
+            at,
+            s,
+            op::LIST_INCONSISTENT,
+            body,
+            Some(sink),
+        )
+        .expect("an answer");
+        assert_eq!(r.code, 0);
+        let list: Vec<Inconsistent> = codec::from_bytes(&r.sink.unwrap().into_bytes()).unwrap();
+        let mut paths: Vec<String> = list
+            .iter()
+            .map(|i| format!("/{}", i.path.join("/")))
+            .collect();
+        paths.sort();
+        paths
     }
 
     fn summary(&mut self, s: usize) -> Vec<SummaryEntry> {
@@ -1097,6 +1122,18 @@ fn partitioned_halves_merge_and_true_conflicts_are_marked() {
                 .find(|p| p.contains(CLASH_MARK))
                 .expect("a renamed twin");
             assert!(t[*renamed].2, "the renamed twin is marked for repair");
+        }
+        // Each replica lists what is marked, by path, for `repair list`.
+        w.rebind_all();
+        let renamed = trees[0]
+            .keys()
+            .find(|p| p.contains(CLASH_MARK))
+            .unwrap()
+            .clone();
+        let mut want = vec!["/d/shared".to_string(), renamed];
+        want.sort();
+        for s in 0..N {
+            assert_eq!(w.marked(0, s), want, "seed {seed}: replica {s}");
         }
         // Names are the same on every replica.
         let names = |t: &BTreeMap<String, (VnodeKind, [u8; 32], bool)>| {
