@@ -58,6 +58,7 @@ errnos! {
     NOT_ADMIN = 1008, "administrators only";
     NOT_SCM = 1009, "only the cell's SCM (its first server) does that";
     INCONSISTENT = 1010, "the replicas hold different versions (settle it with repair)";
+    BARREN = 1011, "this replica is empty until resolution fills it (read another)";
 }
 
 /// Linux's numbers, written out so this crate needs no libc.

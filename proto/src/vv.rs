@@ -9,6 +9,12 @@ use crate::fid::StoreId;
 /// reconcile: the object waits for `repair`.
 pub const FLAG_INCONSISTENT: u8 = 1;
 
+/// On a replica's root: the replica was made empty after its volume held
+/// contents elsewhere (a server that lost its disk, or was down when the
+/// volume was made), and serves no client until resolution fills it.
+/// Resolution never installs it.
+pub const FLAG_BARREN: u8 = 4;
+
 codec_struct! {
     #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
     pub struct VersionVector {
@@ -82,6 +88,10 @@ impl VersionVector {
 
     pub fn is_inconsistent(&self) -> bool {
         self.flags & FLAG_INCONSISTENT != 0
+    }
+
+    pub fn is_barren(&self) -> bool {
+        self.flags & FLAG_BARREN != 0
     }
 }
 

@@ -313,10 +313,19 @@ fn the_same_file_changed_on_both_sides_is_a_conflict_that_repair_settles() {
         String::from_utf8_lossy(&out.stderr),
         y.log_tail()
     );
-    let mut both = vec![
-        fs::read_to_string(sy.join("g")).unwrap(),
-        fs::read_to_string(&clash).unwrap(),
-    ];
+    let read = |p: &Path| {
+        fs::read_to_string(p).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}\nY: {:?}\nX: {:?}\nreplica a has g: {}\n{}",
+                p.display(),
+                fs::read_dir_names(&sy),
+                fs::read_dir_names(&sx),
+                String::from_utf8_lossy(&cell.replica(0).unwrap()).contains("shared/g\0"),
+                y.log_tail()
+            )
+        })
+    };
+    let mut both = vec![read(&sy.join("g")), read(&clash)];
     both.sort();
     assert_eq!(both, ["g from side A\n", "g from side B\n"]);
     let list = String::from_utf8(y.tool("repair", &["list"], "").stdout).unwrap();

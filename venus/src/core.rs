@@ -11,6 +11,7 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use coda_proto::acl::{Acl, AclEntry, Rights};
 use coda_proto::callback::Break;
@@ -104,6 +105,10 @@ pub struct Handle {
     base: crate::cml::Base,
 }
 
+/// How long a replica found barren is not read from before it is tried
+/// again (resolution fills it within seconds).
+pub const BARREN_RETRY: Duration = Duration::from_secs(10);
+
 /// The cache manager.
 pub struct Venus {
     pub cache: Cache,
@@ -151,6 +156,9 @@ pub struct Venus {
     pub waiting: HashMap<VolumeId, u32>,
     /// The replica each replicated volume is read from, kept while it answers.
     preferred: HashMap<VolumeId, SocketAddr>,
+    /// Replicas found barren (made empty, not yet filled by resolution),
+    /// and when: not read from for [`BARREN_RETRY`].
+    barren: HashMap<(VolumeId, SocketAddr), Instant>,
     /// COP2s and resolution requests, sent off the callers' path.
     notifier: crate::replica::Notifier,
     /// Objects whose replicas were found in different versions (marked
@@ -240,6 +248,7 @@ impl Venus {
             policies: Vec::new(),
             waiting: HashMap::new(),
             preferred: HashMap::new(),
+            barren: HashMap::new(),
             notifier,
         };
         v.cml = LogIndex::build(&v.cache.cml);
@@ -381,14 +390,16 @@ impl Venus {
     pub(crate) fn preferred_replica(&mut self, vol: VolumeId) -> Result<SocketAddr> {
         let reps = self.replicas_of(vol);
         let before = self.preferred.get(&vol).copied();
-        let kept = before.filter(|p| !self.down.contains(p) && reps.iter().any(|(_, a)| a == p));
+        let kept = before.filter(|p| {
+            !self.down.contains(p) && !self.is_barren(vol, *p) && reps.iter().any(|(_, a)| a == p)
+        });
         let chosen = match kept {
             Some(p) => p,
             None => {
                 let up: Vec<SocketAddr> = reps
                     .iter()
                     .map(|(_, a)| *a)
-                    .filter(|a| !self.down.contains(a))
+                    .filter(|a| !self.down.contains(a) && !self.is_barren(vol, *a))
                     .collect();
                 // One was lost (maybe the one read from): the others may
                 // be cut off with it, and trying them in turn would cost
@@ -440,7 +451,42 @@ impl Venus {
         side_effect: Option<SideEffect>,
     ) -> Result<coda_rpc2::endpoint::Reply> {
         let addr = self.server_of(vol)?;
-        self.call_at(uid, addr, opcode, body, side_effect)
+        let r = self.call_at(uid, addr, opcode, body, side_effect)?;
+        if r.code == Errno::BARREN.0 && self.is_replicated(vol) {
+            return Err(self.found_barren(uid, vol, addr));
+        }
+        Ok(r)
+    }
+
+    /// Whether `addr`'s replica of `vol` was found barren lately.
+    fn is_barren(&self, vol: VolumeId, addr: SocketAddr) -> bool {
+        self.barren
+            .get(&(vol, addr))
+            .is_some_and(|t| t.elapsed() < BARREN_RETRY)
+    }
+
+    /// `addr`'s replica of `vol` is empty until resolution fills it: it is
+    /// asked to resolve, and read from no more for a while. The operation
+    /// runs again on another replica if one may serve (a loss, as
+    /// [`Venus::losses`] counts them), else the cache serves what it can.
+    fn found_barren(&mut self, uid: u32, vol: VolumeId, addr: SocketAddr) -> Errno {
+        self.barren.retain(|_, t| t.elapsed() < BARREN_RETRY);
+        self.barren.insert((vol, addr), Instant::now());
+        self.preferred.remove(&vol);
+        let (who, creds) = self.who(uid);
+        self.notifier.resolve(who, creds.cloned(), vol, addr);
+        let elsewhere = self
+            .replicas_of(vol)
+            .iter()
+            .any(|(_, a)| !self.down.contains(a) && !self.is_barren(vol, *a));
+        if elsewhere {
+            self.losses += 1;
+        }
+        self.emit(
+            "replica",
+            format!("volume {vol:x}: {addr} is not filled yet; read elsewhere"),
+        );
+        Errno::ETIMEDOUT
     }
 
     /// Calls one server (one replica of a volume) for `uid`.

@@ -30,7 +30,7 @@ use coda_proto::res::{
 };
 use coda_proto::status::{Status, VnodeKind};
 use coda_proto::vice::{op, Fetch, Stage, StageReply};
-use coda_proto::vv::{VersionVector, VvOrder, FLAG_INCONSISTENT};
+use coda_proto::vv::{VersionVector, VvOrder, FLAG_BARREN, FLAG_INCONSISTENT};
 use coda_proto::Errno;
 use coda_rpc2::codec::{self, Decode, Encode};
 use coda_rpc2::endpoint::{Reply, SideEffect};
@@ -218,22 +218,23 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
     // 2. What each holds of the objects that differ.
     let mut states: BTreeMap<usize, HashMap<Fid, ObjectState>> = BTreeMap::new();
     for &slot in summaries.keys() {
-        let mut got = HashMap::new();
-        for chunk in differing.chunks(INSTALL_OBJECTS_MAX) {
-            let req = StateRequest {
-                volume,
-                fids: chunk.to_vec(),
-                inline_max: 0,
-            };
-            let list: Vec<Option<ObjectState>> =
-                call_decode(reps, slot, op::RES_STATE, &req, true)?;
-            for (f, s) in chunk.iter().zip(list) {
-                if let Some(s) = s {
-                    got.insert(*f, s);
-                }
-            }
-        }
-        states.insert(slot, got);
+        states.insert(slot, read_states(reps, volume, slot, &differing)?);
+    }
+    // Summaries are read one replica after another: one read before a
+    // replica changed (another's call waited out a cut) misses objects
+    // made since, which the states just read may name. Merging on it
+    // would drop those names. Read everything again.
+    let known = |f: &Fid| f.volume != volume || summaries.values().any(|s| s.contains_key(f));
+    let unknown: BTreeSet<Fid> = states
+        .values()
+        .flat_map(|m| m.values())
+        .flat_map(|s| s.entries.iter())
+        .map(|b| b.fid)
+        .filter(|f| !known(f))
+        .collect();
+    if !unknown.is_empty() && exist_anywhere(reps, volume, &summaries, &unknown)? {
+        tracing::debug!("volume {volume:#x}: a replica changed while it was read");
+        return Err(Errno::EAGAIN);
     }
     let versions_of = |f: &Fid| -> Vec<(usize, &ObjectState)> {
         states
@@ -261,7 +262,7 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
         };
         let vvs: Vec<&VersionVector> = versions.iter().map(|(_, s)| &s.status.vv).collect();
         let mut joined = join(&vvs);
-        let m = if versions.iter().all(|(_, s)| same_contents(s, first)) {
+        let mut m = if versions.iter().all(|(_, s)| same_contents(s, first)) {
             joined.store_id = first.status.vv.store_id;
             joined.flags = first.status.vv.flags;
             let mut state = first.clone();
@@ -318,6 +319,8 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
                 entries_set: false,
             }
         };
+        // A replica resolution reaches is barren no more.
+        m.state.status.vv.flags &= !FLAG_BARREN;
         merged.insert(*f, m);
     }
     // 4. Names decide what exists: an object no merged directory binds
@@ -468,6 +471,47 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
         }
     }
     Ok(out)
+}
+
+/// Whether any replica read holds one of `fids` (else they are names of
+/// objects gone everywhere, which merging drops).
+fn exist_anywhere(
+    reps: &mut dyn Replicas,
+    volume: VolumeId,
+    summaries: &BTreeMap<usize, HashMap<Fid, VersionVector>>,
+    fids: &BTreeSet<Fid>,
+) -> Result<bool, Errno> {
+    let fids: Vec<Fid> = fids.iter().copied().collect();
+    for &slot in summaries.keys() {
+        if !read_states(reps, volume, slot, &fids)?.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// What replica `slot` holds of `fids` (those it has).
+fn read_states(
+    reps: &mut dyn Replicas,
+    volume: VolumeId,
+    slot: usize,
+    fids: &[Fid],
+) -> Result<HashMap<Fid, ObjectState>, Errno> {
+    let mut got = HashMap::new();
+    for chunk in fids.chunks(INSTALL_OBJECTS_MAX) {
+        let req = StateRequest {
+            volume,
+            fids: chunk.to_vec(),
+            inline_max: 0,
+        };
+        let list: Vec<Option<ObjectState>> = call_decode(reps, slot, op::RES_STATE, &req, true)?;
+        for (f, s) in chunk.iter().zip(list) {
+            if let Some(s) = s {
+                got.insert(*f, s);
+            }
+        }
+    }
+    Ok(got)
 }
 
 /// What marks the name given to the second object of a name made on both

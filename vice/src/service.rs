@@ -163,8 +163,12 @@ pub enum Job {
     /// Make or remake a volume's `NAME.backup`.
     Backup(VolumeId),
     DumpEstimate(VolumeId),
-    /// This server's replica of a replicated volume (nothing if it exists).
-    MakeReplica(coda_proto::update::VolumeEntry),
+    /// This server's replica of a replicated volume (nothing if it
+    /// exists); barren if the volume may hold contents elsewhere.
+    MakeReplica {
+        entry: coda_proto::update::VolumeEntry,
+        barren: bool,
+    },
     /// The shard's volumes, for the cell's directory.
     Entries,
 }
@@ -480,7 +484,7 @@ impl Service {
             }
             op::READ_LINK => {
                 let r: GetAttr = decode(body)?;
-                let (vol, v) = self.object(r.fid)?;
+                let (vol, v) = self.object(r.fid, caller)?;
                 if v.kind != VnodeKind::Symlink {
                     return Err(Errno::EINVAL);
                 }
@@ -489,7 +493,7 @@ impl Service {
             }
             op::GET_ACL => {
                 let r: GetAttr = decode(body)?;
-                let (_, v) = self.object(r.fid)?;
+                let (_, v) = self.object(r.fid, caller)?;
                 if !v.is_dir() {
                     return Err(Errno::ENOTDIR);
                 }
@@ -520,7 +524,7 @@ impl Service {
                     return Err(Errno::BAD_REQUEST);
                 };
                 // Refused before any data moves (checked again when it has).
-                let (vol, v) = self.object(s.fid)?;
+                let (vol, v) = self.object(s.fid, caller)?;
                 match v.kind {
                     VnodeKind::File => fileops::may_write(vol, v, caller)?,
                     VnodeKind::Directory => return Err(Errno::EISDIR),
@@ -637,7 +641,12 @@ impl Service {
                     return Err(Errno::EINVAL);
                 }
                 let shard = crate::update::shard_of(e.id, self.cell.shards);
-                self.on_shard(id, shard, Job::MakeReplica(e), out)
+                // Asked by the SCM as it makes the volume: empty everywhere.
+                let job = Job::MakeReplica {
+                    entry: e,
+                    barren: false,
+                };
+                self.on_shard(id, shard, job, out)
             }
             op::RES_SUMMARY => {
                 let r: coda_proto::res::SummaryRequest = decode(body)?;
@@ -780,14 +789,19 @@ impl Service {
         }
     }
 
-    fn object(&self, fid: Fid) -> Result<(&crate::volume::Volume, &Vnode), Errno> {
+    /// An object as served to `caller`: a barren replica serves servers
+    /// (resolution) only.
+    fn object(&self, fid: Fid, caller: &Caller) -> Result<(&crate::volume::Volume, &Vnode), Errno> {
         let vol = self.local_volume(fid.volume)?;
+        if !caller.is_server() && vol.is_barren() {
+            return Err(Errno::BARREN);
+        }
         let v = vol.vnode(fid).ok_or(Errno::ENOENT)?;
         Ok((vol, v))
     }
 
     fn get_attr(&mut self, conn: ConnId, caller: &Caller, fid: Fid) -> Answer {
-        let (vol, v) = self.object(fid)?;
+        let (vol, v) = self.object(fid, caller)?;
         fileops::may_stat(vol, v, caller)?;
         let status = fileops::status(vol, v, caller, true);
         self.callbacks.promise(conn, fid);
@@ -804,7 +818,7 @@ impl Service {
                 .shard
                 .meta
                 .volume(vol)
-                .is_some_and(|v| v.header.stamp == stamp);
+                .is_some_and(|v| v.header.stamp == stamp && !v.is_barren());
             if valid {
                 self.callbacks.promise_volume(conn, vol);
             }
@@ -813,7 +827,7 @@ impl Service {
         for &(fid, seen) in &r.fids {
             // An object marked inconsistent keeps its store id: the client
             // must fetch its status to see the mark.
-            let valid = self.object(fid).is_ok_and(|(vol, v)| {
+            let valid = self.object(fid, caller).is_ok_and(|(vol, v)| {
                 v.vv.store_id == seen
                     && !v.vv.is_inconsistent()
                     && fileops::may_stat(vol, v, caller).is_ok()
@@ -827,7 +841,7 @@ impl Service {
     }
 
     fn fetch(&mut self, conn: ConnId, caller: &Caller, fid: Fid) -> Result<(Source, Bytes), Errno> {
-        let (vol, v) = self.object(fid)?;
+        let (vol, v) = self.object(fid, caller)?;
         if !caller.is_server() {
             fileops::may_read(vol, v, caller)?;
         }
@@ -1619,13 +1633,23 @@ impl Service {
                 Ok((codec::to_bytes(&info), Some(commit)))
             }
             Job::Info(id) => Ok((codec::to_bytes(&self.info(id)?), None)),
-            Job::MakeReplica(e) => {
+            Job::MakeReplica { entry: e, barren } => {
                 let made = match self.shard.meta.volume(e.id) {
                     Some(_) => None,
                     None => {
-                        let (_, commit) =
-                            self.new_replica(e.id, &e.name, e.owner, &e.replicas, e.created)?;
+                        let (_, commit) = self.new_replica(
+                            e.id,
+                            &e.name,
+                            e.owner,
+                            &e.replicas,
+                            e.created,
+                            barren,
+                        )?;
                         tracing::info!("made a replica of volume {} ({:x})", e.name, e.id);
+                        if barren {
+                            // Filled now, not at the next sweep.
+                            out.push(Action::Resolve { volume: e.id });
+                        }
                         Some(commit)
                     }
                 };
@@ -1808,7 +1832,7 @@ impl Service {
         owner: PrincipalId,
     ) -> Result<(VolumeInfo, CommitId), Errno> {
         let me = vec![self.cell.name.clone()];
-        self.new_replica(id, name, owner, &me, Timestamp::now())
+        self.new_replica(id, name, owner, &me, Timestamp::now(), false)
     }
 
     /// Makes this server's replica of volume `id`, whose replicas are the
@@ -1821,12 +1845,13 @@ impl Service {
         owner: PrincipalId,
         replicas: &[String],
         created: Timestamp,
+        barren: bool,
     ) -> Result<(VolumeInfo, CommitId), Errno> {
         let kind = match replicas.len() {
             0 | 1 => VolumeKind::ReadWrite,
             _ => VolumeKind::Replicated,
         };
-        let commit = match self.create_volume(id, name, owner, replicas, created) {
+        let commit = match self.create_volume(id, name, owner, replicas, created, barren) {
             Ok(c) => c,
             Err(e) => {
                 self.cell.vldb_mut().remove(id);
@@ -1854,6 +1879,7 @@ impl Service {
         owner: PrincipalId,
         replicas: &[String],
         now: Timestamp,
+        barren: bool,
     ) -> Result<CommitId, Errno> {
         let mut acl = fileops::root_acl();
         if owner > 0 && !self.cell.pdb().is_admin(owner) {
@@ -1869,6 +1895,9 @@ impl Service {
         vv.store_id = store_id;
         if n == 1 {
             vv.bump(0, store_id);
+        }
+        if barren {
+            vv.flags |= coda_proto::vv::FLAG_BARREN;
         }
         let kind = match n {
             1 => VolumeKind::ReadWrite,

@@ -112,18 +112,20 @@ impl Updater {
                 .collect()
         };
         for e in missing {
-            if let Err(e) = self.make_here(&e) {
+            // Others may have filled it already.
+            if let Err(e) = self.make_here(&e, true) {
                 tracing::warn!("making a replica of a volume: {e}");
             }
         }
     }
 
     /// Makes this server's replica of `e`; its entry, with its address.
-    fn make_here(&self, e: &VolumeEntry) -> Result<VolumeEntry, Errno> {
-        match (self.run)(
-            shard_of(e.id, self.cell.shards),
-            Job::MakeReplica(e.clone()),
-        ) {
+    fn make_here(&self, e: &VolumeEntry, barren: bool) -> Result<VolumeEntry, Errno> {
+        let job = Job::MakeReplica {
+            entry: e.clone(),
+            barren,
+        };
+        match (self.run)(shard_of(e.id, self.cell.shards), job) {
             (0, body) => codec::from_bytes(&body).map_err(|_| Errno::EIO),
             (code, _) => Err(Errno(code)),
         }
@@ -148,7 +150,7 @@ impl Updater {
         let mut first_error = None;
         for server in &entry.replicas {
             let made = if server == self.me() {
-                self.make_here(entry)
+                self.make_here(entry, false)
             } else {
                 let addr: SocketAddr = peers.addr(server).ok_or(Errno::EINVAL)?;
                 self.client.call_decode(addr, op::MAKE_REPLICA, entry)

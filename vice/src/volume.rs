@@ -107,6 +107,12 @@ impl Volume {
             .unwrap_or(0)
     }
 
+    /// Made empty while the volume held contents elsewhere, and not yet
+    /// filled by resolution.
+    pub fn is_barren(&self) -> bool {
+        self.vnode(self.root()).is_some_and(|r| r.vv.is_barren())
+    }
+
     pub fn vnodes(&self) -> impl Iterator<Item = &Vnode> {
         self.vnodes.values().map(|(_, v)| v)
     }

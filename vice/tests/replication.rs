@@ -109,7 +109,7 @@ impl World {
                 secs: 1_700_000_000,
                 nanos: 0,
             };
-            svc.new_replica(VOL, "rep", ADMIN_ID, &replicas, created)
+            svc.new_replica(VOL, "rep", ADMIN_ID, &replicas, created, false)
                 .unwrap();
             svc.shard.flush().unwrap();
             let node = sim.add(
@@ -943,7 +943,7 @@ fn an_empty_replica_is_filled() {
         secs: 1_700_000_000,
         nanos: 0,
     };
-    svc.new_replica(VOL, "rep", ADMIN_ID, &replicas, created)
+    svc.new_replica(VOL, "rep", ADMIN_ID, &replicas, created, true)
         .unwrap();
     svc.shard.flush().unwrap();
     let svc = Rc::new(RefCell::new(svc));
@@ -951,10 +951,25 @@ fn an_empty_replica_is_filled() {
     w.services[2] = Some(svc);
     w.restart(2);
     assert_eq!(w.tree(2).len(), 0);
+    // Until it is filled it serves no client: an empty root would read
+    // as everything gone.
+    w.rebind_all();
+    let root_attr = |w: &mut World, s: usize| {
+        let body = codec::to_bytes(&vice::GetAttr {
+            fid: Fid::root(VOL),
+        });
+        let at = &w.clients[0].at;
+        World::call_at(&mut w.sim, at, s, op::GET_ATTR, body, None)
+            .expect("an answer")
+            .code
+    };
+    assert_eq!(root_attr(&mut w, 2), Errno::BARREN.0);
+    assert_eq!(root_attr(&mut w, 0), 0);
     let o = w.resolve(0).unwrap();
     assert!(o.installed > 0);
     w.resolve_fully(1);
     check_converged(&mut w, &m, &log, 5);
+    assert_eq!(root_attr(&mut w, 2), 0);
 }
 
 /// Two halves that update different files of one directory, make and
@@ -1236,4 +1251,90 @@ fn a_cop2_carried_on_the_next_update_joins_the_vectors() {
     assert_eq!(joined[0], joined[1]);
     assert_eq!(joined[1], joined[2]);
     assert!(w.tree(0).contains_key("/g"));
+}
+
+/// Summaries are read one replica after another. A replica that makes an
+/// object after its summary was read (while a call to another waited out
+/// a cut) names it in the directory states read later: that name, and
+/// the object, are kept, not merged away.
+#[test]
+fn an_object_made_while_the_summaries_were_read_is_kept() {
+    let mut w = World::new(11, 2);
+    let root = Fid::root(VOL);
+    let create = |w: &mut World, c: usize, name: &str| {
+        let fid = w.fid(c).unwrap();
+        Op::Create(cml::Create {
+            dir: root,
+            name: name.into(),
+            fid,
+            mode: 0o644,
+            group: 0,
+        })
+    };
+    let base = create(&mut w, 0, "base");
+    w.update(0, base, None).unwrap();
+    // Replica 2 makes a name of its own: the root differs, and merges.
+    w.split(&[0, 1], &[2], &[0], &[1]);
+    let apart = create(&mut w, 1, "apart");
+    assert_eq!(w.update(1, apart, None).unwrap(), vec![2]);
+    w.heal_all();
+    w.rebind_all();
+    // Made at replica 1 alone, once its summary has been read.
+    let late = create(&mut w, 0, "late");
+    let record = CmlRecord {
+        store_id: StoreId {
+            host: w.clients[0].host,
+            unique: 1 << 40,
+        },
+        time: Timestamp {
+            secs: 1_700_000_100,
+            nanos: 0,
+        },
+        op: late,
+    };
+    let mut reps = Racing {
+        inner: SimReplicas {
+            sim: &mut w.sim,
+            at: &w.resolvers[0],
+        },
+        client: &w.clients[0].at,
+        late: Some(codec::to_bytes(&record)),
+    };
+    let first = resolve::resolve(&mut reps, VOL, N);
+    assert!(reps.late.is_none(), "the object was made meanwhile");
+    assert_eq!(first.err(), Some(Errno::EAGAIN), "summaries read stale");
+    w.resolve_fully(0);
+    for s in 0..N {
+        let t = w.tree(s);
+        for name in ["/base", "/apart", "/late"] {
+            assert!(t.contains_key(name), "replica {s} lacks {name}: {t:?}");
+        }
+        assert!(w.fsck(s).is_empty(), "replica {s}: {:?}", w.fsck(s));
+    }
+}
+
+/// Replicas whose replica 1 makes an object (`late`, a Create) just
+/// before replica 2's summary is read.
+struct Racing<'a> {
+    inner: SimReplicas<'a>,
+    client: &'a Node,
+    late: Option<Bytes>,
+}
+
+impl Replicas for Racing<'_> {
+    fn call(
+        &mut self,
+        slot: usize,
+        opcode: u16,
+        body: Bytes,
+        side_effect: Option<SideEffect>,
+    ) -> Result<Reply, Errno> {
+        if slot == 2 && opcode == op::RES_SUMMARY {
+            if let Some(late) = self.late.take() {
+                let r = World::call_at(self.inner.sim, self.client, 1, op::CREATE, late, None);
+                assert_eq!(r.map(|r| r.code), Some(0));
+            }
+        }
+        self.inner.call(slot, opcode, body, side_effect)
+    }
 }
