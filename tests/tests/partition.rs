@@ -21,7 +21,8 @@ const PORT: u16 = 2432;
 struct Cell {
     // Dropped in order: clients, servers, then the namespaces.
     clients: Vec<Venus>,
-    _servers: Vec<Server>,
+    servers: Vec<Server>,
+    peers: String,
     net: Partition,
     dir: tempfile::TempDir,
     addrs: Vec<String>,
@@ -56,7 +57,8 @@ impl Cell {
         }
         let mut cell = Cell {
             clients: Vec::new(),
-            _servers: servers,
+            servers,
+            peers,
             net,
             dir,
             addrs,
@@ -95,6 +97,17 @@ impl Cell {
         }
         cell.clients = vec![x, y];
         (cell, rx.join("shared"), ry.join("shared"))
+    }
+
+    /// Server `i` killed (SIGKILL) and started again, its volumes lost
+    /// (the cell's configuration kept).
+    fn restart_without_volumes(&mut self, i: usize) {
+        drop(self.servers.remove(i));
+        let root = self.dir.path().join(["a", "b", "c"][i]);
+        std::fs::remove_dir_all(root.join("shard0")).unwrap();
+        let name = ["a", "b", "c"][i];
+        let s = Server::start_peer_set_up(&root, &self.addrs[i], name, &self.peers, &self.setup(i));
+        self.servers.insert(i, s);
     }
 
     fn setup(&self, i: usize) -> Setup {
@@ -331,4 +344,49 @@ fn the_same_file_changed_on_both_sides_is_a_conflict_that_repair_settles() {
     let list = String::from_utf8(y.tool("repair", &["list"], "").stdout).unwrap();
     assert!(!list.contains("g.conflict-"), "still listed: {list}");
     assert!(eventually(Duration::from_secs(60), || cell.converged()));
+}
+
+/// A server whose volumes were lost comes back cut off from the others:
+/// its new replica is empty until resolution can fill it, and the client
+/// that read from it never sees it empty (what it cached serves); once
+/// the link is back, resolution fills it.
+#[test]
+fn a_replica_made_empty_is_read_by_no_one_until_it_is_filled() {
+    let (mut cell, sx, sy) = Cell::start();
+    write_files(&sx, "base", 5);
+    assert!(eventually(Duration::from_secs(30), || cell.converged()));
+    assert!(eventually(Duration::from_secs(30), || has_files(
+        &sy, "base", 5
+    )));
+
+    // Y, cut off with c, reads from c (restarted, it trusts nothing it
+    // cached: a times out, then c answers).
+    cell.net.cut();
+    let y = cell.clients.remove(1).restart();
+    y.clog_admin();
+    cell.clients.push(y);
+    assert!(has_files(&sy, "base", 5));
+    // c comes back without its volumes, and cannot reach the others.
+    cell.restart_without_volumes(2);
+    // Past c's making its replica (once its call to the SCM times out),
+    // and past Y's trying c again.
+    let y = &cell.clients[1];
+    for round in 0..16 {
+        let names = fs::read_dir_names(&sy)
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", y.log_tail()));
+        assert!(
+            names.len() >= 5,
+            "round {round}: {names:?}\n{}",
+            y.log_tail()
+        );
+        assert!(has_files(&sy, "base", 5), "round {round}\n{}", y.log_tail());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    cell.net.heal();
+    assert!(
+        eventually(Duration::from_secs(90), || cell.converged()),
+        "c's replica was not filled"
+    );
+    assert!(String::from_utf8_lossy(&cell.replica(2).unwrap()).contains("base 4\n"));
+    assert!(has_files(&sy, "base", 5));
 }

@@ -452,7 +452,10 @@ impl Venus {
     ) -> Result<coda_rpc2::endpoint::Reply> {
         let addr = self.server_of(vol)?;
         let r = self.call_at(uid, addr, opcode, body, side_effect)?;
-        if r.code == Errno::BARREN.0 && self.is_replicated(vol) {
+        // A replica not made yet (its server was down, or lost its disk)
+        // knows no such volume.
+        let unfilled = [Errno::BARREN.0, Errno::NO_SUCH_VOLUME.0].contains(&r.code);
+        if unfilled && self.is_replicated(vol) {
             return Err(self.found_barren(uid, vol, addr));
         }
         Ok(r)
@@ -467,21 +470,15 @@ impl Venus {
 
     /// `addr`'s replica of `vol` is empty until resolution fills it: it is
     /// asked to resolve, and read from no more for a while. The operation
-    /// runs again on another replica if one may serve (a loss, as
-    /// [`Venus::losses`] counts them), else the cache serves what it can.
+    /// runs again (a loss, as [`Venus::losses`] counts them): on another
+    /// replica, or, if none may serve, emulated from the cache.
     fn found_barren(&mut self, uid: u32, vol: VolumeId, addr: SocketAddr) -> Errno {
         self.barren.retain(|_, t| t.elapsed() < BARREN_RETRY);
         self.barren.insert((vol, addr), Instant::now());
         self.preferred.remove(&vol);
         let (who, creds) = self.who(uid);
         self.notifier.resolve(who, creds.cloned(), vol, addr);
-        let elsewhere = self
-            .replicas_of(vol)
-            .iter()
-            .any(|(_, a)| !self.down.contains(a) && !self.is_barren(vol, *a));
-        if elsewhere {
-            self.losses += 1;
-        }
+        self.losses += 1;
         self.emit(
             "replica",
             format!("volume {vol:x}: {addr} is not filled yet; read elsewhere"),
@@ -675,10 +672,13 @@ impl Venus {
             return true;
         }
         match self.cache.volumes.get(&vol) {
-            // Only once every replica is out of reach.
+            // Only once every replica is out of reach (or not filled yet).
             Some((_, info)) => {
                 let reps = volume::replicas(info);
-                !reps.is_empty() && reps.iter().all(|(_, a)| self.down.contains(a))
+                !reps.is_empty()
+                    && reps
+                        .iter()
+                        .all(|(_, a)| self.down.contains(a) || self.is_barren(vol, *a))
             }
             None => self.servers.iter().all(|a| self.down.contains(a)),
         }
