@@ -14,10 +14,11 @@ fn free_port(ip: &str) -> u16 {
 }
 
 pub struct Trio {
-    pub dir: tempfile::TempDir,
+    // Dropped in order: the servers (killed) before their directories.
+    servers: Vec<Option<Server>>,
     pub addrs: Vec<String>,
     peers: String,
-    servers: Vec<Option<Server>>,
+    pub dir: tempfile::TempDir,
 }
 
 impl Trio {
