@@ -451,6 +451,11 @@ impl Venus {
         side_effect: Option<SideEffect>,
     ) -> Result<coda_rpc2::endpoint::Reply> {
         let addr = self.server_of(vol)?;
+        // Only the replica left (the others down, or barren too): asking
+        // it again before its time would loop.
+        if self.is_barren(vol, addr) {
+            return Err(Errno::ETIMEDOUT);
+        }
         let r = self.call_at(uid, addr, opcode, body, side_effect)?;
         // A replica not made yet (its server was down, or lost its disk)
         // knows no such volume.
@@ -832,7 +837,7 @@ impl Venus {
         let creds = creds.cloned();
         let mut targets: Vec<(u32, SocketAddr)> = reps
             .into_iter()
-            .filter(|(_, a)| !self.forced && !self.down.contains(a))
+            .filter(|(_, a)| !self.forced && !self.down.contains(a) && !self.is_barren(vol, *a))
             .collect();
         // COP2s waiting for this volume ride along.
         let addrs: Vec<SocketAddr> = targets.iter().map(|(_, a)| *a).collect();

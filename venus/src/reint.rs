@@ -239,6 +239,7 @@ fn transient(code: Errno) -> bool {
         Errno::EAGAIN,
         Errno::ETIMEDOUT,
         Errno::TOKEN_EXPIRED,
+        Errno::BARREN,
     ]
     .contains(&code)
 }

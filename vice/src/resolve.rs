@@ -452,8 +452,14 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
         }
         out.installed += objects.len() + removals.len();
         // Objects first, directories after (their names then bind what
-        // exists), removals last.
-        objects.sort_by_key(|(o, _)| o.status.kind == VnodeKind::Directory);
+        // exists), the root last (a barren replica serves once it has
+        // all), removals with it.
+        objects.sort_by_key(|(o, _)| {
+            (
+                o.status.kind == VnodeKind::Directory,
+                o.status.fid.vnode == coda_proto::fid::ROOT_VNODE,
+            )
+        });
         let mut chunks = install_chunks(objects);
         let last = chunks.len() - 1;
         for (i, chunk) in chunks.iter_mut().enumerate() {

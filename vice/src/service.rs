@@ -1199,8 +1199,13 @@ impl Service {
             code: code.0,
             fid,
         };
-        self.local_volume(vol)
+        let v = self
+            .local_volume(vol)
             .map_err(|e| conflict(0, e, Fid::root(vol)))?;
+        // Updates to what it does not hold yet would land on an empty tree.
+        if v.is_barren() && !caller.is_server() {
+            return Err(conflict(0, Errno::BARREN, Fid::root(vol)));
+        }
         let cell = Arc::clone(&self.cell);
         let me = self.cell.name.clone();
         let exists = move |v: VolumeId| cell.vldb().get(v).is_some();

@@ -965,6 +965,17 @@ fn an_empty_replica_is_filled() {
     };
     assert_eq!(root_attr(&mut w, 2), Errno::BARREN.0);
     assert_eq!(root_attr(&mut w, 0), 0);
+    // Nor does it take updates: they would land on an empty tree.
+    let fid = w.fid(0).unwrap();
+    let made = Op::Create(cml::Create {
+        dir: Fid::root(VOL),
+        name: "while_barren".into(),
+        fid,
+        mode: 0o644,
+        group: 0,
+    });
+    assert_eq!(w.update(0, made, None).unwrap(), vec![0, 1]);
+    m.files.insert("/while_barren".into(), Some(Vec::new()));
     let o = w.resolve(0).unwrap();
     assert!(o.installed > 0);
     w.resolve_fully(1);
