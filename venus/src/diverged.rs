@@ -41,8 +41,7 @@ fn reason() -> String {
 /// The diverged objects: those this client came across, and those the
 /// replicas of each replicated volume it knows list as marked
 /// (`LIST_INCONSISTENT`), so what resolution left for a person shows
-/// before anyone touches it. One that every replica answered for and
-/// none lists any more was settled elsewhere, and goes.
+/// before anyone touches it.
 pub fn list(v: &mut Venus, uid: u32, mount: &Path) -> Vec<ConflictLine> {
     let mut found: BTreeMap<Fid, Vec<String>> = BTreeMap::new();
     let vols: Vec<VolumeId> = v
@@ -53,7 +52,6 @@ pub fn list(v: &mut Venus, uid: u32, mount: &Path) -> Vec<ConflictLine> {
         .map(|(_, info)| info.id)
         .collect();
     for vol in vols {
-        let mut every = true;
         let mut listed = BTreeSet::new();
         for (_, addr) in v.replicas_of(vol) {
             match marked_at(v, uid, addr, vol) {
@@ -63,15 +61,11 @@ pub fn list(v: &mut Venus, uid: u32, mount: &Path) -> Vec<ConflictLine> {
                         found.entry(m.fid).or_insert(m.path);
                     }
                 }
-                Err(e) => {
-                    tracing::debug!("{addr}: conflicts of {vol:#x}: {e}");
-                    every = false;
-                }
+                Err(e) => tracing::debug!("{addr}: conflicts of {vol:#x}: {e}"),
             }
         }
-        if every {
-            v.diverged.retain(|f| f.volume != vol || listed.contains(f));
-        }
+        // One no replica lists stays: they leave out what this user may
+        // not look at, and another may; settled, it goes when touched.
         v.diverged.extend(listed);
     }
     let fids: Vec<Fid> = v.diverged.iter().copied().collect();

@@ -127,10 +127,15 @@ impl Notifier {
                     .values()
                     .map(|b| b.since + COP2_DELAY)
                     .min();
+                // The Venus is going: what waits is sent now, then no more.
+                let mut closing = false;
                 let got = match next {
                     Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now()))
                     {
-                        Err(RecvTimeoutError::Disconnected) => return,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            closing = true;
+                            None
+                        }
                         got => got.ok(),
                     },
                     None => match rx.recv() {
@@ -148,7 +153,7 @@ impl Notifier {
                     let body = codec::to_bytes(&req);
                     send(&link, &[at], who, creds.as_ref(), op::RESOLVE, &body);
                 }
-                for (vol, who, b) in due(&shared) {
+                for (vol, who, b) in due(&shared, closing) {
                     let targets: Vec<SocketAddr> = b.targets.into_iter().collect();
                     for chunk in b.updates.chunks(COP2_BATCH_MAX) {
                         let body = codec::to_bytes(&Cop2 {
@@ -157,6 +162,9 @@ impl Notifier {
                         });
                         send(&link, &targets, who, b.creds.as_ref(), op::COP2, &body);
                     }
+                }
+                if closing {
+                    return;
                 }
             })
             .expect("a thread");
@@ -227,13 +235,14 @@ impl Notifier {
     }
 }
 
-/// The batches whose time is up, or too large to be carried, taken.
-fn due(waiting: &Mutex<Waiting>) -> Vec<(VolumeId, Principal, Batch)> {
+/// The batches whose time is up, or too large to be carried (or all of
+/// them), taken.
+fn due(waiting: &Mutex<Waiting>, all: bool) -> Vec<(VolumeId, Principal, Batch)> {
     let mut w = waiting.lock().expect("cop2 lock");
     let now = Instant::now();
     let keys: Vec<(VolumeId, Principal)> = w
         .iter()
-        .filter(|(_, b)| now >= b.since + COP2_DELAY || b.updates.len() > PIGGY_MAX)
+        .filter(|(_, b)| all || now >= b.since + COP2_DELAY || b.updates.len() > PIGGY_MAX)
         .map(|(k, _)| *k)
         .collect();
     keys.into_iter()
@@ -414,5 +423,19 @@ mod tests {
             assert_eq!(c.updates[0].slots, vec![0, 2]);
         }
         assert!(n.piggy(WHO, VOL, &[addr(1), addr(3)]).is_none());
+    }
+
+    #[test]
+    fn cop2s_waiting_when_the_notifier_goes_are_sent() {
+        let rec = Arc::new(Recorder::default());
+        let n = Notifier::start(rec.clone());
+        n.cop2(WHO, None, VOL, sid(1), vec![(0, addr(1))]);
+        let t = Instant::now();
+        drop(n);
+        while rec.0.lock().unwrap().is_empty() {
+            assert!(t.elapsed() < COP2_DELAY * 20, "never sent");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(rec.0.lock().unwrap()[0].1, op::COP2);
     }
 }
