@@ -154,6 +154,17 @@ fn has_files(dir: &Path, prefix: &str, n: usize) -> bool {
     })
 }
 
+/// `repair HOW PATH` on `v`, which must succeed.
+fn repair(v: &Venus, how: &str, path: &Path) {
+    let out = v.tool("repair", &[how, path.to_str().unwrap()], "");
+    assert!(
+        out.status.success(),
+        "repair {how}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        v.log_tail()
+    );
+}
+
 #[test]
 fn partitioned_halves_updating_different_files_are_merged_with_no_person() {
     let (mut cell, sx, sy) = Cell::start();
@@ -283,13 +294,7 @@ fn the_same_file_changed_on_both_sides_is_a_conflict_that_repair_settles() {
     }
 
     // Keep both: X's replica's version under the name, c's beside it.
-    let out = x.tool("repair", &["keep-both", f.to_str().unwrap()], "");
-    assert!(
-        out.status.success(),
-        "repair keep-both: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        x.log_tail()
-    );
+    repair(x, "keep-both", &f);
     assert_eq!(fs::read_to_string(sx.join("f")).unwrap(), "from side A\n");
     assert_eq!(
         fs::read_to_string(sx.join("f.replica-3")).unwrap(),
@@ -319,13 +324,7 @@ fn the_same_file_changed_on_both_sides_is_a_conflict_that_repair_settles() {
         fs::read(&clash).err().and_then(|e| e.raw_os_error()),
         Some(libc::EIO)
     );
-    let out = y.tool("repair", &["keep-server", clash.to_str().unwrap()], "");
-    assert!(
-        out.status.success(),
-        "repair keep-server: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        y.log_tail()
-    );
+    repair(y, "keep-server", &clash);
     let read = |p: &Path| {
         fs::read_to_string(p).unwrap_or_else(|e| {
             panic!(
