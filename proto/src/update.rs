@@ -48,6 +48,9 @@ codec_struct! {
         /// The protection database (`pdb.toml`).
         pub pdb: String,
         pub volumes: Vec<VolumeEntry>,
+        /// Volumes removed from the cell: a replica of one still held is
+        /// removed, never remade (volume ids are not reused).
+        pub removed: Vec<VolumeId>,
     }
 }
 

@@ -71,6 +71,9 @@ pub mod op {
     /// The objects of a volume marked in conflict between replicas
     /// (`crate::res::Inconsistent`), answered as the call's side effect.
     pub const LIST_INCONSISTENT: u16 = 33;
+    /// Servers only: remove this server's replica of a volume the SCM
+    /// has removed from the cell.
+    pub const REMOVE_REPLICA: u16 = 34;
 }
 
 /// The call that carries one record of this kind on its own.

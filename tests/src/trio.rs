@@ -2,8 +2,9 @@
 //! and c, a the SCM), each restartable at its address.
 
 use std::path::PathBuf;
+use std::process::Output;
 
-use crate::{ok, replica_tar, Server, ADMIN_PASSWORD};
+use crate::{ok, replica_tar, run, Server, ADMIN_PASSWORD};
 
 pub const NAMES: [&str; 3] = ["a", "b", "c"];
 
@@ -65,12 +66,21 @@ impl Trio {
 
     /// `volutil` at server `at`, as the administrator; its output.
     pub fn volutil(&self, at: usize, args: &[&str]) -> String {
+        self.as_admin(at, args, |all| ok("volutil", all))
+    }
+
+    /// `volutil` at server `at`, as the administrator, which may fail.
+    pub fn volutil_run(&self, at: usize, args: &[&str]) -> Output {
+        self.as_admin(at, args, |all| run("volutil", all, ""))
+    }
+
+    fn as_admin<T>(&self, at: usize, args: &[&str], f: impl FnOnce(&[&str]) -> T) -> T {
         let pw = self.dir.path().join("admin.password");
         std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
         let mut all = vec!["--server", &self.addrs[at], "--password-file"];
         all.push(pw.to_str().unwrap());
         all.extend_from_slice(args);
-        ok("volutil", &all)
+        f(&all)
     }
 
     /// Server `i`'s replica of `vol` as a tar archive (None if it cannot

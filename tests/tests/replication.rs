@@ -193,3 +193,42 @@ fn a_server_listening_on_every_address_is_known_by_its_peers_address() {
     assert!(made.contains(&a) && made.contains(&b), "{made}");
     assert!(!made.contains("0.0.0.0"), "{made}");
 }
+
+#[test]
+fn a_removed_replicated_volume_goes_from_every_server_even_one_that_was_down() {
+    let mut cell = Trio::start();
+    cell.volutil(0, &["create", "rep", "--replicas", "a", "b", "c"]);
+    let held = |cell: &Trio, i| cell.replica(i, "rep").is_some();
+    assert!(eventually(Duration::from_secs(30), || (0..3).all(|i| held(&cell, i))));
+    cell.kill(2);
+
+    // Removed from one server alone, a replica would be made again: only
+    // the SCM removes a replicated volume.
+    let refused = cell.volutil_run(1, &["remove", "rep"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("SCM"), "{err}");
+    assert!(held(&cell, 1));
+
+    let out = cell.volutil(0, &["remove", "rep"]);
+    assert!(out.contains("removed volume rep"), "{out}");
+    assert!(!held(&cell, 0) && !held(&cell, 1));
+    for i in 0..2 {
+        assert!(!cell.volutil_run(i, &["info", "rep"]).status.success());
+    }
+
+    // c held its replica through the removal; it drops it when it comes
+    // back, and no server makes the volume again.
+    cell.start_server(2);
+    assert!(eventually(Duration::from_secs(30), || !held(&cell, 2)));
+    std::thread::sleep(2 * coda_vice::update::UPDATE_INTERVAL + Duration::from_secs(1));
+    for i in 0..3 {
+        assert!(!held(&cell, i), "server {i} made the removed volume again");
+    }
+    let list = cell.volutil(0, &["list"]);
+    assert!(!list.contains("rep"), "{list}");
+
+    // The name is free again.
+    cell.volutil(0, &["create", "rep", "--replicas", "a", "b", "c"]);
+    assert!(eventually(Duration::from_secs(30), || (0..3).all(|i| held(&cell, i))));
+}

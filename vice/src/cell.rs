@@ -3,7 +3,7 @@
 //! every server's volumes. Read on every bind and location query, written
 //! only by administration, so a lock is cheap here.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -186,41 +186,55 @@ impl<T> Mailbox<T> {
     }
 }
 
+coda_rpc2::codec_struct! {
+    /// `directory.bin`.
+    struct SavedDirectory {
+        volumes: Vec<VolumeEntry>,
+        removed: Vec<VolumeId>,
+    }
+}
+
 /// Every volume of the cell and where its replicas are: the SCM's is the
 /// truth (kept in `directory.bin`), every other server's a copy pulled
 /// from it (kept too, so a server serves while the SCM is down).
 #[derive(Debug, Default)]
 pub struct Directory {
     volumes: BTreeMap<VolumeId, VolumeEntry>,
+    /// Volumes removed from the cell, so that a replica a server still
+    /// holds (it was down) is removed rather than brought back.
+    removed: BTreeSet<VolumeId>,
     path: Option<PathBuf>,
 }
 
 impl Directory {
     /// Loads `path` (absent: empty).
     pub fn open(path: PathBuf) -> std::io::Result<Directory> {
-        let volumes = match std::fs::read(&path) {
-            Ok(bytes) => codec::from_bytes::<Vec<VolumeEntry>>(&bytes)
-                .map_err(|e| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{}: {e}", path.display()),
-                    )
-                })?
-                .into_iter()
-                .map(|e| (e.id, e))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        let saved = match std::fs::read(&path) {
+            Ok(bytes) => codec::from_bytes::<SavedDirectory>(&bytes).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SavedDirectory {
+                volumes: Vec::new(),
+                removed: Vec::new(),
+            },
             Err(e) => return Err(e),
         };
         Ok(Directory {
-            volumes,
+            volumes: saved.volumes.into_iter().map(|e| (e.id, e)).collect(),
+            removed: saved.removed.into_iter().collect(),
             path: Some(path),
         })
     }
 
     fn save(&self) {
         if let Some(path) = &self.path {
-            let bytes = codec::to_bytes(&self.all());
+            let bytes = codec::to_bytes(&SavedDirectory {
+                volumes: self.all(),
+                removed: self.removed(),
+            });
             if let Err(e) = crate::pdb::write_atomically(path, &bytes, 0o644) {
                 tracing::error!("{}: {e}", path.display());
             }
@@ -237,6 +251,21 @@ impl Directory {
 
     pub fn all(&self) -> Vec<VolumeEntry> {
         self.volumes.values().cloned().collect()
+    }
+
+    pub fn removed(&self) -> Vec<VolumeId> {
+        self.removed.iter().copied().collect()
+    }
+
+    pub fn is_removed(&self, id: VolumeId) -> bool {
+        self.removed.contains(&id)
+    }
+
+    /// Volume `id` is removed from the cell, for good.
+    pub fn forget(&mut self, id: VolumeId) {
+        self.volumes.remove(&id);
+        self.removed.insert(id);
+        self.save();
     }
 
     /// A volume reserved at the SCM before its replicas exist.
@@ -277,6 +306,9 @@ impl Directory {
         let Some(slot) = v.replicas.iter().position(|r| r == server) else {
             return;
         };
+        if self.removed.contains(&v.id) {
+            return;
+        }
         let addr = v.addrs.get(slot).cloned().unwrap_or_default();
         let e = self.volumes.entry(v.id).or_insert_with(|| VolumeEntry {
             addrs: vec![String::new(); v.replicas.len()],
@@ -289,9 +321,10 @@ impl Directory {
     }
 
     /// A copy of the SCM's directory.
-    pub fn adopt(&mut self, volumes: Vec<VolumeEntry>) {
-        if self.all() != volumes {
+    pub fn adopt(&mut self, volumes: Vec<VolumeEntry>, removed: Vec<VolumeId>) {
+        if self.all() != volumes || self.removed() != removed {
             self.volumes = volumes.into_iter().map(|e| (e.id, e)).collect();
+            self.removed = removed.into_iter().collect();
             self.save();
         }
     }

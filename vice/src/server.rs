@@ -616,12 +616,11 @@ fn dispatch(ctx: &Rc<Ctx>, actions: Vec<Action>) {
                     cell.resolve.post_once(volume);
                 }
             }
-            Action::MakeReplicas { id, entry } => drop(
+            Action::Cell { id, job } => drop(
                 glommio::spawn_local(async move {
                     let (done, answer) = async_channel::bounded(1);
                     let cell = c.service.borrow().cell.clone();
-                    cell.work
-                        .post(crate::update::Work::MakeReplicas { entry, done });
+                    cell.work.post(crate::update::Work { job, done });
                     let (code, body) = answer
                         .recv()
                         .await

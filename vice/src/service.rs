@@ -81,11 +81,11 @@ pub enum Action {
     /// Bring the replicas of `volume` together (`crate::resolve`), in the
     /// background.
     Resolve { volume: VolumeId },
-    /// Make the replicas of a new replicated volume on their servers
-    /// (`crate::update`) and answer `id` with its `VolumeInfo`.
-    MakeReplicas {
+    /// Work on a volume's replicas on their servers (`crate::update`);
+    /// its answer answers `id`.
+    Cell {
         id: IncomingId,
-        entry: coda_proto::update::VolumeEntry,
+        job: crate::update::CellJob,
     },
     /// Hash these containers and make their bytes durable (a driver syncs
     /// the containers of many calls together, and hashes large ones off
@@ -618,7 +618,9 @@ impl Service {
                 out.push(Action::Resolve { volume: r.volume });
                 now(Ok(Bytes::new()))
             }
-            op::RES_SUMMARY..=op::MAKE_REPLICA if !caller.is_server() => Err(Errno::EACCES),
+            op::RES_SUMMARY..=op::MAKE_REPLICA | op::REMOVE_REPLICA if !caller.is_server() => {
+                Err(Errno::EACCES)
+            }
             op::UPDATE => {
                 let r: coda_proto::update::UpdateRequest = decode(body)?;
                 if !self.cell.is_scm() {
@@ -629,9 +631,11 @@ impl Service {
                     tracing::error!("{e}");
                     Errno::EIO
                 })?;
+                let dir = self.cell.directory();
                 let state = coda_proto::update::CellState {
                     pdb,
-                    volumes: self.cell.directory().all(),
+                    volumes: dir.all(),
+                    removed: dir.removed(),
                 };
                 now(ok(&state))
             }
@@ -647,6 +651,21 @@ impl Service {
                     barren: false,
                 };
                 self.on_shard(id, shard, job, out)
+            }
+            op::REMOVE_REPLICA => {
+                let vol: VolumeId = decode(body)?;
+                let shard = match self.cell.vldb().get(vol) {
+                    Some(l) if l.kind != VolumeKind::Replicated => return Err(Errno::EINVAL),
+                    Some(l) => Some(l.shard),
+                    None => None,
+                };
+                // Not brought back by this server's update thread before
+                // it hears of the removal from the SCM.
+                self.cell.directory_mut().forget(vol);
+                match shard {
+                    Some(shard) => self.on_shard(id, shard, Job::RemoveVolume(vol), out),
+                    None => now(Ok(Bytes::new())),
+                }
             }
             op::RES_SUMMARY => {
                 let r: coda_proto::res::SummaryRequest = decode(body)?;
@@ -1530,6 +1549,9 @@ impl Service {
             volutil::op::LIST => ok(&self.list_volumes()).map(|b| Some((b, None))),
             volutil::op::INFO | volutil::op::LOCK | volutil::op::UNLOCK | volutil::op::REMOVE => {
                 let r: NameVolume = decode(body)?;
+                if opcode == volutil::op::REMOVE && self.is_replicated(&r.volume) {
+                    return self.remove_replicated(id, &r.volume, out);
+                }
                 let vol = match self.resolve(&r.volume) {
                     Err(e) if opcode == volutil::op::INFO => {
                         return ok(&self.elsewhere(&r.volume).ok_or(e)?).map(|b| Some((b, None)))
@@ -1824,7 +1846,53 @@ impl Service {
             addrs: vec![String::new(); n],
         };
         self.cell.directory_mut().insert(entry.clone());
-        out.push(Action::MakeReplicas { id, entry });
+        out.push(Action::Cell {
+            id,
+            job: crate::update::CellJob::MakeReplicas(entry),
+        });
+        Ok(None)
+    }
+
+    /// The cell directory's entry of a volume.
+    fn entry_of(&self, r: &VolumeRef) -> Option<coda_proto::update::VolumeEntry> {
+        let dir = self.cell.directory();
+        match r {
+            VolumeRef::Id(id) => dir.get(*id),
+            VolumeRef::Name(n) => dir.by_name(n),
+        }
+        .cloned()
+    }
+
+    /// Whether a volume has several replicas, as this server's own
+    /// replica or the cell's directory (which may not know it yet) says.
+    fn is_replicated(&self, r: &VolumeRef) -> bool {
+        let here = self
+            .resolve(r)
+            .ok()
+            .and_then(|v| self.cell.vldb().get(v).cloned());
+        here.is_some_and(|l| l.kind == VolumeKind::Replicated)
+            || self.entry_of(r).is_some_and(|e| e.replicas.len() > 1)
+    }
+
+    /// `volutil remove` of a replicated volume, at the SCM: gone from the
+    /// cell's directory for good, then from each server holding a replica
+    /// (a server that is down removes its own when it comes back; removed
+    /// from one server alone, the replica would be made again, barren).
+    fn remove_replicated(
+        &mut self,
+        id: IncomingId,
+        r: &VolumeRef,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<(Bytes, Option<CommitId>)>, Errno> {
+        if !self.cell.is_scm() {
+            return Err(Errno::NOT_SCM);
+        }
+        let e = self.entry_of(r).ok_or(Errno::NO_SUCH_VOLUME)?;
+        self.cell.directory_mut().forget(e.id);
+        out.push(Action::Cell {
+            id,
+            job: crate::update::CellJob::RemoveReplicas(e),
+        });
         Ok(None)
     }
 

@@ -94,7 +94,7 @@ fn run(
             // Resolution runs where the test says (it calls other nodes).
             Action::Resolve { .. } => {}
             // A simulated server is a cell of its own.
-            Action::MakeReplicas { id, .. } => actions.push_back(Action::Reply {
+            Action::Cell { id, .. } => actions.push_back(Action::Reply {
                 id,
                 code: coda_proto::Errno::NOT_SCM.0,
                 body: bytes::Bytes::new(),

@@ -28,13 +28,19 @@ pub const UPDATE_INTERVAL: Duration = Duration::from_secs(3);
 /// Runs a job on a shard of this server and waits for its answer.
 pub type RunJob = Arc<dyn Fn(u32, Job) -> (u16, Bytes) + Send + Sync>;
 
-/// Work for the update thread.
-pub enum Work {
-    /// Make a new volume's replicas; answer `done` with its `VolumeInfo`.
-    MakeReplicas {
-        entry: VolumeEntry,
-        done: async_channel::Sender<(u16, Bytes)>,
-    },
+/// Work on the replicas of a volume, for the update thread.
+#[derive(Debug)]
+pub enum CellJob {
+    /// Make a new volume's replicas; answered with its `VolumeInfo`.
+    MakeReplicas(VolumeEntry),
+    /// Remove the replicas of a volume the SCM has removed from the cell.
+    RemoveReplicas(VolumeEntry),
+}
+
+pub struct Work {
+    pub job: CellJob,
+    /// Answered with the job's code and body.
+    pub done: async_channel::Sender<(u16, Bytes)>,
 }
 
 /// The shard of every server that holds a replicated volume's replica.
@@ -85,21 +91,34 @@ impl Updater {
             }
         }
         if peers.is_scm() {
-            self.cell.directory_mut().merge(self.me(), mine);
+            self.cell.directory_mut().merge(self.me(), mine.clone());
         } else {
             let (scm, addr) = peers.scm();
             let req = UpdateRequest {
                 server: self.me().to_string(),
-                volumes: mine,
+                volumes: mine.clone(),
             };
             match self.client.call_decode::<CellState>(addr, op::UPDATE, &req) {
                 Ok(state) => {
                     if let Err(e) = self.cell.pdb_mut().adopt(&state.pdb) {
                         tracing::error!("the SCM's protection database: {e}");
                     }
-                    self.cell.directory_mut().adopt(state.volumes);
+                    self.cell
+                        .directory_mut()
+                        .adopt(state.volumes, state.removed);
                 }
                 Err(e) => tracing::debug!("update from the SCM {scm} at {addr}: {e}"),
+            }
+        }
+        // Replicas of volumes removed while this server was away.
+        let gone: Vec<VolumeEntry> = {
+            let dir = self.cell.directory();
+            mine.into_iter().filter(|e| dir.is_removed(e.id)).collect()
+        };
+        for e in gone {
+            match self.remove_here(e.id) {
+                Ok(()) => tracing::info!("removed volume {}, removed from the cell", e.name),
+                Err(err) => tracing::warn!("removing volume {}: {err}", e.name),
             }
         }
         let missing: Vec<VolumeEntry> = {
@@ -132,14 +151,51 @@ impl Updater {
     }
 
     fn work(&self, work: Work) {
-        match work {
-            Work::MakeReplicas { entry, done } => {
-                let answer = match self.make_replicas(&entry) {
-                    Ok(info) => (0, codec::to_bytes(&info)),
-                    Err(e) => (e.0, Bytes::new()),
-                };
-                let _ = done.send_blocking(answer);
+        let answer = match work.job {
+            CellJob::MakeReplicas(entry) => self
+                .make_replicas(&entry)
+                .map(|info| codec::to_bytes(&info)),
+            CellJob::RemoveReplicas(entry) => {
+                self.remove_replicas(&entry);
+                Ok(Bytes::new())
             }
+        };
+        let _ = work.done.send_blocking(match answer {
+            Ok(body) => (0, body),
+            Err(e) => (e.0, Bytes::new()),
+        });
+    }
+
+    /// The SCM removes a removed volume's replica from each of its
+    /// servers; one that is down removes its own when it next updates.
+    fn remove_replicas(&self, entry: &VolumeEntry) {
+        let Some(peers) = &self.cell.peers else {
+            return;
+        };
+        for server in &entry.replicas {
+            let removed = if server == self.me() {
+                self.remove_here(entry.id)
+            } else {
+                let addr = peers.addr(server).ok_or(Errno::EINVAL);
+                let body = codec::to_bytes(&entry.id);
+                match addr.and_then(|a| self.client.call(a, op::REMOVE_REPLICA, body, None)) {
+                    Ok(r) if r.code != 0 => Err(Errno(r.code)),
+                    r => r.map(drop),
+                }
+            };
+            match removed {
+                Ok(()) => tracing::info!("volume {}: removed on {server}", entry.name),
+                Err(e) => tracing::warn!("volume {}: removing on {server}: {e}", entry.name),
+            }
+        }
+    }
+
+    /// Removes this server's replica of volume `id`, if it has one.
+    fn remove_here(&self, id: VolumeId) -> Result<(), Errno> {
+        match (self.run)(shard_of(id, self.cell.shards), Job::RemoveVolume(id)) {
+            (0, _) => Ok(()),
+            (code, _) if Errno(code) == Errno::NO_SUCH_VOLUME => Ok(()),
+            (code, _) => Err(Errno(code)),
         }
     }
 
