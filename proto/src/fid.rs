@@ -18,10 +18,12 @@ pub const LOCAL_VNODE_BASE: u64 = 1 << 63;
 /// fids, gets one fid on all of them. AllocFids hands out numbers below.
 pub const DERIVED_VNODE_BASE: u64 = 1 << 62;
 
-/// The fid every replica of `volume` gives the object client `host` made
-/// as `local`.
-pub fn derived_fid(volume: VolumeId, host: u64, local: Fid) -> Fid {
+/// The fid every replica of `volume` gives the object `user`'s client
+/// `host` made as `local`. The user is in it because a client names its
+/// own host: another user claiming it cannot take the fids it will make.
+pub fn derived_fid(volume: VolumeId, user: crate::acl::PrincipalId, host: u64, local: Fid) -> Fid {
     let mut h = blake3::Hasher::new_derive_key("coda derived fids");
+    h.update(&user.to_le_bytes());
     for n in [volume, host, local.vnode, local.unique] {
         h.update(&n.to_le_bytes());
     }

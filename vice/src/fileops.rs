@@ -334,7 +334,8 @@ impl<'t, 'a> Apply<'t, 'a> {
             }
             let fid = if self.replicas > 1 {
                 // Every replica must give the object the same fid.
-                let fid = coda_proto::fid::derived_fid(self.volume, self.host, asked);
+                let fid =
+                    coda_proto::fid::derived_fid(self.volume, self.caller.user, self.host, asked);
                 if self.vol().vnodes.contains_key(&fid.vnode) {
                     return Err(Errno::EEXIST);
                 }

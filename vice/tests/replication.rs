@@ -1264,6 +1264,49 @@ fn a_cop2_carried_on_the_next_update_joins_the_vectors() {
     assert!(w.tree(0).contains_key("/g"));
 }
 
+/// Objects a client makes with made-up fids get fids every replica derives
+/// alike from the client's host, which the client names itself: another
+/// user naming that host first cannot take the fids it will make.
+#[test]
+fn another_user_naming_a_clients_host_cannot_take_its_fids() {
+    let mut w = World::new(6, 1);
+    let root = Fid::root(VOL);
+    let mut open = coda_proto::acl::Acl::default();
+    open.set(
+        coda_proto::acl::ANY_USER,
+        coda_proto::acl::Rights::ALL,
+        false,
+    );
+    let set = Op::SetAcl(cml::SetAcl {
+        dir: root,
+        acl: open,
+    });
+    assert_eq!(w.update(0, set, None).unwrap(), vec![0, 1, 2]);
+    let at = w.node("intruder", 2000);
+    let host = w.clients[0].host;
+    w.clients.push(Client {
+        at,
+        host,
+        next: 0,
+        lose_cop2: 0,
+        held: None,
+    });
+    let local = Fid::new(VOL, coda_proto::fid::LOCAL_VNODE_BASE + 1, 1);
+    let create = |name: &str| {
+        Op::Create(cml::Create {
+            dir: root,
+            name: name.into(),
+            fid: local,
+            mode: 0o644,
+            group: 0,
+        })
+    };
+    assert_eq!(w.update(1, create("squat"), None).unwrap(), vec![0, 1, 2]);
+    assert_eq!(w.update(0, create("mine"), None).unwrap(), vec![0, 1, 2]);
+    let tree = w.tree(0);
+    assert!(tree.contains_key("/squat") && tree.contains_key("/mine"));
+}
+
 /// Summaries are read one replica after another. A replica that makes an
 /// object after its summary was read (while a call to another waited out
 /// a cut) names it in the directory states read later: that name, and
