@@ -341,6 +341,11 @@ impl<'t, 'a> Apply<'t, 'a> {
                 }
                 fid
             } else {
+                if self.header.next_vnode.max(self.header.next_unique)
+                    >= coda_proto::fid::DERIVED_VNODE_BASE
+                {
+                    return Err(Errno::ENOSPC);
+                }
                 let fid = Fid::new(self.volume, self.header.next_vnode, self.header.next_unique);
                 self.header.next_vnode += 1;
                 self.header.next_unique += 1;

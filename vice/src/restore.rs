@@ -10,7 +10,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use coda_proto::dump::{DumpEntry, DumpError, DumpHeader, DumpVnode, DumpVolume, Parser, Record};
-use coda_proto::fid::{Fid, VolumeId, ROOT_VNODE};
+use coda_proto::fid::{Fid, VolumeId, DERIVED_VNODE_BASE, ROOT_VNODE};
 use coda_proto::status::VnodeKind;
 use coda_proto::vice::VolumeKind;
 use rvm::{CommitId, Durability};
@@ -167,6 +167,12 @@ impl RestoreSession {
         let mut vnodes = Vec::with_capacity(self.vnodes.len());
         for (v, container) in &self.vnodes {
             let fid = map(h.volume, v.vnode, v.unique);
+            if fid.is_local() {
+                return Err(self.refuse(format!(
+                    "object {:x} is numbered as a client makes up fids",
+                    v.vnode
+                )));
+            }
             if kinds.insert(v.vnode, (v.unique, v.kind)).is_some() {
                 return Err(self.refuse(format!("object {} appears twice", v.vnode)));
             }
@@ -260,8 +266,11 @@ impl RestoreSession {
                 );
             }
         }
-        let max_vnode = kinds.keys().max().copied().unwrap_or(ROOT_VNODE);
-        let max_unique = kinds.values().map(|k| k.0).max().unwrap_or(ROOT_VNODE);
+        // Objects made in a replicated volume have derived fids, numbered
+        // apart from the counters (which stay below them).
+        let counted = kinds.iter().filter(|(&v, _)| v < DERIVED_VNODE_BASE);
+        let max_vnode = counted.clone().map(|(&v, _)| v).max().unwrap_or(ROOT_VNODE);
+        let max_unique = counted.map(|(_, k)| k.0).max().unwrap_or(ROOT_VNODE);
         let stamp = old.map_or(1, |o| o.header.stamp + 1);
         let header = VolumeHeader {
             id,
@@ -269,8 +278,8 @@ impl RestoreSession {
             kind: VolumeKind::ReadWrite,
             locked: old.is_some_and(|o| o.header.locked),
             replicas: vec![cell.to_string()],
-            next_vnode: dv.next_vnode.max(max_vnode + 1),
-            next_unique: dv.next_unique.max(max_unique + 1),
+            next_vnode: dv.next_vnode.max(max_vnode + 1).min(DERIVED_VNODE_BASE),
+            next_unique: dv.next_unique.max(max_unique + 1).min(DERIVED_VNODE_BASE),
             stamp,
             created: dv.created,
             grants: Vec::new(),

@@ -11,7 +11,7 @@ use coda_proto::cml::{self, Op};
 use coda_proto::dump;
 use coda_proto::fid::{Fid, VolumeId};
 use coda_proto::status::{Timestamp, VnodeKind};
-use coda_proto::vice::{VolumeInfo, VolumeKind, VolumeRef};
+use coda_proto::vice::{AllocFids, FidRange, VolumeInfo, VolumeKind, VolumeRef};
 use coda_proto::volutil::{
     self, op, CloneVolume, DumpBegin, DumpBegun, DumpChunk, DumpEstimate, NameVolume, RestoreBegin,
     RestoreReply, Session, DUMP_CHUNK_MAX,
@@ -574,9 +574,9 @@ fn a_dump_longer_than_one_read_comes_in_reads_of_at_most_the_limit() {
     assert_eq!(w.fetch(&a, Fid { volume: r.id, ..f }).unwrap().1, data);
 }
 
-/// A dump whose directories `a` and `b` (vnodes 2 and 3) have the parents
-/// given, both named in the root.
-fn crafted(parent_a: u64, parent_b: u64, root_links: u32) -> Vec<u8> {
+/// A dump whose directories `a` and `b` (vnodes 2 and `b`) have the
+/// parents given, both named in the root.
+fn crafted(b: u64, parent_a: u64, parent_b: u64, root_links: u32) -> Vec<u8> {
     use coda_proto::dump::{DumpEntry, DumpHeader, DumpVnode, DumpVolume, Writer};
     let volume = 0x7f00_0099;
     let dir = |n: u64, parent: u64| DumpVnode {
@@ -626,8 +626,8 @@ fn crafted(parent_a: u64, parent_b: u64, root_links: u32) -> Vec<u8> {
         },
     );
     w.vnode(&mut out, &dir(2, parent_a));
-    w.vnode(&mut out, &dir(3, parent_b));
-    for (name, n) in [("a", 2), ("b", 3)] {
+    w.vnode(&mut out, &dir(b, parent_b));
+    for (name, n) in [("a", 2), ("b", b)] {
         let e = DumpEntry {
             dir_vnode: 1,
             dir_unique: 1,
@@ -646,15 +646,15 @@ fn crafted(parent_a: u64, parent_b: u64, root_links: u32) -> Vec<u8> {
 fn a_dump_whose_objects_are_not_one_tree_is_refused() {
     let mut w = World::new(78);
     let a = w.client(Some(ADMIN_ID));
-    let good = restore(&mut w, &a, &crafted(1, 1, 4), "good", 1 << 20);
+    let good = restore(&mut w, &a, &crafted(3, 1, 1, 4), "good", 1 << 20);
     assert!(matches!(good, RestoreReply::Done(_)), "{good:?}");
     // Parents pointing at each other: a loop no walk up the tree ends.
-    let looped = restore(&mut w, &a, &crafted(3, 2, 4), "looped", 1 << 20);
+    let looped = restore(&mut w, &a, &crafted(3, 3, 2, 4), "looped", 1 << 20);
     assert!(
         matches!(&looped, RestoreReply::Refused(r) if r.reason.contains("tree")),
         "{looped:?}"
     );
-    let miscounted = restore(&mut w, &a, &crafted(1, 1, 2), "miscounted", 1 << 20);
+    let miscounted = restore(&mut w, &a, &crafted(3, 1, 1, 2), "miscounted", 1 << 20);
     assert!(
         matches!(&miscounted, RestoreReply::Refused(r) if r.reason.contains("link count")),
         "{miscounted:?}"
@@ -663,4 +663,49 @@ fn a_dump_whose_objects_are_not_one_tree_is_refused() {
         assert_eq!(w.svc().cell.vldb().by_name(name), None);
     }
     w.check();
+}
+
+#[test]
+fn a_dump_with_derived_fids_restores_with_fids_to_hand_out() {
+    use coda_proto::fid::{DERIVED_VNODE_BASE, LOCAL_VNODE_BASE};
+    let mut w = World::new(79);
+    let mut a = w.client(Some(ADMIN_ID));
+    // An object made in a replicated volume: its fid is derived, numbered
+    // far above the counters (here as high as one can be).
+    let derived = LOCAL_VNODE_BASE - 1;
+    let RestoreReply::Done(r) = restore(&mut w, &a, &crafted(derived, 1, 1, 4), "r", 1 << 20)
+    else {
+        panic!("refused")
+    };
+    let root = Fid::root(r.id);
+    let mut acl = coda_proto::acl::Acl::default();
+    acl.set(ADMIN_ID, coda_proto::acl::Rights::ALL, false);
+    w.mutate(&mut a, Op::SetAcl(cml::SetAcl { dir: root, acl }))
+        .unwrap();
+    let made = w.create(&mut a, root, "new").unwrap();
+    assert!(made.fid.vnode < DERIVED_VNODE_BASE, "{}", made.fid);
+    let fids: FidRange = w
+        .vice(
+            &a,
+            coda_proto::vice::op::ALLOC_FIDS,
+            &AllocFids {
+                volume: r.id,
+                count: 4,
+            },
+        )
+        .unwrap();
+    assert!(fids.vnode < DERIVED_VNODE_BASE);
+    w.check();
+    // A number clients make up, in a dump, is refused.
+    let local = restore(
+        &mut w,
+        &a,
+        &crafted(LOCAL_VNODE_BASE + 7, 1, 1, 4),
+        "l",
+        1 << 20,
+    );
+    assert!(
+        matches!(&local, RestoreReply::Refused(r) if r.reason.contains("makes up")),
+        "{local:?}"
+    );
 }
