@@ -553,8 +553,7 @@ fn merge_dir(
                 .push((*slot, b.clone()));
         }
     }
-    let mut entries: Vec<Binding> = Vec::new();
-    let mut clashes = Vec::new();
+    let mut kept_by_name: Vec<(String, Vec<Binding>)> = Vec::new();
     for (name, holders) in by_name {
         let mut kept: Vec<Binding> = Vec::new();
         for (slot, b) in &holders {
@@ -579,25 +578,58 @@ fn merge_dir(
                 kept.push(b.clone());
             }
         }
-        let mut first = true;
-        for b in kept {
-            if first {
+        kept_by_name.push((name, kept));
+    }
+    let mut taken: HashSet<String> = kept_by_name
+        .iter()
+        .filter(|(_, kept)| !kept.is_empty())
+        .map(|(name, _)| name.clone())
+        .collect();
+    let mut entries: Vec<Binding> = Vec::new();
+    let mut clashes = Vec::new();
+    for (name, kept) in kept_by_name {
+        for (i, b) in kept.into_iter().enumerate() {
+            if i == 0 {
                 entries.push(b);
-                first = false;
-            } else {
-                clashes.push(b.fid);
-                entries.push(Binding {
-                    name: format!("{name}{CLASH_MARK}{:x}", b.fid.vnode),
-                    fid: b.fid,
-                    kind: b.kind,
-                });
+                continue;
             }
+            clashes.push(b.fid);
+            let name = clash_name(&name, b.fid.vnode, &taken);
+            taken.insert(name.clone());
+            entries.push(Binding {
+                name,
+                fid: b.fid,
+                kind: b.kind,
+            });
         }
     }
     entries.sort();
     out.entries = entries;
     out.tombstones = Vec::new();
     (out, clashes)
+}
+
+/// The name the second object of a name made twice gets: the name and
+/// the mark, the name cut short if the whole would be too long for a
+/// directory, and numbered on if a name already has it (every replica
+/// computes the same).
+fn clash_name(name: &str, vnode: u64, taken: &HashSet<String>) -> String {
+    (0u32..)
+        .map(|n| {
+            let suffix = match n {
+                0 => format!("{CLASH_MARK}{vnode:x}"),
+                n => format!("{CLASH_MARK}{vnode:x}-{n}"),
+            };
+            let mut cut = name
+                .len()
+                .min(coda_proto::vice::NAME_BYTES_MAX - suffix.len());
+            while !name.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            format!("{}{suffix}", &name[..cut])
+        })
+        .find(|candidate| !taken.contains(candidate))
+        .expect("a free name")
 }
 
 /// A number named by what it is for: the same merge gets the same store
@@ -761,5 +793,28 @@ fn send_install(reps: &mut dyn Replicas, slot: usize, install: &Install) -> Resu
     match r.code {
         0 => Ok(()),
         c => Err(Errno(c)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clash_name_fits_a_directory_and_is_free() {
+        let none = HashSet::new();
+        assert_eq!(clash_name("f", 0xab, &none), "f.conflict-ab");
+        // Too long with the mark: cut, at a character's edge.
+        let long = "é".repeat(127);
+        let got = clash_name(&long, u64::MAX, &none);
+        assert!(
+            got.len() <= coda_proto::vice::NAME_BYTES_MAX,
+            "{}",
+            got.len()
+        );
+        assert!(got.ends_with(".conflict-ffffffffffffffff"));
+        // A name someone made already is not taken over.
+        let taken: HashSet<String> = ["f.conflict-ab".to_string()].into();
+        assert_eq!(clash_name("f", 0xab, &taken), "f.conflict-ab-1");
     }
 }
