@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
+use coda_proto::acl::{Acl, AclEntry, PrincipalId, Rights};
 use coda_proto::fid::{Fid, StoreId, VolumeId};
 use coda_proto::res::{
     Binding, Contents, Install, InstallObject, ObjectState, StateRequest, SummaryEntry,
@@ -536,6 +537,7 @@ fn merge_dir(
         .copied()
         .expect("versions");
     let mut out = newest.clone();
+    out.acl = merge_acls(versions.iter().filter_map(|(_, s)| s.acl.as_ref()));
     // The object's version where a replica holds the name: newer than the
     // removal (its tombstone) means it changed since, and it stays.
     let version_at = |slot: usize, f: &Fid| {
@@ -607,6 +609,39 @@ fn merge_dir(
     out.entries = entries;
     out.tombstones = Vec::new();
     (out, clashes)
+}
+
+/// The access list of a directory whose list may have changed on both
+/// sides: which side changed it is not known, so each principal keeps
+/// the rights every side grants it and loses those any side denies. A
+/// right revoked during a partition is never given back; one granted
+/// meanwhile on one side alone may have to be granted again.
+fn merge_acls<'a>(mut acls: impl Iterator<Item = &'a Acl>) -> Option<Acl> {
+    let first = acls.next()?.clone();
+    Some(acls.fold(first, |merged, acl| {
+        if merged == *acl {
+            return merged;
+        }
+        let rights = |entries: &[AclEntry], id| {
+            entries
+                .iter()
+                .filter(|e| e.id == id)
+                .fold(Rights::NONE, |r, e| r.union(e.rights))
+        };
+        let ids = |x: &[AclEntry], y: &[AclEntry]| -> BTreeSet<PrincipalId> {
+            x.iter().chain(y).map(|e| e.id).collect()
+        };
+        let mut out = Acl::default();
+        for id in ids(&merged.positive, &acl.positive) {
+            let (a, b) = (rights(&merged.positive, id), rights(&acl.positive, id));
+            out.set(id, a.minus(a.minus(b)), false);
+        }
+        for id in ids(&merged.negative, &acl.negative) {
+            let denied = rights(&merged.negative, id).union(rights(&acl.negative, id));
+            out.set(id, denied, true);
+        }
+        out
+    }))
 }
 
 /// The name the second object of a name made twice gets: the name and

@@ -1264,6 +1264,48 @@ fn a_cop2_carried_on_the_next_update_joins_the_vectors() {
     assert!(w.tree(0).contains_key("/g"));
 }
 
+/// Which side of a partition changed a directory's access list is not
+/// known when both changed the directory: a right revoked on one side
+/// stays revoked, even when the other side changed the directory later.
+#[test]
+fn a_right_revoked_during_a_partition_stays_revoked() {
+    use coda_proto::acl::{Acl, Rights, ANY_USER};
+    let mut w = World::new(8, 2);
+    let root = Fid::root(VOL);
+    let acl = |any: &str| {
+        let mut a = Acl::default();
+        a.set(ADMIN_ID, Rights::ALL, false);
+        a.set(ANY_USER, Rights::parse(any).unwrap(), false);
+        a
+    };
+    let set = |a: Acl| Op::SetAcl(cml::SetAcl { dir: root, acl: a });
+    assert_eq!(
+        w.update(0, set(acl("rlidwk")), None).unwrap(),
+        vec![0, 1, 2]
+    );
+    w.split(&[0, 1], &[2], &[0], &[1]);
+    assert_eq!(w.update(0, set(acl("rl")), None).unwrap(), vec![0, 1]);
+    // The other side's change comes later.
+    w.clients[1].next += 10;
+    let f = w.fid(1).unwrap();
+    let create = Op::Create(cml::Create {
+        dir: root,
+        name: "late".into(),
+        fid: f,
+        mode: 0o644,
+        group: 0,
+    });
+    assert_eq!(w.update(1, create, None).unwrap(), vec![2]);
+    w.heal_all();
+    w.resolve_fully(0);
+    for s in 0..N {
+        let st = w.states(s, &[root]).remove(0);
+        let rights = st.acl.unwrap().rights_for(&[ANY_USER]);
+        assert_eq!(rights.to_string(), "rl", "replica {s}");
+        assert!(st.entries.iter().any(|b| b.name == "late"), "replica {s}");
+    }
+}
+
 /// Objects a client makes with made-up fids get fids every replica derives
 /// alike from the client's host, which the client names itself: another
 /// user naming that host first cannot take the fids it will make.
