@@ -69,6 +69,9 @@ pub fn check_shard(shard: &Shard) -> Vec<String> {
             }
             match v.kind {
                 VnodeKind::Directory => {
+                    if parents.len() > 1 {
+                        p(format!("directory {} has {} names", v.fid, parents.len()));
+                    }
                     let subdirs = vol.dirs.get(vnode).map_or(0, |e| {
                         e.values()
                             .filter(|(_, f)| vol.vnode(*f).is_some_and(|c| c.is_dir()))

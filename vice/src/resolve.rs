@@ -335,13 +335,38 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
     // Until nothing changes: the objects of a directory that goes, go too.
     let mut removed: HashSet<Fid> = HashSet::new();
     let bound_by = loop {
-        let mut bound_by: HashMap<Fid, Vec<(Fid, String)>> = HashMap::new();
-        for d in merged_dirs.iter().filter(|d| !removed.contains(d)) {
-            for b in &merged[d].state.entries {
-                bound_by
-                    .entry(b.fid)
-                    .or_default()
-                    .push((*d, b.name.clone()));
+        let mut bound_by = bindings(&merged, &merged_dirs, &removed);
+        // A directory moved on both sides (each side changed it, so
+        // neither removal holds) would have two names, and two moved into
+        // each other a loop: it stays where the first replica put it.
+        let mut unbind: Vec<(Fid, Fid)> = Vec::new();
+        for (f, binds) in bound_by.iter_mut() {
+            let is_dir = merged
+                .get(f)
+                .is_some_and(|m| m.state.status.kind == VnodeKind::Directory);
+            if !is_dir || binds.len() < 2 {
+                continue;
+            }
+            let first_parent = versions_of(f)
+                .iter()
+                .map(|(_, s)| s.status.parent)
+                .find(|p| binds.iter().any(|(d, _)| d == p));
+            let keep = first_parent.unwrap_or(binds[0].0);
+            let kept = binds
+                .iter()
+                .position(|(d, _)| *d == keep)
+                .expect("a binding");
+            for (i, (d, _)) in binds.iter().enumerate() {
+                if i != kept {
+                    unbind.push((*d, *f));
+                }
+            }
+            let k = binds.swap_remove(kept);
+            *binds = vec![k];
+        }
+        for (d, f) in unbind {
+            if let Some(m) = merged.get_mut(&d) {
+                m.state.entries.retain(|b| b.fid != f);
             }
         }
         let mut more = false;
@@ -609,6 +634,26 @@ fn merge_dir(
     out.entries = entries;
     out.tombstones = Vec::new();
     (out, clashes)
+}
+
+/// Each object the merged directories name, with where and as what.
+fn bindings(
+    merged: &HashMap<Fid, Merged>,
+    merged_dirs: &HashSet<Fid>,
+    removed: &HashSet<Fid>,
+) -> HashMap<Fid, Vec<(Fid, String)>> {
+    let mut bound_by: HashMap<Fid, Vec<(Fid, String)>> = HashMap::new();
+    for d in merged_dirs.iter().filter(|d| !removed.contains(d)) {
+        for b in &merged[d].state.entries {
+            bound_by
+                .entry(b.fid)
+                .or_default()
+                .push((*d, b.name.clone()));
+        }
+    }
+    // In one order whatever the set's: a seed replays exactly.
+    bound_by.values_mut().for_each(|b| b.sort());
+    bound_by
 }
 
 /// The access list of a directory whose list may have changed on both

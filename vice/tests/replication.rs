@@ -488,6 +488,7 @@ impl World {
         let all = self.replica_state(s);
         let mut out = BTreeMap::new();
         let mut stack = vec![(Fid::root(VOL), String::new())];
+        let mut seen = std::collections::HashSet::new();
         while let Some((dir, path)) = stack.pop() {
             let (_, names, _) = &all[&dir];
             for n in names {
@@ -504,6 +505,7 @@ impl World {
                     ),
                 );
                 if st.kind == VnodeKind::Directory {
+                    assert!(seen.insert(fid), "directory {fid} reached twice, at {p}");
                     stack.push((fid, p));
                 }
             }
@@ -1262,6 +1264,61 @@ fn a_cop2_carried_on_the_next_update_joins_the_vectors() {
     assert_eq!(joined[0], joined[1]);
     assert_eq!(joined[1], joined[2]);
     assert!(w.tree(0).contains_key("/g"));
+}
+
+/// Two directories each moved into the other, one on each side of a
+/// partition: merged name by name, each would be named twice and each
+/// would hold the other, a loop no walk from the root reaches. Every
+/// replica must still hold one tree, with both directories in it.
+#[test]
+fn directories_moved_into_each_other_on_both_sides_stay_one_tree() {
+    let mut w = World::new(9, 2);
+    let root = Fid::root(VOL);
+    let mut mkdir = |w: &mut World, name: &str| {
+        let fid = w.fid(0).unwrap();
+        let op = Op::MakeDir(cml::MakeDir {
+            dir: root,
+            name: name.into(),
+            fid,
+            mode: 0o755,
+            group: 0,
+        });
+        assert_eq!(w.update(0, op, None).unwrap(), vec![0, 1, 2]);
+        fid
+    };
+    let (a, b) = (mkdir(&mut w, "a"), mkdir(&mut w, "b"));
+    let f = w.fid(0).unwrap();
+    let create = Op::Create(cml::Create {
+        dir: a,
+        name: "in_a".into(),
+        fid: f,
+        mode: 0o644,
+        group: 0,
+    });
+    assert_eq!(w.update(0, create, None).unwrap(), vec![0, 1, 2]);
+    w.split(&[0, 1], &[2], &[0], &[1]);
+    let mv = |fid: Fid, name: &str, to: Fid| {
+        Op::Rename(cml::Rename {
+            from_dir: root,
+            from_name: name.into(),
+            to_dir: to,
+            to_name: name.into(),
+            fid,
+            replaced: None,
+        })
+    };
+    assert_eq!(w.update(0, mv(a, "a", b), None).unwrap(), vec![0, 1]);
+    assert_eq!(w.update(1, mv(b, "b", a), None).unwrap(), vec![2]);
+    w.heal_all();
+    w.resolve_fully(0);
+    let first = w.replica_state(0);
+    for s in 0..N {
+        assert_eq!(w.fsck(s), Vec::<String>::new(), "replica {s}");
+        assert_eq!(w.replica_state(s), first, "replica {s}");
+        let tree = w.tree(s);
+        let found = |end: &str| tree.keys().any(|p| p.ends_with(end));
+        assert!(found("/a") && found("/b") && found("/in_a"), "{tree:?}");
+    }
 }
 
 /// Which side of a partition changed a directory's access list is not
