@@ -1274,7 +1274,7 @@ fn a_cop2_carried_on_the_next_update_joins_the_vectors() {
 fn directories_moved_into_each_other_on_both_sides_stay_one_tree() {
     let mut w = World::new(9, 2);
     let root = Fid::root(VOL);
-    let mut mkdir = |w: &mut World, name: &str| {
+    let mkdir = |w: &mut World, name: &str| {
         let fid = w.fid(0).unwrap();
         let op = Op::MakeDir(cml::MakeDir {
             dir: root,
