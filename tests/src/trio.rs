@@ -59,6 +59,15 @@ impl Trio {
         self.servers[i] = Some(s);
     }
 
+    /// The process ids of the servers running.
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers
+            .iter()
+            .flatten()
+            .map(|s| s.child.id())
+            .collect()
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self, i: usize) {
         drop(self.servers[i].take());

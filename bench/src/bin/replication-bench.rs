@@ -10,6 +10,11 @@
 //!   and the time to copy the whole volume with `volutil dump` and
 //!   `volutil restore` (what rebuilding the replica from nothing costs).
 //!
+//! Beside the update rates, the CPU time each update costs the client side
+//! (this process, which makes the system calls, and Venus) and the
+//! servers, and the rate those costs allow when CPU time is all there is
+//! (the machine's cores, all busy): the ceiling of the ratio.
+//!
 //! `cargo run --release -p coda-bench --bin replication-bench [-- --files N --updates N]`
 
 use std::fs;
@@ -56,20 +61,91 @@ fn updates(root: &Path, n: u64) -> u64 {
     dirs + 2 * files + again + moves + removes
 }
 
-/// Creates, then 4 KiB stores, per second in `dir`.
-fn update_rates(dir: &Path, n: u64) -> (f64, f64) {
+/// CPU time (user and system) process `pid` has used so far.
+fn cpu(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start at
+    // the third; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0);
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Duration::from_secs_f64(ticks as f64 / hz)
+}
+
+/// CPU time used so far by the client side and by the servers.
+struct Cpu {
+    client: Vec<u32>,
+    servers: Vec<u32>,
+}
+
+impl Cpu {
+    fn now(&self) -> (Duration, Duration) {
+        let sum = |pids: &[u32]| pids.iter().map(|&p| cpu(p)).sum();
+        (sum(&self.client), sum(&self.servers))
+    }
+}
+
+/// One kind of update: its rate, and the CPU time each cost.
+struct Rate {
+    per_sec: f64,
+    client_us: f64,
+    servers_us: f64,
+}
+
+impl Rate {
+    fn measure(n: u64, cpu: &Cpu, mut each: impl FnMut(u64)) -> Rate {
+        let (c0, s0) = cpu.now();
+        let t = Instant::now();
+        (0..n).for_each(&mut each);
+        let elapsed = t.elapsed();
+        let (c1, s1) = cpu.now();
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+        Rate {
+            per_sec: n as f64 / elapsed.as_secs_f64(),
+            client_us: us(c1 - c0),
+            servers_us: us(s1 - s0),
+        }
+    }
+
+    /// The rate the CPU time allows with every core busy.
+    fn ceiling(&self) -> f64 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cores as f64 * 1e6 / (self.client_us + self.servers_us)
+    }
+}
+
+/// Creates, then 4 KiB stores, in `dir`.
+fn update_rates(dir: &Path, n: u64, cpu: &Cpu) -> (Rate, Rate) {
     fs::create_dir(dir).unwrap();
-    let t = Instant::now();
-    for i in 0..n {
+    let creates = Rate::measure(n, cpu, |i| {
         fs::File::create(dir.join(format!("c{i}"))).unwrap();
-    }
-    let creates = n as f64 / t.elapsed().as_secs_f64();
+    });
     let data = vec![0x5au8; 4096];
-    let t = Instant::now();
-    for i in 0..n {
+    let stores = Rate::measure(n, cpu, |i| {
         fs::write(dir.join(format!("c{i}")), &data).unwrap();
-    }
-    (creates, n as f64 / t.elapsed().as_secs_f64())
+    });
+    (creates, stores)
+}
+
+fn report(what: &str, one: &Rate, three: &Rate) {
+    println!(
+        "  {what}/s 1 replica {:.0}, 3 replicas {:.0} (ratio {:.2}); CPU per update \
+         client {:.0}/{:.0} us, servers {:.0}/{:.0} us (1/3 replicas); \
+         CPU-bound ceiling of the ratio {:.2}",
+        one.per_sec,
+        three.per_sec,
+        three.per_sec / one.per_sec,
+        one.client_us,
+        three.client_us,
+        one.servers_us,
+        three.servers_us,
+        three.ceiling() / one.ceiling()
+    );
 }
 
 fn main() {
@@ -85,15 +161,16 @@ fn main() {
     v.cfs_ok("makemount", &[one.to_str().unwrap(), "one"]);
 
     let files = arg("--files", 1000);
+    let cpu = Cpu {
+        client: vec![std::process::id(), v.child.id()],
+        servers: cell.pids(),
+    };
     for round in 0..2 {
-        let (c1, s1) = update_rates(&one.join(format!("r{round}")), files);
-        let (c3, s3) = update_rates(&root.join(format!("r{round}")), files);
-        println!(
-            "round {round}: creates/s 1 replica {c1:.0}, 3 replicas {c3:.0} (ratio {:.2}); \
-             4 KiB stores/s 1 replica {s1:.0}, 3 replicas {s3:.0} (ratio {:.2})",
-            c3 / c1,
-            s3 / s1
-        );
+        let (c1, s1) = update_rates(&one.join(format!("r{round}")), files, &cpu);
+        let (c3, s3) = update_rates(&root.join(format!("r{round}")), files, &cpu);
+        println!("round {round}:");
+        report("creates", &c1, &c3);
+        report("4 KiB stores", &s1, &s3);
     }
     fs::write(root.join("hello"), "before\n").unwrap();
     // Every replica holds the same before one goes.
