@@ -553,6 +553,28 @@ impl Replicas for SimReplicas<'_> {
     }
 }
 
+/// A create of `name` in `dir`, as `fid`.
+fn create_op(dir: Fid, name: String, fid: Fid) -> Op {
+    Op::Create(cml::Create {
+        dir,
+        name,
+        fid,
+        mode: 0o644,
+        group: 0,
+    })
+}
+
+/// A mkdir of `name` in `dir`, as `fid`.
+fn mkdir_op(dir: Fid, name: String, fid: Fid) -> Op {
+    Op::MakeDir(cml::MakeDir {
+        dir,
+        name,
+        fid,
+        mode: 0o755,
+        group: 0,
+    })
+}
+
 fn seeds(default: u64) -> Vec<u64> {
     let env = |n: &str| std::env::var(n).ok().and_then(|s| s.parse::<u64>().ok());
     match env("SIM_SEED") {
@@ -639,21 +661,9 @@ fn random_update(w: &mut World, m: &mut Model, rng: &mut Rng, c: usize, log: &mu
         let Ok(fid) = w.fid(c) else { return };
         let mkdir = rng.below(4) == 0;
         let op = if mkdir {
-            Op::MakeDir(cml::MakeDir {
-                dir: m.fid(&dir),
-                name: name.clone(),
-                fid,
-                mode: 0o755,
-                group: 0,
-            })
+            mkdir_op(m.fid(&dir), name.clone(), fid)
         } else {
-            Op::Create(cml::Create {
-                dir: m.fid(&dir),
-                name: name.clone(),
-                fid,
-                mode: 0o644,
-                group: 0,
-            })
+            create_op(m.fid(&dir), name.clone(), fid)
         };
         let sid = StoreId {
             host: w.clients[c].host,
@@ -969,13 +979,7 @@ fn an_empty_replica_is_filled() {
     assert_eq!(root_attr(&mut w, 0), 0);
     // Nor does it take updates: they would land on an empty tree.
     let fid = w.fid(0).unwrap();
-    let made = Op::Create(cml::Create {
-        dir: Fid::root(VOL),
-        name: "while_barren".into(),
-        fid,
-        mode: 0o644,
-        group: 0,
-    });
+    let made = create_op(Fid::root(VOL), "while_barren".into(), fid);
     assert_eq!(w.update(0, made, None).unwrap(), vec![0, 1]);
     m.files.insert("/while_barren".into(), Some(Vec::new()));
     let o = w.resolve(0).unwrap();
@@ -998,35 +1002,13 @@ fn partitioned_halves_merge_and_true_conflicts_are_marked() {
         let root = Fid::root(VOL);
         // A directory with some files, on every replica.
         let d = w.fid(0).unwrap();
-        w.update(
-            0,
-            Op::MakeDir(cml::MakeDir {
-                dir: root,
-                name: "d".into(),
-                fid: d,
-                mode: 0o755,
-                group: 0,
-            }),
-            None,
-        )
-        .unwrap();
+        w.update(0, mkdir_op(root, "d".into(), d), None).unwrap();
         m.files.insert("/d".into(), None);
         m.fids.insert("/d".into(), d);
         let mut seen = HashMap::new();
         for name in ["a1", "a2", "b1", "b2", "shared", "gone_a", "gone_b"] {
             let f = w.fid(0).unwrap();
-            w.update(
-                0,
-                Op::Create(cml::Create {
-                    dir: d,
-                    name: name.into(),
-                    fid: f,
-                    mode: 0o644,
-                    group: 0,
-                }),
-                None,
-            )
-            .unwrap();
+            w.update(0, create_op(d, name.into(), f), None).unwrap();
             let sid = StoreId {
                 host: w.clients[0].host,
                 unique: w.clients[0].next,
@@ -1075,18 +1057,7 @@ fn partitioned_halves_merge_and_true_conflicts_are_marked() {
             m.files.remove(&format!("/d/{gone}"));
             let made = w.fid(c).unwrap();
             let name = format!("new_{c}");
-            w.update(
-                c,
-                Op::Create(cml::Create {
-                    dir: d,
-                    name: name.clone(),
-                    fid: made,
-                    mode: 0o644,
-                    group: 0,
-                }),
-                None,
-            )
-            .unwrap();
+            w.update(c, create_op(d, name.clone(), made), None).unwrap();
             m.files.insert(format!("/d/{name}"), Some(Vec::new()));
             // The same file, both sides.
             let (f, sid) = seen["shared"];
@@ -1100,18 +1071,7 @@ fn partitioned_halves_merge_and_true_conflicts_are_marked() {
             w.update(c, op, Some(&data)).unwrap();
             // One name, made on both sides.
             let dup = w.fid(c).unwrap();
-            w.update(
-                c,
-                Op::Create(cml::Create {
-                    dir: d,
-                    name: "dup".into(),
-                    fid: dup,
-                    mode: 0o644,
-                    group: 0,
-                }),
-                None,
-            )
-            .unwrap();
+            w.update(c, create_op(d, "dup".into(), dup), None).unwrap();
         }
         log.push(format!(
             "seed {seed}: partition {a:?} | {b:?}; both sides updated"
@@ -1188,13 +1148,7 @@ fn an_update_beats_a_concurrent_removal() {
     let mut w = World::new(3, 2);
     let root = Fid::root(VOL);
     let f = w.fid(0).unwrap();
-    let create = Op::Create(cml::Create {
-        dir: root,
-        name: "f".into(),
-        fid: f,
-        mode: 0o644,
-        group: 0,
-    });
+    let create = create_op(root, "f".into(), f);
     w.update(0, create, None).unwrap();
     let made = StoreId {
         host: w.clients[0].host,
@@ -1239,13 +1193,7 @@ fn a_cop2_carried_on_the_next_update_joins_the_vectors() {
     let root = Fid::root(VOL);
     let create = |w: &mut World, name: &str| {
         let fid = w.fid(0).unwrap();
-        Op::Create(cml::Create {
-            dir: root,
-            name: name.into(),
-            fid,
-            mode: 0o644,
-            group: 0,
-        })
+        create_op(root, name.into(), fid)
     };
     let vvs = |w: &mut World| -> Vec<Vec<SummaryEntry>> { (0..N).map(|s| w.summary(s)).collect() };
     // The first update's COP2 is held for the next one.
@@ -1276,25 +1224,13 @@ fn directories_moved_into_each_other_on_both_sides_stay_one_tree() {
     let root = Fid::root(VOL);
     let mkdir = |w: &mut World, name: &str| {
         let fid = w.fid(0).unwrap();
-        let op = Op::MakeDir(cml::MakeDir {
-            dir: root,
-            name: name.into(),
-            fid,
-            mode: 0o755,
-            group: 0,
-        });
+        let op = mkdir_op(root, name.into(), fid);
         assert_eq!(w.update(0, op, None).unwrap(), vec![0, 1, 2]);
         fid
     };
     let (a, b) = (mkdir(&mut w, "a"), mkdir(&mut w, "b"));
     let f = w.fid(0).unwrap();
-    let create = Op::Create(cml::Create {
-        dir: a,
-        name: "in_a".into(),
-        fid: f,
-        mode: 0o644,
-        group: 0,
-    });
+    let create = create_op(a, "in_a".into(), f);
     assert_eq!(w.update(0, create, None).unwrap(), vec![0, 1, 2]);
     w.split(&[0, 1], &[2], &[0], &[1]);
     let mv = |fid: Fid, name: &str, to: Fid| {
@@ -1345,13 +1281,7 @@ fn a_right_revoked_during_a_partition_stays_revoked() {
     // The other side's change comes later.
     w.clients[1].next += 10;
     let f = w.fid(1).unwrap();
-    let create = Op::Create(cml::Create {
-        dir: root,
-        name: "late".into(),
-        fid: f,
-        mode: 0o644,
-        group: 0,
-    });
+    let create = create_op(root, "late".into(), f);
     assert_eq!(w.update(1, create, None).unwrap(), vec![2]);
     w.heal_all();
     w.resolve_fully(0);
@@ -1391,15 +1321,7 @@ fn another_user_naming_a_clients_host_cannot_take_its_fids() {
         held: None,
     });
     let local = Fid::new(VOL, coda_proto::fid::LOCAL_VNODE_BASE + 1, 1);
-    let create = |name: &str| {
-        Op::Create(cml::Create {
-            dir: root,
-            name: name.into(),
-            fid: local,
-            mode: 0o644,
-            group: 0,
-        })
-    };
+    let create = |name: &str| create_op(root, name.into(), local);
     assert_eq!(w.update(1, create("squat"), None).unwrap(), vec![0, 1, 2]);
     assert_eq!(w.update(0, create("mine"), None).unwrap(), vec![0, 1, 2]);
     let tree = w.tree(0);
@@ -1416,13 +1338,7 @@ fn an_object_made_while_the_summaries_were_read_is_kept() {
     let root = Fid::root(VOL);
     let create = |w: &mut World, c: usize, name: &str| {
         let fid = w.fid(c).unwrap();
-        Op::Create(cml::Create {
-            dir: root,
-            name: name.into(),
-            fid,
-            mode: 0o644,
-            group: 0,
-        })
+        create_op(root, name.into(), fid)
     };
     let base = create(&mut w, 0, "base");
     w.update(0, base, None).unwrap();
