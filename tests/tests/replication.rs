@@ -232,3 +232,30 @@ fn a_removed_replicated_volume_goes_from_every_server_even_one_that_was_down() {
     cell.volutil(0, &["create", "rep", "--replicas", "a", "b", "c"]);
     assert!(eventually(Duration::from_secs(30), || (0..3).all(|i| held(&cell, i))));
 }
+
+#[test]
+fn a_client_of_a_removed_replicated_volume_gets_errors_not_its_cache() {
+    let cell = Trio::start();
+    let (v, root) = mount_replicated(&cell);
+    write_files(&root, "f", 3);
+    let out = cell.volutil(0, &["remove", "rep"]);
+    assert!(out.contains("removed volume rep"), "{out}");
+
+    // Every replica knows no such volume now: that is not one replica
+    // waiting to be filled, so nothing is emulated from the cache.
+    let f0 = root.join("f0");
+    v.cfs_ok("flushobject", &[f0.to_str().unwrap()]);
+    let read = fs::read(&f0);
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::NotFound)
+    );
+    let made = fs::write(root.join("late"), "no server can take this\n");
+    assert_eq!(
+        made.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::NotFound)
+    );
+    let state = v.cfs("listvol", &[root.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&state.stdout);
+    assert!(!text.contains("disconnected"), "{text}");
+}

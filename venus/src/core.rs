@@ -457,13 +457,58 @@ impl Venus {
             return Err(Errno::ETIMEDOUT);
         }
         let r = self.call_at(uid, addr, opcode, body, side_effect)?;
+        if !self.is_replicated(vol) {
+            return Ok(r);
+        }
         // A replica not made yet (its server was down, or lost its disk)
-        // knows no such volume.
-        let unfilled = [Errno::BARREN.0, Errno::NO_SUCH_VOLUME.0].contains(&r.code);
-        if unfilled && self.is_replicated(vol) {
+        // knows no such volume; nor does any, once the volume is removed.
+        if r.code == Errno::NO_SUCH_VOLUME.0 && self.removed(vol) {
+            return Ok(r);
+        }
+        if [Errno::BARREN.0, Errno::NO_SUCH_VOLUME.0].contains(&r.code) {
             return Err(self.found_barren(uid, vol, addr));
         }
         Ok(r)
+    }
+
+    /// Whether the cell removed `vol`: every replica's server that
+    /// answers knows no such volume. Were it taken for a replica not
+    /// filled yet, the volume would be emulated from the cache, and
+    /// updates logged that no server can ever take.
+    fn removed(&mut self, vol: VolumeId) -> bool {
+        let targets: Vec<SocketAddr> = self
+            .replicas_of(vol)
+            .into_iter()
+            .map(|(_, a)| a)
+            .filter(|a| !self.down.contains(a))
+            .collect();
+        let body = codec::to_bytes(&VolumeRef::Id(vol));
+        let got = crate::replica::multi_call(
+            &self.link,
+            &targets,
+            Principal::Anyone,
+            None,
+            op::GET_VOLUME_INFO,
+            &body,
+            targets.iter().map(|_| None).collect(),
+            crate::replica::REPLICA_GRACE,
+        );
+        let mut unknown = 0;
+        for r in got.into_iter().flatten().flatten() {
+            if r.code == Errno::NO_SUCH_VOLUME.0 {
+                unknown += 1;
+            } else if let Ok(info) = decode_reply::<VolumeInfo>(&r) {
+                // Its replicas may have moved meanwhile.
+                if let Err(e) = self.put_volume(info) {
+                    tracing::warn!("volume {vol:x}: {e}");
+                }
+                return false;
+            }
+        }
+        if unknown > 0 {
+            self.emit("volume", format!("volume {vol:x} was removed"));
+        }
+        unknown > 0
     }
 
     /// Whether `addr`'s replica of `vol` was found barren lately.
