@@ -55,10 +55,13 @@ codec_struct! {
 }
 
 codec_struct! {
-    /// `volutil::op::JOIN` (administrators, encrypted): a new server's name.
+    /// `volutil::op::JOIN` (administrators, encrypted): a new server's
+    /// name, and the names its `--peers` gives, in order (which must be
+    /// the SCM's: a server's place decides which is the SCM).
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Join {
         pub server: String,
+        pub peers: Vec<String>,
     }
 }
 

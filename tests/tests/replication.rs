@@ -259,3 +259,48 @@ fn a_client_of_a_removed_replicated_volume_gets_errors_not_its_cache() {
     let text = String::from_utf8_lossy(&state.stdout);
     assert!(!text.contains("disconnected"), "{text}");
 }
+
+#[test]
+fn servers_must_keep_the_order_of_peers_that_decides_the_scm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = |ip: &str| {
+        let s = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let a = format!("127.0.0.1:{}", port("127.0.0.1"));
+    let b = format!("127.0.0.2:{}", port("127.0.0.2"));
+    let c = format!("127.0.0.3:{}", port("127.0.0.3"));
+    let codasrv = |name: &str, listen: &str, peers: &str| {
+        let mut cmd = std::process::Command::new(coda_tests::bin("codasrv"));
+        let root = dir.path().join(name);
+        cmd.args(["--root", root.to_str().unwrap(), "--listen", listen])
+            .args(["--cores", "1", "--name", name, "--peers", peers])
+            .env("CODA_ADMIN_PASSWORD", coda_tests::ADMIN_PASSWORD);
+        let what = format!("codasrv {name}");
+        coda_tests::venus::run_command(cmd, "", Duration::from_secs(60), &what)
+    };
+    let peers = format!("a={a},b={b}");
+    let sa = coda_tests::Server::start_peer(&dir.path().join("a"), &a, 1, "a", &peers);
+
+    // A new server listing the servers otherwise than the SCM does is
+    // not let in.
+    let out = codasrv("b", &b, &format!("a={a},c={c},b={b}"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("same order"), "{err}");
+
+    // Restarted, a server may move and gain peers at the end, not see
+    // them in another order (b would be the SCM then).
+    drop(sa);
+    let out = codasrv("a", &a, &format!("b={b},a={a}"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a,b, in that order"), "{err}");
+    let _sa = coda_tests::Server::start_peer(
+        &dir.path().join("a"),
+        &a,
+        1,
+        "a",
+        &format!("{peers},c={c}"),
+    );
+}

@@ -114,6 +114,28 @@ impl Peers {
         })
     }
 
+    /// The servers' names, in order: every server must give the same.
+    pub fn names(&self) -> Vec<String> {
+        self.servers.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Whether a restart may take `self` in place of `before`: addresses
+    /// may change and servers be added at the end, but a server's place
+    /// says which is the SCM and which volume ids each hands out, so no
+    /// server moves or leaves.
+    pub fn may_follow(&self, before: &Peers) -> Result<(), String> {
+        let (old, new) = (before.names(), self.names());
+        if new.starts_with(&old) {
+            return Ok(());
+        }
+        Err(format!(
+            "--peers: this cell's servers are {}, in that order (the first is \
+             the SCM); a restart may change their addresses and add servers \
+             at the end, not reorder or drop them",
+            old.join(",")
+        ))
+    }
+
     pub fn scm(&self) -> (&str, SocketAddr) {
         let (n, a) = &self.servers[0];
         (n, *a)
@@ -484,5 +506,22 @@ impl Cell {
     pub fn register(&self, id: VolumeId, loc: Location) {
         self.next_volume.fetch_max(id + 1, Ordering::Relaxed);
         self.vldb_mut().insert(id, loc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Peers;
+
+    #[test]
+    fn a_restart_may_move_and_add_servers_but_not_reorder_or_drop_them() {
+        let p = |spec| Peers::parse(spec, "b").unwrap();
+        let before = p("a=127.0.0.1:1,b=127.0.0.2:1");
+        assert!(p("a=127.0.0.9:5,b=127.0.0.2:1,c=127.0.0.3:1")
+            .may_follow(&before)
+            .is_ok());
+        let swapped = p("b=127.0.0.2:1,a=127.0.0.1:1").may_follow(&before);
+        assert!(swapped.unwrap_err().contains("a,b, in that order"));
+        assert!(p("b=127.0.0.2:1").may_follow(&before).is_err());
     }
 }

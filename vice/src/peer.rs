@@ -17,6 +17,7 @@ use coda_rpc2::endpoint::{Auth, ConnId, Reply, SideEffect};
 use coda_rpc2::udp::ClientThread;
 use coda_rpc2::{CellKey, Config, Credentials, Token};
 
+use crate::cell::Peers;
 use crate::replica::SERVER_ID;
 
 /// How long a peer may stay silent before a call to it fails.
@@ -144,7 +145,8 @@ impl PeerClient {
 
 /// A new server's first contact with the SCM at `scm`: it proves it knows
 /// the administrator's password and is handed the cell's id and key.
-pub fn join(scm: SocketAddr, me: &str, password: &str) -> Result<JoinReply, String> {
+pub fn join(peers: &Peers, password: &str) -> Result<JoinReply, String> {
+    let scm = peers.scm().1;
     let ct = ClientThread::spawn(
         "0.0.0.0:0".parse().expect("an address"),
         Config {
@@ -188,6 +190,14 @@ pub fn join(scm: SocketAddr, me: &str, password: &str) -> Result<JoinReply, Stri
     let conn = ct
         .connect_blocking(scm, Auth::Encrypted(creds))
         .map_err(unreachable)?;
-    let req = codec::to_bytes(&Join { server: me.into() });
-    codec::from_bytes(&call(conn, volutil::SUBSYSTEM, volutil::op::JOIN, req)?).map_err(bad)
+    let req = codec::to_bytes(&Join {
+        server: peers.me.clone(),
+        peers: peers.names(),
+    });
+    let reply = call(conn, volutil::SUBSYSTEM, volutil::op::JOIN, req).map_err(|e| {
+        format!(
+            "{e} (its --peers must name this server, and list the same servers in the same order)"
+        )
+    })?;
+    codec::from_bytes(&reply).map_err(bad)
 }

@@ -94,7 +94,15 @@ pub fn load_or_init(opts: &ServerOptions) -> Result<Loaded, Error> {
         if let Some(name) = opts.name.as_ref().filter(|n| **n != config.name) {
             return Err(format!("this server is {}, not {name}", config.name).into());
         }
-        if opts.peers.is_some() && opts.peers != config.peers {
+        if let Some(spec) = opts
+            .peers
+            .as_ref()
+            .filter(|p| config.peers.as_ref() != Some(*p))
+        {
+            if let Some(before) = &config.peers {
+                let before = Peers::parse(before, &config.name)?;
+                Peers::parse(spec, &config.name)?.may_follow(&before)?;
+            }
             config.peers = opts.peers.clone();
             write_atomically(&config_path, toml::to_string(&config)?.as_bytes(), 0o644)?;
         }
@@ -142,7 +150,7 @@ pub fn load_or_init(opts: &ServerOptions) -> Result<Loaded, Error> {
             let password = given_password.as_deref().ok_or(
                 "joining a cell needs the SCM's administrator password in CODA_ADMIN_PASSWORD",
             )?;
-            Some(crate::peer::join(p.scm().1, &name, password)?)
+            Some(crate::peer::join(p, password)?)
         }
         _ => None,
     };

@@ -1584,6 +1584,15 @@ impl Service {
                 if peers.addr(&r.server).is_none() || r.server == peers.me {
                     return Err(Errno::EINVAL);
                 }
+                if r.peers != peers.names() {
+                    tracing::warn!(
+                        "server {} names the servers {}; this cell's are {}",
+                        r.server,
+                        r.peers.join(","),
+                        peers.names().join(",")
+                    );
+                    return Err(Errno::EINVAL);
+                }
                 tracing::info!("server {} joins the cell", r.server);
                 let reply = coda_proto::update::JoinReply {
                     cell_id: self.cell.id,
