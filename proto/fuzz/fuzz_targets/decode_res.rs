@@ -1,6 +1,6 @@
 //! Replication messages come from other servers and from clients (COP2,
 //! RESOLVE, REPAIR, WITH_COP2), and the cell's configuration (UPDATE,
-//! MAKE_REPLICA) from other servers: decoding any bytes must end in a value or an error,
+//! MAKE_REPLICA, JOIN) from other servers: decoding any bytes must end in a value or an error,
 //! never a panic or a huge allocation; and what decodes must encode back
 //! to the same bytes.
 
@@ -10,7 +10,7 @@ use coda_proto::res::{
     Cop2, Install, ObjectState, Repair, Resolve, StateRequest, SummaryEntry, SummaryRequest,
     WithCop2, Inconsistent,
 };
-use coda_proto::update::{CellState, UpdateRequest, VolumeEntry};
+use coda_proto::update::{CellState, Join, JoinReply, UpdateRequest, VolumeEntry};
 use coda_rpc2::codec::{from_bytes, to_bytes, Decode, Encode};
 use libfuzzer_sys::fuzz_target;
 
@@ -34,4 +34,6 @@ fuzz_target!(|data: &[u8]| {
     canonical::<UpdateRequest>(data);
     canonical::<CellState>(data);
     canonical::<VolumeEntry>(data);
+    canonical::<Join>(data);
+    canonical::<JoinReply>(data);
 });
