@@ -221,6 +221,9 @@ enum Side {
     },
     /// The transfer is over (done, failed or aborted).
     Finished(u64),
+    /// A store's data that came inside its request: a pull takes it from
+    /// here, with no packet sent.
+    Piggy(Bytes),
 }
 
 #[derive(Debug)]
@@ -228,6 +231,8 @@ struct OutCall {
     subsystem: u16,
     opcode: u16,
     body: Bytes,
+    /// `flags::PIGGY` if the body carries the side effect's data.
+    flags: u16,
     sent_at: Time,
     retries: u32,
     /// The callee is known to have the request.
@@ -331,12 +336,14 @@ impl Conn {
         matches!(self.bind, Bind::Bound)
     }
 
+    /// The largest body a datagram carries on this path unfragmented.
+    fn payload_bytes(&self) -> usize {
+        self.datagram_bytes - HEADER_BYTES - self.level().trailer_bytes()
+    }
+
     /// The largest data a single SFTP datagram carries on this path.
     fn chunk_bytes(&self) -> usize {
-        self.datagram_bytes
-            - HEADER_BYTES
-            - self.level().trailer_bytes()
-            - crate::sftp::DATA_PREFIX_BYTES
+        self.payload_bytes() - crate::sftp::DATA_PREFIX_BYTES
     }
 
     fn body_bytes_max(&self) -> usize {
@@ -530,15 +537,26 @@ impl Endpoint {
             return Err(Error::TooManyCalls);
         }
         c.next_seq += 1;
+        let (mut body, mut flags) = (body, 0);
         let side = match side_effect {
             None => Side::None,
-            Some(SideEffect::Send(source)) => Side::Source(source),
+            Some(SideEffect::Send(source)) => match piggy(c, &body, &source) {
+                // What fits in the request's datagram goes with it: no
+                // round trip for the callee to ask, no packets of its own.
+                Some(packed) => {
+                    c.stats.sftp_bytes_sent += source.len();
+                    (body, flags) = (packed, flags::PIGGY);
+                    Side::Finished(source.len())
+                }
+                None => Side::Source(source),
+            },
             Some(SideEffect::Receive(sink)) => Side::Sink(sink),
         };
         let call = OutCall {
             subsystem,
             opcode,
             body,
+            flags,
             sent_at: now,
             retries: 0,
             busy: false,
@@ -633,11 +651,29 @@ impl Endpoint {
         &mut self,
         now: Time,
         id: IncomingId,
-        sink: Sink,
+        mut sink: Sink,
         offset: u64,
     ) -> Result<(), Error> {
         let window = self.receive_window_bytes();
         let side = self.running_side(id)?;
+        if let Side::Piggy(data) = side {
+            let start = offset.min(data.len() as u64);
+            let rest = data.slice(start as usize..);
+            *side = Side::Finished(rest.len() as u64);
+            let result = match sink.write_all_at(start, &rest) {
+                Ok(()) => {
+                    let c = self.conns.get_mut(&id.conn.0).unwrap();
+                    c.stats.sftp_bytes_received += rest.len() as u64;
+                    Ok(SftpOutcome {
+                        bytes: rest.len() as u64,
+                        sink: Some(sink),
+                    })
+                }
+                Err(e) => Err(e.into()),
+            };
+            self.events.push_back(Event::SftpDone { id, result });
+            return Ok(());
+        }
         let receiver = Receiver::new(sink, Some(offset), window, now);
         *side = Side::Pulling {
             receiver,
@@ -1365,12 +1401,20 @@ impl Endpoint {
                 self.push(now, id, r, &[]);
             }
             None => {
+                let (body, side) = match h.flags & flags::PIGGY {
+                    0 => (body, Side::None),
+                    _ => match unpiggy(body) {
+                        Some((body, data)) => (body, Side::Piggy(Bytes::copy_from_slice(data))),
+                        None => return self.drop_counted(id, Drop::BadBody),
+                    },
+                };
+                let c = self.conns.get_mut(&id).unwrap();
                 c.stats.calls_received += 1;
                 let call = InCall::Running {
                     arrived: now,
                     request_stamp: h.timestamp,
                     next_busy: now + self.config.busy_delay,
-                    side: Side::None,
+                    side,
                 };
                 c.incoming.insert(h.seq, call);
                 self.events.push_back(Event::Request {
@@ -1440,6 +1484,7 @@ impl Endpoint {
         h.aux = (seq - oldest) as u32;
         h.subsystem = call.subsystem;
         h.code = call.opcode;
+        h.flags = call.flags;
         let body = call.body.clone();
         self.push(now, id, h, &body);
     }
@@ -1931,6 +1976,27 @@ impl Endpoint {
 }
 
 /// The side-effect slot of a transfer, borrowing only the call tables.
+/// The request body carrying `source` as well, if both fit one datagram
+/// of the path (and the data can be read).
+fn piggy(c: &Conn, body: &[u8], source: &Source) -> Option<Bytes> {
+    if body.len() as u64 + 4 + source.len() > c.payload_bytes() as u64 {
+        return None;
+    }
+    let data = source.to_bytes().ok()?;
+    let mut out = Vec::with_capacity(4 + body.len() + data.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body);
+    out.extend_from_slice(&data);
+    Some(out.into())
+}
+
+/// A piggy-backed request's body and data.
+fn unpiggy(packed: &[u8]) -> Option<(&[u8], &[u8])> {
+    let n = u32::from_le_bytes(packed.get(..4)?.try_into().ok()?) as usize;
+    let rest = &packed[4..];
+    (n <= rest.len()).then(|| rest.split_at(n))
+}
+
 fn side_of<'a>(
     outgoing: &'a mut BTreeMap<u64, OutCall>,
     incoming: &'a mut BTreeMap<u64, InCall>,

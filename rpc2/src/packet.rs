@@ -94,7 +94,10 @@ pub mod flags {
     pub const FROM_CALLEE: u16 = 1 << 0;
     /// A reply saying the callee ran the call but no longer holds its reply.
     pub const REPLY_LOST: u16 = 1 << 1;
-    pub const ALL: u16 = FROM_CALLEE | REPLY_LOST;
+    /// A request carrying its side effect's data (SFTP's piggy-backing of
+    /// small files): the body is `n u32 | the call's n bytes | data`.
+    pub const PIGGY: u16 = 1 << 2;
+    pub const ALL: u16 = FROM_CALLEE | REPLY_LOST | PIGGY;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

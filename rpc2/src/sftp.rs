@@ -46,6 +46,18 @@ impl Source {
         self.len() == 0
     }
 
+    /// Every byte, for data small enough to travel inside a request.
+    pub(crate) fn to_bytes(&self) -> io::Result<Bytes> {
+        match self {
+            Source::Memory(b) => Ok(b.clone()),
+            Source::File { len, .. } => {
+                let mut buf = vec![0; *len as usize];
+                self.read_exact_at(0, &mut buf)?;
+                Ok(buf.into())
+            }
+        }
+    }
+
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         match self {
             Source::Memory(b) => {
@@ -77,7 +89,7 @@ impl Sink {
         }
     }
 
-    fn write_all_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_all_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
         match self {
             Sink::Memory { data, limit } => {
                 let end = offset + bytes.len() as u64;

@@ -217,6 +217,74 @@ fn sftp_transfers_arrive_byte_exact_under_loss_duplication_and_reordering() {
 }
 
 #[test]
+fn a_store_that_fits_its_request_datagram_travels_in_it() {
+    let mut sim = Sim::new(3, NetConfig::default());
+    let server = sim.add("server", server_config());
+    let client = sim.add("client", client_config());
+    // This STORE pulls from the offset its body names.
+    sim.set_handler(server, |ctx, event| match event {
+        Event::Request { id, body, .. } => {
+            let offset = u64::from_le_bytes(body[..8].try_into().unwrap());
+            let sink = Sink::memory(1 << 20);
+            ctx.endpoint
+                .sftp_receive(ctx.now, id, sink, offset)
+                .unwrap();
+            None
+        }
+        Event::SftpDone { id, result } => {
+            let data = result.unwrap().sink.unwrap().into_bytes();
+            ctx.endpoint.reply(ctx.now, id, 0, data.into()).unwrap();
+            None
+        }
+        other => Some(other),
+    });
+    let conn = connect(&mut sim, client, server, auth_for(2)).unwrap();
+    let before = sim.endpoint(client).conn_stats(conn).unwrap();
+    let mut calls = Vec::new();
+    for (len, offset) in [(0, 0), (1000, 0), (1000, 3), (10, 50)] {
+        let data = pattern(len, 9);
+        let source = SideEffect::Send(Source::Memory(Bytes::from(data.clone())));
+        let body = Bytes::copy_from_slice(&(offset as u64).to_le_bytes());
+        let now = sim.now;
+        let call = sim
+            .endpoint(client)
+            .call(now, conn, 9, STORE, body, Some(source));
+        // What the callee holds: the bytes from the offset on, in place.
+        let mut want = data.clone();
+        want[..offset.min(len)].fill(0);
+        calls.push((call.unwrap(), want));
+    }
+    let ids: Vec<_> = calls.iter().map(|c| c.0).collect();
+    let mut results = wait_replies(&mut sim, client, &ids);
+    for (call, want) in calls {
+        let reply = results.remove(&call).unwrap().unwrap();
+        assert_eq!(reply.body[..], want[..]);
+    }
+    // One datagram each way per call: no start, data or ack packets.
+    let after = sim.endpoint(client).conn_stats(conn).unwrap();
+    assert_eq!(after.packets_sent - before.packets_sent, 4);
+    assert_eq!(after.packets_received - before.packets_received, 4);
+    assert_eq!(after.sftp_bytes_sent - before.sftp_bytes_sent, 2010);
+
+    // Data too large for the request goes by SFTP, as ever.
+    let data = pattern(5000, 1);
+    let source = SideEffect::Send(Source::Memory(Bytes::from(data.clone())));
+    let now = sim.now;
+    let body = Bytes::copy_from_slice(&0u64.to_le_bytes());
+    let call = sim
+        .endpoint(client)
+        .call(now, conn, 9, STORE, body, Some(source))
+        .unwrap();
+    let reply = wait_replies(&mut sim, client, &[call])
+        .remove(&call)
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.body[..], data[..]);
+    let more = sim.endpoint(client).conn_stats(conn).unwrap();
+    assert!(more.packets_sent - after.packets_sent > 2);
+}
+
+#[test]
 fn an_interrupted_fetch_resumes_from_its_offset() {
     let mut sim = Sim::new(
         5,
