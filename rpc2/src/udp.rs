@@ -568,6 +568,13 @@ enum Command {
         side_effect: Option<SideEffect>,
         done: Sender<Result<Reply, Error>>,
     },
+    Each {
+        calls: Vec<(ConnId, Option<SideEffect>)>,
+        subsystem: u16,
+        opcode: u16,
+        body: Bytes,
+        done: std::sync::mpsc::Sender<(usize, Result<Reply, Error>)>,
+    },
     Multi {
         conns: Vec<ConnId>,
         subsystem: u16,
@@ -714,6 +721,26 @@ impl ClientThread {
         rx.recv_blocking().unwrap_or_default()
     }
 
+    /// The same call on each connection, each with its own side effect,
+    /// all sent at once; each result goes to `done` with its index as it
+    /// arrives, so the caller decides how long to wait for the slow ones.
+    pub fn call_each(
+        &self,
+        calls: Vec<(ConnId, Option<SideEffect>)>,
+        subsystem: u16,
+        opcode: u16,
+        body: Bytes,
+        done: std::sync::mpsc::Sender<(usize, Result<Reply, Error>)>,
+    ) {
+        let _ = self.commands.send_blocking(Command::Each {
+            calls,
+            subsystem,
+            opcode,
+            body,
+            done,
+        });
+    }
+
     /// Requests peers made of this endpoint (callback breaks).
     pub fn requests(&self) -> &Receiver<Request> {
         &self.requests
@@ -763,6 +790,22 @@ async fn run_command(ep: &UdpEndpoint, cmd: Command) {
             let _ = done
                 .send(ep.call(conn, subsystem, opcode, body, side_effect).await)
                 .await;
+        }
+        Command::Each {
+            calls,
+            subsystem,
+            opcode,
+            body,
+            done,
+        } => {
+            for (i, (conn, side_effect)) in calls.into_iter().enumerate() {
+                let (ep, body, done) = (ep.clone(), body.clone(), done.clone());
+                glommio::spawn_local(async move {
+                    let r = ep.call(conn, subsystem, opcode, body, side_effect).await;
+                    let _ = done.send((i, r));
+                })
+                .detach();
+            }
         }
         Command::Multi {
             conns,

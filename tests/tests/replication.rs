@@ -33,6 +33,12 @@ fn mount_replicas(cell: &Trio, names: &[&str]) -> (Venus, PathBuf) {
     (v, root)
 }
 
+/// A UDP port free on `ip` now.
+fn port(ip: &str) -> u16 {
+    let s = std::net::UdpSocket::bind((ip, 0)).unwrap();
+    s.local_addr().unwrap().port()
+}
+
 fn write_files(dir: &Path, prefix: &str, n: usize) {
     fs::create_dir_all(dir).unwrap();
     for i in 0..n {
@@ -164,10 +170,6 @@ fn the_replica_a_client_reads_from_dying_is_never_seen_by_programs() {
 #[test]
 fn a_server_listening_on_every_address_is_known_by_its_peers_address() {
     let dir = tempfile::tempdir().unwrap();
-    let port = |ip: &str| {
-        let s = std::net::UdpSocket::bind((ip, 0)).unwrap();
-        s.local_addr().unwrap().port()
-    };
     let a = format!("127.0.0.1:{}", port("0.0.0.0"));
     let b = format!("127.0.0.2:{}", port("127.0.0.2"));
     let peers = format!("a={a},b={b}");
@@ -263,10 +265,6 @@ fn a_client_of_a_removed_replicated_volume_gets_errors_not_its_cache() {
 #[test]
 fn servers_must_keep_the_order_of_peers_that_decides_the_scm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = |ip: &str| {
-        let s = std::net::UdpSocket::bind((ip, 0)).unwrap();
-        s.local_addr().unwrap().port()
-    };
     let a = format!("127.0.0.1:{}", port("127.0.0.1"));
     let b = format!("127.0.0.2:{}", port("127.0.0.2"));
     let c = format!("127.0.0.3:{}", port("127.0.0.3"));
@@ -303,4 +301,35 @@ fn servers_must_keep_the_order_of_peers_that_decides_the_scm() {
         "a",
         &format!("{peers},c={c}"),
     );
+}
+
+#[test]
+fn a_multirpc_to_a_restarted_server_binds_again_and_gets_its_answer() {
+    use coda_venus::link::{Link, Principal, Transport};
+    let mut cell = Trio::start();
+    cell.volutil(0, &["create", "rep", "--replicas", "a", "b", "c"]);
+    let link = Link::new(Duration::from_secs(5)).unwrap();
+    let addrs: Vec<std::net::SocketAddr> = cell.addrs.iter().map(|a| a.parse().unwrap()).collect();
+    let body = coda_rpc2::codec::to_bytes(&coda_proto::vice::VolumeRef::Name("rep".into()));
+    let ask = || {
+        let none = addrs.iter().map(|_| None).collect();
+        let (sub, op) = (
+            coda_proto::vice::SUBSYSTEM,
+            coda_proto::vice::op::GET_VOLUME_INFO,
+        );
+        let grace = Duration::from_secs(5);
+        link.multi_call(&addrs, Principal::Anyone, None, sub, op, &body, none, grace)
+    };
+    let codes = |answers: Vec<Option<coda_venus::link::Answer>>| -> Vec<u16> {
+        answers
+            .into_iter()
+            .map(|a| a.expect("answered").expect("no error").code)
+            .collect()
+    };
+    assert_eq!(codes(ask()), [0, 0, 0]);
+    // b forgets every connection; a call without a side effect is bound
+    // again and repeated, as a single call is.
+    cell.kill(1);
+    cell.start_server(1);
+    assert_eq!(codes(ask()), [0, 0, 0]);
 }

@@ -483,11 +483,11 @@ impl Venus {
             .filter(|a| !self.down.contains(a))
             .collect();
         let body = codec::to_bytes(&VolumeRef::Id(vol));
-        let got = crate::replica::multi_call(
-            &self.link,
+        let got = self.link.multi_call(
             &targets,
             Principal::Anyone,
             None,
+            vice::SUBSYSTEM,
             op::GET_VOLUME_INFO,
             &body,
             targets.iter().map(|_| None).collect(),
@@ -904,11 +904,11 @@ impl Venus {
             }
             let addrs: Vec<SocketAddr> = targets.iter().map(|(_, a)| *a).collect();
             let rebinds = self.link.rebinds();
-            let got = crate::replica::multi_call(
-                &self.link,
+            let got = self.link.multi_call(
                 &addrs,
                 who,
                 creds.as_ref(),
+                vice::SUBSYSTEM,
                 opcode,
                 &body,
                 effects,

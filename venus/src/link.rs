@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use coda_proto::vice::{self, NewConnect};
@@ -62,6 +63,26 @@ pub trait Transport: Send + Sync {
         body: Bytes,
         side_effect: Option<SideEffect>,
     ) -> Answer;
+    /// Calls `targets` at once, each with its own side effect; each
+    /// answer, or `None` for one that had not answered `grace` after the
+    /// first did. Each call runs on a thread of its own unless the
+    /// transport does better.
+    #[allow(clippy::too_many_arguments)]
+    fn multi_call(
+        &self,
+        targets: &[SocketAddr],
+        who: Principal,
+        creds: Option<&Credentials>,
+        subsystem: u16,
+        opcode: u16,
+        body: &Bytes,
+        effects: Vec<Option<SideEffect>>,
+        grace: Duration,
+    ) -> Vec<Option<Answer>> {
+        on_threads(
+            self, targets, who, creds, subsystem, opcode, body, effects, grace,
+        )
+    }
     /// Sets the host id servers know this client by.
     fn set_host(&self, host: u64);
     /// How many connections were lost so far (each loss means the
@@ -69,6 +90,60 @@ pub trait Transport: Send + Sync {
     fn rebinds(&self) -> u64;
     /// Drops every connection of `who` (its token changed).
     fn forget_principal(&self, who: Principal);
+}
+
+/// [`Transport::multi_call`], each call on a thread of its own.
+#[allow(clippy::too_many_arguments)]
+fn on_threads<T: Transport + ?Sized>(
+    t: &T,
+    targets: &[SocketAddr],
+    who: Principal,
+    creds: Option<&Credentials>,
+    subsystem: u16,
+    opcode: u16,
+    body: &Bytes,
+    effects: Vec<Option<SideEffect>>,
+    grace: Duration,
+) -> Vec<Option<Answer>> {
+    let (tx, rx) = channel();
+    std::thread::scope(|scope| {
+        for (i, (&addr, se)) in targets.iter().zip(effects).enumerate() {
+            let (tx, body) = (tx.clone(), body.clone());
+            scope.spawn(move || {
+                let a = t.call(addr, who, creds, subsystem, opcode, body, se);
+                let _ = tx.send((i, a));
+            });
+        }
+        drop(tx);
+        gather(&rx, targets.len(), grace)
+    })
+}
+
+/// Answers as they come on `rx`, by index, until all `n` are in or
+/// `grace` has passed since the first success.
+fn gather<E>(
+    rx: &Receiver<(usize, Result<Reply, E>)>,
+    n: usize,
+    grace: Duration,
+) -> Vec<Option<Result<Reply, E>>> {
+    let mut answers: Vec<Option<Result<Reply, E>>> = (0..n).map(|_| None).collect();
+    let mut deadline: Option<Instant> = None;
+    for _ in 0..n {
+        let got = match deadline {
+            None => rx.recv().ok(),
+            Some(d) => rx
+                .recv_timeout(d.saturating_duration_since(Instant::now()))
+                .ok(),
+        };
+        let Some((i, a)) = got else {
+            break;
+        };
+        if a.as_ref().is_ok_and(|r| r.code == 0) && deadline.is_none() {
+            deadline = Some(Instant::now() + grace);
+        }
+        answers[i] = Some(a);
+    }
+    answers
 }
 
 /// Calls and decodes the reply body; a non-zero code is the error.
@@ -124,21 +199,58 @@ impl Transport for Link {
                 side_effect.take(),
             ) {
                 Ok(r) => return Ok(r),
-                Err(error) => LinkError { addr, error },
+                Err(error) => self.failed(addr, who, error),
             };
-            let gone = matches!(
-                err.error,
-                coda_rpc2::Error::Timeout | coda_rpc2::Error::Closed
-            );
-            if err.rebound() || gone {
-                self.forget(addr, who);
-                self.lost.fetch_add(1, Ordering::Relaxed);
-            }
             if !err.rebound() || tries == 0 {
                 return Err(err);
             }
             tracing::info!("{err}; binding again");
         }
+    }
+
+    /// All calls go out from the I/O thread at once. A server not bound
+    /// yet is bound first, on threads of its own, as binds may wait long.
+    fn multi_call(
+        &self,
+        targets: &[SocketAddr],
+        who: Principal,
+        creds: Option<&Credentials>,
+        subsystem: u16,
+        opcode: u16,
+        body: &Bytes,
+        effects: Vec<Option<SideEffect>>,
+        grace: Duration,
+    ) -> Vec<Option<Answer>> {
+        let bound: Option<Vec<ConnId>> = {
+            let conns = self.conns.lock().unwrap();
+            targets
+                .iter()
+                .map(|a| conns.get(&(*a, who)).copied())
+                .collect()
+        };
+        let Some(bound) = bound else {
+            let (s, b) = (subsystem, body);
+            return on_threads(self, targets, who, creds, s, opcode, b, effects, grace);
+        };
+        // As in `call`: one the server forgot is bound again and repeated,
+        // unless its side effect went with the first try.
+        let again: Vec<bool> = effects.iter().map(Option::is_none).collect();
+        let (tx, rx) = channel();
+        let calls = bound.into_iter().zip(effects).collect();
+        self.ct
+            .call_each(calls, subsystem, opcode, body.clone(), tx);
+        let answers = gather(&rx, targets.len(), grace);
+        let answer = |(i, a): (usize, Option<Result<Reply, coda_rpc2::Error>>)| {
+            let addr = targets[i];
+            match a?.map_err(|e| self.failed(addr, who, e)) {
+                Err(e) if e.rebound() && again[i] => {
+                    tracing::info!("{e}; binding again");
+                    Some(self.call(addr, who, creds, subsystem, opcode, body.clone(), None))
+                }
+                a => Some(a),
+            }
+        };
+        answers.into_iter().enumerate().map(answer).collect()
     }
 
     fn set_host(&self, host: u64) {
@@ -210,6 +322,17 @@ impl Link {
         Ok(conn)
     }
 
+    /// A call that failed: a connection the server forgot, or one gone
+    /// silent, is dropped (the next call binds again).
+    fn failed(&self, addr: SocketAddr, who: Principal, error: coda_rpc2::Error) -> LinkError {
+        let err = LinkError { addr, error };
+        if err.drops_connection() {
+            self.forget(addr, who);
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+        err
+    }
+
     /// Drops a connection (a token changed, or the server forgot it).
     pub fn forget(&self, addr: SocketAddr, who: Principal) {
         self.conns.lock().unwrap().remove(&(addr, who));
@@ -233,6 +356,15 @@ impl LinkError {
             self.error,
             coda_rpc2::Error::Unbound | coda_rpc2::Error::NoConnection
         )
+    }
+
+    /// The connection is no more: the server forgot it, or went silent.
+    pub fn drops_connection(&self) -> bool {
+        self.rebound()
+            || matches!(
+                self.error,
+                coda_rpc2::Error::Timeout | coda_rpc2::Error::Closed
+            )
     }
 
     /// What a program sees when the server could not be reached.

@@ -18,7 +18,7 @@ use coda_proto::fid::{StoreId, VolumeId};
 use coda_proto::res::{Cop2, Cop2Entry, Resolve};
 use coda_proto::vice::{self, op};
 use coda_rpc2::codec;
-use coda_rpc2::endpoint::{Reply, SideEffect};
+use coda_rpc2::endpoint::Reply;
 use coda_rpc2::Credentials;
 
 use crate::link::{Answer, Principal, Transport};
@@ -27,48 +27,6 @@ use crate::link::{Answer, Principal, Transport};
 /// replica slower than that is left out (as if down) rather than holding
 /// up every update until its calls time out.
 pub const REPLICA_GRACE: Duration = Duration::from_secs(2);
-
-/// Calls `targets` at once, each with its own side effect; each answer,
-/// or `None` for one that had not answered `grace` after the first did.
-#[allow(clippy::too_many_arguments)]
-pub fn multi_call(
-    link: &Arc<dyn Transport>,
-    targets: &[SocketAddr],
-    who: Principal,
-    creds: Option<&Credentials>,
-    opcode: u16,
-    body: &Bytes,
-    effects: Vec<Option<SideEffect>>,
-    grace: Duration,
-) -> Vec<Option<Answer>> {
-    let (tx, rx) = channel();
-    for (i, (&addr, se)) in targets.iter().zip(effects).enumerate() {
-        let (link, tx, creds, body) = (link.clone(), tx.clone(), creds.cloned(), body.clone());
-        std::thread::spawn(move || {
-            let a = link.call(addr, who, creds.as_ref(), vice::SUBSYSTEM, opcode, body, se);
-            let _ = tx.send((i, a));
-        });
-    }
-    drop(tx);
-    let mut answers: Vec<Option<Answer>> = targets.iter().map(|_| None).collect();
-    let mut deadline: Option<Instant> = None;
-    for _ in targets {
-        let got = match deadline {
-            None => rx.recv().ok(),
-            Some(d) => rx
-                .recv_timeout(d.saturating_duration_since(Instant::now()))
-                .ok(),
-        };
-        let Some((i, a)) = got else {
-            break;
-        };
-        if a.as_ref().is_ok_and(|r| r.code == 0) && deadline.is_none() {
-            deadline = Some(Instant::now() + grace);
-        }
-        answers[i] = Some(a);
-    }
-    answers
-}
 
 /// How long a COP2 waits for the next update to the volume to carry it
 /// (piggy-backed, as Coda's did) before it is sent on its own. Until it
@@ -261,11 +219,11 @@ fn send(
     body: &Bytes,
 ) {
     let effects = targets.iter().map(|_| None).collect();
-    for a in multi_call(
-        link,
+    for a in link.multi_call(
         targets,
         who,
         creds,
+        vice::SUBSYSTEM,
         opcode,
         body,
         effects,
@@ -330,6 +288,7 @@ pub fn outcome(targets: &[(u32, SocketAddr)], answers: Vec<Answer>) -> Outcome {
 mod tests {
     use super::*;
     use crate::link::LinkError;
+    use coda_rpc2::endpoint::SideEffect;
 
     /// Records the calls made, answering each with success.
     #[derive(Default)]

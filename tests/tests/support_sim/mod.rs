@@ -854,11 +854,7 @@ impl Transport for SimTransport {
                 }
                 Err(error) => LinkError { addr, error },
             };
-            let gone = matches!(
-                err.error,
-                coda_rpc2::Error::Timeout | coda_rpc2::Error::Closed
-            );
-            if err.rebound() || gone {
+            if err.drops_connection() {
                 self.forget(addr, who);
                 self.lost.fetch_add(1, Ordering::Relaxed);
             }
