@@ -14,6 +14,24 @@ pub mod venus;
 /// namespace, [`netns::Partition::enter`]).
 pub type Setup = std::sync::Arc<dyn Fn(&mut Command) + Send + Sync>;
 
+/// A UDP port free on `ip` now, for a server that may be killed and
+/// started again at the same address. It is taken below the kernel's
+/// ephemeral range (32768 on): a socket bound to port 0 meanwhile (any
+/// client's) can then never hold it when the server comes back.
+pub fn free_port(ip: &str) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test processes running at once start at different places.
+    let base = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 10_000 + (base.wrapping_add(n) % 22_000) as u16;
+        if std::net::UdpSocket::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A workspace binary, as the sources are now: `cargo test` builds only
 /// the bins of packages with integration tests, so the first call in each
 /// test process brings them all up to date (a no-op when they are).
@@ -63,7 +81,9 @@ impl Server {
     }
 
     pub fn start_in(root: &Path, cores: u32) -> Server {
-        Server::start_at(root, "127.0.0.1:0", cores)
+        // A port a restart finds free (see `free_port`).
+        let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        Server::start_at(root, &listen, cores)
     }
 
     /// A server listening at `listen` (a restart keeps its address).

@@ -4,16 +4,11 @@
 use std::path::PathBuf;
 use std::process::Output;
 
-use crate::{ok, replica_tar, run, Server, ADMIN_PASSWORD};
+use crate::{free_port, ok, replica_tar, run, Server, ADMIN_PASSWORD};
 
 pub const NAMES: [&str; 3] = ["a", "b", "c"];
 
 /// A free UDP port on `ip`.
-fn free_port(ip: &str) -> u16 {
-    let s = std::net::UdpSocket::bind((ip, 0)).expect("bind");
-    s.local_addr().unwrap().port()
-}
-
 pub struct Trio {
     // Dropped in order: the servers (killed) before their directories.
     servers: Vec<Option<Server>>,

@@ -33,12 +33,6 @@ fn mount_replicas(cell: &Trio, names: &[&str]) -> (Venus, PathBuf) {
     (v, root)
 }
 
-/// A UDP port free on `ip` now.
-fn port(ip: &str) -> u16 {
-    let s = std::net::UdpSocket::bind((ip, 0)).unwrap();
-    s.local_addr().unwrap().port()
-}
-
 fn write_files(dir: &Path, prefix: &str, n: usize) {
     fs::create_dir_all(dir).unwrap();
     for i in 0..n {
@@ -170,8 +164,8 @@ fn the_replica_a_client_reads_from_dying_is_never_seen_by_programs() {
 #[test]
 fn a_server_listening_on_every_address_is_known_by_its_peers_address() {
     let dir = tempfile::tempdir().unwrap();
-    let a = format!("127.0.0.1:{}", port("0.0.0.0"));
-    let b = format!("127.0.0.2:{}", port("127.0.0.2"));
+    let a = format!("127.0.0.1:{}", coda_tests::free_port("0.0.0.0"));
+    let b = format!("127.0.0.2:{}", coda_tests::free_port("127.0.0.2"));
     let peers = format!("a={a},b={b}");
     let listen_a = a.replace("127.0.0.1", "0.0.0.0");
     let _sa = coda_tests::Server::start_peer(&dir.path().join("a"), &listen_a, 1, "a", &peers);
@@ -265,9 +259,9 @@ fn a_client_of_a_removed_replicated_volume_gets_errors_not_its_cache() {
 #[test]
 fn servers_must_keep_the_order_of_peers_that_decides_the_scm() {
     let dir = tempfile::tempdir().unwrap();
-    let a = format!("127.0.0.1:{}", port("127.0.0.1"));
-    let b = format!("127.0.0.2:{}", port("127.0.0.2"));
-    let c = format!("127.0.0.3:{}", port("127.0.0.3"));
+    let a = format!("127.0.0.1:{}", coda_tests::free_port("127.0.0.1"));
+    let b = format!("127.0.0.2:{}", coda_tests::free_port("127.0.0.2"));
+    let c = format!("127.0.0.3:{}", coda_tests::free_port("127.0.0.3"));
     let codasrv = |name: &str, listen: &str, peers: &str| {
         let mut cmd = std::process::Command::new(coda_tests::bin("codasrv"));
         let root = dir.path().join(name);

@@ -222,18 +222,12 @@ fn a_restarted_venus_fetches_nothing_it_had() {
     );
 }
 
-/// A UDP port nobody uses right now on 127.0.0.1.
-fn free_udp_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
-}
-
 #[test]
 fn codasrv_restart_under_a_mounted_client() {
     let began = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("vice");
-    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let addr = format!("127.0.0.1:{}", coda_tests::free_port("127.0.0.1"));
     let srv = Server::start_at(&root, &addr, 1);
     assert_eq!(srv.addr, addr, "codasrv listens where it was told");
     let v = Venus::start(&srv.addr);

@@ -15,12 +15,6 @@ use std::time::{Duration, Instant};
 use coda_tests::venus::{eventually, fsx, Venus};
 use coda_tests::{pattern, Server};
 
-/// A UDP port nobody uses right now on 127.0.0.1.
-fn free_udp_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
-}
-
 /// A client whose calls give a silent server 2 s.
 fn client(addr: &str, cache: &Path, mount: &Path, extra: &[&str]) -> Venus {
     let mut args = vec!["--timeout", "2"];
@@ -127,7 +121,7 @@ fn work_done_while_the_server_is_down_reaches_a_second_client() {
     let began = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("vice");
-    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let addr = format!("127.0.0.1:{}", coda_tests::free_port("127.0.0.1"));
     let (cache, mount) = dirs(&tmp);
     let srv = Server::start_at(&root, &addr, 1);
     let v = client(&addr, &cache, &mount, &[]);
@@ -245,7 +239,7 @@ fn a_log_survives_sigkill_and_waits_for_a_token() {
 fn a_restart_while_the_server_is_down_starts_disconnected() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("vice");
-    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let addr = format!("127.0.0.1:{}", coda_tests::free_port("127.0.0.1"));
     let (cache, mount) = dirs(&tmp);
     let srv = Server::start_at(&root, &addr, 1);
     let v = client(&addr, &cache, &mount, &[]);
