@@ -16,20 +16,28 @@ pub type Setup = std::sync::Arc<dyn Fn(&mut Command) + Send + Sync>;
 
 /// A UDP port free on `ip` now, for a server that may be killed and
 /// started again at the same address. It is taken below the kernel's
-/// ephemeral range (32768 on): a socket bound to port 0 meanwhile (any
-/// client's) can then never hold it when the server comes back.
+/// ephemeral range: a socket bound to port 0 meanwhile (any client's) can
+/// then never hold it when the server comes back. (Where that range
+/// leaves too little room below it, any free port.)
 pub fn free_port(ip: &str) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let (low, span) = (10_000, ephemeral.saturating_sub(10_000));
     // Test processes running at once start at different places.
     let base = std::process::id().wrapping_mul(7919);
-    loop {
+    for _ in 0..span.min(1000) {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 10_000 + (base.wrapping_add(n) % 22_000) as u16;
+        let port = (low + base.wrapping_add(n) % span) as u16;
         if std::net::UdpSocket::bind((ip, port)).is_ok() {
             return port;
         }
     }
+    let s = std::net::UdpSocket::bind((ip, 0)).expect("bind");
+    s.local_addr().unwrap().port()
 }
 
 /// A workspace binary, as the sources are now: `cargo test` builds only

@@ -8,7 +8,6 @@ use crate::{free_port, ok, replica_tar, run, Server, ADMIN_PASSWORD};
 
 pub const NAMES: [&str; 3] = ["a", "b", "c"];
 
-/// A free UDP port on `ip`.
 pub struct Trio {
     // Dropped in order: the servers (killed) before their directories.
     servers: Vec<Option<Server>>,

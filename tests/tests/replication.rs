@@ -302,7 +302,8 @@ fn a_multirpc_to_a_restarted_server_binds_again_and_gets_its_answer() {
     use coda_venus::link::{Link, Principal, Transport};
     let mut cell = Trio::start();
     cell.volutil(0, &["create", "rep", "--replicas", "a", "b", "c"]);
-    let link = Link::new(Duration::from_secs(5)).unwrap();
+    let link: std::sync::Arc<dyn Transport> =
+        std::sync::Arc::new(Link::new(Duration::from_secs(5)).unwrap());
     let addrs: Vec<std::net::SocketAddr> = cell.addrs.iter().map(|a| a.parse().unwrap()).collect();
     let body = coda_rpc2::codec::to_bytes(&coda_proto::vice::VolumeRef::Name("rep".into()));
     let ask = || {
@@ -312,7 +313,8 @@ fn a_multirpc_to_a_restarted_server_binds_again_and_gets_its_answer() {
             coda_proto::vice::op::GET_VOLUME_INFO,
         );
         let grace = Duration::from_secs(5);
-        link.multi_call(&addrs, Principal::Anyone, None, sub, op, &body, none, grace)
+        let who = Principal::Anyone;
+        coda_venus::link::multi_call(&link, &addrs, who, None, sub, op, &body, none, grace)
     };
     let codes = |answers: Vec<Option<coda_venus::link::Answer>>| -> Vec<u16> {
         answers

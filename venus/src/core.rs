@@ -471,19 +471,19 @@ impl Venus {
         Ok(r)
     }
 
-    /// Whether the cell removed `vol`: every replica's server that
-    /// answers knows no such volume. Were it taken for a replica not
-    /// filled yet, the volume would be emulated from the cache, and
-    /// updates logged that no server can ever take.
+    /// Whether the cell removed `vol`: every replica's server knows no
+    /// such volume. Were it taken for a replica not filled yet, the volume
+    /// would be emulated from the cache, and updates logged that no server
+    /// can ever take. One server alone may just have lost its disk (and
+    /// the cell's directory with it): all must say so.
     fn removed(&mut self, vol: VolumeId) -> bool {
-        let targets: Vec<SocketAddr> = self
-            .replicas_of(vol)
-            .into_iter()
-            .map(|(_, a)| a)
-            .filter(|a| !self.down.contains(a))
-            .collect();
+        let targets: Vec<SocketAddr> = self.replicas_of(vol).into_iter().map(|(_, a)| a).collect();
+        if targets.iter().any(|a| self.down.contains(a)) {
+            return false;
+        }
         let body = codec::to_bytes(&VolumeRef::Id(vol));
-        let got = self.link.multi_call(
+        let got = crate::link::multi_call(
+            &self.link,
             &targets,
             Principal::Anyone,
             None,
@@ -505,10 +505,11 @@ impl Venus {
                 return false;
             }
         }
-        if unknown > 0 {
+        let gone = unknown == targets.len();
+        if gone {
             self.emit("volume", format!("volume {vol:x} was removed"));
         }
-        unknown > 0
+        gone
     }
 
     /// Whether `addr`'s replica of `vol` was found barren lately.
@@ -904,7 +905,8 @@ impl Venus {
             }
             let addrs: Vec<SocketAddr> = targets.iter().map(|(_, a)| *a).collect();
             let rebinds = self.link.rebinds();
-            let got = self.link.multi_call(
+            let got = crate::link::multi_call(
+                &self.link,
                 &addrs,
                 who,
                 creds.as_ref(),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -63,25 +63,21 @@ pub trait Transport: Send + Sync {
         body: Bytes,
         side_effect: Option<SideEffect>,
     ) -> Answer;
-    /// Calls `targets` at once, each with its own side effect; each
-    /// answer, or `None` for one that had not answered `grace` after the
-    /// first did. Each call runs on a thread of its own unless the
-    /// transport does better.
+    /// [`multi_call`] done by the transport itself, if it can; else the
+    /// side effects are handed back.
     #[allow(clippy::too_many_arguments)]
-    fn multi_call(
+    fn call_each(
         &self,
-        targets: &[SocketAddr],
-        who: Principal,
-        creds: Option<&Credentials>,
-        subsystem: u16,
-        opcode: u16,
-        body: &Bytes,
+        _targets: &[SocketAddr],
+        _who: Principal,
+        _creds: Option<&Credentials>,
+        _subsystem: u16,
+        _opcode: u16,
+        _body: &Bytes,
         effects: Vec<Option<SideEffect>>,
-        grace: Duration,
-    ) -> Vec<Option<Answer>> {
-        on_threads(
-            self, targets, who, creds, subsystem, opcode, body, effects, grace,
-        )
+        _grace: Duration,
+    ) -> Result<Vec<Option<Answer>>, Vec<Option<SideEffect>>> {
+        Err(effects)
     }
     /// Sets the host id servers know this client by.
     fn set_host(&self, host: u64);
@@ -92,10 +88,13 @@ pub trait Transport: Send + Sync {
     fn forget_principal(&self, who: Principal);
 }
 
-/// [`Transport::multi_call`], each call on a thread of its own.
+/// Calls `targets` at once, each with its own side effect; each answer,
+/// or `None` for one that had not answered `grace` after the first did.
+/// Calls the transport cannot make together run on threads of their own,
+/// left to finish (or time out) after the grace.
 #[allow(clippy::too_many_arguments)]
-fn on_threads<T: Transport + ?Sized>(
-    t: &T,
+pub fn multi_call(
+    link: &Arc<dyn Transport>,
     targets: &[SocketAddr],
     who: Principal,
     creds: Option<&Credentials>,
@@ -105,18 +104,21 @@ fn on_threads<T: Transport + ?Sized>(
     effects: Vec<Option<SideEffect>>,
     grace: Duration,
 ) -> Vec<Option<Answer>> {
+    let effects = match link.call_each(targets, who, creds, subsystem, opcode, body, effects, grace)
+    {
+        Ok(answers) => return answers,
+        Err(effects) => effects,
+    };
     let (tx, rx) = channel();
-    std::thread::scope(|scope| {
-        for (i, (&addr, se)) in targets.iter().zip(effects).enumerate() {
-            let (tx, body) = (tx.clone(), body.clone());
-            scope.spawn(move || {
-                let a = t.call(addr, who, creds, subsystem, opcode, body, se);
-                let _ = tx.send((i, a));
-            });
-        }
-        drop(tx);
-        gather(&rx, targets.len(), grace)
-    })
+    for (i, (&addr, se)) in targets.iter().zip(effects).enumerate() {
+        let (link, tx, creds, body) = (link.clone(), tx.clone(), creds.cloned(), body.clone());
+        std::thread::spawn(move || {
+            let a = link.call(addr, who, creds.as_ref(), subsystem, opcode, body, se);
+            let _ = tx.send((i, a));
+        });
+    }
+    drop(tx);
+    gather(&rx, targets.len(), grace)
 }
 
 /// Answers as they come on `rx`, by index, until all `n` are in or
@@ -208,9 +210,9 @@ impl Transport for Link {
         }
     }
 
-    /// All calls go out from the I/O thread at once. A server not bound
-    /// yet is bound first, on threads of its own, as binds may wait long.
-    fn multi_call(
+    /// All calls go out from the I/O thread at once, if every server is
+    /// bound already (binds may wait long: they run on threads instead).
+    fn call_each(
         &self,
         targets: &[SocketAddr],
         who: Principal,
@@ -220,7 +222,7 @@ impl Transport for Link {
         body: &Bytes,
         effects: Vec<Option<SideEffect>>,
         grace: Duration,
-    ) -> Vec<Option<Answer>> {
+    ) -> Result<Vec<Option<Answer>>, Vec<Option<SideEffect>>> {
         let bound: Option<Vec<ConnId>> = {
             let conns = self.conns.lock().unwrap();
             targets
@@ -229,8 +231,7 @@ impl Transport for Link {
                 .collect()
         };
         let Some(bound) = bound else {
-            let (s, b) = (subsystem, body);
-            return on_threads(self, targets, who, creds, s, opcode, b, effects, grace);
+            return Err(effects);
         };
         // As in `call`: one the server forgot is bound again and repeated,
         // unless its side effect went with the first try.
@@ -250,7 +251,7 @@ impl Transport for Link {
                 a => Some(a),
             }
         };
-        answers.into_iter().enumerate().map(answer).collect()
+        Ok(answers.into_iter().enumerate().map(answer).collect())
     }
 
     fn set_host(&self, host: u64) {

@@ -219,7 +219,8 @@ fn send(
     body: &Bytes,
 ) {
     let effects = targets.iter().map(|_| None).collect();
-    for a in link.multi_call(
+    for a in crate::link::multi_call(
+        link,
         targets,
         who,
         creds,

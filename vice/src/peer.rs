@@ -194,10 +194,13 @@ pub fn join(peers: &Peers, password: &str) -> Result<JoinReply, String> {
         server: peers.me.clone(),
         peers: peers.names(),
     });
+    // A refusal (not silence) is most likely a list that differs.
+    let hint = "its --peers must name this server, and list the same servers in the same order";
     let reply = call(conn, volutil::SUBSYSTEM, volutil::op::JOIN, req).map_err(|e| {
-        format!(
-            "{e} (its --peers must name this server, and list the same servers in the same order)"
-        )
+        match e.contains(" refused: ") {
+            true => format!("{e} ({hint})"),
+            false => e,
+        }
     })?;
     codec::from_bytes(&reply).map_err(bad)
 }

@@ -406,6 +406,25 @@ enum Waiter {
     Job(Sender<(u16, Bytes)>, u16, Bytes),
 }
 
+/// How long a shard waits for its address to be let go.
+const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Binds the shard's socket. A server started again just after it died
+/// may find its address still held: the kernel lets go of the old
+/// process's sockets only once it has torn down its io_uring, which it
+/// does in the background.
+fn bind_listen(listen: SocketAddr, config: Config) -> Result<UdpEndpoint, String> {
+    let began = std::time::Instant::now();
+    loop {
+        match UdpEndpoint::bind(listen, config.clone()) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && began.elapsed() < BIND_RETRY => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r.map_err(|e| format!("binding {listen}: {e}")),
+        }
+    }
+}
+
 fn open_shard(s: &ShardStart) -> Result<(Service, UdpEndpoint), String> {
     let (shard, report) = Shard::open(&s.dir, s.index, s.cell.id, &s.shard_opts)
         .map_err(|e| format!("shard {}: {e}", s.index))?;
@@ -440,8 +459,7 @@ fn open_shard(s: &ShardStart) -> Result<(Service, UdpEndpoint), String> {
         cell_key: Some(s.cell.key.clone()),
         ..Config::default()
     };
-    let ep =
-        UdpEndpoint::bind(s.listen, config).map_err(|e| format!("binding {}: {e}", s.listen))?;
+    let ep = bind_listen(s.listen, config)?;
     let mut addr = ep.local_addr().map_err(|e| e.to_string())?;
     // Listening on every address (0.0.0.0): the others reach this server
     // at the address `--peers` gives it, and clients are told that one.
