@@ -171,6 +171,10 @@ codec_struct! {
     }
 }
 
+/// [`Version::kind`] of a replica `repair show` could not reach (which
+/// then does not exist as far as it knows).
+pub const UNREACHABLE: &str = "unreachable";
+
 codec_struct! {
     /// `repair show`: both versions; for an object whose replicas
     /// diverged, each replica's too (by server address, in slot order).

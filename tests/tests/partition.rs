@@ -293,6 +293,30 @@ fn the_same_file_changed_on_both_sides_is_a_conflict_that_repair_settles() {
         assert!(show.contains(a.as_str()), "repair show: {show} {err}");
     }
 
+    // c cut off again: X still shows the versions it reaches, and c as
+    // unreachable; settling needs c, and changes nothing without it.
+    cell.net.cut();
+    let out = x.tool("repair", &["show", f.to_str().unwrap()], "");
+    let show = String::from_utf8(out.stdout).unwrap();
+    let line_of = |addr: &str| {
+        show.lines()
+            .find(|l| l.contains(addr))
+            .unwrap_or_else(|| panic!("{addr} not in repair show: {show}"))
+            .to_string()
+    };
+    assert!(out.status.success(), "repair show: {show}");
+    for a in &cell.addrs[..2] {
+        assert!(line_of(a).contains("bytes"), "repair show: {show}");
+    }
+    assert!(
+        line_of(&cell.addrs[2]).ends_with("(unreachable)"),
+        "repair show: {show}"
+    );
+    let out = x.tool("repair", &["keep-both", f.to_str().unwrap()], "");
+    assert!(!out.status.success(), "repair settled without c");
+    assert!(!fs::exists(sx.join("f.replica-3")).unwrap());
+    cell.net.heal();
+
     // Keep both: X's replica's version under the name, c's beside it.
     repair(x, "keep-both", &f);
     assert_eq!(fs::read_to_string(sx.join("f")).unwrap(), "from side A\n");

@@ -9,8 +9,8 @@
 //!   version is made beside it as `NAME.replica-N` (N its replica's slot,
 //!   from 1).
 //!
-//! Every replica must answer: one left out would come back holding a
-//! version the others' vectors never saw, and be in conflict again.
+//! `repair show` shows what the replicas it reaches hold; settling needs
+//! every replica (see [`all_versions`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use coda_proto::cml::{self, CmlRecord, Op};
-use coda_proto::control::{ConflictDetail, ConflictLine, Resolution, Version};
+use coda_proto::control::{ConflictDetail, ConflictLine, Resolution, Version, UNREACHABLE};
 use coda_proto::res::{Inconsistent, Repair};
 use coda_proto::vice::{self, op, MutateReply, Stage, StageReply};
 use coda_proto::vv::{VersionVector, FLAG_INCONSISTENT};
@@ -111,10 +111,12 @@ fn line(v: &Venus, mount: &Path, fid: Fid, listed: Option<&Vec<String>>) -> Conf
     }
 }
 
-/// Each replica's version of `fid`, by slot; every replica must answer.
-fn versions(v: &mut Venus, uid: u32, fid: Fid) -> Result<Vec<(u32, SocketAddr, Status)>> {
-    let mut out = Vec::new();
+/// Each replica's version of `fid` (or why it gave none), by slot.
+fn versions(v: &mut Venus, uid: u32, fid: Fid) -> Result<Vec<(u32, SocketAddr, Result<Status>)>> {
     let reps = v.replicas_of(fid.volume);
+    if reps.is_empty() {
+        return Err(Errno::NO_SUCH_VOLUME);
+    }
     // Those left out since the partition may be back: asked now.
     let down: Vec<SocketAddr> = reps
         .iter()
@@ -124,15 +126,32 @@ fn versions(v: &mut Venus, uid: u32, fid: Fid) -> Result<Vec<(u32, SocketAddr, S
     for (addr, (up, restarted)) in crate::core::probe_each(&v.transport(), &down) {
         v.probed(addr, up, restarted);
     }
-    for (slot, addr) in reps {
-        let body = codec::to_bytes(&vice::GetAttr { fid });
-        let r = v.call_at(uid, addr, op::GET_ATTR, body, None)?;
-        out.push((slot, addr, decode_reply::<Status>(&r)?));
-    }
-    if out.is_empty() {
-        return Err(Errno::NO_SUCH_VOLUME);
-    }
-    Ok(out)
+    Ok(reps
+        .into_iter()
+        .map(|(slot, addr)| {
+            let body = codec::to_bytes(&vice::GetAttr { fid });
+            let got = v
+                .call_at(uid, addr, op::GET_ATTR, body, None)
+                .and_then(|r| decode_reply::<Status>(&r));
+            (slot, addr, got)
+        })
+        .collect())
+}
+
+/// Every replica's version: settling needs them all, since one left out
+/// would come back holding a version the others' vectors never saw, and
+/// be in conflict again.
+fn all_versions(v: &mut Venus, uid: u32, fid: Fid) -> Result<Vec<(u32, SocketAddr, Status)>> {
+    versions(v, uid, fid)?
+        .into_iter()
+        .map(|(slot, addr, got)| match got {
+            Ok(s) => Ok((slot, addr, s)),
+            Err(e) => {
+                tracing::warn!("{fid}: replica {} at {addr}: {e}", slot + 1);
+                Err(e)
+            }
+        })
+        .collect()
 }
 
 /// What this cache holds of the object: its status and data, if any.
@@ -156,20 +175,38 @@ fn local_version(v: &Venus, fid: Fid) -> Version {
 }
 
 /// `repair show`: every replica's version, and the cached one.
+/// `repair show`: every replica's version, and the cached one. A replica
+/// that cannot be reached is shown as such: the others' versions are
+/// worth seeing while it is gone.
 pub fn show(v: &mut Venus, uid: u32, mount: &Path, fid: Fid) -> Result<ConflictDetail> {
     let reps = versions(v, uid, fid)?;
+    if let Some(e) = reps.iter().find_map(|(_, _, got)| got.as_ref().err()) {
+        if reps.iter().all(|(_, _, got)| got.is_err()) {
+            return Err(*e);
+        }
+    }
     let preferred = v.preferred_replica(fid.volume)?;
     let server = reps
         .iter()
         .find(|(_, a, _)| *a == preferred)
-        .map(|(_, _, s)| s);
+        .and_then(|(_, _, got)| got.as_ref().ok());
     Ok(ConflictDetail {
         conflict: line(v, mount, fid, None),
         local: local_version(v, fid),
         server: version(server, None),
         replicas: reps
             .iter()
-            .map(|(_, a, s)| (a.to_string(), version(Some(s), None)))
+            .map(|(_, a, got)| {
+                let shown = match got {
+                    Ok(s) => version(Some(s), None),
+                    Err(Errno::ETIMEDOUT) => Version {
+                        kind: UNREACHABLE.into(),
+                        ..version(None, None)
+                    },
+                    Err(_) => version(None, None),
+                };
+                (a.to_string(), shown)
+            })
             .collect(),
     })
 }
@@ -278,7 +315,7 @@ pub fn settle(v: &mut Venus, uid: u32, fid: Fid, how: Resolution) -> Result<Vec<
     if v.disconnected(fid.volume) {
         return Err(Errno::ETIMEDOUT);
     }
-    let reps = versions(v, uid, fid)?;
+    let reps = all_versions(v, uid, fid)?;
     let mut base = VersionVector::default();
     for (_, _, s) in &reps {
         base.raise(&s.vv);
@@ -338,7 +375,7 @@ pub fn settle(v: &mut Venus, uid: u32, fid: Fid, how: Resolution) -> Result<Vec<
     }
     result?;
     // Every replica must have taken it.
-    let left: Vec<String> = versions(v, uid, fid)?
+    let left: Vec<String> = all_versions(v, uid, fid)?
         .iter()
         .filter(|(_, _, s)| s.vv.flags & FLAG_INCONSISTENT != 0)
         .map(|(_, a, _)| a.to_string())

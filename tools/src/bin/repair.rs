@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
-use coda_proto::control::{ConflictLine, Repair, Reply, Request, Resolution, Version};
+use coda_proto::control::{ConflictLine, Repair, Reply, Request, Resolution, Version, UNREACHABLE};
 use coda_tools::venus::{unexpected, MountArgs, Venus};
 use coda_tools::{exit_with, Result};
 use serde_json::json;
@@ -62,6 +62,8 @@ fn print_version(who: &str, v: &Version) {
             v.mtime,
             &v.hash[..v.hash.len().min(16)]
         );
+    } else if v.kind == UNREACHABLE {
+        println!("  {who}: (unreachable)");
     } else {
         println!("  {who}: (none)");
     }
