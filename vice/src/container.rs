@@ -1,5 +1,6 @@
 //! Container files: the data of files, one file per version, named by a
-//! number that is never reused. A store writes a new container and syncs it
+//! number that is never reused (files of at most
+//! [`crate::vnode::IN_VNODE_MAX`] bytes keep theirs in the vnode instead). A store writes a new container and syncs it
 //! before the transaction that points a vnode at it commits; the old one is
 //! unlinked only once that commit is durable. So a crash leaves at worst an
 //! unreferenced container, which the start-up sweep removes.

@@ -173,7 +173,7 @@ enum Cursor {
     /// Data of vnode `index`, from `offset`.
     Data {
         index: usize,
-        file: File,
+        file: Option<File>,
         offset: u64,
     },
     Entry(usize),
@@ -247,7 +247,11 @@ impl DumpSession {
                     match data {
                         true => Cursor::Data {
                             index: i,
-                            file: containers.open_read(v.container)?,
+                            // None: the bytes are in the vnode.
+                            file: match v.container {
+                                NO_CONTAINER => None,
+                                c => Some(containers.open_read(c)?),
+                            },
                             offset: 0,
                         },
                         false => Cursor::Vnode(i + 1),
@@ -259,14 +263,20 @@ impl DumpSession {
                     file,
                     offset,
                 } => {
-                    let len = c.vnodes[index].0.length;
+                    let v = &c.vnodes[index].0;
+                    let len = v.length;
                     let n = (len - offset).min(DATA_CHUNK as u64) as usize;
                     let mut buf = vec![0u8; n];
-                    file.read_exact_at(&mut buf, offset).map_err(|e| {
-                        io::Error::new(
-                            e.kind(),
-                            format!("container of {}: {e}", c.vnodes[index].0.fid),
-                        )
+                    let read = match &file {
+                        Some(f) => f.read_exact_at(&mut buf, offset),
+                        None => v
+                            .inline
+                            .get(offset as usize..offset as usize + n)
+                            .map(|b| buf.copy_from_slice(b))
+                            .ok_or_else(|| io::ErrorKind::UnexpectedEof.into()),
+                    };
+                    read.map_err(|e: io::Error| {
+                        io::Error::new(e.kind(), format!("contents of {}: {e}", v.fid))
                     })?;
                     self.writer.data(out, &buf);
                     match offset + n as u64 {

@@ -10,6 +10,9 @@
 //! in one directory never conflict.
 
 use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
 
 use coda_proto::acl::{Acl, PrincipalId, Rights, ANY_USER};
 use coda_proto::cml::{self, CmlRecord, Op};
@@ -22,7 +25,7 @@ use coda_proto::Errno;
 
 use crate::container::Containers;
 use crate::shard::Txn;
-use crate::vnode::{Vnode, VolumeHeader, EMPTY_HASH, NO_CONTAINER};
+use crate::vnode::{Vnode, VolumeHeader, EMPTY_HASH, IN_VNODE_MAX, NO_CONTAINER};
 use crate::volume::Volume;
 
 /// Longest symlink target.
@@ -55,9 +58,11 @@ impl Caller {
 }
 
 /// New file content, already in a synced container.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NewData {
     pub container: u64,
+    /// A small file's bytes, kept in its vnode (no container then).
+    pub inline: Bytes,
     pub length: u64,
     pub hash: [u8; 32],
 }
@@ -493,6 +498,7 @@ impl<'t, 'a> Apply<'t, 'a> {
                     return Err(Errno::EINVAL);
                 }
                 v.container = d.container;
+                v.inline = d.inline;
                 v.length = d.length;
                 v.content_hash = d.hash;
                 self.touch(&mut v, sid, t);
@@ -750,6 +756,7 @@ impl<'t, 'a> Apply<'t, 'a> {
             acl: is_dir.then(|| d.acl.clone().unwrap_or_default()),
             target: target.to_string(),
             history: Vec::new(),
+            inline: Bytes::new(),
         };
         self.bump(&mut v, sid);
         self.put(v)?;
@@ -886,28 +893,40 @@ impl<'t, 'a> Apply<'t, 'a> {
         Ok(ids)
     }
 
-    /// Points `v` at a new container holding its first `len` bytes
-    /// (zeros past the old end).
+    /// Gives `v` its first `len` bytes (zeros past the old end): in the
+    /// vnode if they are few, else in a new container.
     fn truncate(&mut self, v: &mut Vnode, len: u64) -> OpResult<()> {
         if len == v.length {
             return Ok(());
         }
-        if len == 0 {
+        let kept = len.min(v.length);
+        if len <= IN_VNODE_MAX {
+            let mut bytes = vec![0u8; len as usize];
+            if v.container != NO_CONTAINER {
+                let old = self.containers.open_read(v.container).map_err(io_error)?;
+                old.read_exact_at(&mut bytes[..kept as usize], 0)
+                    .map_err(io_error)?;
+            } else {
+                bytes[..kept as usize].copy_from_slice(&v.inline[..kept as usize]);
+            }
+            v.content_hash = *blake3::hash(&bytes).as_bytes();
+            v.inline = Bytes::from(bytes);
             v.container = NO_CONTAINER;
-            v.length = 0;
-            v.content_hash = EMPTY_HASH;
+            v.length = len;
             return Ok(());
         }
         let (id, mut file) = self.containers.create().map_err(io_error)?;
         self.made.push(id);
         if v.container != NO_CONTAINER {
             let old = self.containers.open_read(v.container).map_err(io_error)?;
-            std::io::copy(&mut std::io::Read::take(&old, len.min(v.length)), &mut file)
-                .map_err(io_error)?;
+            std::io::copy(&mut std::io::Read::take(&old, kept), &mut file).map_err(io_error)?;
+        } else {
+            std::io::Write::write_all(&mut file, &v.inline[..kept as usize]).map_err(io_error)?;
         }
         file.set_len(len).map_err(io_error)?;
         self.containers.sync(&file).map_err(io_error)?;
         v.container = id;
+        v.inline = Bytes::new();
         v.length = len;
         v.content_hash = hash_file(&file).map_err(io_error)?;
         Ok(())

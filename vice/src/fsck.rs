@@ -11,7 +11,7 @@ use coda_proto::status::VnodeKind;
 
 use crate::fileops::hash_file;
 use crate::shard::Shard;
-use crate::vnode::NO_CONTAINER;
+use crate::vnode::{IN_VNODE_MAX, NO_CONTAINER};
 
 /// Every problem found; empty when the shard is consistent.
 pub fn check_shard(shard: &Shard) -> Vec<String> {
@@ -127,8 +127,25 @@ pub fn check_shard(shard: &Shard) -> Vec<String> {
                         }
                     }
                 }
-            } else if v.kind == VnodeKind::File && v.length != 0 {
-                p(format!("{} has {} bytes but no container", v.fid, v.length));
+            } else if v.inline.len() as u64 != v.length && v.kind == VnodeKind::File {
+                p(format!(
+                    "{} has {} bytes but no container and {} in its vnode",
+                    v.fid,
+                    v.length,
+                    v.inline.len()
+                ));
+            } else if *blake3::hash(&v.inline).as_bytes() != v.content_hash
+                && v.kind == VnodeKind::File
+            {
+                p(format!("{}: bytes do not match the content hash", v.fid));
+            }
+            if !v.inline.is_empty() && (v.container != NO_CONTAINER || v.length > IN_VNODE_MAX) {
+                p(format!(
+                    "{}: {} bytes in its vnode beside container {:x}",
+                    v.fid,
+                    v.inline.len(),
+                    v.container
+                ));
             }
         }
         if bytes != vol.bytes {

@@ -22,10 +22,12 @@ pub enum Kind {
     /// A name removed from a directory of a replicated volume
     /// ([`crate::vnode::TombRecord`]).
     Tombstone = 7,
-    /// A vnode with its update history ([`crate::vnode::Vnode`]); kind
-    /// `Vnode` records ([`crate::vnode::VnodeV1`]) are read and rewritten
-    /// as this by their next change.
+    /// A vnode with its update history ([`crate::vnode::VnodeV2`]).
     Vnode2 = 8,
+    /// A vnode that may hold a small file's bytes; kinds `Vnode` and
+    /// `Vnode2` ([`crate::vnode::VnodeV2`]) are read and rewritten as this
+    /// by their next change.
+    Vnode3 = 9,
 }
 
 impl Kind {
@@ -39,6 +41,7 @@ impl Kind {
             6 => Kind::Volume2,
             7 => Kind::Tombstone,
             8 => Kind::Vnode2,
+            9 => Kind::Vnode3,
             _ => return None,
         })
     }

@@ -22,7 +22,7 @@ use crate::fileops::{self, Caller};
 use coda_rpc2::IncomingId;
 
 use crate::service::{io_errno, rvm_errno, Action, Service, Then, Waiting};
-use crate::vnode::{Vnode, EMPTY_HASH, NO_CONTAINER};
+use crate::vnode::{Vnode, EMPTY_HASH, IN_VNODE_MAX, NO_CONTAINER};
 
 /// The principal servers of the cell call each other as: their tokens are
 /// sealed by the cell key, which only servers hold.
@@ -256,6 +256,9 @@ impl Service {
 
     /// A (small) file's whole contents, read here.
     fn contents(&self, vn: &Vnode) -> Result<Bytes, Errno> {
+        if vn.container == NO_CONTAINER {
+            return Ok(vn.inline.clone());
+        }
         let mut data = Vec::with_capacity(vn.length as usize);
         let file = self
             .shard
@@ -289,6 +292,8 @@ impl Service {
                 && *blake3::hash(data).as_bytes() == o.status.content_hash
                 && !written.contains_key(&o.status.fid);
             let made = match fits {
+                // Kept in its vnode (see `install`).
+                true if o.status.length <= IN_VNODE_MAX => continue,
                 true => self.write_container(data),
                 false => Err(Errno::EINVAL),
             };
@@ -392,8 +397,8 @@ impl Service {
                 return Err(Errno::EAGAIN);
             }
         }
-        // Each new content, from its staged container.
-        let mut data: HashMap<Fid, (u64, bool)> = HashMap::new();
+        // Each new content: its staged or written container, or its bytes.
+        let mut data: HashMap<Fid, (u64, Bytes, bool)> = HashMap::new();
         for o in &r.objects {
             let st = &o.status;
             let have = vol.vnode(st.fid);
@@ -403,17 +408,23 @@ impl Service {
                     if s.length != st.length || s.hash != st.content_hash {
                         return Err(Errno::EINVAL);
                     }
-                    (s.container, true)
+                    (s.container, Bytes::new(), true)
                 }
-                (VnodeKind::File, Some(Contents::Inline(_))) => (written[&st.fid], false),
-                (VnodeKind::File, None) if st.length == 0 => (NO_CONTAINER, false),
+                (VnodeKind::File, Some(Contents::Inline(bytes))) => match written.get(&st.fid) {
+                    Some(&c) => (c, Bytes::new(), false),
+                    None if bytes.len() as u64 == st.length && st.length <= IN_VNODE_MAX => {
+                        (NO_CONTAINER, bytes.clone(), false)
+                    }
+                    None => return Err(Errno::EINVAL),
+                },
+                (VnodeKind::File, None) if st.length == 0 => (NO_CONTAINER, Bytes::new(), false),
                 (VnodeKind::File, None) => match have {
                     Some(h) if h.content_hash == st.content_hash && h.length == st.length => {
-                        (h.container, false)
+                        (h.container, h.inline.clone(), false)
                     }
                     _ => return Err(Errno::EINVAL),
                 },
-                _ => (NO_CONTAINER, false),
+                _ => (NO_CONTAINER, Bytes::new(), false),
             };
             data.insert(st.fid, container);
         }
@@ -424,11 +435,11 @@ impl Service {
         let result = (|| -> Result<(), rvm::Error> {
             let mut header = txn.volume(volume).expect("checked").header.clone();
             for o in &r.objects {
-                let (container, staged) = data[&o.status.fid];
+                let (container, inline, staged) = data[&o.status.fid].clone();
                 if let (true, Some(Contents::Staged(sid))) = (staged, &o.data) {
                     used.push(*sid);
                 }
-                let v = vnode_of(o, container);
+                let v = vnode_of(o, container, inline);
                 // Derived fids are numbered apart from the counters.
                 if v.fid.vnode < coda_proto::fid::DERIVED_VNODE_BASE {
                     header.next_vnode = header.next_vnode.max(v.fid.vnode.saturating_add(1));
@@ -475,7 +486,7 @@ impl Service {
 }
 
 /// The vnode an install makes.
-fn vnode_of(o: &InstallObject, container: u64) -> Vnode {
+fn vnode_of(o: &InstallObject, container: u64, inline: Bytes) -> Vnode {
     let s = &o.status;
     Vnode {
         fid: s.fid,
@@ -501,6 +512,7 @@ fn vnode_of(o: &InstallObject, container: u64) -> Vnode {
         acl: o.acl.clone(),
         target: o.target.clone(),
         history: o.history.clone(),
+        inline,
     }
 }
 

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use bytes::Bytes;
 use coda_proto::dump::{DumpEntry, DumpError, DumpHeader, DumpVnode, DumpVolume, Parser, Record};
 use coda_proto::fid::{Fid, VolumeId, DERIVED_VNODE_BASE, ROOT_VNODE};
 use coda_proto::status::VnodeKind;
@@ -177,14 +178,15 @@ impl RestoreSession {
                 return Err(self.refuse(format!("object {} appears twice", v.vnode)));
             }
             let mut container = *container;
+            let mut inline = Bytes::new();
             if v.kind == VnodeKind::File && v.length > 0 && !v.data {
                 let kept = old.and_then(|o| o.vnode(fid)).filter(|o| {
                     o.kind == VnodeKind::File
                         && o.content_hash == v.content_hash
                         && o.length == v.length
                 });
-                container = match kept {
-                    Some(o) => o.container,
+                (container, inline) = match kept {
+                    Some(o) => (o.container, o.inline.clone()),
                     None => {
                         return Err(self.refuse(format!(
                             "object {}.{} has no data here and the volume holds no copy of it: \
@@ -218,6 +220,7 @@ impl RestoreSession {
                 acl: v.acl.clone().filter(|_| v.kind == VnodeKind::Directory),
                 target: v.target.clone(),
                 history: vec![v.vv.store_id],
+                inline,
             });
         }
         match kinds.get(&ROOT_VNODE) {

@@ -34,7 +34,7 @@ use crate::fileops::{self, Apply, Caller, NewData};
 use crate::shard::Shard;
 use crate::vnode::{
     AppliedRecord, Grant, Vnode, VolumeHeader, EMPTY_HASH, GRANTS_MAX, GRANTS_PER_USER,
-    NO_CONTAINER,
+    IN_VNODE_MAX, NO_CONTAINER,
 };
 
 /// Largest Reintegrate batch, encoded, sent as a side effect.
@@ -119,7 +119,7 @@ pub(crate) enum Waiting {
     Store {
         id: IncomingId,
         record: CmlRecord,
-        data: NewData,
+        data: Box<NewData>,
     },
     Stage {
         id: IncomingId,
@@ -183,10 +183,11 @@ struct Client {
 pub(crate) enum Transfer {
     /// A fetch: the reply to send once the data went.
     Fetch(Bytes),
+    /// A store's bytes arriving: into a new container, or (small ones,
+    /// `None`) into memory, to be kept in the vnode.
     Store {
         record: CmlRecord,
-        container: u64,
-        file: std::fs::File,
+        container: Option<(u64, std::fs::File)>,
     },
     Stage {
         store_id: StoreId,
@@ -530,16 +531,16 @@ impl Service {
                     VnodeKind::Directory => return Err(Errno::EISDIR),
                     VnodeKind::Symlink => return Err(Errno::EINVAL),
                 }
-                let (container, file) = self.shard.containers.create().map_err(io_errno)?;
-                let sink = Sink::File(file.try_clone().map_err(io_errno)?);
-                self.transfers.insert(
-                    id,
-                    Transfer::Store {
-                        record,
-                        container,
-                        file,
-                    },
-                );
+                let (container, sink) = match s.length <= IN_VNODE_MAX {
+                    true => (None, Sink::memory(s.length)),
+                    false => {
+                        let (c, file) = self.shard.containers.create().map_err(io_errno)?;
+                        let sink = Sink::File(file.try_clone().map_err(io_errno)?);
+                        (Some((c, file)), sink)
+                    }
+                };
+                self.transfers
+                    .insert(id, Transfer::Store { record, container });
                 out.push(Action::Pull {
                     id,
                     sink,
@@ -749,6 +750,7 @@ impl Service {
         let s = self.staged.get(&sid)?;
         Some(NewData {
             container: s.container,
+            inline: Bytes::new(),
             length: s.length,
             hash: s.hash?,
         })
@@ -865,7 +867,7 @@ impl Service {
             fileops::may_read(vol, v, caller)?;
         }
         let source = match v.kind {
-            VnodeKind::File if v.container == NO_CONTAINER => Source::Memory(Bytes::new()),
+            VnodeKind::File if v.container == NO_CONTAINER => Source::Memory(v.inline.clone()),
             VnodeKind::File => Source::File {
                 file: self
                     .shard
@@ -1023,24 +1025,29 @@ impl Service {
                 let answer = result.map(|_| status).map_err(|_| Errno::EIO);
                 self.reply(id, answer, None, out);
             }
-            Transfer::Store {
-                record,
-                container,
-                file,
-            } => match check_store(&record, container, &file, result) {
-                Ok(data) if data.container == NO_CONTAINER => {
-                    self.shard.containers.remove(container);
-                    self.store(id, &record, data, out);
+            Transfer::Store { record, container } => {
+                match (
+                    check_store(&record, container.as_ref(), result, sink),
+                    container,
+                ) {
+                    // In the vnode: only the transaction makes it durable.
+                    (Ok(data), None) => self.store(id, &record, data, out),
+                    (Ok(data), Some((c, _))) => out.push(Action::Sync {
+                        containers: vec![c],
+                        then: Box::new(Then(Waiting::Store {
+                            id,
+                            record,
+                            data: Box::new(data),
+                        })),
+                    }),
+                    (Err(e), container) => {
+                        if let Some((c, _)) = container {
+                            self.shard.containers.remove(c);
+                        }
+                        self.reply(id, Err(e), None, out);
+                    }
                 }
-                Ok(data) => out.push(Action::Sync {
-                    containers: vec![container],
-                    then: Box::new(Then(Waiting::Store { id, record, data })),
-                }),
-                Err(e) => {
-                    self.shard.containers.remove(container);
-                    self.reply(id, Err(e), None, out);
-                }
-            },
+            }
             Transfer::Stage { store_id, offset } => {
                 match self.finish_stage(store_id, offset, result) {
                     Ok((received, Some((container, generation)))) => out.push(Action::Sync {
@@ -1101,7 +1108,7 @@ impl Service {
             } => match result {
                 Ok(hashes) => {
                     data.hash = hash(hashes);
-                    self.store(id, &record, data, out)
+                    self.store(id, &record, *data, out)
                 }
                 Err(e) => {
                     self.shard.containers.remove(data.container);
@@ -1147,7 +1154,7 @@ impl Service {
             &caller,
             vol,
             std::slice::from_ref(record),
-            &mut |_| Some(data),
+            &mut |_| Some(data.clone()),
         );
         match done {
             Ok((body, commit, changed)) => {
@@ -1366,7 +1373,7 @@ impl Service {
             caller,
             r.volume,
             &r.records,
-            &mut |sid| staged.get(&sid).copied(),
+            &mut |sid| staged.get(&sid).cloned(),
             Some((host, r.batch)),
             None,
         );
@@ -1410,7 +1417,7 @@ impl Service {
                 caller,
                 vol,
                 std::slice::from_ref(&r.record),
-                &mut |s| data.filter(|_| s == sid),
+                &mut |s| data.clone().filter(|_| s == sid),
                 None,
                 Some(&r.base),
             )
@@ -2026,6 +2033,7 @@ impl Service {
                 acl: Some(acl),
                 target: String::new(),
                 history: vec![store_id],
+                inline: Bytes::new(),
             })
         });
         made.map(|((), commit)| commit).map_err(rvm_errno)
@@ -2071,26 +2079,43 @@ impl Service {
 /// for an empty file; the hash of any other comes with its sync).
 fn check_store(
     record: &CmlRecord,
-    container: u64,
-    file: &std::fs::File,
+    container: Option<&(u64, std::fs::File)>,
     result: Result<u64, coda_rpc2::Error>,
+    sink: Option<Sink>,
 ) -> Result<NewData, Errno> {
     let Op::Store(s) = &record.op else {
         unreachable!("only stores pull")
     };
     let got = result.map_err(|_| Errno::EIO)?;
-    if got != s.length || file.metadata().map_err(io_errno)?.len() != s.length {
+    if got != s.length {
         return Err(Errno::EINVAL);
     }
-    Ok(NewData {
-        container: if s.length == 0 {
-            NO_CONTAINER
-        } else {
-            container
-        },
-        length: s.length,
-        hash: EMPTY_HASH,
-    })
+    match container {
+        Some((container, file)) => {
+            if file.metadata().map_err(io_errno)?.len() != s.length {
+                return Err(Errno::EINVAL);
+            }
+            // Hashed when it is synced.
+            Ok(NewData {
+                container: *container,
+                inline: Bytes::new(),
+                length: s.length,
+                hash: EMPTY_HASH,
+            })
+        }
+        None => {
+            let bytes = sink.map(Sink::into_bytes).unwrap_or_default();
+            if bytes.len() as u64 != s.length {
+                return Err(Errno::EINVAL);
+            }
+            Ok(NewData {
+                container: NO_CONTAINER,
+                hash: *blake3::hash(&bytes).as_bytes(),
+                length: s.length,
+                inline: Bytes::from(bytes),
+            })
+        }
+    }
 }
 
 /// Whether a direct mutation's record is the one its opcode names.

@@ -15,7 +15,7 @@ use rvm::{CommitId, Durability, Mode, Options, Rvm, Transaction, View};
 use crate::container::Containers;
 use crate::record::{self, Kind, RecordError, Slot};
 use crate::vnode::{
-    AppliedRecord, EntryRecord, ShardHeader, TombRecord, Vnode, VnodeV1, VolumeHeader,
+    AppliedRecord, EntryRecord, ShardHeader, TombRecord, Vnode, VnodeV1, VnodeV2, VolumeHeader,
     VolumeHeaderV1, NO_CONTAINER,
 };
 use crate::volume::Volume;
@@ -247,7 +247,8 @@ impl Shard {
                     volumes.insert(h.id, Volume::new(h, found.slot));
                 }
                 Kind::Vnode => vnodes.push((found.slot, found.decode::<VnodeV1>()?.into())),
-                Kind::Vnode2 => vnodes.push((found.slot, found.decode::<Vnode>()?)),
+                Kind::Vnode2 => vnodes.push((found.slot, found.decode::<VnodeV2>()?.into())),
+                Kind::Vnode3 => vnodes.push((found.slot, found.decode::<Vnode>()?)),
                 Kind::Entry => entries.push((found.slot, found.decode::<EntryRecord>()?)),
                 Kind::Applied => applied.push((found.slot, found.decode::<AppliedRecord>()?)),
                 Kind::Tombstone => tombs.push((found.slot, found.decode::<TombRecord>()?)),
@@ -476,8 +477,8 @@ impl Txn<'_> {
         let (id, vnode) = (v.fid.volume, v.fid.vnode);
         let old = self.volume_mut(id).vnodes.get(&vnode).cloned();
         let slot = match &old {
-            Some((slot, _)) => record::update(&self.heap, &mut self.tx, *slot, Kind::Vnode2, &v)?,
-            None => record::insert(&self.heap, &mut self.tx, Kind::Vnode2, &v)?,
+            Some((slot, _)) => record::update(&self.heap, &mut self.tx, *slot, Kind::Vnode3, &v)?,
+            None => record::insert(&self.heap, &mut self.tx, Kind::Vnode3, &v)?,
         };
         if let Some((_, o)) = &old {
             if o.container != NO_CONTAINER && o.container != v.container {

@@ -3,6 +3,7 @@
 //! Each is one heap record (see [`crate::record`]), encoded with the wire
 //! codec, so a format change is a codec change in one place.
 
+use bytes::Bytes;
 use coda_proto::acl::{Acl, Rights};
 use coda_proto::fid::{Fid, StoreId, VolumeId};
 use coda_proto::res::Tombstone;
@@ -166,8 +167,10 @@ codec_struct! {
 }
 
 codec_struct! {
+    /// A vnode as record kind `Vnode2` held it, before small files' bytes
+    /// were kept in it.
     #[derive(Debug, Clone, PartialEq, Eq)]
-    pub struct Vnode {
+    pub struct VnodeV2 {
         pub fid: Fid,
         pub kind: VnodeKind,
         pub mode: u32,
@@ -198,12 +201,55 @@ codec_struct! {
     }
 }
 
+codec_struct! {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Vnode {
+        pub fid: Fid,
+        pub kind: VnodeKind,
+        pub mode: u32,
+        pub owner: u32,
+        pub group: u32,
+        pub author: u32,
+        pub link_count: u32,
+        pub length: u64,
+        pub mtime: Timestamp,
+        pub ctime: Timestamp,
+        pub atime: Timestamp,
+        pub data_version: u64,
+        pub vv: VersionVector,
+        pub content_hash: [u8; 32],
+        /// Container file number; [`NO_CONTAINER`] for empty files, for
+        /// files whose bytes are `inline`, and for directories and
+        /// symlinks, whose content is in RVM.
+        pub container: u64,
+        pub parent: Fid,
+        /// Directories only.
+        pub acl: Option<Acl>,
+        /// Symlinks only.
+        pub target: String,
+        /// The store ids of the last updates this version went through,
+        /// oldest first (the current one last): a version whose history
+        /// holds another's store id descends from it, whatever a lost COP2
+        /// left in their vectors.
+        pub history: Vec<StoreId>,
+        /// A small file's bytes ([`IN_VNODE_MAX`] at most), kept here: a
+        /// store of one costs no container to make and sync, only its
+        /// transaction. Empty for every other object.
+        pub inline: Bytes,
+    }
+}
+
+/// Files of at most this many bytes are stored in their vnode (a page:
+/// most files people make are smaller, and a vnode record still fits a
+/// log write of its own).
+pub const IN_VNODE_MAX: u64 = 4096;
+
 /// Updates a vnode remembers (its history).
 pub const HISTORY_MAX: usize = 8;
 
-impl From<VnodeV1> for Vnode {
-    fn from(v: VnodeV1) -> Vnode {
-        Vnode {
+impl From<VnodeV1> for VnodeV2 {
+    fn from(v: VnodeV1) -> VnodeV2 {
+        VnodeV2 {
             fid: v.fid,
             kind: v.kind,
             mode: v.mode,
@@ -223,6 +269,39 @@ impl From<VnodeV1> for Vnode {
             parent: v.parent,
             acl: v.acl,
             target: v.target,
+        }
+    }
+}
+
+impl From<VnodeV1> for Vnode {
+    fn from(v: VnodeV1) -> Vnode {
+        VnodeV2::from(v).into()
+    }
+}
+
+impl From<VnodeV2> for Vnode {
+    fn from(v: VnodeV2) -> Vnode {
+        Vnode {
+            fid: v.fid,
+            kind: v.kind,
+            mode: v.mode,
+            owner: v.owner,
+            group: v.group,
+            author: v.author,
+            link_count: v.link_count,
+            length: v.length,
+            mtime: v.mtime,
+            ctime: v.ctime,
+            atime: v.atime,
+            data_version: v.data_version,
+            vv: v.vv,
+            content_hash: v.content_hash,
+            container: v.container,
+            parent: v.parent,
+            acl: v.acl,
+            target: v.target,
+            history: v.history,
+            inline: Bytes::new(),
         }
     }
 }

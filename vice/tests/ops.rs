@@ -7,6 +7,7 @@ use coda_proto::fid::Fid;
 use coda_proto::status::VnodeKind;
 use coda_proto::vice::op;
 use coda_proto::Errno;
+use coda_vice::vnode::{IN_VNODE_MAX, NO_CONTAINER};
 use support::*;
 
 #[test]
@@ -36,6 +37,63 @@ fn files_are_created_stored_fetched_and_removed() {
     w.check();
     w.restart();
     w.check();
+}
+
+#[test]
+fn small_files_live_in_their_vnode_and_move_to_a_container_when_they_grow() {
+    let mut w = World::new(11);
+    let mut a = w.client(Some(coda_vice::pdb::ADMIN_ID));
+    let root = w.root_fid();
+    // Where a file's bytes are: (its container, the bytes in its vnode).
+    let at = |w: &World, fid: Fid| {
+        let svc = w.svc();
+        let v = svc.shard.meta.vnode(fid).unwrap();
+        (v.container, v.inline.to_vec())
+    };
+    let max = IN_VNODE_MAX as usize;
+    let bytes = |n: usize| (0..n).map(|i| (i * 13 % 251) as u8).collect::<Vec<u8>>();
+    let f = w.create(&mut a, root, "f").unwrap().fid;
+    for n in [5, max, max + 1, 3, 0] {
+        let st = w.store(&mut a, f, &bytes(n)).unwrap();
+        assert_eq!(st.content_hash, *blake3::hash(&bytes(n)).as_bytes());
+        assert_eq!(w.fetch(&a, f).unwrap().1, bytes(n), "{n} bytes");
+        match at(&w, f) {
+            (NO_CONTAINER, inline) if n <= max => assert_eq!(inline, bytes(n)),
+            (c, inline) if n > max => assert!(c != NO_CONTAINER && inline.is_empty()),
+            other => panic!("{n} bytes kept as {other:?}"),
+        }
+    }
+    // Truncated: grown past the limit into a container (zeros after the
+    // old end), then cut back into the vnode.
+    let truncate = |w: &mut World, a: &mut Client, len: u64| {
+        let seen = w.get_attr(a, f).unwrap().vv.store_id;
+        let op = Op::SetAttr(cml::SetAttr {
+            fid: f,
+            seen,
+            mode: None,
+            owner: None,
+            mtime: None,
+            length: Some(len),
+            group: None,
+            atime: None,
+        });
+        w.mutate(a, op).unwrap();
+    };
+    w.store(&mut a, f, b"abc").unwrap();
+    truncate(&mut w, &mut a, 10_000);
+    let mut grown = b"abc".to_vec();
+    grown.resize(10_000, 0);
+    assert_eq!(w.fetch(&a, f).unwrap().1, grown);
+    assert!(at(&w, f).0 != NO_CONTAINER);
+    truncate(&mut w, &mut a, 2);
+    assert_eq!(at(&w, f), (NO_CONTAINER, b"ab".to_vec()));
+    truncate(&mut w, &mut a, 6);
+    assert_eq!(w.fetch(&a, f).unwrap().0.length, 6);
+    assert_eq!(at(&w, f), (NO_CONTAINER, b"ab\0\0\0\0".to_vec()));
+    w.check();
+    w.restart();
+    w.check();
+    assert_eq!(w.fetch(&a, f).unwrap().1, b"ab\0\0\0\0");
 }
 
 #[test]

@@ -443,6 +443,7 @@ fn file(vol: VolumeId, n: u64) -> Vnode {
         acl: None,
         target: String::new(),
         history: Vec::new(),
+        inline: Default::default(),
     }
 }
 
