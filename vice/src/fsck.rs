@@ -127,25 +127,27 @@ pub fn check_shard(shard: &Shard) -> Vec<String> {
                         }
                     }
                 }
-            } else if v.inline.len() as u64 != v.length && v.kind == VnodeKind::File {
-                p(format!(
-                    "{} has {} bytes but no container and {} in its vnode",
-                    v.fid,
-                    v.length,
-                    v.inline.len()
-                ));
-            } else if *blake3::hash(&v.inline).as_bytes() != v.content_hash
-                && v.kind == VnodeKind::File
-            {
-                p(format!("{}: bytes do not match the content hash", v.fid));
-            }
-            if !v.inline.is_empty() && (v.container != NO_CONTAINER || v.length > IN_VNODE_MAX) {
-                p(format!(
-                    "{}: {} bytes in its vnode beside container {:x}",
-                    v.fid,
-                    v.inline.len(),
-                    v.container
-                ));
+                if !v.inline.is_empty() {
+                    p(format!(
+                        "{}: bytes in its vnode beside its container",
+                        v.fid
+                    ));
+                }
+            } else if v.kind == VnodeKind::File {
+                let held = v.inline.len() as u64;
+                if held != v.length {
+                    p(format!(
+                        "{} has {} bytes but no container and {held} in its vnode",
+                        v.fid, v.length
+                    ));
+                } else if held > IN_VNODE_MAX {
+                    p(format!(
+                        "{}: {held} bytes in its vnode, over the limit",
+                        v.fid
+                    ));
+                } else if *blake3::hash(&v.inline).as_bytes() != v.content_hash {
+                    p(format!("{}: bytes do not match the content hash", v.fid));
+                }
             }
         }
         if bytes != vol.bytes {

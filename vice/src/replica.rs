@@ -283,6 +283,7 @@ impl Service {
         out: &mut Vec<Action>,
     ) -> Result<Option<(Bytes, Option<CommitId>)>, Errno> {
         let mut written: HashMap<Fid, u64> = HashMap::new();
+        let mut carried = HashSet::new();
         for o in &r.objects {
             let Some(Contents::Inline(data)) = &o.data else {
                 continue;
@@ -290,7 +291,7 @@ impl Service {
             let fits = o.status.kind == VnodeKind::File
                 && data.len() as u64 == o.status.length
                 && *blake3::hash(data).as_bytes() == o.status.content_hash
-                && !written.contains_key(&o.status.fid);
+                && carried.insert(o.status.fid);
             let made = match fits {
                 // Kept in its vnode (see `install`).
                 true if o.status.length <= IN_VNODE_MAX => continue,
