@@ -142,15 +142,15 @@ fn sorted(b: &[Binding]) -> Vec<&Binding> {
     v
 }
 
-/// Whether version `a` saw everything version `b` saw: its vector says
-/// so, or (files and symlinks) `a`'s history holds every update of `b`'s
-/// (all that `a` remembers, if it forgot older ones). The second survives
-/// a lost COP2, which leaves vectors apart with equal histories.
-/// Directories are merged instead: their updates do not name the version
-/// they change.
-fn descends(a: &ObjectState, b: &ObjectState) -> bool {
+/// Whether version `a` (counted under vector `vv`) saw everything version
+/// `b` saw: the vector says so, or (files and symlinks) `a`'s history
+/// holds every update of `b`'s (all that `a` remembers, if it forgot
+/// older ones). The second survives a lost COP2, which leaves vectors
+/// apart with equal histories. Directories are merged instead: their
+/// updates do not name the version they change.
+fn descends(a: &ObjectState, vv: &VersionVector, b: &ObjectState) -> bool {
     let by_vector = matches!(
-        a.status.vv.compare(&b.status.vv),
+        vv.compare(&b.status.vv),
         VvOrder::Equal | VvOrder::Dominates
     );
     let by_history = a.status.kind != VnodeKind::Directory
@@ -160,12 +160,24 @@ fn descends(a: &ObjectState, b: &ObjectState) -> bool {
     by_vector || by_history
 }
 
-/// The version that saw all the others saw, if there is one.
+/// The version that saw all the others saw, if there is one. Versions
+/// with equal contents count as one, their vectors joined: replicas that
+/// took an update whose COP2 has not come yet (or was lost) hold it under
+/// vectors apart, and with histories apart too where the update was a
+/// repair of versions that had them. Read beside a replica the update has
+/// not reached, they must not look like a conflict.
 fn dominant<'a>(versions: &[(usize, &'a ObjectState)]) -> Option<(usize, &'a ObjectState)> {
-    versions
-        .iter()
-        .copied()
-        .find(|(_, a)| versions.iter().all(|(_, b)| descends(a, b)))
+    versions.iter().copied().find(|(_, a)| {
+        let alike: Vec<&VersionVector> = versions
+            .iter()
+            .filter(|(_, b)| same_contents(a, b))
+            .map(|(_, b)| &b.status.vv)
+            .collect();
+        let vv = join(&alike);
+        versions
+            .iter()
+            .all(|(_, b)| same_contents(a, b) || descends(a, &vv, b))
+    })
 }
 
 /// One object as it should be on every replica, and where it comes from.

@@ -15,12 +15,12 @@ use bytes::Bytes;
 use coda_proto::cml::{self, CmlRecord, Op};
 use coda_proto::fid::{Fid, StoreId, VolumeId};
 use coda_proto::res::{
-    Cop2, Cop2Entry, Inconsistent, ObjectState, StateRequest, SummaryEntry, SummaryRequest,
+    Cop2, Cop2Entry, Inconsistent, ObjectState, Repair, StateRequest, SummaryEntry, SummaryRequest,
     WithCop2,
 };
 use coda_proto::status::{Status, Timestamp, VnodeKind};
-use coda_proto::vice::{self, op, AllocFids, FidRange, MutateReply};
-use coda_proto::vv::FLAG_INCONSISTENT;
+use coda_proto::vice::{self, op, AllocFids, FidRange, MutateReply, Stage};
+use coda_proto::vv::{VersionVector, FLAG_INCONSISTENT};
 use coda_proto::Errno;
 use coda_rpc2::codec::{self, Decode, Encode};
 use coda_rpc2::endpoint::{Auth, ConnId, Event, Reply, SideEffect};
@@ -291,12 +291,11 @@ impl World {
         result.unwrap().ok()
     }
 
-    /// Sends `op` from client `c` to every replica (COP1), then tells those
-    /// that applied it so (COP2). The slots that applied it.
-    fn update(&mut self, c: usize, op: Op, data: Option<&[u8]>) -> Result<Vec<usize>, Errno> {
+    /// Client `c`'s next record of `op`.
+    fn record(&mut self, c: usize, op: Op) -> CmlRecord {
         let cl = &mut self.clients[c];
         cl.next += 1;
-        let rec = CmlRecord {
+        CmlRecord {
             store_id: StoreId {
                 host: cl.host,
                 unique: cl.next,
@@ -306,17 +305,66 @@ impl World {
                 nanos: 0,
             },
             op,
-        };
-        let (opcode, body) = match cl.held.take() {
+        }
+    }
+
+    /// Sends `op` from client `c` to every replica (COP1), then tells those
+    /// that applied it so (COP2). The slots that applied it.
+    fn update(&mut self, c: usize, op: Op, data: Option<&[u8]>) -> Result<Vec<usize>, Errno> {
+        let rec = self.record(c, op);
+        let body = codec::to_bytes(&rec);
+        self.send(c, rec.store_id, vice::direct_opcode(&rec.op), body, data)
+    }
+
+    /// Installs `data` from client `c` over every replica's version of
+    /// `fid` (`REPAIR`, its data staged first), as `repair` does; `base`
+    /// joins every replica's vector.
+    fn repair(
+        &mut self,
+        c: usize,
+        fid: Fid,
+        base: VersionVector,
+        data: &[u8],
+    ) -> Result<Vec<usize>, Errno> {
+        let op = Op::Store(cml::Store {
+            fid,
+            seen: StoreId::default(),
+            length: data.len() as u64,
+            content_hash: blake(data),
+        });
+        let record = self.record(c, op);
+        let stage = codec::to_bytes(&Stage {
+            store_id: record.store_id,
+            length: data.len() as u64,
+            offset: 0,
+        });
+        for s in 0..N {
+            let side = SideEffect::Send(Source::Memory(Bytes::copy_from_slice(data)));
+            let at = &self.clients[c].at;
+            Self::call_at(&mut self.sim, at, s, op::STAGE, stage.clone(), Some(side));
+        }
+        let sid = record.store_id;
+        let body = codec::to_bytes(&Repair { base, record });
+        self.send(c, sid, op::REPAIR, body, None)
+    }
+
+    /// COP1 of record `sid` (`opcode` with `body`) to every replica, then
+    /// its COP2 to those that applied it: sent, held for the next update,
+    /// or lost, by turns.
+    fn send(
+        &mut self,
+        c: usize,
+        sid: StoreId,
+        opcode: u16,
+        body: Bytes,
+        data: Option<&[u8]>,
+    ) -> Result<Vec<usize>, Errno> {
+        let (opcode, body) = match self.clients[c].held.take() {
             Some(cop2) => (
                 op::WITH_COP2,
-                codec::to_bytes(&WithCop2 {
-                    cop2,
-                    opcode: vice::direct_opcode(&rec.op),
-                    body: codec::to_bytes(&rec),
-                }),
+                codec::to_bytes(&WithCop2 { cop2, opcode, body }),
             ),
-            None => (vice::direct_opcode(&rec.op), codec::to_bytes(&rec)),
+            None => (opcode, body),
         };
         let mut applied = Vec::new();
         let mut errors = Vec::new();
@@ -346,7 +394,7 @@ impl World {
         let cop2 = Cop2 {
             volume: VOL,
             updates: vec![Cop2Entry {
-                store_id: rec.store_id,
+                store_id: sid,
                 slots: applied.iter().map(|&s| s as u32).collect(),
             }],
         };
@@ -1212,6 +1260,71 @@ fn a_cop2_carried_on_the_next_update_joins_the_vectors() {
     assert_eq!(joined[0], joined[1]);
     assert_eq!(joined[1], joined[2]);
     assert!(w.tree(0).contains_key("/g"));
+}
+
+/// A repair reaches two replicas of a file in conflict, the third not yet
+/// (or the resolver reads that one first), and its COP2 is lost: the two
+/// repaired replicas hold the same version under vectors apart, with the
+/// histories of the versions they had. Together they saw everything the
+/// third saw: resolution copies the repaired version to it and marks
+/// nothing again.
+#[test]
+fn a_repair_half_done_is_finished_by_resolution_not_marked_again() {
+    for seed in seeds(4) {
+        let mut w = World::new(seed, 2);
+        let root = Fid::root(VOL);
+        let f = w.fid(0).unwrap();
+        w.update(0, create_op(root, "f".into(), f), None).unwrap();
+        let made = StoreId {
+            host: w.clients[0].host,
+            unique: w.clients[0].next,
+        };
+        w.split(&[0, 1], &[2], &[0], &[1]);
+        for (c, data) in [(0, &b"from side A"[..]), (1, b"from side B, longer")] {
+            let op = Op::Store(cml::Store {
+                fid: f,
+                seen: made,
+                length: data.len() as u64,
+                content_hash: blake(data),
+            });
+            w.update(c, op, Some(data)).unwrap();
+        }
+        w.heal_all();
+        w.rebind_all();
+        w.resolve_fully(0);
+        let states: Vec<ObjectState> = (0..N).map(|s| w.states(s, &[f]).remove(0)).collect();
+        assert!(states.iter().all(|s| s.status.vv.is_inconsistent()));
+        let mut base = VersionVector::default();
+        for s in &states {
+            base.raise(&s.status.vv);
+        }
+        // Slot 1 (with side A) or 0 is not reached; the COP2 is lost
+        // (every seventh is).
+        let missed = (seed % 2) as usize;
+        let (client, server) = (w.clients[0].at.node, w.servers[missed]);
+        w.sim.partition(client, server);
+        w.clients[0].lose_cop2 = 6;
+        let repaired = b"the repaired version";
+        let mut took = (0..N).filter(|s| *s != missed).collect::<Vec<_>>();
+        assert_eq!(w.repair(0, f, base, repaired).unwrap(), took);
+        w.sim.heal(client, server);
+        let vvs: Vec<VersionVector> = took
+            .iter()
+            .map(|&s| w.states(s, &[f]).remove(0).status.vv)
+            .collect();
+        assert_ne!(vvs[0], vvs[1], "the COP2 was lost");
+        w.resolve_fully(missed);
+        took.push(missed);
+        for s in took {
+            let t = w.tree(s);
+            assert_eq!(
+                t.get("/f"),
+                Some(&(VnodeKind::File, blake(repaired), false)),
+                "seed {seed}: replica {s}"
+            );
+            assert!(w.fsck(s).is_empty(), "replica {s}: {:?}", w.fsck(s));
+        }
+    }
 }
 
 /// Two directories each moved into the other, one on each side of a
