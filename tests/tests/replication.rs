@@ -295,6 +295,17 @@ fn servers_must_keep_the_order_of_peers_that_decides_the_scm() {
         "a",
         &format!("{peers},c={c}"),
     );
+
+    // A server that made a cell of its own cannot join another one by
+    // naming it; it may grow its own, as the first of --peers.
+    let solo = dir.path().join("codasrv");
+    drop(coda_tests::Server::start_at(&solo, &c, 1));
+    let out = codasrv("codasrv", &c, &format!("{peers},codasrv={c}"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a cell of its own"), "{err}");
+    let _grown =
+        coda_tests::Server::start_peer(&solo, &c, 1, "codasrv", &format!("codasrv={c},d={b}"));
 }
 
 #[test]

@@ -99,9 +99,21 @@ pub fn load_or_init(opts: &ServerOptions) -> Result<Loaded, Error> {
             .as_ref()
             .filter(|p| config.peers.as_ref() != Some(*p))
         {
-            if let Some(before) = &config.peers {
-                let before = Peers::parse(before, &config.name)?;
-                Peers::parse(spec, &config.name)?.may_follow(&before)?;
+            let peers = Peers::parse(spec, &config.name)?;
+            match &config.peers {
+                Some(before) => peers.may_follow(&Peers::parse(before, &config.name)?)?,
+                // Its cell id, key and users are its own: the others could
+                // not talk to it, nor take its volume ids for theirs.
+                None if !peers.is_scm() => {
+                    return Err(format!(
+                        "--peers: this server made a cell of its own, so it can only \
+                         be the first of --peers (the SCM of the cell it grows into); \
+                         to join {}'s cell, start it on an empty --root",
+                        peers.scm().0
+                    )
+                    .into())
+                }
+                None => {}
             }
             config.peers = opts.peers.clone();
             write_atomically(&config_path, toml::to_string(&config)?.as_bytes(), 0o644)?;
