@@ -970,6 +970,9 @@ fn replicas_converge_after_cuts_and_restarts() {
             }
         }
         w.heal_all();
+        // As a server's peer client does after a failed call: a
+        // connection a server dropped while cut off is bound again.
+        w.rebind_all();
         log.push("healed; resolving".into());
         let k = rng.below(N as u64) as usize;
         w.resolve_fully(k);
