@@ -244,8 +244,10 @@ codec_struct! {
 /// log write of its own).
 pub const IN_VNODE_MAX: u64 = 4096;
 
-/// Updates a vnode remembers (its history).
-pub const HISTORY_MAX: usize = 8;
+/// Updates a vnode remembers (its history): by it resolution tells a
+/// version that went on from another's last update (a COP2 lost) from a
+/// conflict. Only objects updated this often pay for all of it.
+pub const HISTORY_MAX: usize = 16;
 
 impl From<VnodeV1> for VnodeV2 {
     fn from(v: VnodeV1) -> VnodeV2 {
