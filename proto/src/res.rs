@@ -184,6 +184,10 @@ codec_struct! {
         pub entries: Option<Vec<Binding>>,
         /// Drop the directory's tombstones: every replica saw them.
         pub clear_tombstones: bool,
+        /// Tombstones the directory takes (a merge some replica missed:
+        /// it must learn the removals the others saw, or its next merge
+        /// with one that still has the names brings them back).
+        pub tombstones: Vec<Tombstone>,
         /// A file's new contents (None: the replica's contents already
         /// have the status's hash).
         pub data: Option<Contents>,

@@ -454,6 +454,9 @@ impl Service {
                 if o.clear_tombstones {
                     txn.drop_tombstones(o.status.fid, |_| true)?;
                 }
+                for t in &o.tombstones {
+                    txn.put_tombstone(o.status.fid, t.clone())?;
+                }
             }
             for (fid, _) in &r.removals {
                 let names: Vec<String> = txn

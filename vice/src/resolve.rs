@@ -27,7 +27,7 @@ use coda_proto::acl::{Acl, AclEntry, PrincipalId, Rights};
 use coda_proto::fid::{Fid, StoreId, VolumeId};
 use coda_proto::res::{
     Binding, Contents, Install, InstallObject, ObjectState, StateRequest, SummaryEntry,
-    SummaryRequest, INLINE_INSTALL_MAX,
+    SummaryRequest, Tombstone, INLINE_INSTALL_MAX,
 };
 use coda_proto::status::{Status, VnodeKind};
 use coda_proto::vice::{op, Fetch, Stage, StageReply};
@@ -334,6 +334,17 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
         };
         // A replica resolution reaches is barren no more.
         m.state.status.vv.flags &= !FLAG_BARREN;
+        // Every removal any version saw, for the replicas that missed it.
+        m.state.tombstones =
+            versions
+                .iter()
+                .flat_map(|(_, s)| &s.tombstones)
+                .fold(Vec::new(), |mut all, t| {
+                    if !all.contains(t) {
+                        all.push(t.clone());
+                    }
+                    all
+                });
         merged.insert(*f, m);
     }
     // 4. Names decide what exists: an object no merged directory binds
@@ -465,7 +476,17 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
             } else {
                 m.state.clone()
             };
-            if mine.is_some_and(|s| identical(s, &want)) {
+            // Tombstones stay until every replica saw the merge.
+            let tombstones: Vec<Tombstone> = match every_replica {
+                true => Vec::new(),
+                false => want
+                    .tombstones
+                    .iter()
+                    .filter(|t| mine.is_none_or(|s| !s.tombstones.contains(t)))
+                    .cloned()
+                    .collect(),
+            };
+            if mine.is_some_and(|s| identical(s, &want)) && tombstones.is_empty() {
                 continue;
             }
             let needs_data = want.status.kind == VnodeKind::File
@@ -481,6 +502,7 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
                 // A directory made here takes its names too.
                 entries: (m.entries_set || made_dir).then_some(want.entries),
                 clear_tombstones: m.entries_set && every_replica,
+                tombstones,
                 data: None,
             };
             objects.push((object, needs_data.then_some(m.source)));
@@ -644,7 +666,6 @@ fn merge_dir(
     }
     entries.sort();
     out.entries = entries;
-    out.tombstones = Vec::new();
     (out, clashes)
 }
 

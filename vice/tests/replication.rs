@@ -1235,6 +1235,57 @@ fn an_update_beats_a_concurrent_removal() {
     }
 }
 
+/// A replica that learns a rename through a merge (with one other
+/// replica) learns the removal of the old name too: its later merge with
+/// a replica that still has the old name drops it instead of binding the
+/// file twice (replication sim seed 312).
+#[test]
+fn a_removal_learned_in_a_merge_is_passed_on_to_the_next_merge() {
+    let mut w = World::new(5, 1);
+    let root = Fid::root(VOL);
+    // Made while replica 0 is cut off: on 1 and 2 alone.
+    w.split(&[0], &[1, 2], &[], &[0]);
+    let f = w.fid(0).unwrap();
+    assert_eq!(
+        w.update(0, create_op(root, "f".into(), f), None).unwrap(),
+        vec![1, 2]
+    );
+    // Renamed on 2 alone.
+    w.heal_all();
+    w.rebind_all();
+    w.split(&[2], &[0, 1], &[0], &[]);
+    let rename = Op::Rename(cml::Rename {
+        from_dir: root,
+        from_name: "f".into(),
+        to_dir: root,
+        to_name: "g".into(),
+        fid: f,
+        replaced: None,
+    });
+    assert_eq!(w.update(0, rename, None).unwrap(), vec![2]);
+    // 0 and 2 merge while 1 is away; then 0 and 1 while 2 is.
+    w.heal_all();
+    w.rebind_all();
+    w.split(&[1], &[0, 2], &[], &[]);
+    assert!(w.resolve(2).unwrap().installed > 0);
+    w.heal_all();
+    w.rebind_all();
+    w.split(&[2], &[0, 1], &[], &[]);
+    assert!(w.resolve(0).unwrap().installed > 0);
+    for s in [0, 1] {
+        let names: Vec<String> = w.tree(s).into_keys().collect();
+        assert_eq!(names, vec!["/g".to_string()], "replica {s}");
+    }
+    w.heal_all();
+    w.rebind_all();
+    w.resolve_fully(0);
+    for s in 0..N {
+        let names: Vec<String> = w.tree(s).into_keys().collect();
+        assert_eq!(names, vec!["/g".to_string()], "replica {s}");
+        assert!(w.fsck(s).is_empty(), "replica {s}: {:?}", w.fsck(s));
+    }
+}
+
 /// A COP2 carried on the client's next update (`WITH_COP2`) is applied
 /// as one sent on its own: the first update's objects hold equal vectors
 /// on every replica with no resolution, and the carrying update stands.
