@@ -39,6 +39,13 @@ pub struct Link {
     /// told to each server on every new connection.
     host: AtomicU64,
     incarnation: u64,
+    /// Shared with the threads that wait for answers come after the grace.
+    bound: Arc<Bound>,
+}
+
+/// The connections bound, by server and user.
+#[derive(Default)]
+struct Bound {
     conns: Mutex<HashMap<(SocketAddr, Principal), ConnId>>,
     /// Connections lost (timed out, or forgotten by a restarted server):
     /// each loss means the promises made on it are gone.
@@ -201,7 +208,7 @@ impl Transport for Link {
                 side_effect.take(),
             ) {
                 Ok(r) => return Ok(r),
-                Err(error) => self.failed(addr, who, error),
+                Err(error) => self.bound.failed(addr, who, conn, error),
             };
             if !err.rebound() || tries == 0 {
                 return Err(err);
@@ -224,7 +231,7 @@ impl Transport for Link {
         grace: Duration,
     ) -> Result<Vec<Option<Answer>>, Vec<Option<SideEffect>>> {
         let bound: Option<Vec<ConnId>> = {
-            let conns = self.conns.lock().unwrap();
+            let conns = self.bound.conns.lock().unwrap();
             targets
                 .iter()
                 .map(|a| conns.get(&(*a, who)).copied())
@@ -237,13 +244,24 @@ impl Transport for Link {
         // unless its side effect went with the first try.
         let again: Vec<bool> = effects.iter().map(Option::is_none).collect();
         let (tx, rx) = channel();
-        let calls = bound.into_iter().zip(effects).collect();
+        let calls = bound.iter().copied().zip(effects).collect();
         self.ct
             .call_each(calls, subsystem, opcode, body.clone(), tx);
         let answers = gather(&rx, targets.len(), grace);
+        if answers.iter().any(Option::is_none) {
+            // A late failure still loses its connection and its promises.
+            let (shared, targets, conns) = (self.bound.clone(), targets.to_vec(), bound.clone());
+            std::thread::spawn(move || {
+                for (i, a) in rx {
+                    if let Err(e) = a {
+                        shared.failed(targets[i], who, conns[i], e);
+                    }
+                }
+            });
+        }
         let answer = |(i, a): (usize, Option<Result<Reply, coda_rpc2::Error>>)| {
             let addr = targets[i];
-            match a?.map_err(|e| self.failed(addr, who, e)) {
+            match a?.map_err(|e| self.bound.failed(addr, who, bound[i], e)) {
                 Err(e) if e.rebound() && again[i] => {
                     tracing::info!("{e}; binding again");
                     Some(self.call(addr, who, creds, subsystem, opcode, body.clone(), None))
@@ -259,11 +277,15 @@ impl Transport for Link {
     }
 
     fn rebinds(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
+        self.bound.lost.load(Ordering::Relaxed)
     }
 
     fn forget_principal(&self, who: Principal) {
-        self.conns.lock().unwrap().retain(|(_, w), _| *w != who);
+        self.bound
+            .conns
+            .lock()
+            .unwrap()
+            .retain(|(_, w), _| *w != who);
     }
 }
 
@@ -283,8 +305,7 @@ impl Link {
             ct,
             host: AtomicU64::new(0),
             incarnation: u64::from_le_bytes(incarnation),
-            conns: Mutex::new(HashMap::new()),
-            lost: AtomicU64::new(0),
+            bound: Arc::default(),
         })
     }
 
@@ -294,7 +315,7 @@ impl Link {
         who: Principal,
         creds: Option<&Credentials>,
     ) -> Result<ConnId, LinkError> {
-        if let Some(c) = self.conns.lock().unwrap().get(&(addr, who)) {
+        if let Some(c) = self.bound.conns.lock().unwrap().get(&(addr, who)) {
             return Ok(*c);
         }
         let auth = match (who, creds) {
@@ -319,24 +340,13 @@ impl Link {
                 None,
             )
             .map_err(|error| LinkError { addr, error })?;
-        self.conns.lock().unwrap().insert((addr, who), conn);
+        self.bound.conns.lock().unwrap().insert((addr, who), conn);
         Ok(conn)
-    }
-
-    /// A call that failed: a connection the server forgot, or one gone
-    /// silent, is dropped (the next call binds again).
-    fn failed(&self, addr: SocketAddr, who: Principal, error: coda_rpc2::Error) -> LinkError {
-        let err = LinkError { addr, error };
-        if err.drops_connection() {
-            self.forget(addr, who);
-            self.lost.fetch_add(1, Ordering::Relaxed);
-        }
-        err
     }
 
     /// Drops a connection (a token changed, or the server forgot it).
     pub fn forget(&self, addr: SocketAddr, who: Principal) {
-        self.conns.lock().unwrap().remove(&(addr, who));
+        self.bound.conns.lock().unwrap().remove(&(addr, who));
     }
 
     /// Calls servers make of Venus (callback breaks).
@@ -346,6 +356,29 @@ impl Link {
 
     pub fn answer(&self, req: &Request, code: Errno, body: Bytes) {
         self.ct.reply(req.id, code.0, body);
+    }
+}
+
+impl Bound {
+    /// A call on `conn` that failed: a connection the server forgot, or
+    /// one gone silent, is lost with its promises, and dropped (the next
+    /// call binds again) unless another took its place meanwhile.
+    fn failed(
+        &self,
+        addr: SocketAddr,
+        who: Principal,
+        conn: ConnId,
+        error: coda_rpc2::Error,
+    ) -> LinkError {
+        let err = LinkError { addr, error };
+        if err.drops_connection() {
+            let mut conns = self.conns.lock().unwrap();
+            if conns.get(&(addr, who)) == Some(&conn) {
+                conns.remove(&(addr, who));
+            }
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+        err
     }
 }
 
@@ -387,4 +420,86 @@ pub fn decode_reply<T: Decode>(r: &Reply) -> Result<T, Errno> {
         tracing::warn!("a reply that does not decode: {e}");
         Errno::EIO
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::sync::atomic::AtomicBool;
+
+    /// A server answering every call.
+    fn server() -> SocketAddr {
+        let config = Config {
+            accept_binds: true,
+            ..Config::default()
+        };
+        let ct = ClientThread::spawn("127.0.0.1:0".parse().unwrap(), config).unwrap();
+        let addr = ct.local_addr();
+        std::thread::spawn(move || {
+            while let Ok(req) = ct.requests().recv_blocking() {
+                ct.reply(req.id, 0, Bytes::new());
+            }
+        });
+        addr
+    }
+
+    /// A relay to `to` for one client, that drops everything once `cut`.
+    fn relay(to: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut client, mut buf) = (None, vec![0u8; 65536]);
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let dest = match from == to {
+                    true => client,
+                    false => {
+                        client = Some(from);
+                        Some(to)
+                    }
+                };
+                if let Some(dest) = dest.filter(|_| !cut.load(Ordering::Relaxed)) {
+                    let _ = sock.send_to(&buf[..n], dest);
+                }
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_call_failing_after_the_grace_still_loses_its_connection() {
+        let cut = Arc::new(AtomicBool::new(false));
+        let (a, b) = (server(), relay(server(), cut.clone()));
+        let link: Arc<dyn Transport> = Arc::new(Link::new(Duration::from_secs(2)).unwrap());
+        let call = |addr| {
+            link.call(addr, Principal::Anyone, None, 1, 1, Bytes::new(), None)
+                .map(|r| r.code)
+        };
+        assert_eq!(call(a).unwrap(), 0);
+        assert_eq!(call(b).unwrap(), 0);
+        cut.store(true, Ordering::Relaxed);
+        let lost = link.rebinds();
+        let answers = multi_call(
+            &link,
+            &[a, b],
+            Principal::Anyone,
+            None,
+            1,
+            1,
+            &Bytes::new(),
+            vec![None, None],
+            Duration::from_millis(50),
+        );
+        assert!(answers[0].as_ref().is_some_and(|r| r.is_ok()));
+        assert!(answers[1].is_none(), "{:?}", answers[1]);
+        // b's call times out after the grace: its promises go with it, and
+        // the next call binds again.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while link.rebinds() == lost {
+            assert!(Instant::now() < deadline, "the late timeout went unnoticed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cut.store(false, Ordering::Relaxed);
+        assert_eq!(call(b).unwrap(), 0);
+    }
 }
