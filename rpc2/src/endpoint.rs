@@ -105,6 +105,8 @@ pub enum Error {
     NoCall,
     #[error("the side-effect transfer was aborted by the peer")]
     Aborted,
+    #[error("the call's side-effect transfer is over; it cannot run again")]
+    TransferOver,
     #[error("side-effect I/O failed: {message}")]
     Io {
         kind: io::ErrorKind,
@@ -636,6 +638,9 @@ impl Endpoint {
     ) -> Result<(), Error> {
         let window = self.config.sftp_window_packets;
         let side = self.running_side(id)?;
+        if let Side::Finished(_) = side {
+            return Err(Error::TransferOver);
+        }
         *side = Side::Sending(Sender::new(source, offset, window, now));
         self.queue_sender(TransferKey {
             conn: id.conn.0,
@@ -657,9 +662,9 @@ impl Endpoint {
         let window = self.receive_window_bytes();
         let side = self.running_side(id)?;
         if let Side::Piggy(data) = side {
+            // Kept: another pull of it (from another offset) costs nothing.
             let start = offset.min(data.len() as u64);
             let rest = data.slice(start as usize..);
-            *side = Side::Finished(rest.len() as u64);
             let result = match sink.write_all_at(start, &rest) {
                 Ok(()) => {
                     let c = self.conns.get_mut(&id.conn.0).unwrap();
@@ -673,6 +678,11 @@ impl Endpoint {
             };
             self.events.push_back(Event::SftpDone { id, result });
             return Ok(());
+        }
+        if let Side::Finished(_) = side {
+            // The caller's data went with the first pull: asking again
+            // would only wait for the peer timeout.
+            return Err(Error::TransferOver);
         }
         let receiver = Receiver::new(sink, Some(offset), window, now);
         *side = Side::Pulling {

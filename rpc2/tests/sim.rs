@@ -284,6 +284,64 @@ fn a_store_that_fits_its_request_datagram_travels_in_it() {
     assert!(more.packets_sent - after.packets_sent > 2);
 }
 
+/// A callee that pulls a store's data a second time gets it again at once
+/// when it came inside the request, and an error at once when it came as
+/// a transfer of its own: never a wait for the peer timeout.
+#[test]
+fn a_second_pull_of_a_stores_data_answers_at_once() {
+    let mut sim = Sim::new(4, NetConfig::default());
+    let server = sim.add("server", server_config());
+    let client = sim.add("client", client_config());
+    let mut pulled = std::collections::HashMap::new();
+    sim.set_handler(server, move |ctx, event| match event {
+        Event::Request { id, .. } => {
+            let sink = Sink::memory(1 << 20);
+            ctx.endpoint.sftp_receive(ctx.now, id, sink, 0).unwrap();
+            None
+        }
+        Event::SftpDone { id, result } => {
+            let data = result.unwrap().sink.unwrap().into_bytes();
+            if pulled.insert(id, data.len()).is_none() {
+                let sink = Sink::memory(1 << 20);
+                let again = ctx.endpoint.sftp_receive(ctx.now, id, sink, 0);
+                match (again, data.len() < 1400) {
+                    (Ok(()), true) => return None,
+                    (Err(Error::TransferOver), false) => {}
+                    (r, _) => panic!("second pull of {} bytes: {r:?}", data.len()),
+                }
+            }
+            let hash = Bytes::copy_from_slice(blake3::hash(&data).as_bytes());
+            ctx.endpoint.reply(ctx.now, id, 0, hash).unwrap();
+            None
+        }
+        other => Some(other),
+    });
+    let conn = connect(&mut sim, client, server, auth_for(2)).unwrap();
+    for len in [1000, 100_000] {
+        let data = pattern(len, 3);
+        let source = SideEffect::Send(Source::Memory(Bytes::from(data.clone())));
+        let (now, body) = (sim.now, Bytes::new());
+        let call = sim
+            .endpoint(client)
+            .call(now, conn, 9, STORE, body, Some(source))
+            .unwrap();
+        let reply = wait_replies(&mut sim, client, &[call])
+            .remove(&call)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            reply.body[..],
+            blake3::hash(&data).as_bytes()[..],
+            "{len} bytes"
+        );
+        assert!(
+            sim.now.since(now) < Duration::from_secs(1),
+            "{len} bytes: {:?}",
+            sim.now.since(now)
+        );
+    }
+}
+
 #[test]
 fn an_interrupted_fetch_resumes_from_its_offset() {
     let mut sim = Sim::new(
