@@ -136,6 +136,11 @@ fn identical(a: &ObjectState, b: &ObjectState) -> bool {
         && sorted(&a.entries) == sorted(&b.entries)
 }
 
+/// Whether directory version `s` binds `name` to `fid`.
+fn binds(s: &ObjectState, name: &str, fid: Fid) -> bool {
+    s.entries.iter().any(|e| e.name == name && e.fid == fid)
+}
+
 fn sorted(b: &[Binding]) -> Vec<&Binding> {
     let mut v: Vec<&Binding> = b.iter().collect();
     v.sort();
@@ -334,13 +339,14 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
         };
         // A replica resolution reaches is barren no more.
         m.state.status.vv.flags &= !FLAG_BARREN;
-        // Every removal any version saw, for the replicas that missed it.
+        // Every removal any version saw and the merge kept, for the
+        // replicas that missed it.
         m.state.tombstones =
             versions
                 .iter()
                 .flat_map(|(_, s)| &s.tombstones)
                 .fold(Vec::new(), |mut all, t| {
-                    if !all.contains(t) {
+                    if !all.contains(t) && !binds(&m.state, &t.name, t.fid) {
                         all.push(t.clone());
                     }
                     all
@@ -605,6 +611,11 @@ fn merge_dir(
             .and_then(|m| m.get(f))
             .map(|s| &s.status.vv)
     };
+    let lives_on = |slot: usize, s: &ObjectState, name: &str, b: &Binding| {
+        version_at(slot, &b.fid).is_some()
+            && (b.kind != VnodeKind::Directory
+                || s.entries.iter().any(|e| e.fid == b.fid && e.name != name))
+    };
     let mut by_name: BTreeMap<String, Vec<(usize, Binding)>> = BTreeMap::new();
     for (slot, s) in versions {
         for b in &s.entries {
@@ -621,18 +632,30 @@ fn merge_dir(
             if kept.iter().any(|k| k.fid == b.fid) {
                 continue;
             }
-            let removed_elsewhere = versions.iter().any(|(_, s)| {
+            let removed_elsewhere = versions.iter().any(|(at, s)| {
                 s.tombstones.iter().any(|t| {
                     t.name == name
                         && t.fid == b.fid
-                        && version_at(*slot, &b.fid).is_none_or(|v| {
-                            // Unchanged since it was removed there: the
-                            // same version (a lost COP2 may part their
-                            // vectors), or one the removed version saw.
-                            v.store_id == t.vv.store_id
-                                || t.history.contains(&v.store_id)
-                                || matches!(v.compare(&t.vv), VvOrder::Equal | VvOrder::Dominated)
-                        })
+                        // A version binding the name again has undone it.
+                        && !binds(s, &name, b.fid)
+                        // The object lives on where the name went (a
+                        // rename, another link): an update elsewhere
+                        // needs no name of its own. A directory moved
+                        // away may have been moved under itself on the
+                        // other side: only a new name here counts.
+                        && (lives_on(*at, s, &name, b)
+                            || version_at(*slot, &b.fid).is_none_or(|v| {
+                                // Unchanged since it was removed there:
+                                // the same version (a lost COP2 may part
+                                // their vectors), or one the removed
+                                // version saw.
+                                v.store_id == t.vv.store_id
+                                    || t.history.contains(&v.store_id)
+                                    || matches!(
+                                        v.compare(&t.vv),
+                                        VvOrder::Equal | VvOrder::Dominated
+                                    )
+                            }))
                 })
             });
             if !removed_elsewhere {
