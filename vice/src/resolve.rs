@@ -136,6 +136,12 @@ fn identical(a: &ObjectState, b: &ObjectState) -> bool {
         && sorted(&a.entries) == sorted(&b.entries)
 }
 
+/// Whether two tombstones record one removal (vectors of replicas a COP2
+/// missed may differ).
+fn same_removal(a: &Tombstone, b: &Tombstone) -> bool {
+    a.name == b.name && a.fid == b.fid && a.store_id == b.store_id
+}
+
 /// Whether directory version `s` binds `name` to `fid`.
 fn binds(s: &ObjectState, name: &str, fid: Fid) -> bool {
     s.entries.iter().any(|e| e.name == name && e.fid == fid)
@@ -264,6 +270,7 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
     let mut merged: HashMap<Fid, Merged> = HashMap::new();
     // Objects renamed because one name was made on both sides: marked.
     let mut clashed: HashSet<Fid> = HashSet::new();
+    let mut moved: Vec<(Fid, Binding)> = Vec::new();
     let dirs: Vec<Fid> = differing
         .iter()
         .copied()
@@ -312,8 +319,9 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
                 entries_set: first.status.kind == VnodeKind::Directory,
             }
         } else if first.status.kind == VnodeKind::Directory {
-            let (mut state, clashes) = merge_dir(&versions, &states);
-            clashed.extend(clashes);
+            let (mut state, merge) = merge_dir(&versions, &states);
+            clashed.extend(merge.clashes);
+            moved.extend(merge.moved.into_iter().map(|b| (*f, b)));
             joined.store_id = StoreId {
                 host: RESOLVER_HOST,
                 unique: derived(&[&f.vnode.to_le_bytes(), &codec::to_bytes(&joined)]),
@@ -339,19 +347,34 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
         };
         // A replica resolution reaches is barren no more.
         m.state.status.vv.flags &= !FLAG_BARREN;
-        // Every removal any version saw and the merge kept, for the
-        // replicas that missed it.
+        // Every removal any version saw, for the replicas that missed it.
         m.state.tombstones =
             versions
                 .iter()
                 .flat_map(|(_, s)| &s.tombstones)
                 .fold(Vec::new(), |mut all, t| {
-                    if !all.contains(t) && !binds(&m.state, &t.name, t.fid) {
+                    if !all.iter().any(|a| same_removal(a, t)) {
                         all.push(t.clone());
                     }
                     all
                 });
         merged.insert(*f, m);
+    }
+    // A name kept because its object changed since a replica that moved
+    // it on removed it goes where the merge names the object elsewhere.
+    let named: HashSet<Fid> = merged
+        .iter()
+        .filter(|(_, m)| m.entries_set)
+        .flat_map(|(d, m)| m.state.entries.iter().map(move |b| (d, b)))
+        .filter(|(d, b)| !moved.contains(&(**d, (*b).clone())))
+        .map(|(_, b)| b.fid)
+        .collect();
+    for (d, b) in &moved {
+        if named.contains(&b.fid) {
+            if let Some(m) = merged.get_mut(d) {
+                m.state.entries.retain(|e| e != b);
+            }
+        }
     }
     // 4. Names decide what exists: an object no merged directory binds
     // (where its directory was merged) goes, one bound where a replica
@@ -488,11 +511,17 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
                 false => want
                     .tombstones
                     .iter()
-                    .filter(|t| mine.is_none_or(|s| !s.tombstones.contains(t)))
+                    .filter(|t| !binds(&want, &t.name, t.fid))
+                    .filter(|t| {
+                        mine.is_none_or(|s| !s.tombstones.iter().any(|h| same_removal(h, t)))
+                    })
                     .cloned()
                     .collect(),
             };
-            if mine.is_some_and(|s| identical(s, &want)) && tombstones.is_empty() {
+            // Every replica saw the merge: its removals need no record.
+            let clear = m.entries_set && every_replica;
+            let stale = clear && mine.is_some_and(|s| !s.tombstones.is_empty());
+            if mine.is_some_and(|s| identical(s, &want)) && tombstones.is_empty() && !stale {
                 continue;
             }
             let needs_data = want.status.kind == VnodeKind::File
@@ -507,7 +536,7 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
                 history: want.history,
                 // A directory made here takes its names too.
                 entries: (m.entries_set || made_dir).then_some(want.entries),
-                clear_tombstones: m.entries_set && every_replica,
+                clear_tombstones: clear,
                 tombstones,
                 data: None,
             };
@@ -594,7 +623,7 @@ pub const CLASH_MARK: &str = ".conflict-";
 fn merge_dir(
     versions: &[(usize, &ObjectState)],
     states: &BTreeMap<usize, HashMap<Fid, ObjectState>>,
-) -> (ObjectState, Vec<Fid>) {
+) -> (ObjectState, DirMerge) {
     // Attributes: the latest change wins.
     let (_, newest) = versions
         .iter()
@@ -611,12 +640,16 @@ fn merge_dir(
             .and_then(|m| m.get(f))
             .map(|s| &s.status.vv)
     };
+    // The object lives on where the name was removed (a rename, another
+    // link): a directory only under a new name here, as one moved away may
+    // have been moved under itself on the other side.
     let lives_on = |slot: usize, s: &ObjectState, name: &str, b: &Binding| {
         version_at(slot, &b.fid).is_some()
             && (b.kind != VnodeKind::Directory
                 || s.entries.iter().any(|e| e.fid == b.fid && e.name != name))
     };
     let mut by_name: BTreeMap<String, Vec<(usize, Binding)>> = BTreeMap::new();
+    let mut moved: HashSet<(String, Fid)> = HashSet::new();
     for (slot, s) in versions {
         for b in &s.entries {
             by_name
@@ -632,35 +665,38 @@ fn merge_dir(
             if kept.iter().any(|k| k.fid == b.fid) {
                 continue;
             }
-            let removed_elsewhere = versions.iter().any(|(at, s)| {
-                s.tombstones.iter().any(|t| {
-                    t.name == name
-                        && t.fid == b.fid
-                        // A version binding the name again has undone it.
-                        && !binds(s, &name, b.fid)
-                        // The object lives on where the name went (a
-                        // rename, another link): an update elsewhere
-                        // needs no name of its own. A directory moved
-                        // away may have been moved under itself on the
-                        // other side: only a new name here counts.
-                        && (lives_on(*at, s, &name, b)
-                            || version_at(*slot, &b.fid).is_none_or(|v| {
-                                // Unchanged since it was removed there:
-                                // the same version (a lost COP2 may part
-                                // their vectors), or one the removed
-                                // version saw.
-                                v.store_id == t.vv.store_id
-                                    || t.history.contains(&v.store_id)
-                                    || matches!(
-                                        v.compare(&t.vv),
-                                        VvOrder::Equal | VvOrder::Dominated
-                                    )
-                            }))
+            // Unchanged since it was removed there: the same version (a
+            // lost COP2 may part their vectors), or one the removed
+            // version saw.
+            let unchanged = |t: &Tombstone| {
+                version_at(*slot, &b.fid).is_none_or(|v| {
+                    v.store_id == t.vv.store_id
+                        || t.history.contains(&v.store_id)
+                        || matches!(v.compare(&t.vv), VvOrder::Equal | VvOrder::Dominated)
                 })
-            });
-            if !removed_elsewhere {
-                kept.push(b.clone());
+            };
+            let (mut removed, mut moved_there) = (false, false);
+            for (at, s) in versions {
+                // A version binding the name again has undone its removal.
+                if binds(s, &name, b.fid) {
+                    continue;
+                }
+                for t in s
+                    .tombstones
+                    .iter()
+                    .filter(|t| t.name == name && t.fid == b.fid)
+                {
+                    removed |= unchanged(t);
+                    moved_there |= lives_on(*at, s, &name, b);
+                }
             }
+            if removed {
+                continue;
+            }
+            if moved_there {
+                moved.insert((name.clone(), b.fid));
+            }
+            kept.push(b.clone());
         }
         kept_by_name.push((name, kept));
     }
@@ -669,27 +705,40 @@ fn merge_dir(
         .filter(|(_, kept)| !kept.is_empty())
         .map(|(name, _)| name.clone())
         .collect();
-    let mut entries: Vec<Binding> = Vec::new();
-    let mut clashes = Vec::new();
+    let mut merge = DirMerge::default();
     for (name, kept) in kept_by_name {
         for (i, b) in kept.into_iter().enumerate() {
-            if i == 0 {
-                entries.push(b);
-                continue;
+            let was_moved = moved.contains(&(name.clone(), b.fid));
+            let b = match i {
+                0 => b,
+                _ => {
+                    merge.clashes.push(b.fid);
+                    let name = clash_name(&name, b.fid.vnode, &taken);
+                    taken.insert(name.clone());
+                    Binding { name, ..b }
+                }
+            };
+            if was_moved {
+                merge.moved.push(b.clone());
             }
-            clashes.push(b.fid);
-            let name = clash_name(&name, b.fid.vnode, &taken);
-            taken.insert(name.clone());
-            entries.push(Binding {
-                name,
-                fid: b.fid,
-                kind: b.kind,
-            });
+            merge.entries.push(b);
         }
     }
-    entries.sort();
-    out.entries = entries;
-    (out, clashes)
+    merge.entries.sort();
+    out.entries = std::mem::take(&mut merge.entries);
+    (out, merge)
+}
+
+/// What merging a directory found besides its state.
+#[derive(Default)]
+struct DirMerge {
+    entries: Vec<Binding>,
+    /// Objects renamed because one name was made on both sides.
+    clashes: Vec<Fid>,
+    /// Names kept only because their object changed since a replica
+    /// removed them where it lives on: they go if the merge names the
+    /// object elsewhere (the side that changed it never saw it moved).
+    moved: Vec<Binding>,
 }
 
 /// Each object the merged directories name, with where and as what.

@@ -532,7 +532,7 @@ impl World {
     }
 
     /// The tree of replica `s`: path → (kind, content hash, inconsistent).
-    fn tree(&mut self, s: usize) -> BTreeMap<String, (VnodeKind, [u8; 32], bool)> {
+    fn tree(&mut self, s: usize) -> Tree {
         let all = self.replica_state(s);
         let mut out = BTreeMap::new();
         let mut stack = vec![(Fid::root(VOL), String::new())];
@@ -679,7 +679,7 @@ impl Model {
         }
     }
 
-    fn expected(&self) -> BTreeMap<String, (VnodeKind, [u8; 32], bool)> {
+    fn expected(&self) -> Tree {
         self.files
             .iter()
             .map(|(p, c)| match c {
@@ -1181,9 +1181,7 @@ fn partitioned_halves_merge_and_true_conflicts_are_marked() {
             assert_eq!(w.marked(0, s), want, "seed {seed}: replica {s}");
         }
         // Names are the same on every replica.
-        let names = |t: &BTreeMap<String, (VnodeKind, [u8; 32], bool)>| {
-            t.keys().cloned().collect::<Vec<_>>()
-        };
+        let names = |t: &Tree| t.keys().cloned().collect::<Vec<_>>();
         for s in 1..N {
             assert_eq!(names(&trees[s]), names(&trees[0]), "seed {seed}");
         }
@@ -1292,6 +1290,10 @@ fn a_removal_learned_in_a_merge_is_passed_on_to_the_next_merge() {
     }
 }
 
+/// Each path of a replica's tree: its kind, contents hash, and whether it
+/// is marked inconsistent.
+type Tree = BTreeMap<String, (VnodeKind, [u8; 32], bool)>;
+
 fn rename_op(dir: Fid, from: &str, to: &str, fid: Fid) -> Op {
     Op::Rename(cml::Rename {
         from_dir: dir,
@@ -1311,7 +1313,7 @@ fn rename_after_a_change_2_missed(
     seed: u64,
     make: fn(Fid, String, Fid) -> Op,
     change: impl FnOnce(&mut World, Fid),
-) -> Vec<BTreeMap<String, (VnodeKind, [u8; 32], bool)>> {
+) -> Vec<Tree> {
     let mut trees = Vec::new();
     let mut w = World::new(seed, 1);
     let root = Fid::root(VOL);
@@ -1392,6 +1394,95 @@ fn a_directory_renamed_on_a_stale_replica_does_not_keep_its_old_name() {
         let names: Vec<&String> = t.keys().collect();
         assert_eq!(names, vec!["/g", "/g/x"], "tree {s}");
     }
+}
+
+/// A name moved away on two replicas, then moved back on one of them
+/// while the other and the third are cut off: merging the two keeps the
+/// object under the name it has now (each still holds a removal of one of
+/// its names, and the object lives on at both).
+#[test]
+fn a_name_moved_back_while_cut_off_keeps_its_object() {
+    let mut w = World::new(10, 1);
+    let root = Fid::root(VOL);
+    let f = w.fid(0).unwrap();
+    w.update(0, create_op(root, "n".into(), f), None).unwrap();
+    w.split(&[2], &[0, 1], &[], &[0]);
+    assert_eq!(
+        w.update(0, rename_op(root, "n", "m", f), None).unwrap(),
+        vec![0, 1]
+    );
+    w.heal_all();
+    w.rebind_all();
+    w.split(&[0], &[1, 2], &[], &[0]);
+    w.split(&[2], &[0, 1], &[], &[0]);
+    assert_eq!(
+        w.update(0, rename_op(root, "m", "n", f), None).unwrap(),
+        vec![1]
+    );
+    w.heal_all();
+    w.rebind_all();
+    w.split(&[2], &[0, 1], &[], &[]);
+    w.resolve(0).unwrap();
+    let mut trees = vec![w.tree(0), w.tree(1)];
+    w.heal_all();
+    w.rebind_all();
+    w.resolve_fully(0);
+    trees.extend((0..N).map(|s| w.tree(s)));
+    for (i, t) in trees.iter().enumerate() {
+        let names: Vec<&String> = t.keys().collect();
+        assert_eq!(names, vec!["/n"], "tree {i}");
+    }
+}
+
+/// A file moved on two replicas and then removed on one, while the third
+/// stored into it under its old name: the store wins over the removal, and
+/// the move, which the storing side never saw, does not take its name.
+#[test]
+fn a_store_beats_a_move_then_removal_it_never_saw() {
+    let mut w = World::new(11, 2);
+    let root = Fid::root(VOL);
+    let f = w.fid(0).unwrap();
+    w.update(0, create_op(root, "n".into(), f), None).unwrap();
+    let made = StoreId {
+        host: w.clients[0].host,
+        unique: w.clients[0].next,
+    };
+    w.split(&[1], &[0, 2], &[1], &[0]);
+    assert_eq!(
+        w.update(0, rename_op(root, "n", "m", f), None).unwrap(),
+        vec![0, 2]
+    );
+    let moved = StoreId {
+        host: w.clients[0].host,
+        unique: w.clients[0].next,
+    };
+    let data = b"stored while it was moved and removed".to_vec();
+    let store = Op::Store(cml::Store {
+        fid: f,
+        seen: made,
+        length: data.len() as u64,
+        content_hash: blake(&data),
+    });
+    assert_eq!(w.update(1, store, Some(&data)).unwrap(), vec![1]);
+    w.split(&[0], &[2], &[0], &[]);
+    let remove = Op::Remove(cml::Remove {
+        dir: root,
+        name: "m".into(),
+        fid: f,
+        seen: moved,
+    });
+    let removed = w.update(0, remove, None);
+    assert_eq!(removed, Ok(vec![0]));
+    w.heal_all();
+    w.rebind_all();
+    w.resolve_fully(0);
+    for s in 0..N {
+        let t = w.tree(s);
+        let names: Vec<&String> = t.keys().collect();
+        assert_eq!(names, vec!["/n"], "replica {s}");
+        assert!(w.fsck(s).is_empty(), "replica {s}: {:?}", w.fsck(s));
+    }
+    assert_eq!(w.tree(1)["/n"].1, blake(&data));
 }
 
 /// A file renamed away and back on one side of a partition, while the
