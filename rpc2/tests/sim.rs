@@ -268,20 +268,31 @@ fn a_store_that_fits_its_request_datagram_travels_in_it() {
 
     // Data too large for the request goes by SFTP, as ever.
     let data = pattern(5000, 1);
-    let source = SideEffect::Send(Source::Memory(Bytes::from(data.clone())));
-    let now = sim.now;
     let body = Bytes::copy_from_slice(&0u64.to_le_bytes());
+    let reply = store(&mut sim, client, conn, body, &data);
+    assert_eq!(reply.body[..], data[..]);
+    let more = sim.endpoint(client).conn_stats(conn).unwrap();
+    assert!(more.packets_sent - after.packets_sent > 2);
+}
+
+/// One STORE of `data` with `body`, waited for.
+fn store(
+    sim: &mut Sim,
+    client: coda_rpc2::sim::NodeId,
+    conn: coda_rpc2::endpoint::ConnId,
+    body: Bytes,
+    data: &[u8],
+) -> coda_rpc2::endpoint::Reply {
+    let source = SideEffect::Send(Source::Memory(Bytes::copy_from_slice(data)));
+    let now = sim.now;
     let call = sim
         .endpoint(client)
         .call(now, conn, 9, STORE, body, Some(source))
         .unwrap();
-    let reply = wait_replies(&mut sim, client, &[call])
+    wait_replies(sim, client, &[call])
         .remove(&call)
         .unwrap()
-        .unwrap();
-    assert_eq!(reply.body[..], data[..]);
-    let more = sim.endpoint(client).conn_stats(conn).unwrap();
-    assert!(more.packets_sent - after.packets_sent > 2);
+        .unwrap()
 }
 
 /// A callee that pulls a store's data a second time gets it again at once
@@ -319,16 +330,8 @@ fn a_second_pull_of_a_stores_data_answers_at_once() {
     let conn = connect(&mut sim, client, server, auth_for(2)).unwrap();
     for len in [1000, 100_000] {
         let data = pattern(len, 3);
-        let source = SideEffect::Send(Source::Memory(Bytes::from(data.clone())));
-        let (now, body) = (sim.now, Bytes::new());
-        let call = sim
-            .endpoint(client)
-            .call(now, conn, 9, STORE, body, Some(source))
-            .unwrap();
-        let reply = wait_replies(&mut sim, client, &[call])
-            .remove(&call)
-            .unwrap()
-            .unwrap();
+        let now = sim.now;
+        let reply = store(&mut sim, client, conn, Bytes::new(), &data);
         assert_eq!(
             reply.body[..],
             blake3::hash(&data).as_bytes()[..],
