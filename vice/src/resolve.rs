@@ -347,6 +347,22 @@ pub fn resolve(reps: &mut dyn Replicas, volume: VolumeId, n: usize) -> Result<Ou
         };
         // A replica resolution reaches is barren no more.
         m.state.status.vv.flags &= !FLAG_BARREN;
+        // A directory keeps every side's updates (the others' before its
+        // own): a removal recorded against it later then tells "unchanged
+        // since" for each side's last update.
+        if m.state.status.kind == VnodeKind::Directory {
+            let own = std::mem::take(&mut m.state.history);
+            let mut history: Vec<StoreId> = Vec::new();
+            for h in versions.iter().flat_map(|(_, s)| &s.history) {
+                if !own.contains(h) && !history.contains(h) {
+                    history.push(*h);
+                }
+            }
+            history.extend(own);
+            let extra = history.len().saturating_sub(crate::vnode::HISTORY_MAX);
+            history.drain(..extra);
+            m.state.history = history;
+        }
         // Every removal any version saw, for the replicas that missed it.
         m.state.tombstones =
             versions
