@@ -291,6 +291,14 @@ impl World {
         result.unwrap().ok()
     }
 
+    /// The store id of client `c`'s last update.
+    fn last(&self, c: usize) -> StoreId {
+        StoreId {
+            host: self.clients[c].host,
+            unique: self.clients[c].next,
+        }
+    }
+
     /// Client `c`'s next record of `op`.
     fn record(&mut self, c: usize, op: Op) -> CmlRecord {
         let cl = &mut self.clients[c];
@@ -1067,10 +1075,7 @@ fn partitioned_halves_merge_and_true_conflicts_are_marked() {
         for name in ["a1", "a2", "b1", "b2", "shared", "gone_a", "gone_b"] {
             let f = w.fid(0).unwrap();
             w.update(0, create_op(d, name.into(), f), None).unwrap();
-            let sid = StoreId {
-                host: w.clients[0].host,
-                unique: w.clients[0].next,
-            };
+            let sid = w.last(0);
             seen.insert(name.to_string(), (f, sid));
             m.files.insert(format!("/d/{name}"), Some(Vec::new()));
             m.fids.insert(format!("/d/{name}"), f);
@@ -1206,10 +1211,7 @@ fn an_update_beats_a_concurrent_removal() {
     let f = w.fid(0).unwrap();
     let create = create_op(root, "f".into(), f);
     w.update(0, create, None).unwrap();
-    let made = StoreId {
-        host: w.clients[0].host,
-        unique: w.clients[0].next,
-    };
+    let made = w.last(0);
     w.split(&[0], &[1, 2], &[0], &[1]);
     let data = b"written while another side removed it".to_vec();
     let store = Op::Store(cml::Store {
@@ -1352,10 +1354,7 @@ fn rename_after_a_change_2_missed(
 fn a_file_renamed_on_a_stale_replica_does_not_keep_its_old_name() {
     let data = b"stored before the rename".to_vec();
     let store = |w: &mut World, f: Fid| {
-        let seen = StoreId {
-            host: w.clients[0].host,
-            unique: w.clients[0].next,
-        };
+        let seen = w.last(0);
         let store = Op::Store(cml::Store {
             fid: f,
             seen,
@@ -1444,19 +1443,13 @@ fn a_store_beats_a_move_then_removal_it_never_saw() {
     let root = Fid::root(VOL);
     let f = w.fid(0).unwrap();
     w.update(0, create_op(root, "n".into(), f), None).unwrap();
-    let made = StoreId {
-        host: w.clients[0].host,
-        unique: w.clients[0].next,
-    };
+    let made = w.last(0);
     w.split(&[1], &[0, 2], &[1], &[0]);
     assert_eq!(
         w.update(0, rename_op(root, "n", "m", f), None).unwrap(),
         vec![0, 2]
     );
-    let moved = StoreId {
-        host: w.clients[0].host,
-        unique: w.clients[0].next,
-    };
+    let moved = w.last(0);
     let data = b"stored while it was moved and removed".to_vec();
     let store = Op::Store(cml::Store {
         fid: f,
@@ -1565,10 +1558,7 @@ fn a_repair_half_done_is_finished_by_resolution_not_marked_again() {
         let root = Fid::root(VOL);
         let f = w.fid(0).unwrap();
         w.update(0, create_op(root, "f".into(), f), None).unwrap();
-        let made = StoreId {
-            host: w.clients[0].host,
-            unique: w.clients[0].next,
-        };
+        let made = w.last(0);
         w.split(&[0, 1], &[2], &[0], &[1]);
         for (c, data) in [(0, &b"from side A"[..]), (1, b"from side B, longer")] {
             let op = Op::Store(cml::Store {
